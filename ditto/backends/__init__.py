@@ -1,0 +1,1 @@
+"""Animator backends behind one narrow interface (:mod:`ditto.backends.base`)."""

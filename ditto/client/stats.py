@@ -1,0 +1,132 @@
+"""Streaming statistics: pure functions over arrival times and sizes (no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+MIN_REALTIME_FPS = 22.5  # 90 % of 25 fps
+MAX_FIRST_FRAME_LATENCY_S = 3.0
+MAX_MEAN_INTERVAL_MS = 60.0
+MB = 1024 * 1024
+KB = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntervalStats:
+    count: int
+    mean_ms: float
+    median_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamStats:
+    frames: int
+    duration_s: float  # start command sent -> last frame received
+    first_frame_latency_s: float | None  # start command sent -> first frame received
+    fps: float
+    total_bytes: int
+    intervals: IntervalStats | None
+
+    @property
+    def average_frame_bytes(self) -> float:
+        return self.total_bytes / self.frames if self.frames else 0.0
+
+    @property
+    def bandwidth_mbps(self) -> float:
+        return self.total_bytes / MB * 8 / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def fps_ok(self) -> bool:
+        return self.fps >= MIN_REALTIME_FPS
+
+    @property
+    def latency_ok(self) -> bool:
+        return self.first_frame_latency_s is not None and self.first_frame_latency_s <= MAX_FIRST_FRAME_LATENCY_S
+
+    @property
+    def intervals_ok(self) -> bool:
+        return self.intervals is not None and self.intervals.mean_ms <= MAX_MEAN_INTERVAL_MS
+
+    @property
+    def realtime_ok(self) -> bool:
+        return self.fps_ok and self.latency_ok and self.intervals_ok
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(average_frame_bytes=self.average_frame_bytes, bandwidth_mbps=self.bandwidth_mbps,
+                   realtime=dict(fps=self.fps_ok, latency=self.latency_ok, intervals=self.intervals_ok))
+        return out
+
+
+def interval_stats(arrivals_s: list[float]) -> IntervalStats | None:
+    if len(arrivals_s) < 2:
+        return None
+    ms = np.diff(np.asarray(arrivals_s, dtype=np.float64)) * 1000.0
+    return IntervalStats(
+        count=len(ms), mean_ms=float(ms.mean()), median_ms=float(np.median(ms)), std_ms=float(ms.std()),
+        min_ms=float(ms.min()), max_ms=float(ms.max()),
+        p95_ms=float(np.percentile(ms, 95)), p99_ms=float(np.percentile(ms, 99)))
+
+
+def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int]) -> StreamStats:
+    """Statistics of one stream; times are one monotonic clock's readings in seconds."""
+    frames = len(arrivals_s)
+    duration = (arrivals_s[-1] - start_s) if frames else 0.0
+    return StreamStats(
+        frames=frames, duration_s=duration,
+        first_frame_latency_s=(arrivals_s[0] - start_s) if frames else None,
+        fps=frames / duration if duration > 0 else 0.0,
+        total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s))
+
+
+def _check(ok: bool, text: str) -> str:
+    return f"{'✅' if ok else '❌'} {text}"
+
+
+def format_report(stats: StreamStats) -> str:
+    """The statistics block, in the seed README's layout."""
+    rule = "=" * 70
+    latency = stats.first_frame_latency_s
+    lines = [
+        rule, "STREAMING CLIENT STATISTICS", rule,
+        f"Total Frames Received: {stats.frames}",
+        f"Total Duration: {stats.duration_s:.2f}s",
+        f"Streaming Latency: {latency:.2f}s (time to first frame)" if latency is not None
+        else "Streaming Latency: n/a (no frame received)",
+        f"Average FPS: {stats.fps:.1f}",
+        f"Total Data: {stats.total_bytes / MB:.1f} MB",
+        f"Average Frame Size: {stats.average_frame_bytes / KB:.1f} KB",
+        f"Bandwidth: {stats.bandwidth_mbps:.1f} Mbps",
+        "",
+        "FRAME INTERVALS:",
+    ]
+    iv = stats.intervals
+    if iv is None:
+        lines.append("  Count: 0")
+    else:
+        lines += [
+            f"  Count: {iv.count}", f"  Mean: {iv.mean_ms:.1f}ms", f"  Median: {iv.median_ms:.1f}ms",
+            f"  Std Dev: {iv.std_ms:.1f}ms", f"  Min: {iv.min_ms:.1f}ms", f"  Max: {iv.max_ms:.1f}ms",
+            f"  P95: {iv.p95_ms:.1f}ms", f"  P99: {iv.p99_ms:.1f}ms",
+        ]
+    mean_ms = iv.mean_ms if iv else float("nan")
+    lat = latency if latency is not None else float("nan")
+    lines += [
+        "",
+        "REAL-TIME SUITABILITY:",
+        _check(stats.fps_ok, f"Frame rate suitable for real-time ({stats.fps:.1f} "
+                             f"{'>=' if stats.fps_ok else '<'} {MIN_REALTIME_FPS} FPS)"),
+        _check(stats.latency_ok, f"Streaming latency acceptable ({lat:.1f}s "
+                                 f"{'<=' if stats.latency_ok else '>'} {MAX_FIRST_FRAME_LATENCY_S}s)"),
+        _check(stats.intervals_ok, f"Frame intervals consistent ({mean_ms:.1f}ms "
+                                   f"{'<=' if stats.intervals_ok else '>'} {MAX_MEAN_INTERVAL_MS}ms)"),
+        rule,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Decoding and checking what users send: audio, images, file paths; JPEG encoding."""

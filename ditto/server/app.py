@@ -1,0 +1,56 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan.
+
+Startup loads the backend once (a bad checkpoint setup raises ConfigError before the
+server accepts anything); shutdown stops admitting sessions, ends the open ones with
+close code 1012 and releases the backend and the worker pools.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from ditto.backends.base import AnimatorBackend
+from ditto.backends.registry import create_backend
+from ditto.server.avatars import AvatarCache
+from ditto.server.metrics import ServerMetrics
+from ditto.server.registry import SessionRegistry
+from ditto.server.routes import router
+from ditto.server.session import SessionContext
+from ditto.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    backend_factory: Callable[[Settings], AnimatorBackend] = create_backend,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = backend_factory(settings)
+        logger.info("Backend %s ready", backend.name)
+        metrics = ServerMetrics()
+        render_pool = concurrent.futures.ThreadPoolExecutor(settings.max_sessions, thread_name_prefix="render")
+        encode_pool = concurrent.futures.ThreadPoolExecutor(
+            max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="jpeg")
+        app.state.settings = settings
+        app.state.registry = SessionRegistry(settings.max_sessions)
+        app.state.context = SessionContext(settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool)
+        try:
+            yield
+        finally:
+            await app.state.registry.close_all(settings.shutdown_grace_s)
+            render_pool.shutdown(wait=True, cancel_futures=True)
+            encode_pool.shutdown(wait=True, cancel_futures=True)
+            backend.close()
+            logger.info("Backend %s closed", backend.name)
+
+    app = FastAPI(title="Ditto streaming server", lifespan=lifespan)
+    app.include_router(router)
+    return app

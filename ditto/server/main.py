@@ -1,0 +1,81 @@
+"""``python streaming_server.py``: parse flags, load the backend, serve with uvicorn.
+
+The backend is loaded before uvicorn starts, so a bad checkpoint setup ends the
+process with one clear message and a non-zero exit code, and ``/healthz`` answers as
+soon as the server accepts connections. SIGINT/SIGTERM are handled by uvicorn: stop
+accepting, end sessions (close code 1012), exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ditto.errors import ConfigError
+from ditto.server import LOGGER_NAME
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streaming_server.py",
+        description="Real-time talking-head streaming server (WebSocket). Without --data_root/--cfg_pkl the "
+                    "weights-free embedded animator serves.")
+    p.add_argument("--data_root", type=Path, help="Ditto checkpoint folder, e.g. ../checkpoints/ditto_pytorch")
+    p.add_argument("--cfg_pkl", type=Path, help="Ditto cfg pkl, e.g. ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"])
+    p.add_argument("--backend", choices=["auto", "lite", "ditto"], default="auto",
+                   help="auto: Ditto when --cfg_pkl is given, else the embedded default (lite)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Ditto backend device")
+    p.add_argument("--media_root", type=Path,
+                   help="folder whose files clients may name by relative path (default: uploads only)")
+    p.add_argument("--max_sessions", type=int, default=4, help="concurrent sessions; more are refused (busy)")
+    p.add_argument("--jpeg_quality", type=int, default=85, help="JPEG quality of streamed frames (1-100)")
+    p.add_argument("--max_size", type=int, default=1920, help="longest side of the output video in pixels")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    from ditto.settings import Settings
+
+    values = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
+    logging.basicConfig(level=level)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            print(f"streaming_server.py: error: {where + ': ' if where else ''}{err['msg']}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from ditto.backends.registry import create_backend
+    from ditto.server.app import create_app
+
+    try:
+        backend = create_backend(settings)
+    except ConfigError as exc:
+        print(f"streaming_server.py: error: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, backend_factory=lambda _settings: backend)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        ws_max_size=settings.max_upload_bytes + (1 << 20),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+    return 0

@@ -1,0 +1,50 @@
+"""Server settings: one frozen object built from the command line (or ``DITTO_*`` variables)
+and passed in; no module reads it at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DITTO_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    backend: Literal["auto", "lite", "ditto"] = "auto"
+    data_root: Path | None = None  # Ditto checkpoint folder (ditto_pytorch/, ditto_onnx/, ditto_trt_*/)
+    cfg_pkl: Path | None = None  # Ditto cfg pkl (ditto_cfg/*.pkl)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+
+    media_root: Path | None = None  # server-side files clients may name; None: uploads only
+    max_sessions: int = Field(4, ge=1, le=256)
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    max_size: int = Field(1920, ge=64, le=8192)  # longest side of the output video
+
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # one WebSocket message
+    max_audio_seconds: float = Field(600.0, gt=0)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # refused before decoding (decompression bombs)
+    frame_queue_size: int = Field(8, ge=1, le=1024)  # encoded frames waiting for the socket
+    idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long before start ends
+    shutdown_grace_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ditto_paths_come_together(self) -> "Settings":
+        if (self.data_root is None) != (self.cfg_pkl is None):
+            raise ValueError("--data_root and --cfg_pkl go together: give both to serve Ditto, or neither")
+        if self.backend == "ditto" and self.cfg_pkl is None:
+            raise ValueError("--backend ditto needs --data_root and --cfg_pkl")
+        return self
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that will serve: ``auto`` means Ditto when checkpoints are given, else lite."""
+        if self.backend != "auto":
+            return self.backend
+        return "ditto" if self.cfg_pkl is not None else "lite"

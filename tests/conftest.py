@@ -1,0 +1,146 @@
+"""Shared fixtures: a FakeBackend, a real uvicorn server on 127.0.0.1, example media."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from ditto import SAMPLES_PER_FRAME
+from ditto.backends.base import VideoFrame
+from ditto.errors import SourceError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_AUDIO = ROOT / "example" / "audio.wav"
+EXAMPLE_IMAGE = ROOT / "example" / "image.png"
+
+
+class FakeAvatar:
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.height, self.width = image.shape[:2]
+
+
+class FakeStream:
+    """One frame per 640 samples; each frame is the source image (so sessions are told apart by it)."""
+
+    def __init__(self, avatar: FakeAvatar, delay_s: float) -> None:
+        self.avatar, self.delay_s = avatar, delay_s
+        self.samples = 0
+        self.emitted = 0
+        self.closed = False
+
+    def _frames(self, upto: int) -> Iterator[VideoFrame]:
+        while self.emitted < upto:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            yield VideoFrame(self.emitted, self.avatar.image)
+            self.emitted += 1
+
+    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
+        self.samples += len(audio)
+        return self._frames(self.samples // SAMPLES_PER_FRAME)
+
+    def finish(self) -> Iterator[VideoFrame]:
+        return self._frames(-(-self.samples // SAMPLES_PER_FRAME))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    """Needs no model: a flat image has "no face", anything else animates as itself."""
+
+    name = "fake"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.registered = 0
+        self.streams: list[FakeStream] = []
+
+    def register_source(self, image_rgb: np.ndarray) -> FakeAvatar:
+        if float(image_rgb.std()) < 1.0:
+            raise SourceError("no face found in the source image")
+        self.registered += 1
+        return FakeAvatar(image_rgb)
+
+    def open_stream(self, avatar: FakeAvatar, *, seed: int) -> FakeStream:
+        stream = FakeStream(avatar, self.delay_s)
+        self.streams.append(stream)
+        return stream
+
+    def close(self) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app, port: int, ws_max_size: int = 16 * 1024 * 1024) -> None:
+        import uvicorn
+
+        self.port = port
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                ws_max_size=ws_max_size,
+                                timeout_graceful_shutdown=3)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> "RunningServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def start_server(tmp_path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: ``start_server(backend=..., **settings)`` -> a started RunningServer."""
+    from ditto.server.app import create_app
+    from ditto.settings import Settings
+
+    servers: list[RunningServer] = []
+
+    def start(backend=None, **overrides) -> RunningServer:
+        backend = backend or FakeBackend()
+        settings = Settings(**{"max_sessions": 4, **overrides})
+        app = create_app(settings, backend_factory=lambda _s: backend)
+        server = RunningServer(app, free_port(), ws_max_size=settings.max_upload_bytes + (1 << 20)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
