@@ -1,0 +1,326 @@
+"""Sessions through a real uvicorn server on 127.0.0.1 and a real websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import zlib
+import struct
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from ditto.errors import ErrorCode
+from ditto.protocol import messages as msg
+from ditto.protocol.frames import FrameFlags
+from tests.conftest import FakeBackend, run
+from tests.server.helpers import converse, png_bytes, portrait, speech_like, start_message, wav_bytes
+
+
+def good_start(seconds: float = 1.0, seed: int = 0) -> str:
+    return start_message(wav_bytes(speech_like(seconds)), png_bytes(portrait(seed)))
+
+
+def assert_still_serving(server) -> None:
+    reply = httpx.get(f"{server.http}/healthz", timeout=5).json()
+    assert reply["status"] == "ok"
+    t = run(converse(f"{server.ws}/ws/after", good_start(0.2)))
+    assert t.error is None and len(t.frames) == 5
+
+
+def test_happy_path_frames_in_order_with_metadata(start_server):
+    server = start_server()
+    audio = speech_like(1.01)  # 16160 samples -> ceil(16160 / 640) = 26 frames
+    t = run(converse(f"{server.ws}/ws/c1", start_message(wav_bytes(audio), png_bytes(portrait()))))
+    started, meta, done = t.of_type(msg.StreamingStarted), t.of_type(msg.Metadata), t.of_type(msg.StreamingCompleted)
+    assert started[0].client_id == "c1" and started[0].backend == "fake"
+    assert meta[0].total_frames == 26 and meta[0].fps == 25 and (meta[0].width, meta[0].height) == (64, 64)
+    assert [h.index for h, _ in t.frames] == list(range(26))
+    assert [h.pts_ms for h, _ in t.frames[:3]] == [0, 40, 80]
+    assert t.frames[-1][0].flags & FrameFlags.LAST and not t.frames[0][0].flags & FrameFlags.LAST
+    assert t.frames[1][0].sample_start == 640 and t.frames[1][0].sample_count == 640
+    assert done[0].frames_sent == 26 and t.error is None and t.close_code == 1000
+    # control messages come in protocol order around the frames
+    assert isinstance(t.controls[0], msg.StreamingStarted) and isinstance(t.controls[-1], msg.StreamingCompleted)
+
+
+def test_two_concurrent_clients_each_get_exactly_their_own_frames(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.002))
+    red = np.clip(portrait(1).astype(int) // 4 + [180, 20, 20], 0, 255).astype(np.uint8)
+    blue = np.clip(portrait(2).astype(int) // 4 + [20, 20, 180], 0, 255).astype(np.uint8)
+    audio = wav_bytes(speech_like(2.0))
+
+    async def both():
+        return await asyncio.gather(
+            converse(f"{server.ws}/ws/red", start_message(audio, png_bytes(red))),
+            converse(f"{server.ws}/ws/blue", start_message(audio, png_bytes(blue))))
+
+    t_red, t_blue = run(both())
+    for t, colour in ((t_red, 0), (t_blue, 2)):
+        assert [h.index for h, _ in t.frames] == list(range(50))
+        for _, jpeg in t.frames:
+            mean = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].reshape(-1, 3).mean(0)
+            assert mean.argmax() == colour
+
+
+BAD_INPUTS = {
+    "malformed_json": ("{not json", ErrorCode.BAD_MESSAGE),
+    "not_an_object": ("[1, 2]", ErrorCode.BAD_MESSAGE),
+    "unknown_type": (json.dumps({"type": "dance"}), ErrorCode.UNKNOWN_MESSAGE),
+    "missing_field": (json.dumps({"type": "start_streaming"}), ErrorCode.BAD_MESSAGE),
+    "bad_base64": (json.dumps({"type": "start_streaming", "audio": {"kind": "upload", "filename": "a", "data": "@@"},
+                               "source": {"kind": "path", "path": "x.png"}}), ErrorCode.BAD_MESSAGE),
+    "binary_before_start": (b"\x00\x01", ErrorCode.BAD_MESSAGE),
+    "corrupt_audio": (start_message(b"RIFF....WAVEjunk" * 10, png_bytes(portrait())), ErrorCode.AUDIO_INVALID),
+    "empty_audio": (start_message(b"", png_bytes(portrait())), ErrorCode.AUDIO_EMPTY),
+    "zero_sample_audio": (start_message(wav_bytes(np.zeros(0, np.float32)), png_bytes(portrait())),
+                          ErrorCode.AUDIO_EMPTY),
+    "silent_audio": (start_message(wav_bytes(np.zeros(16000, np.float32)), png_bytes(portrait())),
+                     ErrorCode.AUDIO_SILENT),
+    "not_an_image": (start_message(wav_bytes(speech_like(0.5)), b"hello, I am text"), ErrorCode.IMAGE_INVALID),
+    "no_face": (start_message(wav_bytes(speech_like(0.5)), png_bytes(np.full((64, 64, 3), 128, np.uint8))),
+                ErrorCode.NO_FACE),
+}
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height with a tiny (all-zero) compressed body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = zlib.compress(b"\x00" * (1 + width) * 16)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+BAD_INPUTS["decompression_bomb"] = (start_message(wav_bytes(speech_like(0.5)), bomb_png(30000, 30000)),
+                                    ErrorCode.IMAGE_TOO_LARGE)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_gets_error_and_server_keeps_serving(start_server, name):
+    server = start_server()
+    message, code = BAD_INPUTS[name]
+    t = run(converse(f"{server.ws}/ws/bad", message))
+    assert t.error is not None and t.error.code == code, t.controls
+    assert t.error.message
+    assert not t.frames and t.close_code not in (None, 1000)
+    assert_still_serving(server)
+
+
+@pytest.fixture
+def media_root(tmp_path):
+    root = tmp_path / "media"
+    root.mkdir()
+    (root / "voice.wav").write_bytes(wav_bytes(speech_like(0.4)))
+    (root / "face.png").write_bytes(png_bytes(portrait()))
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(portrait(3)))
+    (root / "link.png").symlink_to(secret)
+    return root
+
+
+def path_start(audio: str, source: str) -> str:
+    return json.dumps({"type": "start_streaming", "audio": {"kind": "path", "path": audio},
+                       "source": {"kind": "path", "path": source}})
+
+
+@pytest.mark.parametrize("audio,source,code", [
+    ("voice.wav", "missing.png", ErrorCode.FILE_NOT_FOUND),
+    ("../../etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
+    ("/etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
+    ("voice.wav", "link.png", ErrorCode.PATH_FORBIDDEN),
+])
+def test_server_paths_stay_inside_media_root(start_server, media_root, audio, source, code):
+    server = start_server(media_root=media_root)
+    t = run(converse(f"{server.ws}/ws/p", path_start(audio, source)))
+    assert t.error is not None and t.error.code == code
+    assert_still_serving(server)
+
+
+def test_server_paths_inside_media_root_work(start_server, media_root):
+    server = start_server(media_root=media_root)
+    t = run(converse(f"{server.ws}/ws/p", path_start("voice.wav", "face.png")))
+    assert t.error is None and len(t.frames) == 10
+
+
+def test_server_paths_refused_without_media_root(start_server):
+    server = start_server()
+    t = run(converse(f"{server.ws}/ws/p", path_start("voice.wav", "face.png")))
+    assert t.error.code == ErrorCode.PATH_FORBIDDEN and "--media_root" in t.error.message
+
+
+def test_upload_over_limit(start_server):
+    server = start_server(max_upload_bytes=100_000)
+    t = run(converse(f"{server.ws}/ws/big", start_message(wav_bytes(speech_like(5.0)), png_bytes(portrait()))))
+    assert t.error.code == ErrorCode.UPLOAD_TOO_LARGE
+    assert_still_serving(server)
+
+
+def test_start_twice_is_refused(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.01))
+    t = run(converse(f"{server.ws}/ws/twice", good_start(2.0), good_start(2.0)))
+    assert t.error is not None and t.error.code == ErrorCode.INVALID_STATE
+    assert len(t.frames) < 50
+    assert_still_serving(server)
+
+
+def test_busy_when_at_max_sessions(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.02), max_sessions=1)
+
+    async def scenario():
+        first = asyncio.create_task(converse(f"{server.ws}/ws/first", good_start(1.0)))
+        await asyncio.sleep(0.3)
+        second = await converse(f"{server.ws}/ws/second", good_start(0.2))
+        return await first, second
+
+    first, second = run(scenario())
+    assert second.error.code == ErrorCode.BUSY and second.close_code == 1013
+    assert first.error is None and len(first.frames) == 25
+
+
+def test_duplicate_client_id_refused(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.02))
+
+    async def scenario():
+        first = asyncio.create_task(converse(f"{server.ws}/ws/same", good_start(1.0)))
+        await asyncio.sleep(0.3)
+        second = await converse(f"{server.ws}/ws/same", good_start(0.2))
+        return await first, second
+
+    first, second = run(scenario())
+    assert second.error.code == ErrorCode.CLIENT_ID_IN_USE
+    assert first.error is None and len(first.frames) == 25
+
+
+def test_stop_ends_stream_early(start_server):
+    backend = FakeBackend(delay_s=0.01)
+    server = start_server(backend=backend)
+
+    async def scenario():
+        async with websockets.connect(f"{server.ws}/ws/stopper") as ws:
+            await ws.send(good_start(4.0))
+            frames = 0
+            async for reply in ws:
+                if isinstance(reply, bytes):
+                    frames += 1
+                    if frames == 5:
+                        await ws.send(json.dumps({"type": "stop"}))
+                else:
+                    m = msg.parse_server_message(reply)
+                    if isinstance(m, msg.StreamingCompleted):
+                        return frames, m
+
+    frames, completed = run(scenario())
+    assert completed.frames_sent < 100 and frames == completed.frames_sent
+    assert backend.streams[0].closed
+
+
+def test_idle_client_times_out(start_server):
+    server = start_server(idle_timeout_s=0.5)
+    t = run(converse(f"{server.ws}/ws/idle"))
+    assert t.error.code == ErrorCode.TIMEOUT
+
+
+def healthz(server) -> dict:
+    return httpx.get(f"{server.http}/healthz", timeout=5).json()
+
+
+def test_disconnect_mid_stream_frees_session_at_once(start_server):
+    backend = FakeBackend(delay_s=0.02)
+    server = start_server(backend=backend)
+    t = run(converse(f"{server.ws}/ws/leaver", good_start(10.0), close_after=3))
+    assert len(t.frames) == 3
+    deadline = time.monotonic() + 2.0
+    while healthz(server)["sessions"]["active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert healthz(server)["sessions"]["active"] == 0
+    assert backend.streams[0].closed and backend.streams[0].emitted < 250
+
+
+def test_slow_client_gets_every_frame_with_bounded_buffering(start_server):
+    backend = FakeBackend()
+    server = start_server(backend=backend, frame_queue_size=2)
+    big = portrait(5, size=512)  # ~400 KB JPEG frames: socket buffers hold only a few
+
+    async def scenario():
+        async with websockets.connect(f"{server.ws}/ws/slow", max_size=None, max_queue=1) as ws:
+            await ws.send(start_message(wav_bytes(speech_like(8.0)), png_bytes(big)))
+            await asyncio.sleep(1.5)  # read nothing: the pipeline must wait
+            produced_while_stalled = backend.streams[0].emitted
+            frames = []
+            async for reply in ws:
+                if isinstance(reply, bytes):
+                    frames.append(reply)
+                elif isinstance(msg.parse_server_message(reply), msg.StreamingCompleted):
+                    return produced_while_stalled, len(frames)
+
+    stalled, received = run(scenario())
+    assert stalled < 100  # of 200: bounded by queue + socket buffers, not by the clip length
+    assert received == 200
+
+
+def test_connect_disconnect_cycles_leave_nothing_behind(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.005))
+    loop = server.server.servers[0].get_loop()
+
+    async def count_tasks():
+        return len(asyncio.all_tasks())
+
+    run(converse(f"{server.ws}/ws/warm", good_start(0.2)))
+    threads_before = threading.active_count()
+    tasks_before = asyncio.run_coroutine_threadsafe(count_tasks(), loop).result()
+
+    async def cycles():
+        for i in range(50):
+            if i % 2:
+                await converse(f"{server.ws}/ws/cycle{i}", good_start(2.0), close_after=2)
+            else:
+                async with websockets.connect(f"{server.ws}/ws/cycle{i}"):
+                    pass
+
+    run(cycles())
+    deadline = time.monotonic() + 3.0
+    while healthz(server)["sessions"]["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert healthz(server)["sessions"]["active"] == 0
+    time.sleep(0.2)
+    assert asyncio.run_coroutine_threadsafe(count_tasks(), loop).result() <= tasks_before
+    # worker pools are bounded: render threads <= max_sessions, encoder threads fixed
+    assert threading.active_count() <= threads_before + 4 + 2
+    assert all(s.closed for s in server.app.state.context.backend.streams)
+
+
+def test_healthz_and_metrics(start_server):
+    server = start_server(max_sessions=3)
+    assert healthz(server) == {"status": "ok", "backend": "fake", "sessions": {"active": 0, "max": 3}}
+    run(converse(f"{server.ws}/ws/m", good_start(0.4)))
+    run(converse(f"{server.ws}/ws/m2", "{bad"))
+    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["ditto_frames_sent_total"] == 10
+    assert values["ditto_sessions_total"] == 2
+    assert values["ditto_bytes_sent_total"] > 10 * 24
+    assert values["ditto_first_frame_latency_seconds_count"] == 1
+    assert values["ditto_frame_render_seconds_count"] == 10
+    assert values['ditto_errors_total{code="bad_message"}'] == 1
+    assert values["ditto_sessions_active"] == 0
+
+
+def test_shutdown_closes_open_sessions_with_1012(start_server):
+    server = start_server(backend=FakeBackend(delay_s=0.02))
+
+    async def scenario():
+        task = asyncio.create_task(converse(f"{server.ws}/ws/live", good_start(20.0)))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.stop)
+        return await task
+
+    t = run(scenario())
+    assert t.close_code == 1012
+    assert 0 < len(t.frames) < 500
