@@ -1,0 +1,386 @@
+"""Renderer modules: checkpoint layout, strict round trip, shapes, ONNX export, spectral norm, stitching.
+
+CPU only. Full-size output shapes are checked on the ``meta`` device (no compute); real forwards of
+the two big networks use reduced spatial sizes (both are fully convolutional over H and W), except
+the warp network's ONNX check, which runs once at the official size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ditto.backends.ditto.models import (
+    ONNX_INPUT_SHAPES,
+    ONNX_IO,
+    ONNX_OUTPUT_SHAPES,
+    RENDERER_MODELS,
+    export_onnx,
+    make_example_inputs,
+    stitch_state_dict_from_checkpoint,
+)
+from ditto.backends.ditto.models.blocks import SpectralNormConv2d, gaussian_heatmaps, identity_grid_3d
+from ditto.backends.ditto.models.motion_extractor import MOTION_OUTPUT_NAMES
+
+NAMES = list(RENDERER_MODELS)
+
+# (key count, exact parameter count, parameter count as rounded in the facts sheet §3.2 [M]).
+LAYOUT = {
+    "appearance_extractor": (107, 836_224, 0.84),
+    "motion_extractor": (212, 28_118_728, 28.1),
+    "warp_network": (97, 45_529_829, 45.5),
+    "decoder": (182, 55_365_388, 55.4),
+    "stitch_network": (8, 45_249, 0.045),
+}
+
+# sha256 over sorted "key:shape:dtype" lines of the state dict, obtained by instantiating the
+# official ditto-talkinghead modules (commit e9191cf, core/models/modules) with their default ctor.
+OFFICIAL_FINGERPRINT = {
+    "appearance_extractor": "c512d62b82423448365cbcd04c5a2940be31aeaea034ecf501ad78a63192fbb4",
+    "motion_extractor": "495fe6afd5437e6b1be983e255fadfe1bdded74f74bd98c6bc15aa246b64fa0c",
+    "warp_network": "cdf818d7a2a2005580b60beebd25620042a83186fb5542e8aa75d37c17b59ab4",
+    "decoder": "92425dc85147a174e711fb9d059d26eea57a7188426bbe2be6e00a84c1cc4301",
+    "stitch_network": "179b8dbfedf19b75a852894b6e2772fe150c5d97ce2a358cee1cd79f983ff5f8",
+}
+
+# VERIFIED key shapes from the facts sheet §3.2.
+KEY_SHAPES = {
+    "appearance_extractor": {"first.conv.weight": (64, 3, 3, 3)},
+    "motion_extractor": {"detector.downsample_layers.0.0.weight": (96, 3, 4, 4)},
+    "warp_network": {
+        "dense_motion_network.hourglass.encoder.down_blocks.0.conv.weight": (64, 110, 3, 3, 3),
+        "dense_motion_network.mask.weight": (22, 142, 7, 7, 7),
+        "dense_motion_network.occlusion.weight": (1, 2272, 7, 7),
+    },
+    "decoder": {
+        "fc.weight": (512, 256, 3, 3),
+        "conv_img.0.weight": (12, 64, 3, 3),
+        "G_middle_0.conv_0.weight_orig": (512, 512, 3, 3),
+        "G_middle_0.conv_0.weight_u": (512,),
+        "G_middle_0.conv_0.weight_v": (4608,),
+        "up_0.conv_s.weight_orig": (256, 512, 1, 1),
+    },
+    "stitch_network": {"mlp.0.weight": (128, 126), "mlp.2.weight": (128, 128), "mlp.4.weight": (64, 128), "mlp.6.weight": (65, 64)},
+}
+
+# Reduced spatial sizes for real CPU forwards of the heavy networks (depth 16 must stay: the
+# occlusion conv's input width is 142·16).
+SMALL_INPUTS = {
+    "appearance_extractor": {"image": (1, 3, 64, 64)},
+    "motion_extractor": {"image": (1, 3, 64, 64)},
+    "warp_network": {"feature_3d": (1, 32, 16, 32, 32), "kp_source": (1, 21, 3), "kp_driving": (1, 21, 3)},
+    "decoder": {"feature": (1, 256, 16, 16)},
+    "stitch_network": None,
+}
+
+
+def _randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Give BatchNorm statistics and zero-initialised parameters (GRN) non-trivial values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if key.endswith("running_mean"):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+            elif key.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif key.endswith(("grn.gamma", "grn.beta")):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _build(name: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomize_(RENDERER_MODELS[name](), seed)
+
+
+def _inputs(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    return make_example_inputs(name, SMALL_INPUTS[name], generator=torch.Generator().manual_seed(seed))
+
+
+def _flat(out) -> torch.Tensor:
+    if isinstance(out, dict):
+        return torch.cat([value.flatten() for value in out.values()])
+    return out.flatten()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    return {name: _build(name, seed=index) for index, name in enumerate(NAMES)}
+
+
+# ------------------------------------------------------------------------------------------- tables
+def test_tables_cover_every_model_and_match_forward_signatures():
+    assert NAMES == ["appearance_extractor", "motion_extractor", "warp_network", "decoder", "stitch_network"]
+    assert set(ONNX_IO) == set(ONNX_INPUT_SHAPES) == set(ONNX_OUTPUT_SHAPES) == set(NAMES)
+    for name, cls in RENDERER_MODELS.items():
+        input_names, output_names = ONNX_IO[name]
+        params = list(inspect.signature(cls.forward).parameters)[1:]
+        assert tuple(params) == input_names, name  # runners call model(**inputs)
+        assert tuple(ONNX_INPUT_SHAPES[name]) == input_names
+        assert tuple(ONNX_OUTPUT_SHAPES[name]) == output_names
+    assert ONNX_IO["motion_extractor"][1] == ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+
+
+# ------------------------------------------------------------------------------ checkpoint layout
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_layout_matches_official(name):
+    with torch.device("meta"):
+        model = RENDERER_MODELS[name]()
+    state = model.state_dict()
+    n_keys, n_params, rounded = LAYOUT[name]
+    assert len(state) == n_keys
+    total = sum(p.numel() for p in model.parameters())
+    assert total == n_params
+    digits = 3 if rounded < 0.1 else (2 if rounded < 1 else 1)
+    assert round(total / 1e6, digits) == rounded
+    for key, shape in KEY_SHAPES[name].items():
+        assert tuple(state[key].shape) == shape, key
+    text = "".join(f"{k}:{tuple(v.shape)}:{v.dtype}\n" for k, v in sorted(state.items()))
+    assert hashlib.sha256(text.encode()).hexdigest() == OFFICIAL_FINGERPRINT[name]
+
+
+def test_decoder_spectral_norm_and_batchnorm_keys():
+    with torch.device("meta"):
+        decoder_keys = set(RENDERER_MODELS["decoder"]().state_dict())
+        warp_keys = set(RENDERER_MODELS["warp_network"]().state_dict())
+    for conv in ("conv_0", "conv_1"):
+        assert {f"G_middle_3.{conv}.{s}" for s in ("weight_orig", "weight_u", "weight_v", "bias")} <= decoder_keys
+        assert f"G_middle_3.{conv}.weight" not in decoder_keys
+    assert "up_1.conv_s.weight_orig" in decoder_keys and "up_1.conv_s.bias" not in decoder_keys
+    assert "G_middle_0.conv_s.weight_orig" not in decoder_keys  # 512→512: identity shortcut
+    assert sum(k.endswith("weight_orig") for k in decoder_keys) == 6 * 2 + 2 * 3
+    assert "dense_motion_network.norm.num_batches_tracked" in warp_keys
+
+
+# --------------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("name", NAMES)
+def test_strict_state_dict_round_trip(name, models, tmp_path):
+    model = models[name]
+    path = tmp_path / f"{name}.pth"
+    torch.save(model.state_dict(), path)
+
+    fresh = RENDERER_MODELS[name]().eval()
+    inputs = _inputs(name)
+    with torch.no_grad():
+        expected = _flat(model(**inputs))
+        assert not torch.equal(_flat(fresh(**inputs)), expected)  # the load below must matter
+        result = fresh.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        assert torch.equal(_flat(fresh(**inputs)), expected)
+
+
+def test_stitch_checkpoint_helper(models, tmp_path):
+    model = models["stitch_network"]
+    official_like = {"retarget_shoulder": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(official_like, tmp_path / "stitch_network.pth")
+    loaded = torch.load(tmp_path / "stitch_network.pth", map_location="cpu", weights_only=True)
+    fresh = RENDERER_MODELS["stitch_network"]()
+    fresh.load_state_dict(stitch_state_dict_from_checkpoint(loaded), strict=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+    # Un-prefixed and plain layouts are accepted; anything else is refused.
+    assert set(stitch_state_dict_from_checkpoint({"retarget_shoulder": model.state_dict()})) == set(model.state_dict())
+    assert set(stitch_state_dict_from_checkpoint(model.state_dict())) == set(model.state_dict())
+    with pytest.raises(KeyError):
+        stitch_state_dict_from_checkpoint({"retarget_eye": {}})
+
+
+# ------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("name", NAMES)
+def test_full_size_output_shapes(name):
+    with torch.device("meta"):
+        model = RENDERER_MODELS[name]().eval()
+        inputs = {k: torch.empty(shape) for k, shape in ONNX_INPUT_SHAPES[name].items()}
+        out = model(**inputs)
+    expected = ONNX_OUTPUT_SHAPES[name]
+    if isinstance(out, dict):
+        assert list(out) == list(expected)
+        assert {k: tuple(v.shape) for k, v in out.items()} == expected
+    else:
+        (shape,) = expected.values()
+        assert tuple(out.shape) == shape
+
+
+def test_small_forward_values(models):
+    with torch.no_grad():
+        image = models["decoder"](**_inputs("decoder"))
+        assert image.shape == (1, 3, 128, 128)  # ×2 ×2 upsampling, then PixelShuffle(2)
+        assert float(image.min()) > 0 and float(image.max()) < 1 and float(image.std()) > 1e-4
+        motion = models["motion_extractor"](**_inputs("motion_extractor"))
+        assert list(motion) == list(MOTION_OUTPUT_NAMES)
+        feat = models["motion_extractor"].detector.embed(_inputs("motion_extractor")["image"])
+        assert torch.equal(motion["kp"], models["motion_extractor"].detector.fc_kp(feat))
+        assert torch.equal(motion["scale"], models["motion_extractor"].detector.fc_scale(feat))
+
+
+# ------------------------------------------------------------------------------- warp geometry
+def test_identity_grid_and_heatmaps():
+    grid = identity_grid_3d(3, 4, 5, torch.zeros(1))
+    assert grid.shape == (3, 4, 5, 3)
+    assert torch.allclose(grid[0, 0, :, 0], torch.linspace(-1, 1, 5))  # x along width
+    assert torch.allclose(grid[0, :, 0, 1], torch.linspace(-1, 1, 4))  # y along height
+    assert torch.allclose(grid[:, 0, 0, 2], torch.linspace(-1, 1, 3))  # z along depth
+    kp = torch.tensor([[[0.5, -1.0, 0.0]]])  # x=0.5 → w index 3 of 5, y=-1 → h 0, z=0 → d 1
+    heat = gaussian_heatmaps(kp, (3, 4, 5), 0.01)
+    assert heat.shape == (1, 1, 3, 4, 5)
+    assert torch.argmax(heat.flatten()).item() == np.ravel_multi_index((1, 0, 3), (3, 4, 5))
+    assert math.isclose(heat.max().item(), 1.0, rel_tol=1e-6)
+
+
+def test_dense_motion_is_identity_when_keypoints_do_not_move(models):
+    dense = models["warp_network"].dense_motion_network
+    inputs = _inputs("warp_network")
+    kp = inputs["kp_source"]
+    with torch.no_grad():
+        deformation, occlusion = dense(inputs["feature_3d"], kp, kp)
+        grid = identity_grid_3d(16, 32, 32, kp)
+        assert torch.allclose(deformation[0], grid, atol=1e-6)
+        moved, _ = dense(inputs["feature_3d"], kp + 0.2, kp)
+        assert not torch.allclose(moved[0], grid, atol=1e-3)
+    assert occlusion.shape == (1, 1, 32, 32) and float(occlusion.min()) >= 0 and float(occlusion.max()) <= 1
+
+
+# ----------------------------------------------------------------------------------- stitching
+def test_stitching_adds_offsets_and_shared_xy_shift(models):
+    stitch = models["stitch_network"]
+    gen = torch.Generator().manual_seed(3)
+    kp_s, kp_d = torch.randn(2, 21, 3, generator=gen) * 0.3, torch.randn(2, 21, 3, generator=gen) * 0.3
+    with torch.no_grad():
+        out = stitch(kp_s, kp_d)
+        delta = stitch.mlp(torch.cat([kp_s.reshape(2, -1), kp_d.reshape(2, -1)], dim=1))
+    expected = kp_d + delta[:, :63].reshape(2, 21, 3)
+    expected[..., :2] += delta[:, None, 63:65]
+    assert out.shape == (2, 21, 3)
+    assert torch.allclose(out, expected, atol=1e-7)
+    assert torch.allclose(out[..., 2], kp_d[..., 2] + delta[:, 2:63:3], atol=1e-7)  # no shared z shift
+
+
+# ------------------------------------------------------------------------------- spectral norm
+def _reference_and_ours(bias: bool, seed: int):
+    torch.manual_seed(seed)
+    reference = nn.utils.spectral_norm(nn.Conv2d(6, 5, 3, padding=1, bias=bias))
+    with torch.no_grad():  # arbitrary (non-converged) stored vectors
+        reference.weight_u.copy_(torch.randn(5))
+        reference.weight_v.copy_(torch.randn(54))
+    ours = SpectralNormConv2d(6, 5, 3, padding=1, bias=bias)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    return reference, ours
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_spectral_norm_eval_uses_stored_vectors_like_torch(bias, tmp_path):
+    reference, ours = _reference_and_ours(bias, seed=7)
+    reference.eval(), ours.eval()
+    u_before, v_before = ours.weight_u.clone(), ours.weight_v.clone()
+    x = torch.randn(2, 6, 8, 8)
+    with torch.no_grad():
+        expected = reference(x)
+        got = ours(x)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        assert torch.equal(ours.weight_u, u_before) and torch.equal(ours.weight_v, v_before)
+        # The normalisation must actually change the result (sigma here is far from 1).
+        plain = nn.functional.conv2d(x, ours.weight_orig, ours.bias, padding=1)
+        assert not torch.allclose(got, plain, atol=1e-3)
+
+    export_onnx_path = tmp_path / "sn.onnx"
+    torch.onnx.export(ours, (x,), str(export_onnx_path), input_names=["x"], output_names=["y"], opset_version=20, dynamo=False)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(export_onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_spectral_norm_training_power_iteration_like_torch():
+    reference, ours = _reference_and_ours(True, seed=11)
+    reference.train(), ours.train()
+    x = torch.randn(1, 6, 5, 5)
+    for _ in range(3):
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_u, reference.weight_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight_v, reference.weight_v, rtol=1e-5, atol=1e-6)
+    ours(x).sum().backward()  # gradients reach weight_orig through sigma
+    assert ours.weight_orig.grad is not None and torch.isfinite(ours.weight_orig.grad).all()
+
+
+# ----------------------------------------------------------------------------------------- ONNX
+ONNX_CASES = [
+    ("appearance_extractor", None),
+    ("motion_extractor", None),
+    ("warp_network", None),  # official size: exercises the 5-D GridSample at 16×64×64
+    ("decoder", {"feature": (1, 256, 16, 16)}),
+    ("stitch_network", None),
+]
+
+
+@pytest.mark.parametrize(("name", "shapes"), ONNX_CASES, ids=[case[0] for case in ONNX_CASES])
+def test_onnx_export_opset20_matches_torch(name, shapes, models, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model = models[name]
+    inputs = make_example_inputs(name, shapes, generator=torch.Generator().manual_seed(5))
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(name, model, path, inputs=inputs)
+
+    graph = onnx.load(str(path), load_external_data=False)
+    input_names, output_names = ONNX_IO[name]
+    assert [i.name for i in graph.graph.input] == list(input_names)
+    assert [o.name for o in graph.graph.output] == list(output_names)
+    assert max(op.version for op in graph.opset_import if op.domain in ("", "ai.onnx")) == 20
+    if name == "warp_network":
+        assert sum(node.op_type == "GridSample" for node in graph.graph.node) == 2
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        out = model(**inputs)
+    expected = [out[k] for k in output_names] if isinstance(out, dict) else [out]
+    for array, tensor in zip(got, expected):
+        ref = tensor.numpy()
+        assert array.shape == ref.shape
+        scale = max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(array, ref, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.slow
+def test_decoder_onnx_full_size(models, tmp_path, request):
+    """Official-size decoder export (≈35 s on 2 CPU cores): runs only when selected with ``-m slow``."""
+    if "slow" not in (request.config.getoption("markexpr") or "") or "not slow" in request.config.getoption("markexpr"):
+        pytest.skip("full-size decoder run; select with -m slow")
+    test_onnx_export_opset20_matches_torch("decoder", None, models, tmp_path)
+
+
+# --------------------------------------------------------------------------------- precision
+def test_autocast_and_half_smoke(models):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for name in ("appearance_extractor", "motion_extractor", "warp_network", "decoder"):
+            out = _flat(models[name](**_inputs(name)))
+            assert torch.isfinite(out.float()).all(), name
+    decoder = _build("decoder", seed=3).half()
+    with torch.no_grad():
+        image = decoder(**{k: v.half() for k, v in _inputs("decoder").items()})
+    assert image.dtype == torch.float16 and torch.isfinite(image).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_and_half():
+    for name in ("appearance_extractor", "motion_extractor", "warp_network", "decoder"):
+        model = _build(name, seed=0).cuda()
+        inputs = {k: v.cuda() for k, v in make_example_inputs(name).items()}
+        with torch.no_grad():
+            reference = _flat(model(**inputs)).float()
+            with torch.autocast("cuda", dtype=torch.float16):
+                mixed = _flat(model(**inputs)).float()
+            assert torch.isfinite(mixed).all(), name
+            assert (mixed - reference).abs().max() <= 0.05 * max(1.0, reference.abs().max().item()), name
+            if name in ("warp_network", "decoder"):
+                half = _flat(model.half()(**{k: v.half() for k, v in inputs.items()})).float()
+                assert torch.isfinite(half).all(), name
