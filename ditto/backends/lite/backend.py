@@ -1,0 +1,184 @@
+"""The lite backend: registration (landmarks, geometry, rig) and per-session streams.
+
+A stream is a small pipeline, each stage incremental and fed in frame order::
+
+    audio -> SpeechAnalyzer -> SpeechFeatures -> MouthDriver -> MouthParams
+          -> MotionGenerator -> FrameMotion -> target_vertices -> FrameRenderer -> VideoFrame
+
+Audio is consumed eagerly when :meth:`LiteStream.feed` is called; frames are rendered
+lazily as the returned iterator is advanced. Frames not pulled from one call's iterator
+come out of the next call's, in order, so output never depends on how audio is chunked.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Iterator
+
+import numpy as np
+
+from ditto import SAMPLES_PER_FRAME
+from ditto.backends.base import VideoFrame
+from ditto.backends.lite.geometry import FaceGeometry, build_geometry
+from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
+from ditto.backends.lite.motion import FaceRig, FrameMotion, MotionGenerator, MotionTuning, build_rig, target_vertices
+from ditto.backends.lite.render import FrameRenderer, MouthStyle, mouth_style
+from ditto.backends.lite.speech import LOOKAHEAD_FRAMES, MouthDriver, MouthParams, MouthTuning, SpeechAnalyzer
+from ditto.backends.lite.warp import InverseWarp
+from ditto.errors import ErrorCode, MediaError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class LiteAvatar:
+    """A registered portrait and everything precomputed for it; read-only, shared by streams."""
+
+    width: int
+    height: int
+    image: np.ndarray  # (height, width, 3) uint8 RGB, read-only copy of the source
+    landmarks: FaceLandmarks
+    geometry: FaceGeometry
+    rig: FaceRig
+    warp: InverseWarp
+    style: MouthStyle
+
+
+class LiteStream:
+    """One session's animation. Calls come from one thread; see :mod:`ditto.backends.base`."""
+
+    def __init__(self, avatar: LiteAvatar, seed: int, mouth_tuning: MouthTuning | None,
+                 motion_tuning: MotionTuning | None, lookahead_frames: int) -> None:
+        self.avatar = avatar
+        self.seed = seed
+        self._analyzer = SpeechAnalyzer()
+        self._driver = MouthDriver(mouth_tuning, lookahead_frames)
+        self._motion = MotionGenerator(avatar.rig, seed, motion_tuning)
+        self._renderer = FrameRenderer(avatar.image, avatar.geometry, avatar.warp, avatar.style)
+        self._ready: collections.deque[MouthParams] = collections.deque()
+        self._idle_spans: list[tuple[int, int]] = []  # [start, end) sample ranges fed through idle()
+        self.samples_fed = 0
+        self.frames_rendered = 0
+        self.last_motion: FrameMotion | None = None
+        self._finished = False
+        self._closed = False
+
+    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
+        """Append float32 16 kHz mono samples; iterate the result to get every frame now renderable.
+
+        Frame i is renderable once the audio of frames i..i+LOOKAHEAD_FRAMES has arrived.
+
+        Raises:
+            MediaError: the samples are not a 1-D finite float array.
+            RuntimeError: the stream was finished or closed.
+        """
+        self._check_open()
+        samples = np.asarray(audio)
+        if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
+            raise MediaError("lite backend expects 1-D float32 16 kHz mono samples", code=ErrorCode.AUDIO_INVALID)
+        if not np.all(np.isfinite(samples)):
+            raise MediaError("audio contains NaN or infinite samples", code=ErrorCode.AUDIO_INVALID)
+        self._push(samples.astype(np.float32, copy=False))
+        return self._drain()
+
+    def idle(self, n_frames: int) -> Iterator[VideoFrame]:
+        """Feed ``n_frames`` of silence (live idling); those frames come out with ``idle=True``."""
+        self._check_open()
+        start = self.samples_fed
+        end = start + n_frames * SAMPLES_PER_FRAME
+        if self._idle_spans and self._idle_spans[-1][1] == start:
+            self._idle_spans[-1] = (self._idle_spans[-1][0], end)
+        else:
+            self._idle_spans.append((start, end))
+        self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32))
+        return self._drain()
+
+    def finish(self) -> Iterator[VideoFrame]:
+        """No more audio: the remaining frames, padded with silence, total ``ceil(samples / 640)``."""
+        self._check_open()
+        self._finished = True
+        self._ready.extend(self._driver.push(self._analyzer.flush()))
+        self._ready.extend(self._driver.flush())
+        return self._drain()
+
+    def close(self) -> None:
+        """Drop queued work. Safe to call twice."""
+        self._closed = True
+        self._ready.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("stream is closed")
+        if self._finished:
+            raise RuntimeError("stream is finished: open a new stream for more audio")
+
+    def _push(self, samples: np.ndarray) -> None:
+        self.samples_fed += len(samples)
+        self._ready.extend(self._driver.push(self._analyzer.push(samples)))
+
+    def _drain(self) -> Iterator[VideoFrame]:
+        while self._ready and not self._closed:
+            params = self._ready.popleft()
+            motion = self._motion.step(params)
+            self.last_motion = motion
+            target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
+            image = self._renderer.render(target)
+            self.frames_rendered += 1
+            yield VideoFrame(params.index, image, idle=self._is_idle(params.index))
+
+    def _is_idle(self, index: int) -> bool:
+        start, end = index * SAMPLES_PER_FRAME, (index + 1) * SAMPLES_PER_FRAME
+        while self._idle_spans and self._idle_spans[0][1] < start:
+            self._idle_spans.pop(0)
+        return any(a <= start and end <= b for a, b in self._idle_spans)
+
+
+class LiteBackend:
+    """Weights-free CPU animator: speech energy and spectrum drive a mesh warp of the portrait.
+
+    Args:
+        mouth_tuning: how speech features map to the mouth (defaults: :class:`MouthTuning`).
+        motion_tuning: motion amplitudes, blink timing (defaults: :class:`MotionTuning`).
+        lookahead_frames: audio frames a stream waits for before rendering a frame (latency).
+    """
+
+    name = "lite"
+
+    def __init__(self, *, mouth_tuning: MouthTuning | None = None, motion_tuning: MotionTuning | None = None,
+                 lookahead_frames: int = LOOKAHEAD_FRAMES) -> None:
+        if lookahead_frames < 0:
+            raise ValueError("lookahead_frames must be >= 0")
+        self.mouth_tuning = mouth_tuning or MouthTuning()
+        self.motion_tuning = motion_tuning or MotionTuning()
+        self.lookahead_frames = lookahead_frames
+
+    def register_source(self, image_rgb: np.ndarray) -> LiteAvatar:
+        """Find the face and precompute its mesh, rig and warp tables (~50-100 ms).
+
+        Raises:
+            SourceError: no face was found (code ``no_face``), or it is too small to animate.
+            MediaError: the image is not (H, W, 3) uint8.
+        """
+        image = np.asarray(image_rgb)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise MediaError("source image must be (H, W, 3) uint8 RGB", code=ErrorCode.IMAGE_INVALID)
+        image = np.ascontiguousarray(image).copy()
+        image.flags.writeable = False
+        height, width = image.shape[:2]
+        face = detect_landmarks(image)
+        geo = build_geometry(face, width, height)
+        rig = build_rig(geo, self.motion_tuning)
+        warp = InverseWarp(geo.mesh, geo.roi.width, geo.roi.height, geo.grid_step_px)
+        style = mouth_style(image, geo)
+        return LiteAvatar(width, height, image, face, geo, rig, warp, style)
+
+    def open_stream(self, avatar: LiteAvatar, *, seed: int) -> LiteStream:
+        """A new stream over ``avatar``; the same seed and audio give the same frames."""
+        if not isinstance(avatar, LiteAvatar):
+            raise TypeError("avatar was not registered by the lite backend")
+        return LiteStream(avatar, seed, self.mouth_tuning, self.motion_tuning, self.lookahead_frames)
+
+    def close(self) -> None:
+        """Nothing to release: the lite backend holds no models."""
