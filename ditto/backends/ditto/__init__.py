@@ -1,0 +1,1 @@
+"""The Ditto backend: the official checkpoints (PyTorch, ONNX, TensorRT) behind the animator interface."""

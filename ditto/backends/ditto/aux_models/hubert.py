@@ -1,0 +1,195 @@
+"""Streaming HuBERT audio features (Ditto ``hubert`` / ``hubert_streaming_fix_kv``).
+
+The model maps ``input_values`` (1, L) float32 16 kHz audio to
+``encoding_out`` (T, 1024), one row per 20 ms (T = ⌊(L − 400) / 320⌋ + 1). Ditto
+never feeds whole utterances: it feeds fixed windows and averages rows in pairs
+to get one 1024-d feature per 40 ms video frame (25 fps). Window math (facts
+sheet §4 "wav2feat", §5; chunksize = (past, current, future) frames = (3, 5, 2)):
+
+* window length ``split_len = 640 · (3 + 5 + 2) + 80 = 6480`` samples → 20 rows;
+* rows ``[−(5 + 2)·2 : −2·2]`` = 6..15 are the 5 current frames, averaged in
+  pairs → (5, 1024);
+* consecutive windows start 5 frames (3200 samples) apart.
+
+Offline: zero-pad 2000 samples in front (6480 − 7·640) and 6480 at the end,
+windows at frame 0, 5, 10, … < num_f, concatenate, trim to num_f =
+⌈samples / 640⌉. Online (streaming): zero-pad 1920 samples (3 frames) in
+front, windows every 3200 samples for every start inside the padded audio,
+zero-padded at the tail; online window i is offline window i shifted 80
+samples later. Upstream computes num_f and window starts in floating point
+(``ceil(n / 16000 · 25)``, ``int(i · 0.04 · 16000)``), which is off by one for a
+few lengths (e.g. 4480 samples → 8); these helpers use exact integer math.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ditto.backends.ditto.aux_models._io import Runner, declared_names, run_numpy
+
+SAMPLE_RATE_HZ = 16000
+SAMPLES_PER_FRAME = 640  # 40 ms at 16 kHz = one 25 fps video frame
+FEATURE_DIM = 1024
+DEFAULT_CHUNKSIZE = (3, 5, 2)
+WINDOW_TAIL_SAMPLES = 80
+HUBERT_RECEPTIVE_FIELD = 400
+HUBERT_HOP = 320
+
+
+def split_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
+    """Samples per HuBERT window: 640 · sum(chunksize) + 80 (6480 by default)."""
+    return SAMPLES_PER_FRAME * sum(chunksize) + WINDOW_TAIL_SAMPLES
+
+
+def hop_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
+    """Samples between window starts: 640 · current frames (3200 by default)."""
+    return SAMPLES_PER_FRAME * chunksize[1]
+
+
+def hubert_rows(num_samples: int) -> int:
+    """Rows HuBERT returns for ``num_samples`` (conv front end: window 400, hop 320)."""
+    if num_samples < HUBERT_RECEPTIVE_FIELD:
+        return 0
+    return (num_samples - HUBERT_RECEPTIVE_FIELD) // HUBERT_HOP + 1
+
+
+def num_feature_frames(num_samples: int) -> int:
+    """Video frames (features) for an utterance: ⌈samples / 640⌉."""
+    return -(-int(num_samples) // SAMPLES_PER_FRAME)
+
+
+def valid_row_slice(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> slice:
+    """Rows of one window's encoding that belong to the current frames (6..15 of 20)."""
+    return slice(-(chunksize[1] + chunksize[2]) * 2, -chunksize[2] * 2)
+
+
+def window_features(encoding: np.ndarray, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> np.ndarray:
+    """(T, 1024) encoding of one window → (chunksize[1], 1024) per-frame features."""
+    rows = encoding[valid_row_slice(chunksize)]
+    if rows.shape[0] != 2 * chunksize[1]:
+        raise ValueError(f"encoding with {encoding.shape[0]} rows is too short for chunksize {chunksize}")
+    return rows.reshape(chunksize[1], 2, -1).mean(axis=1)
+
+
+def offline_windows(audio: np.ndarray, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> list[np.ndarray]:
+    """Windows the offline path feeds to HuBERT for a whole utterance (16 kHz mono)."""
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    length = split_len(chunksize)
+    front = length - SAMPLES_PER_FRAME * (chunksize[1] + chunksize[2])
+    padded = np.concatenate([np.zeros(front, np.float32), audio, np.zeros(length, np.float32)])
+    n_frames = num_feature_frames(audio.shape[0])
+    starts = range(0, n_frames, chunksize[1])
+    return [padded[f * SAMPLES_PER_FRAME : f * SAMPLES_PER_FRAME + length] for f in starts]
+
+
+def online_windows(audio: np.ndarray, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> list[np.ndarray]:
+    """Windows the streaming path feeds to HuBERT (upstream inference.py online loop)."""
+    windower = StreamingWindower(chunksize)
+    return windower.push(audio) + windower.flush()
+
+
+class StreamingWindower:
+    """Cuts a live 16 kHz stream into the online HuBERT windows.
+
+    ``push`` returns every window whose samples have all arrived; ``flush`` (at
+    end of stream) returns the remaining ones, zero-padded, so that the windows
+    equal :func:`online_windows` of the whole stream whatever the push sizes.
+    Window i yields features for frames 5i..5i+4 and needs input up to sample
+    3200·i + 4560.
+    """
+
+    def __init__(self, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> None:
+        self.chunksize = chunksize
+        self.window = split_len(chunksize)
+        self.hop = hop_len(chunksize)
+        self._buffer = np.zeros(SAMPLES_PER_FRAME * chunksize[0], np.float32)  # front padding
+        self._offset = 0  # padded-stream index of _buffer[0]
+        self._next_start = 0  # padded-stream index of the next window
+        self._flushed = False
+
+    @property
+    def windows_emitted(self) -> int:
+        return self._next_start // self.hop
+
+    def push(self, samples: np.ndarray) -> list[np.ndarray]:
+        if self._flushed:
+            raise RuntimeError("push after flush")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._buffer = np.concatenate([self._buffer, samples])
+        out = []
+        while self._next_start + self.window <= self._offset + self._buffer.shape[0]:
+            out.append(self._take(self._next_start))
+            self._next_start += self.hop
+        self._trim()
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        """Remaining windows (every start inside the stream), zero-padded at the tail."""
+        if self._flushed:
+            return []
+        self._flushed = True
+        end = self._offset + self._buffer.shape[0]
+        out = []
+        while self._next_start < end:
+            out.append(self._take(self._next_start))
+            self._next_start += self.hop
+        return out
+
+    def _take(self, start: int) -> np.ndarray:
+        local = start - self._offset
+        chunk = self._buffer[local : local + self.window]
+        if chunk.shape[0] < self.window:
+            chunk = np.pad(chunk, (0, self.window - chunk.shape[0]))
+        return chunk.copy()
+
+    def _trim(self) -> None:
+        drop = self._next_start - self._offset
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._offset += drop
+
+
+class HubertFeatureExtractor:
+    """HuBERT runner + Ditto's window math.
+
+    Args:
+        runner: ``runner(input_values=(1, L) float32) -> {"encoding_out": (T, 1024)}``
+            (the first declared input/output are used when names differ).
+        chunksize: (past, current, future) frames, upstream default (3, 5, 2).
+    """
+
+    def __init__(self, runner: Runner, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> None:
+        self._runner = runner
+        self.chunksize = tuple(chunksize)
+        inputs = declared_names(runner, "input_names")
+        outputs = declared_names(runner, "output_names")
+        self._input_name = inputs[0] if inputs else "input_values"
+        self._output_name = outputs[0] if outputs else "encoding_out"
+
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Raw model call: (L,) samples → (T, 1024) float32."""
+        feed = np.asarray(samples, dtype=np.float32).reshape(1, -1)
+        out = run_numpy(self._runner, {self._input_name: feed})
+        enc = out.get(self._output_name, next(iter(out.values())))
+        if enc.ndim == 3 and enc.shape[0] == 1:
+            enc = enc[0]
+        return enc.astype(np.float32)
+
+    def chunk_features(self, window: np.ndarray) -> np.ndarray:
+        """One 6480-sample window → (5, 1024) features (upstream ``run_chunk`` / ``Wav2FeatHubert.__call__``)."""
+        return window_features(self.encode(window), self.chunksize)
+
+    def offline_features(self, audio: np.ndarray) -> np.ndarray:
+        """(num_f, 1024) features for a whole 16 kHz utterance (offline path)."""
+        n_frames = num_feature_frames(np.asarray(audio).reshape(-1).shape[0])
+        if n_frames == 0:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        feats = [self.chunk_features(w) for w in offline_windows(audio, self.chunksize)]
+        return np.concatenate(feats, axis=0)[:n_frames]
+
+    def online_features(self, audio: np.ndarray) -> Iterator[np.ndarray]:
+        """(5, 1024) features per online window of a whole utterance, in order."""
+        for window in online_windows(audio, self.chunksize):
+            yield self.chunk_features(window)

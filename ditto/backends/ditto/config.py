@@ -1,0 +1,691 @@
+"""The official Ditto cfg pkl, read into frozen dataclasses.
+
+A cfg pkl (``ditto_cfg/v0.4_hubert_cfg_*.pkl``) is a pickled dict with three
+top-level keys (facts sheet §2.1)::
+
+    base_cfg          {section: {model_path, device, [force_ori_type]}}   one per model
+                      landmark478_cfg = {blaze_face_model_path, face_mesh_model_path,
+                                         task_path, device, force_ori_type}
+    audio2motion_cfg  {model_path, device, motion_feat_dim, audio_feat_dim, seq_frames,
+                       use_emo, use_sc, use_eye_open, use_eye_ball, w2f_type}
+    default_kwargs    setup options (overlap_v2, sampling_timesteps, emo arrays, ch_info, …)
+
+:func:`load_cfg` validates that structure, resolves model paths like the
+official loader (a path that is not an existing file is joined to
+``data_root``), picks each model's engine from its suffix, and keeps
+``default_kwargs`` verbatim (arrays and the ``ch_info`` dict are NOT rebuilt).
+:meth:`DittoCfg.setup_options` merges the setup options — caller kwargs win,
+then the pkl's ``default_kwargs``, then the code defaults of §2.2 — into a
+typed :class:`SetupOptions`.
+
+:func:`write_cfg_pkl` writes pkls in the same structure for the generated
+test checkpoints (``ditto/tools/make_test_checkpoints.py``).
+
+This module builds no models and chooses no device.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+
+from ditto.errors import ConfigError
+
+EngineKind = Literal["torch", "onnx", "tensorrt", "ori"]
+
+#: Model-file suffix → engine (official ``core/utils/load_model.py``).
+ENGINE_BY_SUFFIX: Mapping[str, EngineKind] = MappingProxyType({
+    ".onnx": "onnx",
+    ".engine": "tensorrt",
+    ".trt": "tensorrt",
+    ".pt": "torch",
+    ".pth": "torch",
+})
+
+#: base_cfg sections read by the official parser (hubert_cfg: w2f_type "hubert").
+BASE_SECTIONS: tuple[str, ...] = (
+    "insightface_det_cfg",
+    "landmark106_cfg",
+    "landmark203_cfg",
+    "landmark478_cfg",
+    "appearance_extractor_cfg",
+    "motion_extractor_cfg",
+    "stitch_network_cfg",
+    "warp_network_cfg",
+    "decoder_cfg",
+    "hubert_cfg",
+)
+#: Sections whose "original" implementation (force_ori_type) exists upstream.
+AUX_SECTIONS: frozenset[str] = frozenset(
+    {"insightface_det_cfg", "landmark106_cfg", "landmark203_cfg", "landmark478_cfg", "hubert_cfg"}
+)
+LANDMARK478_PATH_KEYS: tuple[str, ...] = ("task_path", "blaze_face_model_path", "face_mesh_model_path")
+AUDIO2MOTION_KEYS: tuple[str, ...] = (
+    "model_path", "device", "motion_feat_dim", "audio_feat_dim", "seq_frames",
+    "use_emo", "use_sc", "use_eye_open", "use_eye_ball", "w2f_type",
+)
+TOP_LEVEL_KEYS: tuple[str, ...] = ("base_cfg", "audio2motion_cfg", "default_kwargs")
+
+
+def engine_kind_for(path: str | os.PathLike[str], *, force_ori_type: bool = False) -> EngineKind:
+    """Engine for a model file: ``ori`` if forced, else by suffix.
+
+    Raises:
+        ConfigError: the suffix is none of .onnx/.engine/.trt/.pt/.pth.
+    """
+    if force_ori_type:
+        return "ori"
+    suffix = Path(os.fspath(path)).suffix.lower()
+    try:
+        return ENGINE_BY_SUFFIX[suffix]
+    except KeyError:
+        raise ConfigError(
+            f"unsupported model file type {os.fspath(path)!r}: expected one of "
+            f"{', '.join(ENGINE_BY_SUFFIX)} (or force_ori_type for aux models)"
+        ) from None
+
+
+# -- dataclasses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCfg:
+    """One base_cfg section (or the LMDM), with its path resolved."""
+
+    section: str  # base_cfg key, e.g. "decoder_cfg"; "audio2motion_cfg" for the LMDM
+    model_path: Path  # resolved against data_root
+    device: str  # "cuda" | "cpu" as written in the pkl
+    force_ori_type: bool
+    engine: EngineKind
+    extra: Mapping[str, Any] = field(default_factory=dict)  # any other keys, verbatim
+
+
+@dataclass(frozen=True, slots=True)
+class Landmark478Cfg:
+    """MediaPipe 478-point mesh: blaze_face + face_mesh engines, or the .task file (ori)."""
+
+    section: str
+    task_path: Path | None  # MediaPipe face_landmarker.task (force_ori_type)
+    blaze_face_model_path: Path | None
+    face_mesh_model_path: Path | None
+    device: str
+    force_ori_type: bool
+    engine: EngineKind
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Audio2MotionCfg:
+    """``audio2motion_cfg``: the LMDM file and the condition layout."""
+
+    model: ModelCfg  # the LMDM checkpoint/engine
+    motion_feat_dim: int  # 265
+    audio_feat_dim: int  # condition width per frame, 1103 for v0.4 hubert
+    seq_frames: int  # 80 frames per LMDM window
+    use_emo: bool
+    use_sc: bool
+    use_eye_open: bool
+    use_eye_ball: bool
+    w2f_type: str  # "hubert"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SetupOptions:
+    """Setup options of the streaming SDK (facts sheet §2.2), defaults = official code defaults.
+
+    Arrays and dicts are kept as given (the same objects as in the pkl).
+    """
+
+    online_mode: bool = False  # streaming windowing; needs hubert
+    max_size: int = 1920  # source longest side cap (px)
+    template_n_frames: int = -1  # max source-video frames (-1: all)
+    crop_scale: float = 2.3  # 512-crop side = square lmk203 bbox × scale
+    crop_vx_ratio: float = 0.0  # ignored upstream (never forwarded)
+    crop_vy_ratio: float = -0.125  # vertical crop shift × size
+    crop_flag_do_rot: bool = True  # rotate crop upright
+    smo_k_s: int = 13  # mean-filter width over source motion (video)
+    emo: Any = 4  # int | list[int] | list[list[int]] | ndarray (m, 8)
+    eye_f0_mode: bool = False  # video: frame-0 eye info everywhere
+    ch_info: Mapping[str, Any] | None = None  # stored reference identity (dict), verbatim
+    overlap_v2: int = 10  # overlap frames between 80-frame windows
+    fix_kp_cond: int = 0  # every k-th window reset cond_frame to source (0: never)
+    fix_kp_cond_dim: tuple[int, int] | None = None  # dims [start, end) kept on reset
+    sampling_timesteps: int = 50  # DDIM steps per window
+    v_min_max_for_clip: np.ndarray | None = None  # (4, 265): rows 0/1 = min/max clip
+    smo_k_d: int = 3  # mean-filter width over generated dims 0..201
+    N_d: int = -1  # number of output frames (-1: unknown)
+    use_d_keys: Any = None  # None | sequence of keys | {key: weight}
+    relative_d: bool = True  # x_d = x_s + (d − d0)·w
+    drive_eye: bool | None = None  # None: True for images, False for videos
+    delta_eye_arr: np.ndarray | None = None  # (15, 63) blink template
+    delta_eye_open_n: Any = 0  # -1 none, 0 random 60–100, >0 fixed, list cyclic
+    fade_type: str = ""  # "" | "d0" | "s"
+    fade_out_keys: tuple[str, ...] = ("exp",)
+    flag_stitching: bool = True
+    ctrl_info: Any = field(default_factory=dict)  # {frame: ctrl kwargs} or list
+    overall_ctrl_info: Mapping[str, Any] = field(default_factory=dict)  # merged into every frame
+    extra: Mapping[str, Any] = field(default_factory=dict)  # pkl keys this code does not know, verbatim
+
+
+SETUP_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SetupOptions) if f.name != "extra")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DittoCfg:
+    """A parsed cfg pkl. ``default_kwargs`` is the pkl's dict, read-only view, values verbatim."""
+
+    path: Path
+    data_root: Path
+    insightface_det: ModelCfg
+    landmark106: ModelCfg
+    landmark203: ModelCfg
+    landmark478: Landmark478Cfg
+    appearance_extractor: ModelCfg
+    motion_extractor: ModelCfg
+    stitch_network: ModelCfg
+    warp_network: ModelCfg
+    decoder: ModelCfg
+    wav2feat: ModelCfg  # hubert_cfg (w2f_type "hubert")
+    audio2motion: Audio2MotionCfg
+    default_kwargs: Mapping[str, Any]
+
+    @property
+    def lmdm(self) -> ModelCfg:
+        return self.audio2motion.model
+
+    def model_cfgs(self) -> dict[str, ModelCfg]:
+        """Every single-file model section by name (landmark478 excluded)."""
+        return {
+            "insightface_det": self.insightface_det,
+            "landmark106": self.landmark106,
+            "landmark203": self.landmark203,
+            "appearance_extractor": self.appearance_extractor,
+            "motion_extractor": self.motion_extractor,
+            "stitch_network": self.stitch_network,
+            "warp_network": self.warp_network,
+            "decoder": self.decoder,
+            "hubert": self.wav2feat,
+            "lmdm": self.audio2motion.model,
+        }
+
+    def setup_options(self, **caller_kwargs: Any) -> SetupOptions:
+        """Merge setup options: ``caller_kwargs`` > pkl ``default_kwargs`` > code defaults."""
+        return merge_setup_options(caller_kwargs, self.default_kwargs, pkl_name=str(self.path))
+
+
+# -- setup options ------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _check_option(name: str, value: Any, where: str) -> Any:
+    """Validate one setup option and normalise scalars to Python types."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{where}: setup option {name!r} must be {expected}, got {type(value).__name__} {value!r:.80}"
+        )
+
+    if name in ("online_mode", "crop_flag_do_rot", "eye_f0_mode", "relative_d", "flag_stitching"):
+        if not _is_bool(value):
+            raise bad("a bool")
+        return bool(value)
+    if name in ("max_size", "template_n_frames", "smo_k_s", "overlap_v2", "fix_kp_cond", "smo_k_d", "N_d"):
+        if not _is_int(value):
+            raise bad("an int")
+        value = int(value)
+        if name in ("overlap_v2", "fix_kp_cond") and value < 0:
+            raise bad("a non-negative int")
+        return value
+    if name == "sampling_timesteps":
+        if not _is_int(value) or not 1 <= int(value) <= 1000:
+            raise bad("an int in [1, 1000]")
+        return int(value)
+    if name in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio"):
+        if not _is_number(value):
+            raise bad("a number")
+        return float(value)
+    if name == "emo":
+        if not (_is_int(value) or isinstance(value, (list, tuple, np.ndarray))):
+            raise bad("an int, a list of labels or an (m, 8) array")
+        return value
+    if name == "ch_info":
+        if value is not None and not isinstance(value, Mapping):
+            raise bad("a dict or None")
+        return value
+    if name == "fix_kp_cond_dim":
+        if value is None:
+            return None
+        seq = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+        if seq is None or len(seq) != 2 or not all(_is_int(v) for v in seq):
+            raise bad("None or [start, end]")
+        return (int(seq[0]), int(seq[1]))
+    if name in ("v_min_max_for_clip", "delta_eye_arr"):
+        if value is not None and not (isinstance(value, np.ndarray) and value.ndim == 2):
+            raise bad("None or a 2-D numpy array")
+        return value
+    if name == "drive_eye":
+        if value is not None and not _is_bool(value):
+            raise bad("None or a bool")
+        return None if value is None else bool(value)
+    if name == "delta_eye_open_n":
+        if not (_is_int(value) or isinstance(value, (list, tuple))):
+            raise bad("an int or a list of ints")
+        return int(value) if _is_int(value) else value
+    if name == "fade_type":
+        if value not in ("", "d0", "s"):
+            raise bad('one of "", "d0", "s"')
+        return str(value)
+    if name == "fade_out_keys":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
+            raise bad("a list of key names")
+        return tuple(value)
+    if name in ("overall_ctrl_info",):
+        if not isinstance(value, Mapping):
+            raise bad("a dict")
+        return value
+    if name == "ctrl_info":
+        if not isinstance(value, (Mapping, list, tuple)):
+            raise bad("a dict or a list")
+        return value
+    if name == "use_d_keys":
+        if value is not None and not isinstance(value, (Mapping, list, tuple)):
+            raise bad("None, a list of keys or a {key: weight} dict")
+        return value
+    raise AssertionError(f"unhandled option {name}")  # pragma: no cover
+
+
+def merge_setup_options(caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[str, Any], *,
+                        pkl_name: str = "cfg pkl") -> SetupOptions:
+    """Caller kwargs win, then the pkl's default_kwargs, then the code defaults.
+
+    Unknown keys in the pkl are kept in ``extra``; unknown caller keys are an
+    error (a typo would otherwise be silently ignored).
+
+    Raises:
+        ConfigError: an unknown caller option, or an option of the wrong type.
+    """
+    unknown = sorted(set(caller_kwargs) - set(SETUP_OPTION_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown setup option(s) {unknown}; known: {', '.join(SETUP_OPTION_NAMES)}")
+    values: dict[str, Any] = {}
+    for name in SETUP_OPTION_NAMES:
+        if name in caller_kwargs:
+            values[name] = _check_option(name, caller_kwargs[name], "caller setup kwargs")
+        elif name in pkl_defaults:
+            values[name] = _check_option(name, pkl_defaults[name], f"{pkl_name} default_kwargs")
+    extra = {k: v for k, v in pkl_defaults.items() if k not in SETUP_OPTION_NAMES}
+    return SetupOptions(**values, extra=MappingProxyType(extra))
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _resolve(p: str, data_root: Path) -> Path:
+    """Official rule: an existing file is used as is, anything else is joined to data_root."""
+    return Path(p) if os.path.isfile(p) else data_root / p
+
+
+def _require_file(path: Path, what: str, pkl: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{pkl}: model file for {what} not found: {path}")
+
+
+def _as_dict(obj: Any, what: str, pkl: Path) -> dict[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{pkl}: {what} must be a dict, got {type(obj).__name__}; not a Ditto cfg pkl")
+    return dict(obj)
+
+
+def _get_path_str(section: dict[str, Any], key: str, where: str, pkl: Path) -> str:
+    if key not in section:
+        raise ConfigError(f"{pkl}: {where} lacks {key!r}; expected a Ditto cfg pkl")
+    value = section[key]
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{pkl}: {where}[{key!r}] must be a path string, got {type(value).__name__}")
+    return os.fspath(value)
+
+
+def _device(section: dict[str, Any], where: str, pkl: Path) -> str:
+    device = section.get("device", "cuda")
+    if not isinstance(device, str):
+        raise ConfigError(f"{pkl}: {where}['device'] must be a string, got {type(device).__name__}")
+    return device
+
+
+def _parse_model(name: str, raw: Any, data_root: Path, pkl: Path, check_files: bool) -> ModelCfg:
+    where = f"base_cfg[{name!r}]" if name != "audio2motion_cfg" else "audio2motion_cfg"
+    section = _as_dict(raw, where, pkl)
+    path = _resolve(_get_path_str(section, "model_path", where, pkl), data_root)
+    force = section.get("force_ori_type", False)
+    if not _is_bool(force):
+        raise ConfigError(f"{pkl}: {where}['force_ori_type'] must be a bool, got {type(force).__name__}")
+    force = bool(force)
+    if force and name not in AUX_SECTIONS:
+        raise ConfigError(f"{pkl}: {where} sets force_ori_type, which only aux models support")
+    try:
+        engine = engine_kind_for(path, force_ori_type=force)
+    except ConfigError as exc:
+        raise ConfigError(f"{pkl}: {where}: {exc}") from None
+    if check_files:
+        _require_file(path, where, pkl)
+    extra = {k: v for k, v in section.items() if k not in ("model_path", "device", "force_ori_type")}
+    return ModelCfg(section=name, model_path=path, device=_device(section, where, pkl),
+                    force_ori_type=force, engine=engine, extra=MappingProxyType(extra))
+
+
+def _parse_landmark478(raw: Any, data_root: Path, pkl: Path, check_files: bool) -> Landmark478Cfg:
+    name = "landmark478_cfg"
+    where = f"base_cfg[{name!r}]"
+    section = _as_dict(raw, where, pkl)
+    paths: dict[str, Path | None] = {}
+    for key in LANDMARK478_PATH_KEYS:
+        value = section.get(key, "")
+        if value is None or value == "":
+            paths[key] = None
+            continue
+        paths[key] = _resolve(_get_path_str(section, key, where, pkl), data_root)
+    force = bool(section.get("force_ori_type", False))
+    if force:
+        if paths["task_path"] is None:
+            raise ConfigError(f"{pkl}: {where} sets force_ori_type but has no task_path")
+        engine: EngineKind = "ori"
+        needed = ["task_path"]
+    else:
+        if paths["blaze_face_model_path"] is None or paths["face_mesh_model_path"] is None:
+            raise ConfigError(f"{pkl}: {where} needs blaze_face_model_path and face_mesh_model_path")
+        try:
+            engine = engine_kind_for(paths["blaze_face_model_path"])  # type: ignore[arg-type]
+            mesh_engine = engine_kind_for(paths["face_mesh_model_path"])  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{pkl}: {where}: {exc}") from None
+        if mesh_engine != engine:
+            raise ConfigError(
+                f"{pkl}: {where}: blaze_face and face_mesh use different engines ({engine}, {mesh_engine})"
+            )
+        needed = ["blaze_face_model_path", "face_mesh_model_path"]
+    if check_files:
+        for key in needed:
+            _require_file(paths[key], f"{where}[{key!r}]", pkl)  # type: ignore[arg-type]
+    extra = {k: v for k, v in section.items() if k not in (*LANDMARK478_PATH_KEYS, "device", "force_ori_type")}
+    return Landmark478Cfg(section=name, device=_device(section, where, pkl), force_ori_type=force,
+                          engine=engine, extra=MappingProxyType(extra), **paths)
+
+
+def _parse_audio2motion(raw: Any, data_root: Path, pkl: Path, check_files: bool) -> Audio2MotionCfg:
+    section = _as_dict(raw, "audio2motion_cfg", pkl)
+    missing = [k for k in AUDIO2MOTION_KEYS if k not in section]
+    if missing:
+        raise ConfigError(f"{pkl}: audio2motion_cfg lacks {missing}; expected a Ditto cfg pkl")
+    ints = {}
+    for key in ("motion_feat_dim", "audio_feat_dim", "seq_frames"):
+        if not _is_int(section[key]) or int(section[key]) <= 0:
+            raise ConfigError(f"{pkl}: audio2motion_cfg[{key!r}] must be a positive int, got {section[key]!r}")
+        ints[key] = int(section[key])
+    bools = {}
+    for key in ("use_emo", "use_sc", "use_eye_open", "use_eye_ball"):
+        if not _is_bool(section[key]):
+            raise ConfigError(f"{pkl}: audio2motion_cfg[{key!r}] must be a bool, got {section[key]!r}")
+        bools[key] = bool(section[key])
+    w2f = section["w2f_type"]
+    if w2f != "hubert":
+        raise ConfigError(f"{pkl}: audio2motion_cfg['w2f_type'] is {w2f!r}; only 'hubert' is supported")
+    model = _parse_model("audio2motion_cfg", {k: section[k] for k in ("model_path", "device")}, data_root, pkl,
+                         check_files)
+    return Audio2MotionCfg(model=model, w2f_type=w2f, **ints, **bools)
+
+
+def read_cfg_dict(cfg_pkl: str | os.PathLike[str]) -> dict[str, Any]:
+    """Unpickle a cfg pkl and check its top level; values untouched.
+
+    Raises:
+        ConfigError: missing/unreadable file, not a pickle, truncated, or not a
+            dict with base_cfg / audio2motion_cfg / default_kwargs.
+    """
+    pkl = Path(os.fspath(cfg_pkl))
+    try:
+        with open(pkl, "rb") as fh:
+            obj = pickle.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"cfg pkl not found: {pkl}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"cfg pkl is a directory, expected a file: {pkl}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        raise ConfigError(
+            f"cannot read {pkl} as a Ditto cfg pkl (expected a pickled dict with "
+            f"{', '.join(TOP_LEVEL_KEYS)}): {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            f"{pkl} holds a {type(obj).__name__}; expected a Ditto cfg dict with {', '.join(TOP_LEVEL_KEYS)}"
+        )
+    missing = [k for k in TOP_LEVEL_KEYS if k not in obj]
+    if missing:
+        raise ConfigError(f"{pkl} is not a Ditto cfg pkl: missing top-level key(s) {missing}")
+    return obj
+
+
+def load_cfg(cfg_pkl: str | os.PathLike[str], data_root: str | os.PathLike[str], *,
+             replace_cfg: Mapping[str, Mapping[str, Any]] | None = None,
+             check_files: bool = True) -> DittoCfg:
+    """Read an official cfg pkl.
+
+    Args:
+        cfg_pkl: the pkl (e.g. ``ditto_cfg/v0.4_hubert_cfg_trt_online.pkl``).
+        data_root: folder the pkl's relative model paths are joined to
+            (e.g. ``ditto_trt_Ampere_Plus`` or ``ditto_pytorch``).
+        replace_cfg: ``{section: {key: value}}`` patches applied to the
+            top-level sections before parsing (the official debug hook;
+            e.g. ``{"audio2motion_cfg": {"device": "cpu"}}``).
+        check_files: require every model file named to exist.
+
+    Raises:
+        ConfigError: not a Ditto cfg (names the file and what was expected),
+            an unsupported model suffix, or (``check_files``) a missing model file.
+    """
+    pkl = Path(os.fspath(cfg_pkl))
+    root = Path(os.fspath(data_root))
+    raw = read_cfg_dict(pkl)
+    base = _as_dict(raw["base_cfg"], "base_cfg", pkl)
+    a2m = _as_dict(raw["audio2motion_cfg"], "audio2motion_cfg", pkl)
+    defaults = _as_dict(raw["default_kwargs"], "default_kwargs", pkl)
+    sections = {"base_cfg": base, "audio2motion_cfg": a2m, "default_kwargs": defaults}
+    for sec, patch in (replace_cfg or {}).items():
+        if not isinstance(patch, Mapping):
+            continue
+        if sec not in sections:
+            raise ConfigError(f"replace_cfg names unknown section {sec!r}; known: {', '.join(sections)}")
+        for key, value in patch.items():
+            sections[sec][key] = value
+
+    w2f_type = a2m.get("w2f_type", "hubert")
+    if w2f_type != "hubert":
+        raise ConfigError(f"{pkl}: audio2motion_cfg['w2f_type'] is {w2f_type!r}; only 'hubert' is supported")
+    needed = list(BASE_SECTIONS)
+    missing = [s for s in needed if s not in base]
+    if missing:
+        raise ConfigError(f"{pkl}: base_cfg lacks {missing}; expected a Ditto cfg pkl")
+
+    models = {s: _parse_model(s, base[s], root, pkl, check_files) for s in needed if s != "landmark478_cfg"}
+    return DittoCfg(
+        path=pkl,
+        data_root=root,
+        insightface_det=models["insightface_det_cfg"],
+        landmark106=models["landmark106_cfg"],
+        landmark203=models["landmark203_cfg"],
+        landmark478=_parse_landmark478(base["landmark478_cfg"], root, pkl, check_files),
+        appearance_extractor=models["appearance_extractor_cfg"],
+        motion_extractor=models["motion_extractor_cfg"],
+        stitch_network=models["stitch_network_cfg"],
+        warp_network=models["warp_network_cfg"],
+        decoder=models["decoder_cfg"],
+        wav2feat=models["hubert_cfg"],
+        audio2motion=_parse_audio2motion(a2m, root, pkl, check_files),
+        default_kwargs=MappingProxyType(defaults),
+    )
+
+
+# -- writing (test checkpoints) -------------------------------------------------------------------
+
+CfgFlavor = Literal["pytorch", "trt", "trt_online"]
+
+#: File name of each flavour, as shipped in ``ditto_cfg/``.
+CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType({
+    "pytorch": "v0.4_hubert_cfg_pytorch.pkl",
+    "trt": "v0.4_hubert_cfg_trt.pkl",
+    "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
+})
+
+# (section, trt engine name, pytorch-layout path, force_ori_type in the pytorch layout)
+_MODEL_FILES: tuple[tuple[str, str, str, bool], ...] = (
+    ("insightface_det_cfg", "insightface_det_fp16.engine", "aux_models/det_10g.onnx", True),
+    ("landmark106_cfg", "landmark106_fp16.engine", "aux_models/2d106det.onnx", True),
+    ("landmark203_cfg", "landmark203_fp16.engine", "aux_models/landmark203.onnx", True),
+    ("appearance_extractor_cfg", "appearance_extractor_fp16.engine", "models/appearance_extractor.pth", False),
+    ("motion_extractor_cfg", "motion_extractor_fp32.engine", "models/motion_extractor.pth", False),
+    ("stitch_network_cfg", "stitch_network_fp16.engine", "models/stitch_network.pth", False),
+    ("warp_network_cfg", "warp_network_fp16.engine", "models/warp_network.pth", False),
+    ("decoder_cfg", "decoder_fp16.engine", "models/decoder.pth", False),
+    ("hubert_cfg", "hubert_fp32.engine", "aux_models/hubert_streaming_fix_kv.onnx", True),
+)
+LMDM_FILES: Mapping[str, str] = MappingProxyType({
+    "trt": "lmdm_v0.4_hubert_fp32.engine",
+    "pytorch": "models/lmdm_v0.4_hubert.pth",
+})
+
+
+def _synthetic_arrays(seed: int) -> dict[str, Any]:
+    """Plausible stand-ins for the pkl's stored arrays and reference identity (same shapes/keys)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, (600, 8)).astype(np.float32)
+    logits[:, 4] += 6.0  # mostly "neutral"
+    emo = np.exp(logits - logits.max(1, keepdims=True))
+    emo = (emo / emo.sum(1, keepdims=True)).astype(np.float32)
+    delta_eye = np.zeros((15, 63), dtype=np.float32)
+    profile = np.sin(np.linspace(0.0, np.pi, 15, dtype=np.float32))  # close then reopen
+    eye_dims = [3 * k + j for k in (11, 13, 15, 16, 18) for j in (1,)]  # y of eye keypoints
+    delta_eye[:, eye_dims] = 0.01 * profile[:, None]
+    v_lo = rng.uniform(-3.0, -1.0, 265).astype(np.float32)
+    v_hi = rng.uniform(1.0, 3.0, 265).astype(np.float32)
+    v_mean = ((v_lo + v_hi) / 2).astype(np.float32)
+    v_std = ((v_hi - v_lo) / 4).astype(np.float32)
+    v_min_max = np.stack([v_lo, v_hi, v_mean, v_std], 0)
+
+    def bins() -> np.ndarray:
+        x = np.zeros((1, 66), dtype=np.float32)
+        x[0, 32:34] = 4.0
+        return x + rng.normal(0, 0.1, (1, 66)).astype(np.float32)
+
+    kp = rng.normal(0.0, 0.2, (1, 63)).astype(np.float32)
+    x_s_info = {
+        "pitch": bins(), "yaw": bins(), "roll": bins(),
+        "t": rng.normal(0.0, 0.01, (1, 3)).astype(np.float32),
+        "exp": rng.normal(0.0, 0.01, (1, 63)).astype(np.float32),
+        "scale": np.full((1, 1), 1.5, dtype=np.float32),
+        "kp": kp,
+    }
+    ch_info = {
+        "x_s_info_lst": [x_s_info],
+        "sc": kp.reshape(63).copy(),
+        "eye_open_lst": [np.full((1, 2), 0.3, dtype=np.float32)],
+        "eye_ball_lst": [np.zeros((1, 6), dtype=np.float32)],
+    }
+    return {"emo": emo, "delta_eye_arr": delta_eye, "v_min_max_for_clip": v_min_max, "ch_info": ch_info}
+
+
+def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
+                   default_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A cfg dict in the official structure for one shipped flavour.
+
+    * ``trt`` / ``trt_online``: bare engine names of ``ditto_trt_Ampere_Plus``
+      (``*_fp16.engine`` / ``*_fp32.engine``), resolved against that data_root.
+    * ``pytorch``: ``models/*.pth`` for the renderer and LMDM, ``aux_models/*``
+      with ``force_ori_type`` for the aux models, resolved against ``ditto_pytorch``.
+    * ``trt_online`` carries the streaming options of facts §2.2 (overlap_v2 70,
+      10 DDIM steps, …); every flavour carries generated emo (600, 8),
+      delta_eye_arr (15, 63), v_min_max_for_clip (4, 265) and ch_info.
+
+    ``default_kwargs`` entries replace the generated ones.
+    """
+    if flavor not in CFG_PKL_NAMES:
+        raise ValueError(f"unknown cfg flavour {flavor!r}; expected one of {', '.join(CFG_PKL_NAMES)}")
+    pytorch = flavor == "pytorch"
+    base: dict[str, Any] = {}
+    for section, engine_name, torch_name, ori in _MODEL_FILES:
+        if pytorch:
+            base[section] = {"model_path": torch_name, "device": device, "force_ori_type": ori}
+        else:
+            base[section] = {"model_path": engine_name, "device": device, "force_ori_type": False}
+    if pytorch:
+        base["landmark478_cfg"] = {"blaze_face_model_path": "", "face_mesh_model_path": "",
+                                   "task_path": "aux_models/face_landmarker.task",
+                                   "device": device, "force_ori_type": True}
+    else:
+        base["landmark478_cfg"] = {"blaze_face_model_path": "blaze_face_fp16.engine",
+                                   "face_mesh_model_path": "face_mesh_fp16.engine",
+                                   "task_path": "", "device": device, "force_ori_type": False}
+    audio2motion = {
+        "model_path": LMDM_FILES["pytorch" if pytorch else "trt"],
+        "device": device,
+        "motion_feat_dim": 265,
+        "audio_feat_dim": 1024 + 8 + 2 + 6 + 63,
+        "seq_frames": 80,
+        "use_emo": True,
+        "use_sc": True,
+        "use_eye_open": True,
+        "use_eye_ball": True,
+        "w2f_type": "hubert",
+    }
+    kwargs: dict[str, Any] = _synthetic_arrays(seed)
+    if flavor == "trt_online":
+        kwargs.update({
+            "online_mode": True, "overlap_v2": 70, "sampling_timesteps": 10, "fix_kp_cond": 1,
+            "fix_kp_cond_dim": [0, 202], "smo_k_d": 3, "fade_type": "d0", "fade_out_keys": ["exp"],
+            "overall_ctrl_info": {"delta_pitch": 2}, "max_size": 1920, "template_n_frames": -1,
+            "crop_scale": 2.3, "crop_vx_ratio": 0, "crop_vy_ratio": -0.125, "crop_flag_do_rot": True,
+            "smo_k_s": 13, "eye_f0_mode": False, "N_d": -1, "use_d_keys": None, "relative_d": True,
+            "drive_eye": None, "delta_eye_open_n": 0, "flag_stitching": True,
+        })
+    else:
+        kwargs.update({"online_mode": False, "overlap_v2": 10, "sampling_timesteps": 50, "fix_kp_cond": 0,
+                       "smo_k_d": 3, "fade_type": "", "overall_ctrl_info": {}})
+    kwargs.update(default_kwargs or {})
+    return {"base_cfg": base, "audio2motion_cfg": audio2motion, "default_kwargs": kwargs}
+
+
+def write_cfg_pkl(path: str | os.PathLike[str], flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
+                  default_kwargs: Mapping[str, Any] | None = None) -> Path:
+    """Write :func:`build_cfg_dict` ``(flavor, …)`` as a pickle at ``path``.
+
+    ``path`` may be a folder (an existing directory, or any path not ending
+    in ``.pkl``; it is created), in which case the official file name of the
+    flavour (:data:`CFG_PKL_NAMES`) is used. Returns the file written.
+    """
+    out = Path(os.fspath(path))
+    if out.is_dir() or out.suffix != ".pkl":
+        out = out / CFG_PKL_NAMES[flavor]
+    cfg = build_cfg_dict(flavor, device=device, seed=seed, default_kwargs=default_kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(cfg, fh, protocol=4)
+    os.replace(tmp, out)
+    return out

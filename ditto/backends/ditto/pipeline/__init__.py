@@ -1,0 +1,1 @@
+"""Ditto pipeline stages: source registration, streaming audio-to-frames, and the DDIM sampler."""

@@ -1,0 +1,1 @@
+"""Model runners: one interface, one implementation per engine (torch, onnxruntime, TensorRT)."""

@@ -1,0 +1,1 @@
+"""Developer tools: test-checkpoint generators and engine builders (never imported by the runtime)."""

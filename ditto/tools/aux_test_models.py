@@ -1,0 +1,516 @@
+"""Small stand-in auxiliary models for the test checkpoint tree.
+
+:func:`write_aux_test_models` writes ONNX files (and a MediaPipe ``.task``
+bundle) with the OFFICIAL file names, tensor names, shapes and dtypes of the
+Ditto checkpoints (facts sheet §1, §3.1), so that every loader and wrapper can
+be exercised on a CPU without the real weights. They are not trained networks;
+their weights are designed so that avatar registration behaves sanely and
+deterministically on real portraits:
+
+* SCRFD stand-in: one face on any textured image (a box centred in the
+  letterboxed content, with eye/nose/mouth keypoints), nothing on a flat one —
+  scores = fixed spatial prior × a sigmoid of the image's coarse-scale mean
+  absolute gradient.
+* landmark106 / landmark203: a fixed face-shaped template (correct anchor
+  indices for the crop geometry) plus a small image-dependent shift.
+* blaze_face: one face box centred in the 512 crop, gated like SCRFD.
+* face_mesh / face_landmarker.task: a fixed 478-point template whose eyes,
+  lids and irises sit at MediaPipe's indices (eye-info friendly).
+* hubert: a strided conv front end (window 400, hop 320) with a dynamic sample
+  axis → ``(⌊(L − 400)/320⌋ + 1, 1024)``, genuinely audio-dependent.
+
+The ``.task`` bundle holds MediaPipe's own short-range BlazeFace detector
+(``face_detection_short_range.tflite``, shipped inside the mediapipe wheel,
+Apache-2.0) and a hand-built TFLite landmarks model; it has no blend-shape
+model and no geometry metadata, so FaceLandmarker must be created with
+``output_face_blendshapes=False`` and ``output_facial_transformation_matrixes=False``.
+Without mediapipe installed the ``.task`` file is skipped (logged).
+
+Not imported by the runtime. Usage::
+
+    python -m ditto.tools.aux_test_models ONNX_DIR PYTORCH_AUX_DIR [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+
+# Original (pre-Ditto) tensor names. det_10g / 2d106det: insightface buffalo_l.
+DET10G_INPUT = "input.1"
+DET10G_OUTPUTS = ("448", "471", "494", "451", "474", "497", "454", "477", "500")
+# The LivePortrait landmark.onnx has three outputs (landmarks = the third); their
+# names are not documented upstream (wrappers index by position) — placeholders.
+LMK203_ORI_OUTPUTS = ("output_0", "output_1", "output_2")
+
+DITTO_DET_OUTPUTS = ("scores1", "scores2", "scores3", "boxes1", "boxes2", "boxes3", "kps1", "kps2", "kps3")
+
+# --------------------------------------------------------------------------- templates
+# Face-unit coordinates: the landmark cloud spans [-0.5, 0.5] on both axes,
+# x to the image right, y down; eyes at y = -0.12, lips at y = +0.25.
+_EYE_A = (-0.2, -0.12)
+_EYE_B = (0.2, -0.12)
+_LIP_UP = (0.0, 0.22)
+_LIP_DOWN = (0.0, 0.28)
+
+
+def _ring(n: int, rx: float, ry: float, phase: float = 0.0) -> np.ndarray:
+    t = phase + 2 * np.pi * np.arange(n) / n
+    return np.stack([rx * np.cos(t), ry * np.sin(t)], axis=1)
+
+
+def _eye_quad(center: tuple[float, float]) -> np.ndarray:
+    """Four points (outer, top, inner, bottom style) whose mean is ``center``."""
+    cx, cy = center
+    return np.array([[cx - 0.06, cy], [cx, cy - 0.025], [cx + 0.06, cy], [cx, cy + 0.025]])
+
+
+def face_template(num_points: int, eye_a: tuple[int, ...], eye_b: tuple[int, ...], lips: tuple[int, int]) -> np.ndarray:
+    """(num_points, 2) face-unit template: an oval outline plus the crop anchors.
+
+    ``eye_a`` / ``eye_b`` (4 indices each) average to the two eye centres,
+    ``lips`` to the lip centre, matching the anchor sets of
+    ``ditto.backends.ditto.aux_models.landmarks``.
+    """
+    pts = _ring(num_points, 0.5, 0.5, phase=0.37)
+    pts[list(eye_a)] = _eye_quad(_EYE_A)
+    pts[list(eye_b)] = _eye_quad(_EYE_B)
+    pts[lips[0]] = _LIP_UP
+    pts[lips[1]] = _LIP_DOWN
+    return pts.astype(np.float32)
+
+
+def landmark106_template() -> np.ndarray:
+    """``fc1`` layout: (106, 2) in [-1, 1] of the 192 crop (face box = 128 px)."""
+    pts = face_template(106, (33, 35, 40, 39), (87, 89, 94, 93), (52, 61))
+    return pts * (128.0 / 96.0)
+
+
+def landmark203_template() -> np.ndarray:
+    """``landmarks`` layout: (203, 2) in [0, 1] of the 224 crop (scale 1.5, vy -0.1)."""
+    pts = face_template(203, (0, 6, 12, 18), (24, 30, 36, 42), (48, 66))
+    scale = 1.5  # cloud extent 1 face unit -> crop side 1.5 units
+    return np.stack([0.5 + pts[:, 0] / scale, 0.5 + 0.1 + pts[:, 1] / scale], axis=1).astype(np.float32)
+
+
+def mesh_template(input_size: int = 256) -> np.ndarray:
+    """(478, 3) MediaPipe-like mesh in ROI-input pixels.
+
+    Eye corners, lids and irises sit at MediaPipe's indices so that eye info is
+    meaningful (open ratio ≈ 0.78, irises centred); the other points form a
+    face oval with a shallow z bulge.
+    """
+    n = input_size
+    face = n / 1.5  # face box side inside the 1.5× ROI
+    c = n / 2
+    pts = np.zeros((478, 3), np.float64)
+    oval = _ring(478, 0.45 * face, 0.6 * face, phase=0.11)
+    pts[:, 0] = c + oval[:, 0]
+    pts[:, 1] = c + 0.05 * face + oval[:, 1]
+    inner = np.arange(0, 478, 3)
+    pts[inner, 0] = c + 0.6 * oval[inner, 0]
+    pts[inner, 1] = c + 0.05 * face + 0.6 * oval[inner, 1]
+    r2 = ((pts[:, 0] - c) / (0.45 * face)) ** 2 + ((pts[:, 1] - c) / (0.6 * face)) ** 2
+    pts[:, 2] = -0.08 * face * np.clip(1.0 - r2, 0.0, None)
+
+    half_w = 0.09 * face
+    lid = ((0.0, 0.026), (-0.035, 0.022), (0.035, 0.02))  # (dx, half height) in face units
+
+    def eye(center_x: float, outer: int, inner_i: int, pairs, iris: int, mirror: float) -> None:
+        cy = c - 0.14 * face
+        pts[outer, :2] = (center_x + mirror * half_w, cy)
+        pts[inner_i, :2] = (center_x - mirror * half_w, cy)
+        for (lower, upper), (dx, hh) in zip(pairs, lid):
+            x = center_x + mirror * dx * face
+            pts[lower, :2] = (x, cy + hh * face)
+            pts[upper, :2] = (x, cy - hh * face)
+        gaze_y = cy + 0.008 * face  # irises a touch low: a non-zero eye_ball
+        pts[iris, :2] = (center_x, gaze_y)
+        ring = _ring(4, 0.035 * face, 0.035 * face)
+        pts[iris + 1 : iris + 5, 0] = center_x + ring[:, 0]
+        pts[iris + 1 : iris + 5, 1] = gaze_y + ring[:, 1]
+        pts[[outer, inner_i, iris, *range(iris + 1, iris + 5)], 2] = -0.05 * face
+        for pair in pairs:
+            pts[list(pair), 2] = -0.05 * face
+
+    # "L" eye (mesh naming) on the image left, outer corner further left.
+    eye(c - 0.21 * face, 33, 133, ((145, 159), (144, 160), (153, 158)), 468, mirror=-1.0)
+    eye(c + 0.21 * face, 263, 362, ((374, 386), (373, 387), (380, 385)), 473, mirror=1.0)
+    return pts.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- stand-in nets
+
+
+def _contrast(img: torch.Tensor, valid: torch.Tensor, pool: int) -> torch.Tensor:
+    """Mean |gradient| of the ``pool``-averaged image over fully valid cells (NCHW)."""
+    if pool > 1:
+        img = nn.functional.avg_pool2d(img, pool)
+        valid = (nn.functional.avg_pool2d(valid, pool) > 0.999).to(img.dtype)
+    gx = (img[..., :, 1:] - img[..., :, :-1]).abs() * valid[..., :, 1:] * valid[..., :, :-1]
+    gy = (img[..., 1:, :] - img[..., :-1, :]).abs() * valid[..., 1:, :] * valid[..., :-1, :]
+    count = valid.sum() * img.shape[1] * 2 + 1.0
+    return (gx.sum() + gy.sum()) / count
+
+
+class ScrfdStandIn(nn.Module):
+    """(1,3,512,512) SCRFD blob → 9 outputs: one centred face if the image is textured."""
+
+    # keypoints relative to the box (fraction of side): eyes, nose, mouth corners
+    KPS = ((0.32, 0.40), (0.68, 0.40), (0.50, 0.58), (0.36, 0.76), (0.64, 0.76))
+
+    def __init__(self, size: int = 512, tau: float = 0.03, gain: float = 300.0) -> None:
+        super().__init__()
+        self.size, self.tau, self.gain = size, tau, gain
+        for stride in (8, 16, 32):
+            side = size // stride
+            ys, xs = np.mgrid[:side, :side]
+            centers = np.repeat(np.stack([xs, ys], -1).reshape(-1, 2) * stride, 2, axis=0)
+            self.register_buffer(f"anchors{stride}", torch.tensor(centers, dtype=torch.float32))
+        self.register_buffer("index", torch.arange(1, size + 1, dtype=torch.float32))
+        self.register_buffer("kps_rel", torch.tensor(self.KPS, dtype=torch.float32))
+
+    def forward(self, image: torch.Tensor):
+        valid = (image.amax(dim=1, keepdim=True) > -0.99).to(image.dtype)
+        width = (valid.amax(dim=2).reshape(-1) * self.index).amax()
+        height = (valid.amax(dim=3).reshape(-1) * self.index).amax()
+        gate = torch.sigmoid(self.gain * (_contrast(image, valid, 4) - self.tau))
+        side = 0.5 * torch.minimum(width, height)
+        cx, cy = 0.5 * width, 0.47 * height
+        x1, y1 = cx - side / 2, cy - side / 2
+        x2, y2 = cx + side / 2, cy + side / 2
+        kx = x1 + self.kps_rel[:, 0] * side
+        ky = y1 + self.kps_rel[:, 1] * side
+        sigma = 0.12 * side + 1.0
+        scores, boxes, kps = [], [], []
+        for stride in (8, 16, 32):
+            a = getattr(self, f"anchors{stride}")
+            ax, ay = a[:, 0:1], a[:, 1:2]
+            prior = torch.exp(-((ax - cx) ** 2 + (ay - cy) ** 2) / (2 * sigma**2))
+            level = 1.0 if stride == 16 else 0.0
+            scores.append(gate * prior * level)
+            boxes.append(torch.cat([ax - x1, ay - y1, x2 - ax, y2 - ay], dim=1) / stride)
+            offs = torch.stack([kx[None, :] - ax, ky[None, :] - ay], dim=2)  # (N, 5, 2)
+            kps.append(offs.reshape(-1, 10) / stride)
+        return (*scores, *boxes, *kps)
+
+
+class TemplateLandmarks(nn.Module):
+    """Image → template landmarks + a small image-dependent global shift."""
+
+    def __init__(self, template: np.ndarray, input_scale: float, shift: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.register_buffer("template", torch.tensor(template.reshape(1, -1), dtype=torch.float32))
+        self.register_buffer("mix", torch.randn(3, 2, generator=generator))
+        self.input_scale, self.shift = input_scale, shift
+        self.n = template.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3)) * self.input_scale - 0.5  # (1, 3)
+        delta = self.shift * torch.tanh(pooled @ self.mix)  # (1, 2)
+        return self.template + delta.repeat(1, self.n)
+
+
+class Landmark203Ori(nn.Module):
+    """LivePortrait landmark.onnx stand-in: three outputs, the third is the 203 points."""
+
+    def __init__(self, core: TemplateLandmarks) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: torch.Tensor):
+        pts = self.core(x)
+        return pts[:, :212] * 1.0, pts[:, :2] * 1.0, pts
+
+
+class BlazeStandIn(nn.Module):
+    """(1,128,128,3) in [-1,1] → regressors (1,896,16), classificators (1,896,1)."""
+
+    BOX = (0.5, 0.58, 0.42, 0.42)  # cx, cy, w, h of the face in the 512 crop (normalised)
+    KPS = ((0.41, 0.52), (0.59, 0.52), (0.5, 0.6), (0.5, 0.68), (0.3, 0.55), (0.7, 0.55))
+
+    def __init__(self, anchors: np.ndarray, generator: torch.Generator, tau: float = 0.03, gain: float = 300.0) -> None:
+        super().__init__()
+        cx, cy, w, h = self.BOX
+        a = torch.tensor(anchors, dtype=torch.float32)
+        raw = torch.zeros(a.shape[0], 16)
+        raw[:, 0], raw[:, 1] = 128 * (cx - a[:, 0]), 128 * (cy - a[:, 1])
+        raw[:, 2], raw[:, 3] = 128 * w, 128 * h
+        for k, (kx, ky) in enumerate(self.KPS):
+            raw[:, 4 + 2 * k] = 128 * (kx - a[:, 0])
+            raw[:, 5 + 2 * k] = 128 * (ky - a[:, 1])
+        dist2 = (a[:, 0] - cx) ** 2 + (a[:, 1] - cy) ** 2
+        prior = torch.exp(-dist2 / (2 * 0.06**2))
+        prior[:512] = 0.0  # only the stride-16 layers fire
+        self.register_buffer("raw", raw[None])
+        self.register_buffer("prior", prior.reshape(1, -1, 1))
+        xy_mask = torch.ones(16)
+        xy_mask[2:4] = 0.0
+        self.register_buffer("xy_mask", xy_mask)
+        self.register_buffer("mix", torch.randn(3, generator=generator))
+        self.tau, self.gain = tau, gain
+
+    def forward(self, image: torch.Tensor):
+        nchw = image.permute(0, 3, 1, 2)
+        ones = torch.ones_like(nchw[:, :1])
+        gate = torch.sigmoid(self.gain * (_contrast(nchw, ones, 2) - self.tau))
+        p = gate * self.prior
+        logits = torch.log(p + 1e-6) - torch.log(1.0 - p + 1e-6)
+        jitter = 0.5 * torch.tanh((nchw.mean(dim=(2, 3)) * self.mix).sum())  # ≤ 0.5 px of 128
+        return self.raw + jitter * self.xy_mask, logits
+
+
+class MeshStandIn(nn.Module):
+    """(1,256,256,3) ROI → Identity (1,1,1,1434), Identity_1/Identity_2 (1,1,1,1)."""
+
+    def __init__(self, template: np.ndarray, generator: torch.Generator) -> None:
+        super().__init__()
+        self.register_buffer("template", torch.tensor(template.reshape(1, 1, 1, -1), dtype=torch.float32))
+        self.register_buffer("mix", torch.randn(3, generator=generator))
+
+    def forward(self, x: torch.Tensor):
+        m = x.mean(dim=(1, 2))  # (1, 3)
+        jitter = 0.5 * torch.tanh((m * self.mix).sum())
+        flag = 10.0 + 0.0 * m.sum()
+        return self.template + jitter, flag.reshape(1, 1, 1, 1), (flag * 0.0).reshape(1, 1, 1, 1)
+
+
+class HubertStandIn(nn.Module):
+    """(1, L) audio → (T, 1024), T = ⌊(L − 400)/320⌋ + 1, through a strided conv."""
+
+    def __init__(self, generator: torch.Generator, channels: int = 32) -> None:
+        super().__init__()
+        self.front = nn.Conv1d(1, channels, kernel_size=400, stride=320)
+        self.proj = nn.Conv1d(channels, 1024, kernel_size=1)
+        with torch.no_grad():
+            self.front.weight.copy_(torch.randn(self.front.weight.shape, generator=generator) * 0.2)
+            self.front.bias.zero_()
+            self.proj.weight.copy_(torch.randn(self.proj.weight.shape, generator=generator) / math.sqrt(channels))
+            self.proj.bias.copy_(torch.randn(1024, generator=generator) * 0.1)
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.front(input_values[:, None, :]))
+        return self.proj(h)[0].transpose(0, 1)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> None:
+    module.eval()
+    safe_inputs = [f"in_{i}" for i in range(len(input_names))]
+    safe_outputs = [f"out_{i}" for i in range(len(output_names))]
+    if dynamic_axes:
+        lookup = dict(zip(input_names, safe_inputs)) | dict(zip(output_names, safe_outputs))
+        dynamic_axes = {lookup[k]: v for k, v in dynamic_axes.items()}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            input_names=safe_inputs,
+            output_names=safe_outputs,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    _rename_tensors(model, dict(zip(safe_inputs, input_names)) | dict(zip(safe_outputs, output_names)))
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def _rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename graph tensors in place (TorchScript refuses names such as ``448``)."""
+    graph = model.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+
+
+def _tflite_mesh_model(template: np.ndarray) -> bytes:
+    """A TFLite face-landmarks model for the FaceLandmarker task: template + tiny input term.
+
+    Built directly with the TFLite flatbuffer schema shipped in mediapipe, then
+    given image metadata (NormalizationOptions mean 0, std 255) which the Tasks
+    image preprocessing requires for float inputs.
+    """
+    import flatbuffers
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer  # noqa: I001
+    from mediapipe.tasks.metadata import schema_py_generated as fb
+
+    buffers = [fb.BufferT()]
+    tensors: list = []
+    opcodes: list = []
+    operators: list = []
+
+    def tensor(name: str, shape: tuple[int, ...], const: np.ndarray | None = None, dtype: int = fb.TensorType.FLOAT32) -> int:
+        buf = fb.BufferT()
+        if const is not None:
+            buf.data = np.frombuffer(np.ascontiguousarray(const).tobytes(), dtype=np.uint8)
+        buffers.append(buf)
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape), dtype, len(buffers) - 1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    def op(code: int, inputs: list[int], outputs: list[int], options_type: int, options) -> None:
+        index = next((i for i, c in enumerate(opcodes) if c.builtinCode == code), None)
+        if index is None:
+            c = fb.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            opcodes.append(c)
+            index = len(opcodes) - 1
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = index, inputs, outputs
+        o.builtinOptionsType, o.builtinOptions = options_type, options
+        operators.append(o)
+
+    n = template.size
+    image = tensor("input_1", (1, 256, 256, 3))
+    axes = tensor("axes", (3,), np.array([1, 2, 3], np.int32), fb.TensorType.INT32)
+    mean = tensor("mean", (1, 1, 1, 1))
+    reducer = fb.ReducerOptionsT()
+    reducer.keepDims = True
+    op(fb.BuiltinOperator.MEAN, [image, axes], [mean], fb.BuiltinOptions.ReducerOptions, reducer)
+    gain = tensor("gain", (1, 1, 1, n), np.full((1, 1, 1, n), 0.5, np.float32))
+    scaled = tensor("scaled", (1, 1, 1, n))
+    op(fb.BuiltinOperator.MUL, [mean, gain], [scaled], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    tpl = tensor("template", (1, 1, 1, n), template.reshape(1, 1, 1, n).astype(np.float32))
+    out_mesh = tensor("Identity", (1, 1, 1, n))
+    op(fb.BuiltinOperator.ADD, [scaled, tpl], [out_mesh], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
+    zero = tensor("zero", (1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.float32))
+    muted = tensor("muted", (1, 1, 1, 1))
+    op(fb.BuiltinOperator.MUL, [mean, zero], [muted], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    ten = tensor("ten", (1, 1, 1, 1), np.full((1, 1, 1, 1), 10.0, np.float32))
+    out_flag = tensor("Identity_1", (1, 1, 1, 1))
+    op(fb.BuiltinOperator.ADD, [muted, ten], [out_flag], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
+    out_aux = tensor("Identity_2", (1, 1, 1, 1))
+    op(fb.BuiltinOperator.SUB, [ten, muted], [out_aux], fb.BuiltinOptions.SubOptions, fb.SubOptionsT())
+
+    graph = fb.SubGraphT()
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [image], [out_mesh, out_flag, out_aux], operators
+    graph.name = "main"
+    model = fb.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, opcodes, [graph], buffers
+    model.description = "ditto test stand-in face landmarks"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    raw = bytes(builder.Output())
+
+    writer = metadata_writer.MetadataWriter.create(bytearray(raw))
+    writer.add_general_info("face_landmarks_detector", "test stand-in")
+    writer.add_image_input(norm_mean=[0.0], norm_std=[255.0])
+    for name in ("Identity", "Identity_1", "Identity_2"):
+        writer.add_feature_output(name=name)
+    content, _ = writer.populate()
+    return bytes(content)
+
+
+def _write_task_bundle(path: Path, template: np.ndarray) -> bool:
+    try:
+        import mediapipe
+    except ImportError:
+        logger.warning("mediapipe not installed: %s not written", path.name)
+        return False
+    detector = Path(mediapipe.__file__).parent / "modules" / "face_detection" / "face_detection_short_range.tflite"
+    members = {
+        "face_detector.tflite": detector.read_bytes(),
+        "face_landmarks_detector.tflite": _tflite_mesh_model(template),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # fixed: reproducible bytes
+            bundle.writestr(info, data)
+    path.write_bytes(buffer.getvalue())
+    return True
+
+
+def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -> None:
+    """Write the stand-in auxiliary models.
+
+    ``onnx_dir`` (the ``ditto_onnx`` layout) gets insightface_det, landmark106,
+    landmark203, blaze_face, face_mesh, hubert (.onnx, Ditto tensor names);
+    ``pytorch_aux_dir`` (``ditto_pytorch/aux_models``) gets det_10g.onnx,
+    2d106det.onnx, landmark203.onnx, hubert_streaming_fix_kv.onnx (original
+    tensor names) and face_landmarker.task. Same ``seed`` → identical bytes
+    (for a given torch/onnx/mediapipe version).
+    """
+    from ditto.backends.ditto.aux_models.face_mesh import blaze_anchors
+
+    onnx_dir, pytorch_aux_dir = Path(onnx_dir), Path(pytorch_aux_dir)
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    pytorch_aux_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(int(seed))
+
+    # SCRFD: Ditto names (static 512) and det_10g names.
+    det = ScrfdStandIn()
+    blob = torch.zeros(1, 3, 512, 512)
+    _export(det, (blob,), onnx_dir / "insightface_det.onnx", ["image"], list(DITTO_DET_OUTPUTS))
+    _export(det, (blob,), pytorch_aux_dir / "det_10g.onnx", [DET10G_INPUT], list(DET10G_OUTPUTS))
+
+    lmk106 = TemplateLandmarks(landmark106_template(), 1.0 / 255.0, 0.01, gen)
+    crop192 = torch.zeros(1, 3, 192, 192)
+    _export(lmk106, (crop192,), onnx_dir / "landmark106.onnx", ["data"], ["fc1"])
+    _export(lmk106, (crop192,), pytorch_aux_dir / "2d106det.onnx", ["data"], ["fc1"])
+
+    lmk203 = TemplateLandmarks(landmark203_template(), 1.0, 0.005, gen)
+    crop224 = torch.zeros(1, 3, 224, 224)
+    _export(lmk203, (crop224,), onnx_dir / "landmark203.onnx", ["input"], ["landmarks"])
+    _export(Landmark203Ori(lmk203), (crop224,), pytorch_aux_dir / "landmark203.onnx", ["input"], list(LMK203_ORI_OUTPUTS))
+
+    blaze = BlazeStandIn(blaze_anchors(), gen)
+    _export(blaze, (torch.zeros(1, 128, 128, 3),), onnx_dir / "blaze_face.onnx", ["input"], ["regressors", "classificators"])
+
+    template = mesh_template()
+    mesh = MeshStandIn(template, gen)
+    _export(mesh, (torch.zeros(1, 256, 256, 3),), onnx_dir / "face_mesh.onnx", ["input"], ["Identity", "Identity_1", "Identity_2"])
+
+    hubert = HubertStandIn(gen)
+    audio = torch.zeros(1, 6480)
+    axes = {"input_values": {1: "num_samples"}, "encoding_out": {0: "num_frames"}}
+    _export(hubert, (audio,), onnx_dir / "hubert.onnx", ["input_values"], ["encoding_out"], axes)
+    _export(hubert, (audio,), pytorch_aux_dir / "hubert_streaming_fix_kv.onnx", ["input_values"], ["encoding_out"], axes)
+
+    _write_task_bundle(pytorch_aux_dir / "face_landmarker.task", template)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("onnx_dir", type=Path)
+    parser.add_argument("pytorch_aux_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    write_aux_test_models(args.onnx_dir, args.pytorch_aux_dir, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
