@@ -29,54 +29,64 @@ class FrameFolderWriter:
         self.count += 1
 
 
+def _decode_rgb(path: Path):
+    import av
+
+    with av.open(str(path)) as src:
+        return next(src.decode(video=0)).to_ndarray(format="rgb24")
+
+
 def mux_mp4(frame_paths: list[Path], audio_path: Path | None, output: Path, fps: int = FPS) -> None:
-    """Encode JPEG frames as H.264 (yuv420p, 25 fps) and mux the original audio as AAC."""
+    """Encode JPEG frames as H.264 (yuv420p, 25 fps) and mux the original audio as AAC,
+    cut to the video's duration."""
     import av
     import numpy as np
 
+    if not frame_paths:
+        raise ValueError("no frames to write")
+    first = _decode_rgb(frame_paths[0])
     with av.open(str(output), mode="w") as out:
-        video = None
-        for i, path in enumerate(frame_paths):
-            with av.open(str(path)) as src:
-                image = next(src.decode(video=0)).to_ndarray(format="rgb24")
-            if video is None:
-                video = out.add_stream("libx264", rate=fps)
-                video.width, video.height = image.shape[1] // 2 * 2, image.shape[0] // 2 * 2
-                video.pix_fmt = "yuv420p"
-                video.options = {"crf": "18", "preset": "veryfast"}
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: video.height, : video.width]),
-                                               format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in video.encode(frame):
-                out.mux(packet)
-        if video is not None:
-            for packet in video.encode():
-                out.mux(packet)
-        if audio_path is not None and audio_path.is_file():
-            _mux_audio(out, audio_path, duration_s=len(frame_paths) / fps)
+        # every stream must exist before the first packet is muxed
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height = first.shape[1] // 2 * 2, first.shape[0] // 2 * 2
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "18", "preset": "veryfast"}
+        audio_src = av.open(str(audio_path)) if audio_path is not None and audio_path.is_file() else None
+        try:
+            audio = None
+            if audio_src is not None and audio_src.streams.audio:
+                in_stream = audio_src.streams.audio[0]
+                audio = out.add_stream("aac", rate=in_stream.rate or 16000)
+                audio.layout = "stereo" if (in_stream.channels or 1) > 1 else "mono"
+            for i, path in enumerate(frame_paths):
+                image = first if i == 0 else _decode_rgb(path)
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: video.height, : video.width]),
+                                                   format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(video.encode(frame))
+            out.mux(video.encode())
+            if audio is not None:
+                _mux_audio(out, audio_src, audio, duration_s=len(frame_paths) / fps)
+        finally:
+            if audio_src is not None:
+                audio_src.close()
 
 
-def _mux_audio(out, audio_path: Path, duration_s: float) -> None:
+def _mux_audio(out, src, stream, duration_s: float) -> None:
     import av
 
-    with av.open(str(audio_path)) as src:
-        in_stream = src.streams.audio[0]
-        rate = in_stream.rate or 16000
-        stream = out.add_stream("aac", rate=rate)
-        stream.layout = "stereo" if (in_stream.channels or 1) > 1 else "mono"
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)
-        max_samples = int(round(duration_s * rate))
-        written = 0
-        for frame in src.decode(in_stream):
-            for chunk in resampler.resample(frame):
-                if written >= max_samples:
-                    break
-                chunk.pts = written
-                written += chunk.samples
-                for packet in stream.encode(chunk):
-                    out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    rate = stream.rate
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)
+    max_samples = int(round(duration_s * rate))
+    written = 0
+    for frame in src.decode(src.streams.audio[0]):
+        for chunk in resampler.resample(frame):
+            if written >= max_samples:
+                break
+            chunk.pts = written
+            written += chunk.samples
+            out.mux(stream.encode(chunk))
+    out.mux(stream.encode(None))
 
 
 def write_json(path: Path, report: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streaming_server.py: error: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, backend_factory=lambda _settings: backend)
+    # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal to the
+    # handler that was installed before it: make that one a no-op so a requested stop exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         ws_max_size=settings.max_upload_bytes + (1 << 20),
