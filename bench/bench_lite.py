@@ -93,19 +93,12 @@ def load_audio(seconds: float) -> np.ndarray:
 def load_portrait(size: int, framing: str = "example") -> np.ndarray:
     """A size x size RGB portrait.
 
-    ``example``: example/image.png (the whole astronaut photograph, face ~20 % of the height)
-    when present, else the astronaut; ``closeup``: the astronaut cropped to head and shoulders
-    (face ~45 % of the height), the costly case since the face ROI is what the renderer touches.
+    ``example``: example/image.png (the whole astronaut photograph, face ~20 % of the height);
+    ``closeup``: the astronaut cropped to head and shoulders (face ~45 % of the height), the costly case since the face ROI is what the renderer touches.
     """
-    path = ROOT / "example" / "image.png"
-    if framing == "example" and path.exists():
-        img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    else:
-        import skimage.data
-
-        img = skimage.data.astronaut()
-        if framing == "closeup":
-            img = img[10:270, 94:354]
+    img = cv2.cvtColor(cv2.imread(str(ROOT / "example" / "image.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if framing == "closeup":
+        img = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)[10:270, 94:354]
     return np.ascontiguousarray(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
 
 

@@ -21,6 +21,14 @@ EXAMPLE_AUDIO = ROOT / "example" / "audio.wav"
 EXAMPLE_IMAGE = ROOT / "example" / "image.png"
 
 
+def astronaut(size: int = 512) -> np.ndarray:
+    """The example portrait (scikit-image's public-domain astronaut) as RGB uint8, size x size."""
+    import cv2
+
+    bgr = cv2.imread(str(EXAMPLE_IMAGE), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(cv2.resize(bgr[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA))
+
+
 class FakeAvatar:
     def __init__(self, image: np.ndarray) -> None:
         self.image = image

@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from skimage import data as skdata
 
 from ditto.backends.ditto.aux_models import face_detector as fd
 from ditto.backends.ditto.aux_models import face_mesh as fm
 from ditto.backends.ditto.aux_models import hubert as hb
 from ditto.backends.ditto.aux_models import landmarks as lm
 from ditto.errors import ErrorCode, SourceError
+from tests.conftest import astronaut
 from ditto.tools.aux_test_models import write_aux_test_models
 
 
@@ -58,7 +58,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def portrait() -> np.ndarray:
-    return skdata.astronaut()  # 512×512 RGB portrait, public domain
+    return astronaut(512)  # RGB portrait, public domain
 
 
 # --------------------------------------------------------------------------- SCRFD math

@@ -1,5 +1,5 @@
-"""Fixtures for the lite backend tests: a real portrait (scikit-image's public-domain astronaut,
-cropped to head and shoulders), a registered avatar, and synthetic speech-like audio."""
+"""Fixtures for the lite backend tests: a real portrait (the example astronaut, cropped to head
+and shoulders), a registered avatar, and synthetic speech-like audio."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 
 from ditto import SAMPLE_RATE_HZ
 from ditto.backends.lite import LiteBackend, MotionTuning
+from tests.conftest import astronaut
 
 PORTRAIT_SIZE = 384
 
 
 def portrait(size: int = PORTRAIT_SIZE) -> np.ndarray:
     import cv2
-    import skimage.data
 
-    crop = skimage.data.astronaut()[10:270, 94:354]
+    crop = astronaut(512)[10:270, 94:354]
     return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
 
 
