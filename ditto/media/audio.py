@@ -13,6 +13,7 @@ import io
 import math
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from ditto import FPS, SAMPLE_RATE_HZ
 from ditto.errors import ErrorCode, MediaError
@@ -67,8 +68,6 @@ def _decode_pyav(data: bytes) -> tuple[np.ndarray, int]:
 
 def to_mono_16k(samples: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     """Mix (n, channels) or (n,) float audio down to mono and resample it to 16 kHz."""
-    from scipy.signal import resample_poly
-
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
     mono = np.asarray(mono, dtype=np.float32)
     if sample_rate_hz == SAMPLE_RATE_HZ:

@@ -27,7 +27,7 @@ from ditto.backends.lite.motion import FaceRig, FrameMotion, MotionGenerator, Mo
 from ditto.backends.lite.render import FrameRenderer, MouthStyle, mouth_style
 from ditto.backends.lite.speech import LOOKAHEAD_FRAMES, MouthDriver, MouthParams, MouthTuning, SpeechAnalyzer
 from ditto.backends.lite.warp import InverseWarp
-from ditto.errors import ErrorCode, MediaError
+from ditto.errors import ErrorCode, MediaError, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,16 @@ class LiteBackend:
         self.mouth_tuning = mouth_tuning or MouthTuning()
         self.motion_tuning = motion_tuning or MotionTuning()
         self.lookahead_frames = lookahead_frames
+        self._warm_up()
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Pay mediapipe's one-time costs (import, TFLite/XNNPACK set-up, ~1 s) at server start,
+        not in the first session's first-frame latency."""
+        try:
+            detect_landmarks(np.zeros((64, 64, 3), np.uint8))
+        except SourceError:
+            pass  # expected: the blank image has no face
 
     def register_source(self, image_rgb: np.ndarray) -> LiteAvatar:
         """Find the face and precompute its mesh, rig and warp tables (~50-100 ms).
