@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     data_root: Path | None = None  # Ditto checkpoint folder (ditto_pytorch/, ditto_onnx/, ditto_trt_*/)
     cfg_pkl: Path | None = None  # Ditto cfg pkl (ditto_cfg/*.pkl)
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    trt_plugin: Path | None = None  # GridSample3D TensorRT plugin (default: libgrid_sample_3d_plugin.so by the engines)
+    fallback: bool = False  # TensorRT unusable -> serve the ditto_pytorch / ditto_onnx tree beside data_root
 
     media_root: Path | None = None  # server-side files clients may name; None: uploads only
     max_sessions: int = Field(4, ge=1, le=256)
@@ -31,7 +33,9 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(600.0, gt=0)
     max_image_pixels: int = Field(50_000_000, ge=1)  # refused before decoding (decompression bombs)
     frame_queue_size: int = Field(8, ge=1, le=1024)  # encoded frames waiting for the socket
-    idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long before start ends
+    idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long (before start, or live) ends
+    live_idle_after_s: float = Field(0.2, gt=0)  # live: audio this overdue -> the face idles (silence, IDLE frames)
+    live_inbox_chunks: int = Field(64, ge=1, le=4096)  # live: audio chunks received but not yet rendered
     shutdown_grace_s: float = Field(5.0, ge=0)
 
     @model_validator(mode="after")

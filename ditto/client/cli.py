@@ -1,4 +1,8 @@
-"""``python streaming_client.py``: stream an audio file and a portrait, report statistics."""
+"""``python streaming_client.py``: stream an audio file and a portrait, report statistics.
+
+Without ``--realtime`` the audio file is uploaded whole (file mode); with it, it is sent
+live, in ``--chunk_ms`` chunks paced at real time, as a microphone or TTS engine would.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 from ditto.client import LOGGER_NAME
-from ditto.client.connection import run_session
-from ditto.client.stats import compute_stats, format_report
-from ditto.client.writers import FrameFolderWriter, mux_mp4, write_json
+from ditto.client.connection import SessionResult, read_pcm, run_live_session, run_session
+from ditto.client.stats import FrameTiming, compute_stats, end_to_end_lags_ms, format_report
+from ditto.client.writers import FrameFolderWriter, mux_mp4, write_json, write_wav_pcm16
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -32,38 +36,87 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send --audio_path/--source_path as paths inside the server's --media_root "
                         "instead of uploading the files")
     p.add_argument("--seed", type=int, help="animation seed (reproducible blinks and head motion)")
+    p.add_argument("--realtime", action="store_true",
+                   help="live session: send the audio in chunks paced at real time instead of uploading it whole")
+    p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms (with --realtime)")
     return p
+
+
+def _stats(result: SessionResult):
+    frames = result.frames
+    skipped = result.completed.frames_skipped if result.completed else 0
+    if not result.live:
+        return compute_stats(result.start_sent_s or 0.0, [f.arrival_s for f in frames], [f.size for f in frames],
+                             frames_skipped=skipped)
+    lags = end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or 16000, [
+        FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames])
+    start = result.first_audio_sent_s if result.first_audio_sent_s is not None else (result.start_sent_s or 0.0)
+    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames],
+                         lags_ms=lags, frames_skipped=skipped)
+
+
+def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path,
+               scratch: Path) -> None:
+    """File mode: the received frames with the original audio. Live: every frame slot
+    (a skipped frame repeats the previous one) with the echoed audio, so idle stretches stay in sync."""
+    indices = sorted(f.index for f in result.frames)
+    if not result.live:
+        mux_mp4([writer.path_for(i) for i in indices], audio_path, output)
+        return
+    total = indices[-1] + 1
+    received = set(indices)
+    paths, current = [], writer.path_for(indices[0])
+    for i in range(total):
+        if i in received:
+            current = writer.path_for(i)
+        paths.append(current)
+    audio = audio_path
+    if result.audio_echo:
+        audio = scratch / "echo.wav"
+        write_wav_pcm16(audio, [result.audio_echo.get(i, bytes(1280)) for i in range(total)])
+    mux_mp4(paths, audio, output)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.realtime and args.chunk_ms <= 0:
+        print("streaming_client.py: error: --chunk_ms must be > 0", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="ditto_frames_") as scratch:
         writer = None
         if args.save_frames:
             writer = FrameFolderWriter(args.frames_dir)
         elif args.output:
-            writer = FrameFolderWriter(Path(scratch))
-        result = asyncio.run(run_session(
-            args.server, args.client_id, args.audio_path, args.source_path, timeout_s=args.timeout,
-            on_frame=(lambda header, jpeg: writer.write(header.index, jpeg)) if writer else None,
-            upload=not args.server_paths, seed=args.seed))
+            writer = FrameFolderWriter(Path(scratch) / "frames")
+        on_frame = (lambda header, jpeg: writer.write(header.index, jpeg)) if writer else None
+        if args.realtime:
+            if not Path(args.audio_path).is_file():
+                print(f"streaming_client.py: error: --realtime needs a local audio file: {args.audio_path}",
+                      file=sys.stderr)
+                return 2
+            result = asyncio.run(run_live_session(
+                args.server, args.client_id, read_pcm(args.audio_path), args.source_path,
+                timeout_s=args.timeout, chunk_ms=args.chunk_ms, realtime=True, on_frame=on_frame,
+                upload=not args.server_paths, seed=args.seed, echo_audio=args.output is not None))
+        else:
+            result = asyncio.run(run_session(
+                args.server, args.client_id, args.audio_path, args.source_path, timeout_s=args.timeout,
+                on_frame=on_frame, upload=not args.server_paths, seed=args.seed))
         logger.info("Writer closed. Total frames: %d", len(result.frames))
         if args.output and writer is not None and writer.count:
-            indices = sorted(f.index for f in result.frames)
-            mux_mp4([writer.path_for(i) for i in indices], Path(args.audio_path), args.output)
+            _write_mp4(result, writer, Path(args.audio_path), args.output, Path(scratch))
             logger.info("Wrote %s", args.output)
-    stats = compute_stats(result.start_sent_s or 0.0, [f.arrival_s for f in result.frames],
-                          [f.size for f in result.frames])
+    stats = _stats(result)
     print("\n" + format_report(stats), flush=True)
     if args.json:
-        report = {"ok": result.ok, "stats": stats.to_dict(),
+        report = {"ok": result.ok, "live": result.live, "stats": stats.to_dict(),
                   "error": result.error.model_dump(mode="json") if result.error else None,
                   "timed_out": result.timed_out,
-                  "expected_frames": result.metadata.total_frames if result.metadata else None}
+                  "expected_frames": result.expected_frames}
         write_json(args.json, report)
     if not result.ok:
-        expected = result.metadata.total_frames if result.metadata else "?"
+        expected = result.expected_frames if result.expected_frames is not None else "?"
         logger.error("Stream failed: %d of %s frames received", len(result.frames), expected)
         return 1
     return 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 
 import numpy as np
+
+from ditto import SAMPLE_RATE_HZ
 
 MIN_REALTIME_FPS = 22.5  # 90 % of 25 fps
 MAX_FIRST_FRAME_LATENCY_S = 3.0
@@ -26,13 +29,26 @@ class IntervalStats:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class LagStats:
+    """End-to-end lag per frame, ms: frame received - end of that frame's audio sent."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamStats:
     frames: int
-    duration_s: float  # start command sent -> last frame received
-    first_frame_latency_s: float | None  # start command sent -> first frame received
+    duration_s: float  # start command (live --realtime: first audio chunk) sent -> last frame received
+    first_frame_latency_s: float | None  # start command (live --realtime: first audio chunk) sent -> first frame
     fps: float
     total_bytes: int
     intervals: IntervalStats | None
+    lag: LagStats | None = None  # live sessions only
+    frames_skipped: int = 0  # reported by the server (live: frames not sent to a client that fell behind)
 
     @property
     def average_frame_bytes(self) -> float:
@@ -75,7 +91,54 @@ def interval_stats(arrivals_s: list[float]) -> IntervalStats | None:
         p95_ms=float(np.percentile(ms, 95)), p99_ms=float(np.percentile(ms, 99)))
 
 
-def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int]) -> StreamStats:
+def lag_stats(lags_ms: list[float]) -> LagStats | None:
+    if not lags_ms:
+        return None
+    ms = np.asarray(lags_ms, dtype=np.float64)
+    return LagStats(count=len(ms), p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),
+                    p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameTiming:
+    """What the lag of one received frame depends on."""
+
+    sample_start: int  # 16 kHz sample the frame starts at (from its header)
+    sample_count: int
+    arrival_s: float
+    idle: bool  # IDLE frames have no audio that was sent: they get no lag
+
+
+def end_to_end_lags_ms(chunks_sent: list[tuple[int, float]], sample_rate_hz: int,
+                       frames: list[FrameTiming]) -> list[float]:
+    """Per speech frame: its arrival minus the wall time its audio's last sample was sent.
+
+    Args:
+        chunks_sent: per audio chunk sent, in order, (input samples sent so far including this
+            chunk, clock reading when it was sent).
+        sample_rate_hz: rate of those input samples.
+        frames: received frames in arrival order. Idle silence the server inserted shifts the
+            16 kHz timeline; it is taken out using the IDLE frames received before each frame.
+    """
+    if not chunks_sent:
+        return []
+    ends = [end for end, _ in chunks_sent]
+    total = ends[-1]
+    idle_samples = 0
+    out = []
+    for f in frames:
+        if f.idle:
+            idle_samples += f.sample_count
+            continue
+        end_16k = f.sample_start + f.sample_count - idle_samples
+        needed = min(total, -(-end_16k * sample_rate_hz // SAMPLE_RATE_HZ))  # input samples of the frame's end
+        i = min(bisect.bisect_left(ends, needed), len(ends) - 1)
+        out.append((f.arrival_s - chunks_sent[i][1]) * 1000.0)
+    return out
+
+
+def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int], *,
+                  lags_ms: list[float] | None = None, frames_skipped: int = 0) -> StreamStats:
     """Statistics of one stream; times are one monotonic clock's readings in seconds."""
     frames = len(arrivals_s)
     duration = (arrivals_s[-1] - start_s) if frames else 0.0
@@ -83,7 +146,8 @@ def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int]) -> 
         frames=frames, duration_s=duration,
         first_frame_latency_s=(arrivals_s[0] - start_s) if frames else None,
         fps=frames / duration if duration > 0 else 0.0,
-        total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s))
+        total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s),
+        lag=lag_stats(lags_ms or []), frames_skipped=frames_skipped)
 
 
 def _check(ok: bool, text: str) -> str:
@@ -104,6 +168,9 @@ def format_report(stats: StreamStats) -> str:
         f"Total Data: {stats.total_bytes / MB:.1f} MB",
         f"Average Frame Size: {stats.average_frame_bytes / KB:.1f} KB",
         f"Bandwidth: {stats.bandwidth_mbps:.1f} Mbps",
+        f"End-to-end Lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, "
+        f"p99 {stats.lag.p99_ms:.0f} ms" if stats.lag is not None else "End-to-end Lag: n/a (file mode)",
+        f"Frames Skipped: {stats.frames_skipped}",
         "",
         "FRAME INTERVALS:",
     ]

@@ -89,5 +89,16 @@ def _mux_audio(out, src, stream, duration_s: float) -> None:
     out.mux(stream.encode(None))
 
 
+def write_wav_pcm16(path: Path, chunks: list[bytes], sample_rate_hz: int = 16000) -> None:
+    """A mono 16-bit WAV of little-endian int16 chunks (the server's audio echo)."""
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate_hz)
+        out.writeframes(b"".join(chunks))
+
+
 def write_json(path: Path, report: dict) -> None:
     path.write_text(json.dumps(report, indent=2, default=str))

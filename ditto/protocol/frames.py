@@ -1,17 +1,37 @@
-"""Binary frame messages: a fixed 24-byte little-endian header, then the payload.
+"""Binary messages: frames (server -> client) and audio chunks (client -> server).
+
+Server -> client, a fixed 24-byte little-endian header, then the payload:
 
 ====== ====== ======================================================================
 offset type   field
 ====== ====== ======================================================================
 0      2s     magic ``b"DF"``
 2      u8     version (1)
-3      u8     kind (1 = JPEG video frame)
+3      u8     kind (:class:`FrameKind`: 1 = JPEG video frame, 2 = audio echo)
 4      u16    flags (:class:`FrameFlags`)
 6      u16    reserved (0)
 8      u32    frame index (0-based, per session)
 12     u32    pts_ms: presentation time, ms from the start of the audio
 16     u32    sample_start: first audio sample (16 kHz) the frame covers
 20     u32    sample_count: number of audio samples the frame covers (640 at 25 fps)
+====== ====== ======================================================================
+
+An audio echo (kind 2, sent only when ``start_streaming`` asked for ``echo_audio``) carries
+the 16 kHz mono audio of frame ``index`` as ``sample_count`` little-endian int16 samples; it
+is sent just before that frame, and also for frames skipped for a slow client, so a player
+gets gap-free audio aligned to the frames.
+
+Client -> server (live sessions), an 8-byte little-endian header, then PCM samples in the
+format announced by ``start_streaming`` (interleaved channels, little-endian):
+
+====== ====== ======================================================================
+offset type   field
+====== ====== ======================================================================
+0      2s     magic ``b"DA"``
+2      u8     version (1)
+3      u8     sample type (:class:`SampleType`: 1 = int16, 2 = float32); must match
+              the announced format
+4      u32    seq: chunk number (0-based, informational; gaps are not detected)
 ====== ====== ======================================================================
 """
 
@@ -30,7 +50,8 @@ HEADER_SIZE = _HEADER.size  # 24
 
 
 class FrameKind(enum.IntEnum):
-    JPEG = 1
+    JPEG = 1  # payload: a baseline JPEG image
+    PCM16 = 2  # payload: the frame's audio, 16 kHz mono int16 little-endian (audio echo)
 
 
 class FrameFlags(enum.IntFlag):
@@ -76,3 +97,57 @@ class FrameHeader:
 
 def pack_frame(header: FrameHeader, payload: bytes) -> bytes:
     return header.pack() + payload
+
+
+# --- client -> server: audio chunks -----------------------------------------------------------
+
+AUDIO_MAGIC = b"DA"
+AUDIO_VERSION = 1
+_AUDIO_HEADER = struct.Struct("<2sBBI")
+AUDIO_HEADER_SIZE = _AUDIO_HEADER.size  # 8
+
+
+class SampleType(enum.IntEnum):
+    """PCM sample types of live audio; the JSON name is the lower-case member name."""
+
+    INT16 = 1  # signed 16-bit, full scale 32768
+    FLOAT32 = 2  # IEEE float, full scale 1.0; NaN and infinities are refused
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self is SampleType.INT16 else 4
+
+    @classmethod
+    def from_name(cls, name: str) -> "SampleType":
+        return cls[name.upper()]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AudioChunkHeader:
+    sample_type: SampleType
+    seq: int = 0
+
+    def pack(self) -> bytes:
+        return _AUDIO_HEADER.pack(AUDIO_MAGIC, AUDIO_VERSION, self.sample_type, self.seq)
+
+    @classmethod
+    def unpack(cls, message: bytes) -> tuple["AudioChunkHeader", memoryview]:
+        """Split a binary audio message into its header and PCM payload.
+
+        Raises:
+            ProtocolError: too short, not an audio chunk of this version, or an unknown sample type.
+        """
+        if len(message) < AUDIO_HEADER_SIZE:
+            raise ProtocolError(f"binary message of {len(message)} bytes is shorter than an audio chunk header")
+        magic, version, sample_type, seq = _AUDIO_HEADER.unpack_from(message)
+        if magic != AUDIO_MAGIC or version != AUDIO_VERSION:
+            raise ProtocolError(f"not a version-{AUDIO_VERSION} audio chunk (magic {magic!r}, version {version})")
+        try:
+            kind = SampleType(sample_type)
+        except ValueError:
+            raise ProtocolError(f"unknown sample type {sample_type}") from None
+        return cls(kind, seq), memoryview(message)[AUDIO_HEADER_SIZE:]
+
+
+def pack_audio_chunk(header: AudioChunkHeader, pcm: bytes) -> bytes:
+    return header.pack() + pcm

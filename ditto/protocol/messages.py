@@ -1,8 +1,9 @@
 """JSON control messages, validated by pydantic.
 
-Client -> server: ``start_streaming``, ``stop``.
+Client -> server: ``start_streaming``, ``stop``; in live sessions (``live: true``) also
+``audio_chunk`` (or binary audio chunks) and ``end_of_audio``.
 Server -> client: ``streaming_started``, ``metadata``, ``streaming_completed``, ``error``.
-Frames travel as binary messages (see :mod:`ditto.protocol.frames`).
+Frames (and audio echo) travel as binary messages (see :mod:`ditto.protocol.frames`).
 
 :func:`parse_client_message` turns raw text into a model or raises
 :class:`~ditto.errors.ProtocolError` with a stable code; it never touches a socket.
@@ -15,7 +16,7 @@ import binascii
 import json
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ditto.errors import ErrorCode, ProtocolError
 
@@ -27,6 +28,17 @@ class _Message(BaseModel):
 # --- media references -------------------------------------------------------------------------
 
 
+def _decode_base64(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("data must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"data is not valid base64: {exc}") from None
+
+
 class UploadedFile(_Message):
     """File bytes sent inside the message (base64), the default when the client has the file."""
 
@@ -34,17 +46,7 @@ class UploadedFile(_Message):
     filename: str = Field(max_length=255)
     data: bytes  # base64 on the wire, raw bytes after validation
 
-    @field_validator("data", mode="before")
-    @classmethod
-    def _decode_base64(cls, value: object) -> bytes:
-        if isinstance(value, bytes):
-            return value
-        if not isinstance(value, str):
-            raise ValueError("data must be a base64 string")
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"data is not valid base64: {exc}") from None
+    _decode = field_validator("data", mode="before")(classmethod(lambda cls, v: _decode_base64(v)))
 
 
 class ServerPath(_Message):
@@ -65,23 +67,84 @@ def encode_upload(filename: str, payload: bytes) -> dict:
 # --- client -> server -------------------------------------------------------------------------
 
 
+MIN_LIVE_SAMPLE_RATE_HZ = 8000
+MAX_LIVE_SAMPLE_RATE_HZ = 48000
+
+
+class AudioFormat(_Message):
+    """The PCM format of a live session's audio chunks (interleaved channels, little-endian)."""
+
+    sample_rate_hz: int = Field(ge=MIN_LIVE_SAMPLE_RATE_HZ, le=MAX_LIVE_SAMPLE_RATE_HZ)
+    channels: int = Field(default=1, ge=1, le=8)
+    sample_type: Literal["int16", "float32"] = "int16"
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Bytes of one sample of every channel (a chunk's size must be a multiple of this)."""
+        return self.channels * (2 if self.sample_type == "int16" else 4)
+
+
 class StartStreaming(_Message):
+    """File mode: ``audio`` holds the whole recording. Live mode (``live: true``): no ``audio``;
+    ``audio_format`` announces the chunks that follow (then ``end_of_audio``)."""
+
     type: Literal["start_streaming"] = "start_streaming"
-    audio: MediaRef
+    audio: MediaRef | None = None
     source: MediaRef
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    live: bool = False
+    audio_format: AudioFormat | None = None
+    echo_audio: bool = False  # also send each frame's 16 kHz audio (binary kind 2) before the frame
+
+    @model_validator(mode="after")
+    def _audio_matches_mode(self) -> "StartStreaming":
+        if self.live:
+            if self.audio is not None:
+                raise ValueError("a live session sends its audio in audio_chunk messages, not in start_streaming")
+            if self.audio_format is None:
+                raise ValueError("live: true needs audio_format (sample_rate_hz, channels, sample_type)")
+        else:
+            if self.audio is None:
+                raise ValueError("audio is required (or live: true with audio_format)")
+            if self.audio_format is not None:
+                raise ValueError("audio_format is only for live sessions (live: true)")
+        return self
+
+
+class AudioChunk(_Message):
+    """Live audio as JSON: ``data`` is base64 of PCM bytes in the announced format."""
+
+    type: Literal["audio_chunk"] = "audio_chunk"
+    data: bytes
+    seq: int | None = Field(default=None, ge=0)
+
+    _decode = field_validator("data", mode="before")(classmethod(lambda cls, v: _decode_base64(v)))
+
+
+class EndOfAudio(_Message):
+    """No more live audio: the server renders the remaining frames and completes."""
+
+    type: Literal["end_of_audio"] = "end_of_audio"
 
 
 class Stop(_Message):
     type: Literal["stop"] = "stop"
 
 
-ClientMessage = Annotated[Union[StartStreaming, Stop], Field(discriminator="type")]
+ClientMessage = Annotated[Union[StartStreaming, AudioChunk, EndOfAudio, Stop], Field(discriminator="type")]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_MESSAGE_TYPES = ("start_streaming", "stop")
+CLIENT_MESSAGE_TYPES = ("start_streaming", "audio_chunk", "end_of_audio", "stop")
 
 
-def parse_client_message(text: str | bytes) -> StartStreaming | Stop:
+def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
+    """The JSON form of an :class:`AudioChunk`."""
+    out = {"type": "audio_chunk", "data": base64.b64encode(pcm).decode("ascii")}
+    if seq is not None:
+        out["seq"] = seq
+    return out
+
+
+def parse_client_message(text: str | bytes) -> StartStreaming | AudioChunk | EndOfAudio | Stop:
     """Validate one client text message.
 
     Raises:
@@ -104,25 +167,28 @@ def parse_client_message(text: str | bytes) -> StartStreaming | Stop:
         return _client_adapter.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ProtocolError(f"invalid {kind} message: {where}: {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"][1:])  # loc[0] is the union tag
+        raise ProtocolError(f"invalid {kind} message: {where + ': ' if where else ''}{first['msg']}") from None
 
 
 # --- server -> client -------------------------------------------------------------------------
 
 
 class StreamingStarted(_Message):
+    """Sent once the source is ready; a live client may send audio from now on."""
+
     type: Literal["streaming_started"] = "streaming_started"
     client_id: str
     backend: str
-    audio: str  # display name of the audio (file name or server path)
+    audio: str  # display name of the audio (file name or server path; "live" in live mode)
     source: str
+    live: bool = False
 
 
 class Metadata(_Message):
     type: Literal["metadata"] = "metadata"
-    duration_s: float
-    total_frames: int
+    duration_s: float | None  # None in live mode (not known yet)
+    total_frames: int | None  # None in live mode: streaming_completed tells
     fps: int
     width: int
     height: int
@@ -131,7 +197,8 @@ class Metadata(_Message):
 class StreamingCompleted(_Message):
     type: Literal["streaming_completed"] = "streaming_completed"
     frames_sent: int
-    frames_skipped: int = 0
+    frames_skipped: int = 0  # live mode: video frames not sent to a client that fell behind
+    idle_frames: int = 0  # live mode: frames rendered while no audio arrived (flag IDLE)
 
 
 class Error(_Message):

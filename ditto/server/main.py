@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "lite", "ditto"], default="auto",
                    help="auto: Ditto when --cfg_pkl is given, else the embedded default (lite)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Ditto backend device")
+    p.add_argument("--trt_plugin", type=Path,
+                   help="GridSample3D TensorRT plugin library for the warp network engine "
+                        "(default: libgrid_sample_3d_plugin.so next to the engines, or in ditto_onnx/ beside them)")
+    p.add_argument("--fallback", action="store_true", default=None,
+                   help="if the TensorRT engines cannot run here, serve the ditto_pytorch (or ditto_onnx) "
+                        "checkpoints beside --data_root instead of exiting")
     p.add_argument("--media_root", type=Path,
                    help="folder whose files clients may name by relative path (default: uploads only)")
     p.add_argument("--max_sessions", type=int, default=4, help="concurrent sessions; more are refused (busy)")

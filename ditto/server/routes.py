@@ -1,10 +1,16 @@
-"""HTTP and WebSocket routes. The WebSocket handler admits the connection and hands it to a Session."""
+"""HTTP and WebSocket routes. The WebSocket handler admits the connection and hands it to a Session.
+
+``/`` is the browser page (static files of :mod:`ditto.web`, no build step); it may load the
+repository's example portrait and speech from ``/example/`` when they are there.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from fastapi import APIRouter, Request, Response, WebSocket
+from fastapi import APIRouter, HTTPException, Request, Response, WebSocket
+from fastapi.responses import FileResponse
 
 from ditto.errors import DittoError
 from ditto.protocol import messages as msg
@@ -13,6 +19,34 @@ from ditto.server.session import Session
 
 logger = logging.getLogger(LOGGER_NAME)
 router = APIRouter()
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "example"
+# Only these names are served: a request never names a path on disk.
+WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+EXAMPLE_FILES = {"image.png": "image/png", "audio.wav": "audio/wav"}
+
+
+def _static(folder: Path, name: str, table: dict[str, str]) -> FileResponse:
+    path = folder / name
+    if name not in table or not path.is_file():
+        raise HTTPException(status_code=404, detail="not found")
+    return FileResponse(path, media_type=table[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return _static(WEB_DIR, "index.html", WEB_FILES)
+
+
+@router.get("/web/{name}", include_in_schema=False)
+async def web_file(name: str) -> FileResponse:
+    return _static(WEB_DIR, name, WEB_FILES)
+
+
+@router.get("/example/{name}", include_in_schema=False)
+async def example_file(name: str) -> FileResponse:
+    return _static(EXAMPLE_DIR, name, EXAMPLE_FILES)
 
 
 @router.get("/healthz")

@@ -34,3 +34,27 @@ def test_no_frames():
     stats = compute_stats(0.0, [], [])
     assert stats.frames == 0 and not stats.realtime_ok
     assert "Total Frames Received: 0" in format_report(stats)
+
+
+def test_end_to_end_lag_per_frame():
+    from ditto.client.stats import FrameTiming, end_to_end_lags_ms
+
+    # 48 kHz input in 200 ms chunks sent at t = 10.0, 10.2, 10.4 (cumulative samples 9600, 19200, 24000)
+    chunks = [(9600, 10.0), (19200, 10.2), (24000, 10.4)]
+    frames = [
+        FrameTiming(0, 640, 10.05, False),  # audio ends at 40 ms: in chunk 0 -> 50 ms
+        FrameTiming(4 * 640, 640, 10.25, False),  # ends at 200 ms = sample 9600: still chunk 0 -> 250 ms
+        FrameTiming(5 * 640, 640, 10.30, False),  # ends at 240 ms: chunk 1 -> 100 ms
+        FrameTiming(6 * 640, 640, 10.31, True),  # idle: no lag, shifts what follows by one frame
+        FrameTiming(13 * 640, 640, 10.50, False),  # 14 frames - 1 idle = 520 ms: chunk 2 (till 500 ms: last) -> 100 ms
+    ]
+    lags = end_to_end_lags_ms(chunks, 48000, frames)
+    assert [round(x) for x in lags] == [50, 250, 100, 100]
+
+
+def test_live_report_lines():
+    stats = compute_stats(0.0, [0.5, 0.54], [1000, 1000], lags_ms=[10.0, 20.0, 30.0, 400.0], frames_skipped=3)
+    report = format_report(stats)
+    assert re.search(r"^End-to-end Lag: p50 25 ms, p95 \d+ ms, p99 \d+ ms$", report, re.M)
+    assert "Frames Skipped: 3" in report.splitlines()
+    assert "End-to-end Lag: n/a (file mode)" in format_report(compute_stats(0.0, [0.5], [10]))

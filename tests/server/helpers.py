@@ -85,3 +85,113 @@ async def converse(url: str, *messages: str | bytes, timeout_s: float = 30.0,
                 pass
             out.close_code = ws.close_code
     return out
+
+
+# --- live sessions ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LiveTranscript(Transcript):
+    echoes: list = dataclasses.field(default_factory=list)  # (FrameHeader, int16 PCM bytes) audio echo
+    frame_arrivals: list = dataclasses.field(default_factory=list)  # monotonic s, per video frame
+    chunk_sent_at: list = dataclasses.field(default_factory=list)  # monotonic s, per chunk sent
+
+    @property
+    def completed(self) -> msg.StreamingCompleted | None:
+        done = self.of_type(msg.StreamingCompleted)
+        return done[0] if done else None
+
+
+def live_start(sample_rate_hz: int = 16000, *, channels: int = 1, sample_type: str = "int16",
+               image: bytes | None = None, **extra) -> str:
+    return json.dumps({"type": "start_streaming", "live": True,
+                       "audio_format": {"sample_rate_hz": sample_rate_hz, "channels": channels,
+                                        "sample_type": sample_type},
+                       "source": msg.encode_upload("s.png", image or png_bytes(portrait())), **extra})
+
+
+def pcm_bytes(samples: np.ndarray, sample_type: str) -> bytes:
+    """float32 samples ((n,) or (n, channels)) as interleaved little-endian PCM."""
+    if sample_type == "int16":
+        return (np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes()
+    return samples.astype("<f4").tobytes()
+
+
+def binary_chunk(pcm: bytes, sample_type: str = "int16", seq: int = 0) -> bytes:
+    from ditto.protocol.frames import AudioChunkHeader, SampleType, pack_audio_chunk
+
+    return pack_audio_chunk(AudioChunkHeader(SampleType.from_name(sample_type), seq), pcm)
+
+
+def json_chunk(pcm: bytes, seq: int | None = None) -> str:
+    return json.dumps(msg.encode_audio_chunk(pcm, seq))
+
+
+END_OF_AUDIO = json.dumps({"type": "end_of_audio"})
+
+
+def split_chunks(samples: np.ndarray, sizes: list[int] | int) -> list[np.ndarray]:
+    if isinstance(sizes, int):
+        sizes = [sizes]
+    out, i, k = [], 0, 0
+    while i < len(samples):
+        n = sizes[k % len(sizes)]
+        out.append(samples[i:i + n])
+        i, k = i + n, k + 1
+    return out
+
+
+async def live_converse(url: str, start: str, chunks: list, *, pace_s: float = 0.0,
+                        pauses: dict[int, float] | None = None, wait_started: bool = True,
+                        read_delay_s: float = 0.0, max_queue: int | None = 16,
+                        timeout_s: float = 30.0) -> LiveTranscript:
+    """Start a live session, send ``chunks`` (bytes or JSON text, END_OF_AUDIO included by the
+    caller), ``pace_s`` apart, sleeping ``pauses[i]`` before chunk i; read everything until close."""
+    import time
+
+    from ditto.protocol.frames import FrameKind
+
+    out = LiveTranscript()
+    started = asyncio.Event()
+    pauses = pauses or {}
+
+    async def reader(ws):
+        await asyncio.sleep(read_delay_s)
+        try:
+            async for reply in ws:
+                if isinstance(reply, bytes):
+                    header, payload = FrameHeader.unpack(reply)
+                    if header.kind == FrameKind.PCM16:
+                        out.echoes.append((header, bytes(payload)))
+                    else:
+                        out.frames.append((header, bytes(payload)))
+                        out.frame_arrivals.append(time.monotonic())
+                else:
+                    m = msg.parse_server_message(reply)
+                    out.controls.append(m)
+                    if isinstance(m, msg.StreamingStarted):
+                        started.set()
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        finally:
+            started.set()
+
+    async with asyncio.timeout(timeout_s):
+        async with websockets.connect(url, max_size=None, max_queue=max_queue) as ws:
+            await ws.send(start)
+            task = asyncio.create_task(reader(ws))
+            try:
+                if wait_started:
+                    await started.wait()
+                for i, chunk in enumerate(chunks):
+                    if i in pauses:
+                        await asyncio.sleep(pauses[i])
+                    elif i and pace_s:
+                        await asyncio.sleep(pace_s)
+                    await ws.send(chunk)
+                    out.chunk_sent_at.append(time.monotonic())
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            await task
+            out.close_code = ws.close_code
+    return out
