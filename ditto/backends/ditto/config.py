@@ -682,10 +682,67 @@ def write_cfg_pkl(path: str | os.PathLike[str], flavor: CfgFlavor, *, device: st
     out = Path(os.fspath(path))
     if out.is_dir() or out.suffix != ".pkl":
         out = out / CFG_PKL_NAMES[flavor]
-    cfg = build_cfg_dict(flavor, device=device, seed=seed, default_kwargs=default_kwargs)
+    return dump_cfg_pkl(out, build_cfg_dict(flavor, device=device, seed=seed, default_kwargs=default_kwargs))
+
+
+def dump_cfg_pkl(path: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
+    """Pickle a cfg dict at ``path`` (parent folders created, replaced atomically)."""
+    out = Path(os.fspath(path))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as fh:
-        pickle.dump(cfg, fh, protocol=4)
+        pickle.dump(dict(cfg), fh, protocol=4)
     os.replace(tmp, out)
+    return out
+
+
+# -- ONNX flavour -----------------------------------------------------------------------------------
+
+#: Our file names for cfg pkls that use ``ditto_onnx`` (upstream ships none; see :func:`onnx_cfg_dict`).
+ONNX_CFG_PKL_NAMES: Mapping[str, str] = MappingProxyType({
+    "onnx": "v0.4_hubert_cfg_onnx.pkl",
+    "onnx_online": "v0.4_hubert_cfg_onnx_online.pkl",
+})
+_ENGINE_PRECISION_TAGS = ("_fp16", "_fp32")
+
+
+def onnx_model_name(engine_name: str) -> str:
+    """``ditto_trt_*`` file name → the ``ditto_onnx`` name of the same model.
+
+    ``decoder_fp16.engine`` → ``decoder.onnx``, ``lmdm_v0.4_hubert_fp32.engine`` →
+    ``lmdm_v0.4_hubert.onnx``; a folder part is kept. Names that are not engines are returned unchanged.
+    """
+    path = Path(engine_name)
+    if ENGINE_BY_SUFFIX.get(path.suffix.lower()) != "tensorrt":
+        return engine_name
+    stem = path.stem
+    for tag in _ENGINE_PRECISION_TAGS:
+        if stem.endswith(tag):
+            stem = stem[: -len(tag)]
+    return str(path.with_name(stem + ".onnx"))
+
+
+def onnx_cfg_dict(trt_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A TensorRT cfg dict re-pointed at the ``ditto_onnx`` files.
+
+    Upstream ships no cfg pkl for ``ditto_onnx``, and its loader joins the pkl's file
+    names to ``data_root`` as they are, so a trt pkl used with ``--data_root ditto_onnx``
+    looks for ``*_fp16.engine`` there and fails. This rewrites every engine name
+    (``model_path``, and ``blaze_face_model_path`` / ``face_mesh_model_path`` of
+    ``landmark478_cfg``) with :func:`onnx_model_name`; ``default_kwargs`` (arrays,
+    ``ch_info``) is carried over as the same objects. ``python -m ditto.tools.onnx_cfg``
+    applies it to a pkl file.
+    """
+    out = dict(trt_cfg)
+    base = {}
+    for section, values in dict(trt_cfg["base_cfg"]).items():
+        values = dict(values)
+        for key in ("model_path", "blaze_face_model_path", "face_mesh_model_path"):
+            if isinstance(values.get(key), str):
+                values[key] = onnx_model_name(values[key])
+        base[section] = values
+    out["base_cfg"] = base
+    a2m = dict(trt_cfg["audio2motion_cfg"])
+    a2m["model_path"] = onnx_model_name(a2m["model_path"])
+    out["audio2motion_cfg"] = a2m
     return out

@@ -271,7 +271,11 @@ class CudaGraphSampler:
                 self._loop()
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        # Sessions run in several threads: capture on a private stream, and only forbid
+        # unsafe CUDA calls in this thread (the default "global" mode would fail other
+        # sessions' work issued while this one captures).
+        with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev),
+                                                      capture_error_mode="thread_local"):
             self._static["out"] = self._loop()
         self._graph = graph
         self._graph_version = sampler.version

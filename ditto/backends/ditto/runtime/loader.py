@@ -108,7 +108,10 @@ def build_torch_module(path: str | os.PathLike[str], kind: str, module_factory: 
     if factory is None:
         raise ConfigError(f"no module factory for PyTorch model {kind!r} ({os.fspath(path)})")
     sd = read_torch_state_dict(path, kind, trust_pickle=trust_pickle)
-    module = factory(sd)
+    try:
+        module = factory(sd)
+    except ConfigError as exc:  # the factory reads shapes off the state dict; say which file it was
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
