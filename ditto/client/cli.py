@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ditto.client import LOGGER_NAME
 from ditto.client.connection import SessionResult, read_pcm, run_live_session, run_session
-from ditto.client.stats import FrameTiming, compute_stats, end_to_end_lags_ms, format_report
+from ditto.client.stats import FrameTiming, StreamStats, compute_stats, end_to_end_lags_ms, format_report
 from ditto.client.writers import FrameFolderWriter, mux_mp4, write_json, write_wav_pcm16
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -42,17 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stats(result: SessionResult):
+def _stats(result: SessionResult) -> StreamStats:
+    """File mode counts from ``start_streaming``; live from the first audio chunk, with end-to-end lags."""
     frames = result.frames
-    skipped = result.completed.frames_skipped if result.completed else 0
-    if not result.live:
-        return compute_stats(result.start_sent_s or 0.0, [f.arrival_s for f in frames], [f.size for f in frames],
-                             frames_skipped=skipped)
-    lags = end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or 16000, [
-        FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames])
-    start = result.first_audio_sent_s if result.first_audio_sent_s is not None else (result.start_sent_s or 0.0)
-    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames],
-                         lags_ms=lags, frames_skipped=skipped)
+    start, lags = result.start_sent_s or 0.0, None
+    if result.live:
+        lags = end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or 16000, [
+            FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames])
+        if result.first_audio_sent_s is not None:
+            start = result.first_audio_sent_s
+    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames], lags_ms=lags,
+                         frames_skipped=result.completed.frames_skipped if result.completed else 0)
 
 
 def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path,

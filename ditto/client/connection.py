@@ -3,7 +3,8 @@ frames with their arrival times, hand each frame to a callback.
 
 :func:`run_session` uploads a whole file (file mode); :func:`run_live_session` streams it
 as a live source would (``live: true``): PCM chunks of ``chunk_ms``, paced at real time
-or as fast as possible, then ``end_of_audio``, receiving frames meanwhile.
+or as fast as possible, then ``end_of_audio``, receiving frames meanwhile. Both share one
+receive loop (:func:`_converse`); what differs (log lines, the live audio sender) is a ``_Mode``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from ditto.client import LOGGER_NAME
 from ditto.errors import ProtocolError
@@ -88,52 +90,10 @@ async def run_session(
     log_every: int = 25,
 ) -> SessionResult:
     """Stream one audio file over ``ws://server/ws/{client_id}`` and collect what comes back."""
-    result = SessionResult()
-    url = f"{server.rstrip('/')}/ws/{client_id}"
     start = {"type": "start_streaming", "audio": media_ref(audio_path, upload=upload),
              "source": media_ref(source_path, upload=upload)}
-    if seed is not None:
-        start["seed"] = seed
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30)) as ws:
-                logger.info("Connected to server as client %s", client_id)
-                await ws.send(json.dumps(start))
-                result.start_sent_s = clock()
-                logger.info("Sent start streaming command")
-                async for message in ws:
-                    if isinstance(message, bytes):
-                        header, payload = FrameHeader.unpack(message)
-                        if header.kind != FrameKind.JPEG:
-                            continue
-                        result.frames.append(ReceivedFrame(header.index, header.pts_ms, len(message), clock(),
-                                                           header.sample_start, header.sample_count))
-                        if header.index % log_every == 0:
-                            logger.info("Received frame %d, size: %.1fKB", header.index, len(payload) / 1024)
-                        if on_frame is not None:
-                            on_frame(header, bytes(payload))
-                        continue
-                    reply = msg.parse_server_message(message)
-                    if isinstance(reply, msg.StreamingStarted):
-                        logger.info("Streaming started: %s -> %s", audio_path, source_path)
-                    elif isinstance(reply, msg.Metadata):
-                        result.metadata = reply
-                        logger.info("Metadata: %.2fs, %d frames", reply.duration_s, reply.total_frames)
-                    elif isinstance(reply, msg.StreamingCompleted):
-                        result.completed = reply
-                        logger.info("Streaming completed")
-                        break
-                    elif isinstance(reply, msg.Error):
-                        result.error = reply
-                        logger.error("Server error [%s]: %s", reply.code.value, reply.message)
-                        break
-    except TimeoutError:
-        result.timed_out = True
-        logger.error("Timed out after %.0f s", timeout_s)
-    except (OSError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
-        result.error = msg.Error(code="internal", message=f"connection failed: {exc}")
-        logger.error("Connection to %s failed: %s", url, exc)
-    return result
+    return await _converse(server, client_id, start, SessionResult(), _FileMode(audio_path, source_path),
+                           seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, log_every=log_every)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,7 +107,7 @@ class PcmAudio:
 
     @property
     def bytes_per_frame(self) -> int:
-        return self.channels * (2 if self.sample_type == "int16" else 4)
+        return self.channels * SampleType.from_name(self.sample_type).bytes_per_sample
 
     @property
     def samples(self) -> int:
@@ -201,65 +161,136 @@ async def run_live_session(
     ``end_of_audio``. Frames are received meanwhile.
     """
     result = SessionResult(live=True, audio_sample_rate_hz=audio.sample_rate_hz)
-    url = f"{server.rstrip('/')}/ws/{client_id}"
     start = {"type": "start_streaming", "live": True, "source": media_ref(source_path, upload=upload),
              "audio_format": {"sample_rate_hz": audio.sample_rate_hz, "channels": audio.channels,
                               "sample_type": audio.sample_type},
              "echo_audio": echo_audio}
-    if seed is not None:
-        start["seed"] = seed
-    chunk_samples = max(1, int(round(audio.sample_rate_hz * chunk_ms / 1000.0)))
-    sample_type = SampleType.from_name(audio.sample_type)
+    mode = _LiveMode(audio, source_path, result, chunk_ms=chunk_ms, realtime=realtime, clock=clock)
+    try:
+        return await _converse(server, client_id, start, result, mode,
+                               seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, log_every=log_every)
+    finally:
+        await mode.stop_sending()
 
-    async def send_audio(ws) -> None:
+
+# --- the receive loop both modes share ----------------------------------------------------------
+
+class _Mode(Protocol):
+    """What differs between file and live sessions around :func:`_converse`: the log lines,
+    and (live) sending the audio once the server answered ``streaming_started``."""
+
+    def start_sent(self) -> None: ...
+
+    def streaming_started(self, ws: ClientConnection) -> None: ...
+
+    def metadata(self, reply: msg.Metadata) -> None: ...
+
+    def completed(self, reply: msg.StreamingCompleted) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FileMode:
+    audio_path: str
+    source_path: str
+
+    def start_sent(self) -> None:
+        logger.info("Sent start streaming command")
+
+    def streaming_started(self, ws: ClientConnection) -> None:
+        logger.info("Streaming started: %s -> %s", self.audio_path, self.source_path)
+
+    def metadata(self, reply: msg.Metadata) -> None:
+        logger.info("Metadata: %.2fs, %d frames", reply.duration_s, reply.total_frames)
+
+    def completed(self, reply: msg.StreamingCompleted) -> None:
+        logger.info("Streaming completed")
+
+
+@dataclasses.dataclass(slots=True)
+class _LiveMode:
+    """Live sessions: the audio sender (a task started on ``streaming_started``) and its log lines.
+
+    Call :meth:`stop_sending` once the receive loop is over, whatever its outcome.
+    """
+
+    audio: PcmAudio
+    source_path: str
+    result: SessionResult  # where the chunks sent are recorded
+    chunk_ms: float
+    realtime: bool
+    clock: Callable[[], float]
+    _sender: asyncio.Task | None = dataclasses.field(default=None, init=False)
+
+    def start_sent(self) -> None:
+        logger.info("Sent start streaming command (live, %d Hz, %d ch, %s chunks of %g ms)",
+                    self.audio.sample_rate_hz, self.audio.channels, "real-time" if self.realtime else "fast",
+                    self.chunk_ms)
+
+    def streaming_started(self, ws: ClientConnection) -> None:
+        logger.info("Streaming started (live): %s", self.source_path)
+        self._sender = asyncio.create_task(self._send_audio(ws))
+
+    def metadata(self, reply: msg.Metadata) -> None:
+        logger.info("Metadata: live, %dx%d at %d fps", reply.width, reply.height, reply.fps)
+
+    def completed(self, reply: msg.StreamingCompleted) -> None:
+        logger.info("Streaming completed: %d frames sent, %d skipped, %d idle",
+                    reply.frames_sent, reply.frames_skipped, reply.idle_frames)
+
+    async def _send_audio(self, ws: ClientConnection) -> None:
+        """The chunks, then ``end_of_audio``; with ``realtime`` chunk k leaves ``k * chunk_ms``
+        after the first was sent (an absolute schedule, so sleeps do not add up to drift)."""
+        audio, result = self.audio, self.result
+        chunk_samples = max(1, int(round(audio.sample_rate_hz * self.chunk_ms / 1000.0)))
+        sample_type = SampleType.from_name(audio.sample_type)
         step = chunk_samples * audio.bytes_per_frame
-        base = None
         for k, offset in enumerate(range(0, len(audio.pcm), step)):
-            if realtime and base is not None:
-                await asyncio.sleep(max(0.0, base + k * chunk_ms / 1000.0 - clock()))
+            if self.realtime and result.first_audio_sent_s is not None:
+                await asyncio.sleep(max(0.0, result.first_audio_sent_s + k * self.chunk_ms / 1000.0 - self.clock()))
             await ws.send(pack_audio_chunk(AudioChunkHeader(sample_type, k), audio.pcm[offset: offset + step]))
-            now = clock()
-            if base is None:
-                base = result.first_audio_sent_s = now
+            now = self.clock()
+            if result.first_audio_sent_s is None:
+                result.first_audio_sent_s = now
             result.chunks_sent.append((min(len(audio.pcm), offset + step) // audio.bytes_per_frame, now))
         await ws.send(json.dumps({"type": "end_of_audio"}))
         logger.info("Sent %d audio chunks (%.2fs) and end_of_audio", len(result.chunks_sent), audio.duration_s)
 
-    sender: asyncio.Task | None = None
+    async def stop_sending(self) -> None:
+        """Cancel a sender still running; log why it failed if that went unreported."""
+        sender = self._sender
+        if sender is not None and not sender.done():
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        elif sender is not None and sender.exception() is not None and self.result.error is None:
+            logger.error("Sending audio failed: %s", sender.exception())
+
+
+async def _converse(server: str, client_id: str, start: dict, result: SessionResult, mode: _Mode, *,
+                    seed: int | None, timeout_s: float, on_frame: FrameCallback | None,
+                    clock: Callable[[], float], log_every: int) -> SessionResult:
+    """Send ``start`` (with ``seed``), then fill ``result`` from what the server sends until
+    ``streaming_completed``, an ``error``, ``timeout_s`` or a failed connection."""
+    url = f"{server.rstrip('/')}/ws/{client_id}"
     try:
         async with asyncio.timeout(timeout_s):
             async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30)) as ws:
                 logger.info("Connected to server as client %s", client_id)
-                await ws.send(json.dumps(start))
+                await ws.send(json.dumps(start if seed is None else {**start, "seed": seed}))
                 result.start_sent_s = clock()
-                logger.info("Sent start streaming command (live, %d Hz, %d ch, %s chunks of %g ms)",
-                            audio.sample_rate_hz, audio.channels, "real-time" if realtime else "fast",
-                            chunk_ms)
+                mode.start_sent()
                 async for message in ws:
                     if isinstance(message, bytes):
-                        header, payload = FrameHeader.unpack(message)
-                        if header.kind == FrameKind.PCM16:
-                            result.audio_echo[header.index] = bytes(payload)
-                            continue
-                        result.frames.append(ReceivedFrame(
-                            header.index, header.pts_ms, len(message), clock(), header.sample_start,
-                            header.sample_count, bool(header.flags & FrameFlags.IDLE)))
-                        if header.index % log_every == 0:
-                            logger.info("Received frame %d, size: %.1fKB", header.index, len(payload) / 1024)
-                        if on_frame is not None:
-                            on_frame(header, bytes(payload))
+                        _receive_frame(message, result, on_frame, clock, log_every)
                         continue
                     reply = msg.parse_server_message(message)
                     if isinstance(reply, msg.StreamingStarted):
-                        logger.info("Streaming started (live): %s", source_path)
-                        sender = asyncio.create_task(send_audio(ws))
+                        mode.streaming_started(ws)
                     elif isinstance(reply, msg.Metadata):
                         result.metadata = reply
-                        logger.info("Metadata: live, %dx%d at %d fps", reply.width, reply.height, reply.fps)
+                        mode.metadata(reply)
                     elif isinstance(reply, msg.StreamingCompleted):
                         result.completed = reply
-                        logger.info("Streaming completed: %d frames sent, %d skipped, %d idle",
-                                    reply.frames_sent, reply.frames_skipped, reply.idle_frames)
+                        mode.completed(reply)
                         break
                     elif isinstance(reply, msg.Error):
                         result.error = reply
@@ -271,10 +302,19 @@ async def run_live_session(
     except (OSError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
         result.error = msg.Error(code="internal", message=f"connection failed: {exc}")
         logger.error("Connection to %s failed: %s", url, exc)
-    finally:
-        if sender is not None and not sender.done():
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        elif sender is not None and sender.exception() is not None and result.error is None:
-            logger.error("Sending audio failed: %s", sender.exception())
     return result
+
+
+def _receive_frame(message: bytes, result: SessionResult, on_frame: FrameCallback | None,
+                   clock: Callable[[], float], log_every: int) -> None:
+    """Record one binary message: a video frame (handed to ``on_frame``) or an audio echo."""
+    header, payload = FrameHeader.unpack(message)
+    if header.kind == FrameKind.PCM16:  # only sent to a client that asked for echo_audio
+        result.audio_echo[header.index] = bytes(payload)
+        return
+    result.frames.append(ReceivedFrame(header.index, header.pts_ms, len(message), clock(), header.sample_start,
+                                       header.sample_count, bool(header.flags & FrameFlags.IDLE)))
+    if header.index % log_every == 0:
+        logger.info("Received frame %d, size: %.1fKB", header.index, len(payload) / 1024)
+    if on_frame is not None:
+        on_frame(header, bytes(payload))

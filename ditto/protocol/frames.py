@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
+from typing import TypeVar
 
 from ditto.errors import ProtocolError
 
@@ -82,17 +83,10 @@ class FrameHeader:
         Raises:
             ProtocolError: the message is too short or not a frame of this version.
         """
-        if len(message) < HEADER_SIZE:
-            raise ProtocolError(f"binary message of {len(message)} bytes is shorter than a frame header")
-        magic, version, kind, flags, _, index, pts_ms, start, count = _HEADER.unpack_from(message)
-        if magic != MAGIC or version != VERSION:
-            raise ProtocolError(f"not a version-{VERSION} frame (magic {magic!r}, version {version})")
-        try:
-            frame_kind = FrameKind(kind)
-        except ValueError:
-            raise ProtocolError(f"unknown frame kind {kind}") from None
-        header = cls(index, pts_ms, start, count, FrameFlags(flags), frame_kind)
-        return header, memoryview(message)[HEADER_SIZE:]
+        (kind, flags, _, index, pts_ms, start, count), payload = _split(
+            _HEADER, message, magic=MAGIC, version=VERSION, article="a", name="frame")
+        header = cls(index, pts_ms, start, count, FrameFlags(flags), _wire_enum(FrameKind, kind, "frame kind"))
+        return header, payload
 
 
 def pack_frame(header: FrameHeader, payload: bytes) -> bytes:
@@ -137,17 +131,40 @@ class AudioChunkHeader:
         Raises:
             ProtocolError: too short, not an audio chunk of this version, or an unknown sample type.
         """
-        if len(message) < AUDIO_HEADER_SIZE:
-            raise ProtocolError(f"binary message of {len(message)} bytes is shorter than an audio chunk header")
-        magic, version, sample_type, seq = _AUDIO_HEADER.unpack_from(message)
-        if magic != AUDIO_MAGIC or version != AUDIO_VERSION:
-            raise ProtocolError(f"not a version-{AUDIO_VERSION} audio chunk (magic {magic!r}, version {version})")
-        try:
-            kind = SampleType(sample_type)
-        except ValueError:
-            raise ProtocolError(f"unknown sample type {sample_type}") from None
-        return cls(kind, seq), memoryview(message)[AUDIO_HEADER_SIZE:]
+        (sample_type, seq), payload = _split(
+            _AUDIO_HEADER, message, magic=AUDIO_MAGIC, version=AUDIO_VERSION, article="an", name="audio chunk")
+        return cls(_wire_enum(SampleType, sample_type, "sample type"), seq), payload
 
 
 def pack_audio_chunk(header: AudioChunkHeader, pcm: bytes) -> bytes:
     return header.pack() + pcm
+
+
+# --- shared by both directions -------------------------------------------------------------------
+
+_Wire = TypeVar("_Wire", bound=enum.IntEnum)
+
+
+def _split(layout: struct.Struct, message: bytes, *, magic: bytes, version: int, article: str,
+           name: str) -> tuple[tuple, memoryview]:
+    """Check a binary message's length, magic and version (the first two fields of ``layout``).
+
+    Returns:
+        The header's other fields, and the payload after the header.
+    Raises:
+        ProtocolError: too short, or not a ``name`` of this ``version``.
+    """
+    if len(message) < layout.size:
+        raise ProtocolError(f"binary message of {len(message)} bytes is shorter than {article} {name} header")
+    found_magic, found_version, *fields = layout.unpack_from(message)
+    if found_magic != magic or found_version != version:
+        raise ProtocolError(f"not a version-{version} {name} (magic {found_magic!r}, version {found_version})")
+    return tuple(fields), memoryview(message)[layout.size:]
+
+
+def _wire_enum(kind: type[_Wire], value: int, what: str) -> _Wire:
+    """``value`` as a member of ``kind``; ProtocolError names ``what`` when it is none."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ProtocolError(f"unknown {what} {value}") from None

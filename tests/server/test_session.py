@@ -169,31 +169,23 @@ def test_start_twice_is_refused(start_server):
     assert_still_serving(server)
 
 
-def test_busy_when_at_max_sessions(start_server):
-    server = start_server(backend=FakeBackend(delay_s=0.02), max_sessions=1)
+@pytest.mark.parametrize("settings,second_id,code,close_code", [
+    pytest.param({"max_sessions": 1}, "second", ErrorCode.BUSY, 1013, id="busy_at_max_sessions"),
+    pytest.param({}, "first", ErrorCode.CLIENT_ID_IN_USE, None, id="duplicate_client_id"),
+])
+def test_second_session_refused_while_first_streams(start_server, settings, second_id, code, close_code):
+    server = start_server(backend=FakeBackend(delay_s=0.02), **settings)
 
     async def scenario():
         first = asyncio.create_task(converse(f"{server.ws}/ws/first", good_start(1.0)))
         await asyncio.sleep(0.3)
-        second = await converse(f"{server.ws}/ws/second", good_start(0.2))
+        second = await converse(f"{server.ws}/ws/{second_id}", good_start(0.2))
         return await first, second
 
     first, second = run(scenario())
-    assert second.error.code == ErrorCode.BUSY and second.close_code == 1013
-    assert first.error is None and len(first.frames) == 25
-
-
-def test_duplicate_client_id_refused(start_server):
-    server = start_server(backend=FakeBackend(delay_s=0.02))
-
-    async def scenario():
-        first = asyncio.create_task(converse(f"{server.ws}/ws/same", good_start(1.0)))
-        await asyncio.sleep(0.3)
-        second = await converse(f"{server.ws}/ws/same", good_start(0.2))
-        return await first, second
-
-    first, second = run(scenario())
-    assert second.error.code == ErrorCode.CLIENT_ID_IN_USE
+    assert second.error.code == code
+    if close_code is not None:
+        assert second.close_code == close_code
     assert first.error is None and len(first.frames) == 25
 
 
