@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -27,7 +28,9 @@ from ditto.backends.lite.motion import FaceRig, FrameMotion, MotionGenerator, Mo
 from ditto.backends.lite.render import FrameRenderer, MouthStyle, mouth_style
 from ditto.backends.lite.speech import LOOKAHEAD_FRAMES, MouthDriver, MouthParams, MouthTuning, SpeechAnalyzer
 from ditto.backends.lite.warp import InverseWarp
-from ditto.errors import ErrorCode, MediaError, SourceError
+from ditto.errors import ErrorCode, MediaError
+
+WARMUP_FACE = Path(__file__).parent / "assets" / "warmup_face.jpg"  # the example astronaut, 160 px
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +158,14 @@ class LiteBackend:
         self.lookahead_frames = lookahead_frames
         self._warm_up()
 
-    @staticmethod
-    def _warm_up() -> None:
-        """Pay mediapipe's one-time costs (import, TFLite/XNNPACK set-up, ~1 s) at server start,
+    def _warm_up(self) -> None:
+        """Register a small bundled face once, so mediapipe's one-time costs (import, TFLite and
+        XNNPACK set-up of the detector and the landmark model, ~1 s) are paid at server start,
         not in the first session's first-frame latency."""
-        try:
-            detect_landmarks(np.zeros((64, 64, 3), np.uint8))
-        except SourceError:
-            pass  # expected: the blank image has no face
+        import cv2
+
+        bgr = cv2.imread(str(WARMUP_FACE), cv2.IMREAD_COLOR)
+        self.register_source(np.ascontiguousarray(bgr[:, :, ::-1]))
 
     def register_source(self, image_rgb: np.ndarray) -> LiteAvatar:
         """Find the face and precompute its mesh, rig and warp tables (~50-100 ms).
