@@ -19,9 +19,15 @@ windows as it arrives and render frames as soon as their LMDM window is done
 (facts sheet §5). Either way a session yields exactly ``ceil(samples / 640)`` frames.
 
 From the LMDM output to the pasted frame everything stays on the device; the one
-device→host copy is the final uint8 frame. On CUDA, the PyTorch renderer runs
-under fp16 autocast as upstream's PyTorch path does, and a PyTorch LMDM samples
-each window as one replayed CUDA graph.
+device→host copy is the final uint8 frame, into pinned memory without blocking, so
+the next frame is already being rendered while this one is copied and handed out.
+On CUDA, the PyTorch renderer runs under fp16 autocast as upstream's PyTorch path does
+(the official engines are fp16 there), and a PyTorch LMDM samples each window as one
+replayed CUDA graph; warp + decode are one replayed CUDA graph too. Both graphs are
+captured once per loaded model set (:meth:`DittoBackend.warmup`, done at server start)
+and shared by every session. Offline sessions emit each frame as soon as the window
+recursion has fixed its motion (:func:`~ditto.backends.ditto.pipeline.audio2motion.iter_motion_offline`),
+not after the last window.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from ditto.backends.ditto.pipeline.audio2motion import (
     MotionWindowing,
     OnlineAudio2Motion,
     as_v_min_max,
-    generate_motion_offline,
+    iter_motion_offline,
     motion_to_vector,
     vector_to_motion,
 )
@@ -64,7 +70,13 @@ from ditto.backends.ditto.pipeline.condition import (
 from ditto.backends.ditto.pipeline.motion_stitch import MotionStitcher
 from ditto.backends.ditto.pipeline.putback import PastePlan, paste_back
 from ditto.backends.ditto.pipeline.registration import CropOptions, SourceRegistrar, fit_to_max_size
-from ditto.backends.ditto.pipeline.sampler import CudaGraphSampler, DDIMSampler, denoise_fn_from_runner
+from ditto.backends.ditto.pipeline.render import FrameRenderer
+from ditto.backends.ditto.pipeline.sampler import (
+    CudaGraphSampler,
+    DDIMSampler,
+    SharedGraphCache,
+    denoise_fn_from_runner,
+)
 from ditto.backends.ditto.pipeline.stages import (
     AUDIO_FEAT_DIM,
     EMO_DIM,
@@ -77,6 +89,7 @@ from ditto.backends.ditto.pipeline.stages import (
 from ditto.backends.ditto.preflight import load_checked_cfg, trt_plugin_paths
 from ditto.backends.ditto.runtime.base import ModelRunner
 from ditto.backends.ditto.runtime.loader import MODEL_IO, load_runner
+from ditto.backends.ditto.runtime.tensorrt_runner import TensorRTRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 from ditto.errors import BackendError, ConfigError, ErrorCode, MediaError
 from ditto.settings import Settings
@@ -100,8 +113,28 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def _features_to_device(features: np.ndarray, device: torch.device) -> Tensor:
-    """HuBERT features (host float32) → the pipeline device (the only host→device copy per window)."""
-    return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    """HuBERT features (host float32) → the pipeline device (the only host→device copy per window;
+    staged through pinned memory so that it does not block the host)."""
+    host = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _aux_device(path: Path | None, device: torch.device) -> torch.device:
+    """Where an auxiliary model (detector, landmarks, mesh, HuBERT) runs.
+
+    Their wrappers pre- and post-process on the host, so an ONNX file that onnxruntime can only
+    run on the CPU (no CUDA provider installed) is run there directly: keeping its runner on
+    CUDA would only add a device round trip (and two host syncs) around every call.
+    """
+    if device.type != "cuda" or path is None or path.suffix.lower() != ".onnx":
+        return device
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return device  # the runner reports the missing library
+    return device if "CUDAExecutionProvider" in ort.get_available_providers() else torch.device("cpu")
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -141,8 +174,10 @@ def _load_face_mesh(cfg: DittoCfg, device: torch.device) -> BlazeFaceMesh | Medi
             raise ConfigError(f"{section.task_path} needs the mediapipe package ({exc})") from None
         except (RuntimeError, ValueError, OSError) as exc:
             raise ConfigError(f"cannot load MediaPipe face landmarker {section.task_path}: {exc}") from None
-    blaze = load_runner("blaze_face", section.blaze_face_model_path, device=device)  # type: ignore[arg-type]
-    mesh = load_runner("face_mesh", section.face_mesh_model_path, device=device)  # type: ignore[arg-type]
+    blaze = load_runner("blaze_face", section.blaze_face_model_path,  # type: ignore[arg-type]
+                        device=_aux_device(section.blaze_face_model_path, device))
+    mesh = load_runner("face_mesh", section.face_mesh_model_path,  # type: ignore[arg-type]
+                       device=_aux_device(section.face_mesh_model_path, device))
     return BlazeFaceMesh(blaze, mesh)
 
 
@@ -166,8 +201,8 @@ def _check_lmdm_dims(runner: ModelRunner, cfg: DittoCfg) -> None:
 class DittoModels:
     """Every model of one checkpoint tree, loaded once and shared read-only by all sessions.
 
-    Runners are safe to call from several threads (a TensorRT runner locks its one
-    execution context); registration (MediaPipe) is serialised by the backend.
+    Runners are safe to call from several threads; each session drives TensorRT engines through
+    contexts of its own (:meth:`for_session`); registration (MediaPipe) is serialised by the backend.
     """
 
     registrar: SourceRegistrar
@@ -176,6 +211,21 @@ class DittoModels:
     stitch: ModelRunner
     warp: ModelRunner
     decoder: ModelRunner
+    # Built from the runners above (dataclasses.replace builds new ones): warp + decode, on CUDA
+    # one shared graph; the LMDM graphs shared by every session (None off CUDA / for engines).
+    renderer: FrameRenderer = dataclasses.field(init=False, repr=False, compare=False)
+    lmdm_graphs: SharedGraphCache | None = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "renderer", FrameRenderer(self.warp, self.decoder))
+        graphs = None
+        lmdm = self.lmdm
+        if isinstance(lmdm, TorchRunner) and lmdm.device.type == "cuda" and torch.cuda.is_available():
+            module = lmdm.module
+            graphs = SharedGraphCache(
+                denoise_fn_from_runner(lmdm), shape=(1, int(module.seq_len), int(module.nfeats)),
+                cond_shape=(1, int(module.seq_len), int(module.cond_feature_dim)), device=lmdm.device)
+        object.__setattr__(self, "lmdm_graphs", graphs)
 
     @classmethod
     def load(cls, cfg: DittoCfg, device: torch.device | str, *, trt_plugins: Sequence[Path] = ()) -> DittoModels:
@@ -191,10 +241,13 @@ class DittoModels:
         device = torch.device(device)
         # Small files first, so that a bad checkpoint is reported before the big ones load; the
         # MediaPipe landmarker (which holds native resources) last, once nothing else can fail.
-        detector = FaceDetector(_load_model("insightface_det", cfg.insightface_det, device))
-        landmark106 = Landmark106(_load_model("landmark106", cfg.landmark106, device))
-        landmark203 = Landmark203(_load_model("landmark203", cfg.landmark203, device))
-        hubert = HubertFeatureExtractor(_load_model("hubert", cfg.wav2feat, device))
+        def aux(section: ModelCfg) -> torch.device:
+            return _aux_device(section.model_path, device)
+
+        detector = FaceDetector(_load_model("insightface_det", cfg.insightface_det, aux(cfg.insightface_det)))
+        landmark106 = Landmark106(_load_model("landmark106", cfg.landmark106, aux(cfg.landmark106)))
+        landmark203 = Landmark203(_load_model("landmark203", cfg.landmark203, aux(cfg.landmark203)))
+        hubert = HubertFeatureExtractor(_load_model("hubert", cfg.wav2feat, aux(cfg.wav2feat)))
         stitch = _load_model("stitch_network", cfg.stitch_network, device)
         appearance = _load_model("appearance_extractor", cfg.appearance_extractor, device)
         motion = _load_model("motion_extractor", cfg.motion_extractor, device)
@@ -206,6 +259,13 @@ class DittoModels:
                                     face_mesh=_load_face_mesh(cfg, device), motion_extractor=motion,
                                     appearance_extractor=appearance, device=device)
         return cls(registrar=registrar, hubert=hubert, lmdm=lmdm, stitch=stitch, warp=warp, decoder=decoder)
+
+    def for_session(self) -> DittoModels:
+        """The models one session drives: TensorRT engines get an execution context of their own
+        per session (a context holds per-inference state); every other runner is shared as is."""
+        hot_path = {"lmdm": self.lmdm, "stitch": self.stitch, "warp": self.warp, "decoder": self.decoder}
+        forked = {name: runner.fork() for name, runner in hot_path.items() if isinstance(runner, TensorRTRunner)}
+        return dataclasses.replace(self, **forked) if forked else self
 
     def close(self) -> None:
         face_mesh = self.registrar.face_mesh
@@ -260,6 +320,8 @@ class DittoBackend:
         self._registration_lock = threading.Lock()
         # Online mode starts every session with the features of overlap_v2 frames of silence.
         self._silence_features: Tensor | None = None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
         if self.options.online_mode:
             silence = np.zeros(self.options.overlap_v2 * SAMPLES_PER_FRAME, np.float32)
             self._silence_features = _features_to_device(self.models.hubert.offline_features(silence), self.device)
@@ -277,7 +339,21 @@ class DittoBackend:
         device = resolve_device(settings.device)
         cfg = load_checked_cfg(settings)  # a TensorRT tree is checked first (and --fallback applied)
         logger.info("Loading Ditto models from %s (%s) on %s", cfg.data_root, cfg.path.name, device)
-        return cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings))
+        backend = cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings))
+        backend.warmup()
+        return backend
+
+    def warmup(self) -> None:
+        """On CUDA: capture the shared warp+decode graph and the LMDM graph for this backend's
+        ``sampling_timesteps`` now, so that no session pays for it (cuDNN autotuning included).
+        Nothing to do on the CPU."""
+        if self.device.type != "cuda":
+            return
+        with torch.inference_mode():
+            self.models.renderer.capture()
+            if self.models.lmdm_graphs is not None:
+                self.models.lmdm_graphs.graph_for(self.options.sampling_timesteps)
+        torch.cuda.synchronize(self.device)
 
     def with_options(self, **setup_options: Any) -> DittoBackend:
         """A backend sharing these models, with more setup options overridden (e.g. ``emo=3``).
@@ -312,7 +388,7 @@ class DittoBackend:
 
     def open_stream(self, avatar: DittoAvatar, *, seed: int) -> DittoStream:
         """Start a session; ``seed`` fixes its diffusion noise and blink timing."""
-        return DittoStream(models=self.models, audio2motion=self.cfg.audio2motion, options=self.options,
+        return DittoStream(models=self.models.for_session(), audio2motion=self.cfg.audio2motion, options=self.options,
                            device=self.device, avatar=avatar, seed=seed, silence_features=self._silence_features)
 
     def close(self) -> None:
@@ -343,6 +419,21 @@ class _SessionState:
     audio: list[np.ndarray] = dataclasses.field(default_factory=list)  # offline mode: the whole clip
     pending_windows: collections.deque[np.ndarray] = dataclasses.field(default_factory=collections.deque)
     pending_rows: collections.deque[tuple[int, Tensor]] = dataclasses.field(default_factory=collections.deque)
+    inflight: _PendingFrame | None = None  # rendered on the device, not yet handed out
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class _PendingFrame:
+    """A frame whose device→host copy was queued; ``image`` is valid once ``ready`` has completed."""
+
+    index: int
+    image: Tensor  # (H,W,3) uint8, pinned host memory on CUDA
+    ready: torch.cuda.Event | None
+
+    def collect(self) -> VideoFrame:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return VideoFrame(index=self.index, image=self.image.numpy())
 
 
 class DittoStream:
@@ -381,7 +472,7 @@ class DittoStream:
         sampler.set_timesteps(opts.sampling_timesteps, generator=generator)
         window_sampler = CudaGraphSampler(
             denoise_fn_from_runner(self._models.lmdm), sampler, cond_shape=(1, a2m.seq_frames, a2m.audio_feat_dim),
-            enabled=isinstance(self._models.lmdm, TorchRunner))
+            enabled=isinstance(self._models.lmdm, TorchRunner), graphs=self._models.lmdm_graphs)
 
         def sample_window(kp_cond: Tensor, cond: Tensor) -> Tensor:
             return window_sampler(kp_cond, cond, generator=generator)
@@ -488,12 +579,21 @@ class DittoStream:
                                code=ErrorCode.OUT_OF_MEMORY) from None
 
     def _drain(self) -> Iterator[VideoFrame]:
-        """Render pending rows; when none are left, run the next pending HuBERT window (online)."""
+        """Render pending rows; when none are left, run the next pending HuBERT window (online).
+
+        Frame k is handed out once frame k+1's device work is queued (when there is a frame
+        k+1 already), so the device never waits for the host between frames.
+        """
         while True:
             state = self._require_state()
             if state.pending_rows:
                 index, row = state.pending_rows.popleft()
-                yield self._render(state, index, row)
+                previous, state.inflight = state.inflight, self._render(state, index, row)
+                if previous is not None:
+                    yield previous.collect()
+            elif state.inflight is not None:
+                previous, state.inflight = state.inflight, None
+                yield previous.collect()
             elif state.pending_windows:
                 window = state.pending_windows.popleft()
                 features = self._models.hubert.chunk_features(window)
@@ -518,9 +618,9 @@ class DittoStream:
         state.audio.clear()
         features = _features_to_device(self._models.hubert.offline_features(audio), self._device)
         state.stitcher.set_num_frames(num_frames)  # upstream setup_Nd: blinks end before the clip does
-        motion = generate_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max)
-        for index in range(num_frames):
-            yield self._render(state, index, motion[index])
+        for chunk in iter_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max):
+            self._queue_rows(state, chunk)
+            yield from self._drain()
 
     def _queue_rows(self, state: _SessionState, chunk: MotionChunk) -> None:
         """Queue an online MotionChunk's rows, dropping the tail beyond the audio (known after finish)."""
@@ -532,13 +632,19 @@ class DittoStream:
                 break
             state.pending_rows.append((index, chunk.motion[offset]))
 
-    def _render(self, state: _SessionState, index: int, row: Tensor) -> VideoFrame:
-        """Motion row (265,) → pasted frame; only the final uint8 image leaves the device."""
+    def _render(self, state: _SessionState, index: int, row: Tensor) -> _PendingFrame:
+        """Motion row (265,) → pasted frame; only the final uint8 image leaves the device
+        (queued into pinned memory; :meth:`_PendingFrame.collect` waits for it)."""
         source_frame = self._avatar.source.frame_for_output(index)
         keypoints = state.stitcher(source_frame, vector_to_motion(row), ctrl_for_frame(self._options.ctrl_info, index))
         f_s = self._avatar.source.frames[source_frame].f_s
-        feature = self._models.warp(feature_3d=f_s, kp_source=keypoints.x_s, kp_driving=keypoints.x_d)["out"]
-        render = self._models.decoder(feature=feature)["output"]
+        render = self._models.renderer(f_s, keypoints.x_s, keypoints.x_d)
         image = paste_back(self._avatar.paste_plans[source_frame], render)
-        return VideoFrame(index=index, image=image.cpu().numpy())
+        if image.device.type != "cuda":
+            return _PendingFrame(index=index, image=image.cpu(), ready=None)
+        host = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
+        host.copy_(image, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(image.device))
+        return _PendingFrame(index=index, image=host, ready=ready)
 

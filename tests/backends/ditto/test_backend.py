@@ -24,7 +24,7 @@ import torch
 
 from ditto import SAMPLES_PER_FRAME
 from ditto.backends.ditto.backend import DittoBackend, DittoModels
-from ditto.backends.ditto.config import load_cfg
+from ditto.backends.ditto.config import dump_cfg_pkl, load_cfg, read_cfg_dict
 from ditto.backends.ditto.pipeline.registration import fit_to_max_size
 from ditto.backends.ditto.runtime.onnx_runner import OnnxRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
@@ -338,13 +338,29 @@ def test_server_with_a_broken_pkl_exits_with_one_line(checkpoint_tree, tmp_path)
 # -- GPU ------------------------------------------------------------------------------------------------
 
 
+def cuda_settings(checkpoint_tree) -> Settings:
+    """The PyTorch flavour on CUDA; without mediapipe (GPU images often lack it) the 478-point mesh
+    comes from the tree's ONNX blaze_face + face_mesh stand-ins instead of the ``.task`` bundle."""
+    pkl = checkpoint_tree.cfg_pkl("pytorch")
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError:
+        cfg = read_cfg_dict(pkl)
+        cfg["base_cfg"]["landmark478_cfg"] = {
+            "blaze_face_model_path": str(checkpoint_tree.onnx / "blaze_face.onnx"),
+            "face_mesh_model_path": str(checkpoint_tree.onnx / "face_mesh.onnx"),
+            "task_path": "", "device": "cuda", "force_ori_type": False}
+        pkl = dump_cfg_pkl(checkpoint_tree.cfg / "pytorch_onnx_mesh_cfg.pkl", cfg)
+    return Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=pkl, device="cuda")
+
+
 @pytest.mark.gpu
 @cuda
 def test_cuda_session_renders_on_the_device(checkpoint_tree, portrait) -> None:
     """Real models on CUDA (fp16 renderer, LMDM as a CUDA graph): offline and online clips of 0.2 s."""
-    settings = Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=checkpoint_tree.cfg_pkl("pytorch"), device="cuda")
-    backend = DittoBackend.from_settings(settings)
+    backend = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
     try:
+        assert backend.models.renderer.captured and backend.models.lmdm_graphs is not None
         avatar = backend.register_source(portrait)
         assert avatar.source.frames[0].f_s.is_cuda and avatar.paste_plans[0].index.is_cuda
         for variant in (backend, backend.with_options(online_mode=True, overlap_v2=75, sampling_timesteps=10)):
@@ -360,15 +376,38 @@ def test_cuda_session_renders_on_the_device(checkpoint_tree, portrait) -> None:
 
 @pytest.mark.gpu
 @cuda
-def test_cuda_sessions_in_threads_capture_their_own_graphs(checkpoint_tree, portrait) -> None:
-    """Two online sessions at once on CUDA (each captures its LMDM CUDA graph while the other runs)."""
-    settings = Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=checkpoint_tree.cfg_pkl("pytorch"), device="cuda")
-    base = DittoBackend.from_settings(settings)
+def test_cuda_graphs_give_the_eager_frames(checkpoint_tree, portrait) -> None:
+    """The shared LMDM and warp+decode graphs compute what the eager calls compute."""
+    backend = DittoBackend.from_settings(cuda_settings(checkpoint_tree)).with_options(sampling_timesteps=5)
+    try:
+        avatar = backend.register_source(portrait)
+        graphed = frames_of(backend, avatar, 3.0, seed=3)  # 75 frames: two LMDM windows
+        eager_models = dataclasses.replace(backend.models)
+        eager_models.renderer.use_graph = False
+        object.__setattr__(eager_models, "lmdm_graphs", None)
+        eager = DittoBackend(backend.cfg, "cuda", models=eager_models, setup_options={"sampling_timesteps": 5})
+        plain = frames_of(eager, avatar, 3.0, seed=3)
+        assert [f.index for f in graphed] == [f.index for f in plain] == list(range(75))
+        worst = max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(graphed, plain))
+        assert worst <= 2
+    finally:
+        backend.close()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_sessions_in_threads_share_the_graphs(checkpoint_tree, portrait) -> None:
+    """Two online sessions at once on CUDA replay the backend's shared graphs; each gets its own frames."""
+    base = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
     try:
         backend = base.with_options(online_mode=True, overlap_v2=75, sampling_timesteps=10)
         avatar = backend.register_source(portrait)
+        alone = {seed: frames_of(backend, avatar, 0.6, seed=seed) for seed in (1, 2)}
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             results = list(pool.map(lambda seed: frames_of(backend, avatar, 0.6, seed=seed), (1, 2)))
         assert [len(frames) for frames in results] == [15, 15]
+        for seed, frames in zip((1, 2), results):
+            worst = max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(frames, alone[seed]))
+            assert worst <= 1
     finally:
         base.close()

@@ -659,3 +659,36 @@ def test_paste_back_stage_caches_plans():
     assert out.image[30, 30].tolist() == [255, 255, 255] and out.image[0, 0].tolist() == [0, 0, 0]
     stage.plan(0)
     assert len(stage._plans) == 1
+
+
+@pytest.mark.parametrize("overlap", [0, 10, 70])
+@pytest.mark.parametrize("n", [1, 69, 70, 150, 233])
+def test_offline_rows_stream_out_window_by_window(overlap, n):
+    """iter_motion_offline: contiguous chunks, a chunk after every window that fixes new rows
+    (69 after the first for overlap 10), and exactly the one-shot result."""
+    src = _cond_source()
+    vec = a2m.motion_to_vector(src.x_s_info_0)
+    feats = _features(n)
+    vmm = a2m.as_v_min_max(np.stack([np.full(265, -0.5), np.full(265, 0.5)] * 2).astype(np.float32), "cpu")
+    sampler = FakeSampler()
+    win = a2m.MotionWindowing(sampler, vec, overlap=overlap)
+    chunks = []
+    for chunk in a2m.iter_motion_offline(feats, ConditionHandler(src, 4), win, v_min_max=vmm):
+        chunks.append((chunk.start_frame, len(chunk), len(sampler.calls)))
+        assert len(chunk) > 0
+    assert [c[0] for c in chunks] == [0] + list(np.cumsum([c[1] for c in chunks])[:-1])
+    assert sum(c[1] for c in chunks) == n
+    if n > 80 and overlap == 10:
+        assert chunks[0][:3] == (0, 69, 1)  # the first frame leaves after ONE window
+    whole = a2m.generate_motion_offline(feats, ConditionHandler(src, 4),
+                                        a2m.MotionWindowing(FakeSampler(), vec, overlap=overlap), v_min_max=vmm)
+    ref_win = a2m.MotionWindowing(FakeSampler(), vec, overlap=overlap)
+    cond_all = ConditionHandler(src, 4)(feats, 0)
+    res = None
+    for start in range(0, n, 80 - overlap):
+        w = cond_all[start:start + 80]
+        if len(w) < 80:
+            w = torch.cat([w, w[-1:].expand(80 - len(w), -1)], 0)
+        res = ref_win.step(w.unsqueeze(0), res)
+    one_shot = a2m.clip_motion(a2m.smooth_motion(res[:n], 3, 0, n), vmm)
+    assert torch.equal(whole, one_shot)

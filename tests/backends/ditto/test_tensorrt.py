@@ -641,3 +641,16 @@ def test_built_stitch_engine_matches_onnxruntime(onnx_twins, tmp_path) -> None:
     got = runner.fork()(**{k: v.cuda() for k, v in inputs.items()})["out"].cpu()
     ref = OnnxRunner(onnx_twins / "stitch_network.onnx")(**inputs)["out"]
     assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_each_session_drives_engines_through_its_own_context(pytorch_backend) -> None:
+    """Sessions share engines but never an execution context (it holds per-inference state)."""
+    import dataclasses
+
+    engine, contexts = _fake_engine("tensors")
+    shared = dataclasses.replace(pytorch_backend.models, lmdm=tr.TensorRTRunner(engine=engine))
+    first, second = shared.for_session(), shared.for_session()
+    assert first.lmdm.engine is second.lmdm.engine is shared.lmdm.engine
+    assert len({id(first.lmdm.context), id(second.lmdm.context), id(shared.lmdm.context)}) == 3
+    assert first.warp is shared.warp  # PyTorch runners are shared as they are
+    assert pytorch_backend.models.for_session() is pytorch_backend.models

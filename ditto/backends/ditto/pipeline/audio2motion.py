@@ -23,7 +23,7 @@ All arithmetic is float32 torch on the caller's device, in the same operation or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "smooth_motion",
     "MotionWindowing",
     "generate_motion_offline",
+    "iter_motion_offline",
     "offline_window_starts",
     "OnlineAudio2Motion",
 ]
@@ -236,20 +237,50 @@ def generate_motion_offline(
     Returns:
         (N,265) motion rows, clipped if ``v_min_max`` is given. Frame 0 is the relative-driving d0.
     """
+    chunks = [chunk.motion for chunk in iter_motion_offline(aud_feat, condition, windowing, v_min_max=v_min_max)]
+    if not chunks:
+        return aud_feat.new_zeros(0, MOTION_DIM)
+    return torch.cat(chunks, 0)
+
+
+def iter_motion_offline(
+    aud_feat: Tensor,
+    condition: ConditionHandler,
+    windowing: MotionWindowing,
+    *,
+    v_min_max: Tensor | None = None,
+) -> Iterator[MotionChunk]:
+    """:func:`generate_motion_offline`, yielding each row as soon as its final value is known.
+
+    A later window rewrites only the last F (= overlap) rows of the running result and
+    re-smooths from there, and the final whole-sequence mean filter reads one row either
+    side; so after a window that leaves L rows, rows ``< L - F - 1`` are final and are
+    emitted then (the rest after the last window). Each emitted row is computed by the
+    same operations on the same values as in the one-shot version: identical output, but
+    the first frame no longer waits for every window of the clip.
+    """
     num_frames = aud_feat.shape[0]
     if num_frames == 0:
-        return aud_feat.new_zeros(0, MOTION_DIM)
+        return
     cond_all = condition(aud_feat, 0)
     s = windowing.seq_frames
+    starts = offline_window_starts(num_frames, windowing.valid_len)
     res: Tensor | None = None
-    for start in offline_window_starts(num_frames, windowing.valid_len):
+    emitted = 0
+    for k, start in enumerate(starts):
         window = cond_all[start:start + s]
         if window.shape[0] < s:
             window = torch.cat([window, window[-1:].expand(s - window.shape[0], -1)], 0)
         res = windowing.step(window.unsqueeze(0), res)
-    assert res is not None
-    res = smooth_motion(res[:num_frames], windowing.smo_k_d, 0, num_frames)
-    return clip_motion(res, v_min_max)
+        length = res.shape[0]
+        last = k == len(starts) - 1
+        ready = num_frames if last else min(length - windowing.fuse_len - 1, num_frames)
+        if ready <= emitted:
+            continue
+        seq = res[:min(length, num_frames)]
+        rows = smooth_motion(seq, windowing.smo_k_d, emitted, ready)[emitted:ready]
+        yield MotionChunk(start_frame=emitted, motion=clip_motion(rows, v_min_max))
+        emitted = ready
 
 
 class OnlineAudio2Motion:

@@ -27,6 +27,7 @@ whole S-step loop in one CUDA graph (eager fallback on the CPU).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -218,12 +219,13 @@ class CudaGraphSampler:
     """
 
     def __init__(self, denoise_fn: DenoiseFn, sampler: DDIMSampler, *, cond_shape: tuple[int, int, int],
-                 enabled: bool = True, warmup_iters: int = 2) -> None:
+                 enabled: bool = True, warmup_iters: int = 2, graphs: SharedGraphCache | None = None) -> None:
         self.denoise_fn = denoise_fn
         self.sampler = sampler
         self.cond_shape = tuple(cond_shape)
         self.warmup_iters = warmup_iters
         self.use_graph = bool(enabled) and sampler.device.type == "cuda" and torch.cuda.is_available()
+        self.graphs = graphs
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_version = -1
         self._static: dict[str, Tensor] = {}
@@ -237,6 +239,10 @@ class CudaGraphSampler:
         """Sample one window; same contract as :func:`sample_window`."""
         if not self.use_graph:
             return sample_window(self.denoise_fn, kp_cond, cond, self.sampler, generator=generator, x_T=x_T)
+        if self.graphs is not None:
+            if x_T is None:
+                x_T = self.sampler.initial_noise(generator)
+            return self.graphs.sample(self.sampler, kp_cond, cond, x_T)
         if self._graph is None or self._graph_version != self.sampler.version:
             self._capture()
         st = self._static
@@ -279,3 +285,62 @@ class CudaGraphSampler:
             self._static["out"] = self._loop()
         self._graph = graph
         self._graph_version = sampler.version
+
+
+class SharedGraphCache:
+    """One captured S-step LMDM graph per step count, shared by every session of a backend.
+
+    Capturing costs a few eager windows plus the capture itself (tens of ms on an H100), too
+    much to pay on each session's first window. The schedule constants depend only on S, so
+    one graph serves every session: before each replay the session's own per-step noise
+    (``sampler.schedule.noise``) and x_T are copied into the graph's static buffers, so the
+    result is that of the session's own :func:`sample_window`. Calls are serialised by a lock
+    and ordered across CUDA streams by an event.
+
+    Args:
+        denoise_fn: the (capturable) model call.
+        shape: (B, seq_frames, motion_dim) of a window.
+        cond_shape: (B, seq_frames, cond_dim).
+        device: a CUDA device.
+    """
+
+    def __init__(self, denoise_fn: DenoiseFn, *, shape: tuple[int, ...], cond_shape: tuple[int, int, int],
+                 device: torch.device | str) -> None:
+        self.denoise_fn = denoise_fn
+        self.shape = tuple(shape)
+        self.cond_shape = tuple(cond_shape)
+        self.device = torch.device(device)
+        self._graphs: dict[int, CudaGraphSampler] = {}
+        self._lock = threading.Lock()
+        self._done: torch.cuda.Event | None = None
+
+    def graph_for(self, steps: int) -> CudaGraphSampler:
+        """The captured sampler for ``steps`` DDIM steps (captured now if new)."""
+        with self._lock:
+            return self._graph_for(steps)
+
+    def _graph_for(self, steps: int) -> CudaGraphSampler:
+        graph = self._graphs.get(steps)
+        if graph is None:
+            static = DDIMSampler(self.shape, device=self.device)
+            static.set_timesteps(steps, generator=torch.Generator(device=self.device).manual_seed(0))
+            graph = CudaGraphSampler(self.denoise_fn, static, cond_shape=self.cond_shape)
+            graph._capture()
+            self._graphs[steps] = graph
+        return graph
+
+    def sample(self, sampler: DDIMSampler, kp_cond: Tensor, cond: Tensor, x_T: Tensor) -> Tensor:
+        """One window with ``sampler``'s schedule and noise, starting from ``x_T``."""
+        sched = sampler._require_schedule()
+        with self._lock:
+            graph = self._graph_for(len(sched.time_pairs))
+            stream = torch.cuda.current_stream(self.device)
+            if self._done is not None:
+                stream.wait_event(self._done)
+            static_sched = graph.sampler._require_schedule()
+            static_sched.noise.copy_(sched.noise, non_blocking=True)
+            out = graph(kp_cond, cond, x_T=x_T)
+            if self._done is None:
+                self._done = torch.cuda.Event()
+            self._done.record(stream)
+        return out
