@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ditto import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME  # noqa: E402
+from ditto import FPS, SAMPLE_RATE_HZ  # noqa: E402
 from ditto.backends.lite import LiteBackend  # noqa: E402
 from ditto.media.jpeg import encode_jpeg  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_every_option_is_a_field() -> None:
                 "relative_d", "drive_eye", "delta_eye_arr", "delta_eye_open_n", "fade_type", "fade_out_keys",
                 "flag_stitching", "ctrl_info", "overall_ctrl_info"}
     assert set(SETUP_OPTION_NAMES) == expected
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         SetupOptions().overlap_v2 = 3  # frozen
 
 
