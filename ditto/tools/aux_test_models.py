@@ -46,6 +46,18 @@ import onnx
 import torch
 from torch import nn
 
+from ditto.backends.ditto.aux_models.face_detector import DITTO_OUTPUT_NAMES, FEAT_STRIDES, anchor_centers
+from ditto.backends.ditto.aux_models.face_mesh import (
+    EYE_L_LIDS,
+    EYE_L_WIDTH,
+    EYE_R_LIDS,
+    EYE_R_WIDTH,
+    IRIS_L,
+    IRIS_R,
+    blaze_anchors,
+)
+from ditto.backends.ditto.aux_models.landmarks import ANCHOR_INDICES
+
 logger = logging.getLogger(__name__)
 
 OPSET = 17
@@ -56,8 +68,6 @@ DET10G_OUTPUTS = ("448", "471", "494", "451", "474", "497", "454", "477", "500")
 # The LivePortrait landmark.onnx has three outputs (landmarks = the third); their
 # names are not documented upstream (wrappers index by position) — placeholders.
 LMK203_ORI_OUTPUTS = ("output_0", "output_1", "output_2")
-
-DITTO_DET_OUTPUTS = ("scores1", "scores2", "scores3", "boxes1", "boxes2", "boxes3", "kps1", "kps2", "kps3")
 
 # --------------------------------------------------------------------------- templates
 # Face-unit coordinates: the landmark cloud spans [-0.5, 0.5] on both axes,
@@ -83,8 +93,8 @@ def face_template(num_points: int, eye_a: tuple[int, ...], eye_b: tuple[int, ...
     """(num_points, 2) face-unit template: an oval outline plus the crop anchors.
 
     ``eye_a`` / ``eye_b`` (4 indices each) average to the two eye centres,
-    ``lips`` to the lip centre, matching the anchor sets of
-    ``ditto.backends.ditto.aux_models.landmarks``.
+    ``lips`` to the lip centre (the anchor sets of
+    :data:`~ditto.backends.ditto.aux_models.landmarks.ANCHOR_INDICES`).
     """
     pts = _ring(num_points, 0.5, 0.5, phase=0.37)
     pts[list(eye_a)] = _eye_quad(_EYE_A)
@@ -96,13 +106,13 @@ def face_template(num_points: int, eye_a: tuple[int, ...], eye_b: tuple[int, ...
 
 def landmark106_template() -> np.ndarray:
     """``fc1`` layout: (106, 2) in [-1, 1] of the 192 crop (face box = 128 px)."""
-    pts = face_template(106, (33, 35, 40, 39), (87, 89, 94, 93), (52, 61))
+    pts = face_template(106, *ANCHOR_INDICES[106])
     return pts * (128.0 / 96.0)
 
 
 def landmark203_template() -> np.ndarray:
     """``landmarks`` layout: (203, 2) in [0, 1] of the 224 crop (scale 1.5, vy -0.1)."""
-    pts = face_template(203, (0, 6, 12, 18), (24, 30, 36, 42), (48, 66))
+    pts = face_template(203, *ANCHOR_INDICES[203])
     scale = 1.5  # cloud extent 1 face unit -> crop side 1.5 units
     return np.stack([0.5 + pts[:, 0] / scale, 0.5 + 0.1 + pts[:, 1] / scale], axis=1).astype(np.float32)
 
@@ -130,7 +140,8 @@ def mesh_template(input_size: int = 256) -> np.ndarray:
     half_w = 0.09 * face
     lid = ((0.0, 0.026), (-0.035, 0.022), (0.035, 0.02))  # (dx, half height) in face units
 
-    def eye(center_x: float, outer: int, inner_i: int, pairs, iris: int, mirror: float) -> None:
+    def eye(center_x: float, width_idx: tuple[int, int], pairs, iris: int, mirror: float) -> None:
+        outer, inner_i = width_idx
         cy = c - 0.14 * face
         pts[outer, :2] = (center_x + mirror * half_w, cy)
         pts[inner_i, :2] = (center_x - mirror * half_w, cy)
@@ -148,8 +159,8 @@ def mesh_template(input_size: int = 256) -> np.ndarray:
             pts[list(pair), 2] = -0.05 * face
 
     # "L" eye (mesh naming) on the image left, outer corner further left.
-    eye(c - 0.21 * face, 33, 133, ((145, 159), (144, 160), (153, 158)), 468, mirror=-1.0)
-    eye(c + 0.21 * face, 263, 362, ((374, 386), (373, 387), (380, 385)), 473, mirror=1.0)
+    eye(c - 0.21 * face, EYE_L_WIDTH, EYE_L_LIDS, IRIS_L, mirror=-1.0)
+    eye(c + 0.21 * face, EYE_R_WIDTH, EYE_R_LIDS, IRIS_R, mirror=1.0)
     return pts.astype(np.float32)
 
 
@@ -176,11 +187,9 @@ class ScrfdStandIn(nn.Module):
     def __init__(self, size: int = 512, tau: float = 0.03, gain: float = 300.0) -> None:
         super().__init__()
         self.size, self.tau, self.gain = size, tau, gain
-        for stride in (8, 16, 32):
+        for stride in FEAT_STRIDES:
             side = size // stride
-            ys, xs = np.mgrid[:side, :side]
-            centers = np.repeat(np.stack([xs, ys], -1).reshape(-1, 2) * stride, 2, axis=0)
-            self.register_buffer(f"anchors{stride}", torch.tensor(centers, dtype=torch.float32))
+            self.register_buffer(f"anchors{stride}", torch.tensor(anchor_centers(side, side, stride)))
         self.register_buffer("index", torch.arange(1, size + 1, dtype=torch.float32))
         self.register_buffer("kps_rel", torch.tensor(self.KPS, dtype=torch.float32))
 
@@ -197,7 +206,7 @@ class ScrfdStandIn(nn.Module):
         ky = y1 + self.kps_rel[:, 1] * side
         sigma = 0.12 * side + 1.0
         scores, boxes, kps = [], [], []
-        for stride in (8, 16, 32):
+        for stride in FEAT_STRIDES:
             a = getattr(self, f"anchors{stride}")
             ax, ay = a[:, 0:1], a[:, 1:2]
             prior = torch.exp(-((ax - cx) ** 2 + (ay - cy) ** 2) / (2 * sigma**2))
@@ -463,8 +472,6 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -
     tensor names) and face_landmarker.task. Same ``seed`` → identical bytes
     (for a given torch/onnx/mediapipe version).
     """
-    from ditto.backends.ditto.aux_models.face_mesh import blaze_anchors
-
     onnx_dir, pytorch_aux_dir = Path(onnx_dir), Path(pytorch_aux_dir)
     onnx_dir.mkdir(parents=True, exist_ok=True)
     pytorch_aux_dir.mkdir(parents=True, exist_ok=True)
@@ -473,7 +480,7 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -
     # SCRFD: Ditto names (static 512) and det_10g names.
     det = ScrfdStandIn()
     blob = torch.zeros(1, 3, 512, 512)
-    _export(det, (blob,), onnx_dir / "insightface_det.onnx", ["image"], list(DITTO_DET_OUTPUTS))
+    _export(det, (blob,), onnx_dir / "insightface_det.onnx", ["image"], list(DITTO_OUTPUT_NAMES))
     _export(det, (blob,), pytorch_aux_dir / "det_10g.onnx", [DET10G_INPUT], list(DET10G_OUTPUTS))
 
     lmk106 = TemplateLandmarks(landmark106_template(), 1.0 / 255.0, 0.01, gen)

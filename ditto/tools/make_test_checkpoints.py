@@ -152,11 +152,6 @@ def build_test_module(name: str, seed: int) -> nn.Module:
     return module.eval()
 
 
-def build_test_modules(seed: int) -> dict[str, nn.Module]:
-    """Every network of the tree (:data:`NETWORK_NAMES`), seeded."""
-    return {name: build_test_module(name, seed) for name in NETWORK_NAMES}
-
-
 def checkpoint_object(name: str, module: nn.Module) -> object:
     """What ``torch.save`` writes for ``name``: the state dict, wrapped as the official file is."""
     state = {key: value.detach().clone() for key, value in module.state_dict().items()}

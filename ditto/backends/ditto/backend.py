@@ -64,6 +64,7 @@ from ditto.backends.ditto.pipeline.audio2motion import (
 from ditto.backends.ditto.pipeline.blink import ctrl_for_frame
 from ditto.backends.ditto.pipeline.condition import (
     ConditionHandler,
+    cond_width,
     condition_source_from_ch_info,
     condition_source_from_source,
 )
@@ -77,15 +78,7 @@ from ditto.backends.ditto.pipeline.sampler import (
     SharedGraphCache,
     denoise_fn_from_runner,
 )
-from ditto.backends.ditto.pipeline.stages import (
-    AUDIO_FEAT_DIM,
-    EMO_DIM,
-    EYE_BALL_DIM,
-    EYE_OPEN_DIM,
-    SC_DIM,
-    MotionChunk,
-    SourceInfo,
-)
+from ditto.backends.ditto.pipeline.stages import MotionChunk, SourceInfo
 from ditto.backends.ditto.preflight import load_checked_cfg, trt_plugin_paths
 from ditto.backends.ditto.runtime.base import ModelRunner
 from ditto.backends.ditto.runtime.loader import MODEL_IO, load_runner
@@ -368,8 +361,8 @@ class DittoBackend:
         opts, a2m = self.options, self.cfg.audio2motion
         if not 0 <= opts.overlap_v2 < a2m.seq_frames:
             raise ConfigError(f"{self.cfg.path}: overlap_v2={opts.overlap_v2} must be in [0, {a2m.seq_frames})")
-        layout = (AUDIO_FEAT_DIM + EMO_DIM * a2m.use_emo + EYE_OPEN_DIM * a2m.use_eye_open
-                  + EYE_BALL_DIM * a2m.use_eye_ball + SC_DIM * a2m.use_sc)
+        layout = cond_width(use_emo=a2m.use_emo, use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball,
+                            use_sc=a2m.use_sc)
         if layout != a2m.audio_feat_dim:
             raise ConfigError(f"{self.cfg.path}: the use_* flags give a {layout}-wide condition, "
                               f"but audio_feat_dim is {a2m.audio_feat_dim}")

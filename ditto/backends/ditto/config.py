@@ -444,12 +444,9 @@ def _parse_audio2motion(raw: Any, data_root: Path, pkl: Path, check_files: bool)
         if not _is_bool(section[key]):
             raise ConfigError(f"{pkl}: audio2motion_cfg[{key!r}] must be a bool, got {section[key]!r}")
         bools[key] = bool(section[key])
-    w2f = section["w2f_type"]
-    if w2f != "hubert":
-        raise ConfigError(f"{pkl}: audio2motion_cfg['w2f_type'] is {w2f!r}; only 'hubert' is supported")
     model = _parse_model("audio2motion_cfg", {k: section[k] for k in ("model_path", "device")}, data_root, pkl,
                          check_files)
-    return Audio2MotionCfg(model=model, w2f_type=w2f, **ints, **bools)
+    return Audio2MotionCfg(model=model, w2f_type=section["w2f_type"], **ints, **bools)
 
 
 def read_cfg_dict(cfg_pkl: str | os.PathLike[str]) -> dict[str, Any]:
@@ -703,7 +700,8 @@ ONNX_CFG_PKL_NAMES: Mapping[str, str] = MappingProxyType({
     "onnx": "v0.4_hubert_cfg_onnx.pkl",
     "onnx_online": "v0.4_hubert_cfg_onnx_online.pkl",
 })
-_ENGINE_PRECISION_TAGS = ("_fp16", "_fp32")
+#: Precision tags of engine file names (``decoder_fp16.engine``, ``hubert_fp32.engine``).
+ENGINE_PRECISION_TAGS: tuple[str, ...] = ("_fp16", "_fp32")
 
 
 def onnx_model_name(engine_name: str) -> str:
@@ -716,7 +714,7 @@ def onnx_model_name(engine_name: str) -> str:
     if ENGINE_BY_SUFFIX.get(path.suffix.lower()) != "tensorrt":
         return engine_name
     stem = path.stem
-    for tag in _ENGINE_PRECISION_TAGS:
+    for tag in ENGINE_PRECISION_TAGS:
         if stem.endswith(tag):
             stem = stem[: -len(tag)]
     return str(path.with_name(stem + ".onnx"))

@@ -33,7 +33,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -67,13 +67,11 @@ ONNX_DIR = "ditto_onnx"
 class TrtSettings(Protocol):
     """The settings this module reads (``ditto.settings.Settings`` has them)."""
 
+    data_root: Path | None
+    cfg_pkl: Path | None
     device: str
     trt_plugin: Path | None
     fallback: bool
-
-
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    return getattr(settings, name, default)
 
 
 # -- what the cfg asks for ----------------------------------------------------------------------
@@ -100,23 +98,22 @@ def is_hardware_compatible_tree(engine_dir: Path) -> bool:
     return "ampere_plus" in engine_dir.name.lower()
 
 
-def plugin_candidates(cfg: DittoCfg, settings: Any) -> list[Path]:
+def plugin_candidates(cfg: DittoCfg, settings: TrtSettings) -> list[Path]:
     """Where the GridSample3D plugin is looked for, in order."""
-    explicit = _setting(settings, "trt_plugin", None)
-    if explicit is not None:
-        return [Path(explicit)]
+    if settings.trt_plugin is not None:
+        return [Path(settings.trt_plugin)]
     warp_dir = cfg.warp_network.model_path.parent
     out = [warp_dir / PLUGIN_FILE_NAME, cfg.data_root / PLUGIN_FILE_NAME,
            cfg.data_root.parent / ONNX_DIR / PLUGIN_FILE_NAME]
     return list(dict.fromkeys(out))
 
 
-def find_trt_plugin(cfg: DittoCfg, settings: Any) -> Path | None:
+def find_trt_plugin(cfg: DittoCfg, settings: TrtSettings) -> Path | None:
     """The first existing :func:`plugin_candidates` entry, or None."""
     return next((p for p in plugin_candidates(cfg, settings) if p.is_file()), None)
 
 
-def trt_plugin_paths(cfg: DittoCfg, settings: Any) -> tuple[Path, ...]:
+def trt_plugin_paths(cfg: DittoCfg, settings: TrtSettings) -> tuple[Path, ...]:
     """Plugin libraries to pass as ``plugin_paths`` when loading the warp network engine (may be empty)."""
     if cfg.warp_network.engine != "tensorrt":
         return ()
@@ -132,13 +129,13 @@ def _lmdm_dims(cfg: DittoCfg) -> tuple[int, int, int]:
 # -- the checks ---------------------------------------------------------------------------------
 
 
-def check_trt_tree(cfg: DittoCfg, settings: Any) -> None:
+def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
     """Check that this machine can run the cfg's TensorRT engines (no-op for other cfgs).
 
     Args:
         cfg: the parsed cfg (``load_cfg(..., check_files=False)`` is enough:
             missing engine files are reported here, with the fix).
-        settings: server settings (``device``, ``trt_plugin``); see :class:`TrtSettings`.
+        settings: server settings (``device``, ``trt_plugin``).
 
     Raises:
         ConfigError: one message — what, why, and the command that fixes it.
@@ -162,7 +159,7 @@ def check_trt_tree(cfg: DittoCfg, settings: Any) -> None:
         raise ConfigError(f"{where}: {exc}") from None
     version_str = ".".join(map(str, version))
 
-    device = str(_setting(settings, "device", "auto"))
+    device = settings.device
     if device == "cpu":
         raise ConfigError(
             f"{where}, but --device cpu was given: TensorRT runs on an NVIDIA GPU only. Fix: drop --device cpu, "
@@ -261,7 +258,7 @@ def fallback_tree(data_root: str | os.PathLike[str], cfg_pkl: str | os.PathLike[
         f"PyTorch checkpoints into {torch_root}, or run without --fallback on a machine with TensorRT")
 
 
-def load_checked_cfg(settings: Any) -> DittoCfg:
+def load_checked_cfg(settings: TrtSettings) -> DittoCfg:
     """Parse the settings' cfg pkl; for a TensorRT cfg run :func:`check_trt_tree`, falling
     back (``settings.fallback``) to :func:`fallback_tree` when the check fails.
 
@@ -276,7 +273,7 @@ def load_checked_cfg(settings: Any) -> DittoCfg:
         check_trt_tree(cfg, settings)
         return load_cfg(settings.cfg_pkl, settings.data_root)
     except ConfigError as exc:
-        if not _setting(settings, "fallback", False):
+        if not settings.fallback:
             raise
         data_root, cfg_pkl = fallback_tree(settings.data_root, settings.cfg_pkl)
         logger.warning("TensorRT cannot serve here (%s). --fallback: serving %s (cfg %s)", exc, data_root, cfg_pkl)

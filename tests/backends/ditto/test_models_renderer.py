@@ -24,7 +24,6 @@ from ditto.backends.ditto.models import (
     RENDERER_MODELS,
     export_onnx,
     make_example_inputs,
-    stitch_state_dict_from_checkpoint,
 )
 from ditto.backends.ditto.models.blocks import SpectralNormConv2d, gaussian_heatmaps, identity_grid_3d
 from ditto.backends.ditto.models.motion_extractor import MOTION_OUTPUT_NAMES
@@ -249,22 +248,6 @@ def test_outputs_match_official_golden_values(name):
     picked = [flat[i % flat.numel()].item() for i in GOLDEN_INDICES]
     np.testing.assert_allclose(picked, values, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose([flat.mean().item(), flat.std().item()], [mean, std], rtol=1e-4, atol=2e-5)
-
-
-def test_stitch_checkpoint_helper(models, tmp_path):
-    model = models["stitch_network"]
-    official_like = {"retarget_shoulder": {f"module.{k}": v for k, v in model.state_dict().items()}}
-    torch.save(official_like, tmp_path / "stitch_network.pth")
-    loaded = torch.load(tmp_path / "stitch_network.pth", map_location="cpu", weights_only=True)
-    fresh = RENDERER_MODELS["stitch_network"]()
-    fresh.load_state_dict(stitch_state_dict_from_checkpoint(loaded), strict=True)
-    for key, value in model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value)
-    # Un-prefixed and plain layouts are accepted; anything else is refused.
-    assert set(stitch_state_dict_from_checkpoint({"retarget_shoulder": model.state_dict()})) == set(model.state_dict())
-    assert set(stitch_state_dict_from_checkpoint(model.state_dict())) == set(model.state_dict())
-    with pytest.raises(KeyError):
-        stitch_state_dict_from_checkpoint({"retarget_eye": {}})
 
 
 # ------------------------------------------------------------------------------------- shapes

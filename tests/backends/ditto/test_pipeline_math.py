@@ -649,18 +649,6 @@ def test_putback_matches_cv2(angle, scale, shift):
     assert np.array_equal(out.numpy()[outside], frame[outside])
 
 
-def test_paste_back_stage_caches_plans():
-    frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
-    M = np.array([[0.1, 0, 6], [0, 0.1, 6], [0, 0, 1]], np.float32)
-    stage = pb.PasteBack([frame, frame], [M, M], max_cached=1)
-    from ditto.backends.ditto.pipeline.stages import RenderedFrame
-    out = stage(RenderedFrame(index=3, source_frame=1, render=torch.ones(1, 3, 512, 512)))
-    assert out.index == 3 and out.image.shape == (64, 64, 3)
-    assert out.image[30, 30].tolist() == [255, 255, 255] and out.image[0, 0].tolist() == [0, 0, 0]
-    stage.plan(0)
-    assert len(stage._plans) == 1
-
-
 @pytest.mark.parametrize("overlap", [0, 10, 70])
 @pytest.mark.parametrize("n", [1, 69, 70, 150, 233])
 def test_offline_rows_stream_out_window_by_window(overlap, n):

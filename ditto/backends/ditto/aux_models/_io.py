@@ -50,6 +50,12 @@ def declared_names(runner: Any, attribute: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+def first_declared_name(runner: Any, attribute: str, default: str) -> str:
+    """The first of ``runner.input_names`` / ``runner.output_names``, or ``default`` if none are declared."""
+    names = declared_names(runner, attribute)
+    return names[0] if names else default
+
+
 def ordered_outputs(outputs: Mapping[str, np.ndarray], order: Sequence[str] | None) -> list[np.ndarray]:
     """Outputs as a list in ``order`` (declared model order), else in dict order."""
     if order is None:

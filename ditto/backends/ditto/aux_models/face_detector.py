@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ditto.backends.ditto.aux_models._io import Runner, declared_names, ordered_outputs, run_numpy
+from ditto.backends.ditto.aux_models._io import (
+    Runner,
+    declared_names,
+    first_declared_name,
+    ordered_outputs,
+    run_numpy,
+)
 from ditto.errors import SourceError
 
 DITTO_INPUT_NAME = "image"
@@ -202,8 +208,7 @@ class FaceDetector:
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        inputs = declared_names(runner, "input_names")
-        self._input_name = inputs[0] if inputs else DITTO_INPUT_NAME
+        self._input_name = first_declared_name(runner, "input_names", DITTO_INPUT_NAME)
         self._declared_outputs = declared_names(runner, "output_names")
 
     def _raw_outputs(self, blob: np.ndarray) -> list[np.ndarray]:

@@ -23,19 +23,14 @@ few lengths (e.g. 4480 samples → 8); these helpers use exact integer math.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
-from ditto.backends.ditto.aux_models._io import Runner, declared_names, run_numpy
+from ditto import SAMPLES_PER_FRAME
+from ditto.backends.ditto.aux_models._io import Runner, first_declared_name, run_numpy
 
-SAMPLE_RATE_HZ = 16000
-SAMPLES_PER_FRAME = 640  # 40 ms at 16 kHz = one 25 fps video frame
 FEATURE_DIM = 1024
 DEFAULT_CHUNKSIZE = (3, 5, 2)
 WINDOW_TAIL_SAMPLES = 80
-HUBERT_RECEPTIVE_FIELD = 400
-HUBERT_HOP = 320
 
 
 def split_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
@@ -46,13 +41,6 @@ def split_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
 def hop_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
     """Samples between window starts: 640 · current frames (3200 by default)."""
     return SAMPLES_PER_FRAME * chunksize[1]
-
-
-def hubert_rows(num_samples: int) -> int:
-    """Rows HuBERT returns for ``num_samples`` (conv front end: window 400, hop 320)."""
-    if num_samples < HUBERT_RECEPTIVE_FIELD:
-        return 0
-    return (num_samples - HUBERT_RECEPTIVE_FIELD) // HUBERT_HOP + 1
 
 
 def num_feature_frames(num_samples: int) -> int:
@@ -109,10 +97,6 @@ class StreamingWindower:
         self._next_start = 0  # padded-stream index of the next window
         self._flushed = False
 
-    @property
-    def windows_emitted(self) -> int:
-        return self._next_start // self.hop
-
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
         if self._flushed:
             raise RuntimeError("push after flush")
@@ -163,10 +147,8 @@ class HubertFeatureExtractor:
     def __init__(self, runner: Runner, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> None:
         self._runner = runner
         self.chunksize = tuple(chunksize)
-        inputs = declared_names(runner, "input_names")
-        outputs = declared_names(runner, "output_names")
-        self._input_name = inputs[0] if inputs else "input_values"
-        self._output_name = outputs[0] if outputs else "encoding_out"
+        self._input_name = first_declared_name(runner, "input_names", "input_values")
+        self._output_name = first_declared_name(runner, "output_names", "encoding_out")
 
     def encode(self, samples: np.ndarray) -> np.ndarray:
         """Raw model call: (L,) samples → (T, 1024) float32."""
@@ -188,8 +170,3 @@ class HubertFeatureExtractor:
             return np.zeros((0, FEATURE_DIM), np.float32)
         feats = [self.chunk_features(w) for w in offline_windows(audio, self.chunksize)]
         return np.concatenate(feats, axis=0)[:n_frames]
-
-    def online_features(self, audio: np.ndarray) -> Iterator[np.ndarray]:
-        """(5, 1024) features per online window of a whole utterance, in order."""
-        for window in online_windows(audio, self.chunksize):
-            yield self.chunk_features(window)

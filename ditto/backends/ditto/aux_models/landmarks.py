@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ditto.backends.ditto.aux_models._io import Runner, declared_names, run_numpy
+from ditto.backends.ditto.aux_models._io import Runner, declared_names, first_declared_name, run_numpy
 
 # Anchor indices per landmark layout: (eye-set A, eye-set B, lip points).
-_ANCHORS = {
+ANCHOR_INDICES = {
     106: ((33, 35, 40, 39), (87, 89, 94, 93), (52, 61)),
     203: ((0, 6, 12, 18), (24, 30, 36, 42), (48, 66)),
     101: ((39, 42, 45, 48), (51, 54, 57, 60), (75, 81)),
@@ -54,9 +54,9 @@ def anchor_points(pts: np.ndarray, use_lip: bool = True) -> np.ndarray:
         eye_a = (pts[36] + pts[39]) / 2
         eye_b = (pts[42] + pts[45]) / 2
         lip = (pts[48] + pts[54]) / 2
-    elif n in _ANCHORS or n > 101:
-        layout = n if n in _ANCHORS else 101
-        set_a, set_b, lips = _ANCHORS[layout]
+    elif n in ANCHOR_INDICES or n > 101:
+        layout = n if n in ANCHOR_INDICES else 101
+        set_a, set_b, lips = ANCHOR_INDICES[layout]
         eye_a = pts[list(set_a)].mean(axis=0)
         eye_b = pts[list(set_b)].mean(axis=0)
         lip = pts[list(lips)].mean(axis=0)
@@ -195,10 +195,8 @@ class Landmark106:
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
-        inputs = declared_names(runner, "input_names")
-        outputs = declared_names(runner, "output_names")
-        self._input_name = inputs[0] if inputs else "data"
-        self._output_name = outputs[0] if outputs else "fc1"
+        self._input_name = first_declared_name(runner, "input_names", "data")
+        self._output_name = first_declared_name(runner, "output_names", "fc1")
 
     def __call__(self, img_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
         """(106, 2) float32 landmarks in frame pixels for ``box`` (x1 y1 x2 y2)."""
@@ -232,8 +230,7 @@ class Landmark203:
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
-        inputs = declared_names(runner, "input_names")
-        self._input_name = inputs[0] if inputs else "input"
+        self._input_name = first_declared_name(runner, "input_names", "input")
         self._declared_outputs = declared_names(runner, "output_names")
 
     def _pick(self, out: dict[str, np.ndarray]) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 One network per file; each constructor takes only hyperparameters whose defaults are the ones the
 official loader uses, so ``Model().load_state_dict(torch.load(path), strict=True)`` works on the
-released checkpoints (``stitch_network.pth`` needs :func:`stitch_state_dict_from_checkpoint` first).
+released checkpoints (``stitch_network.pth`` keeps its state dict under ``retarget_shoulder``, which
+:func:`~ditto.backends.ditto.runtime.loader.read_torch_state_dict` unwraps).
 Modules never load files or choose a device / precision: that is the runtime's job.
 
 Every ``forward`` takes keyword arguments named exactly as the official ONNX inputs, so a torch
@@ -20,7 +21,7 @@ from torch import nn
 from .appearance_extractor import AppearanceFeatureExtractor
 from .decoder import SPADEDecoder
 from .motion_extractor import MOTION_OUTPUT_NAMES, MotionExtractor
-from .stitch_network import StitchingNetwork, stitch_state_dict_from_checkpoint
+from .stitch_network import StitchingNetwork
 from .warp_network import WarpingNetwork
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "WarpingNetwork",
     "export_onnx",
     "make_example_inputs",
-    "stitch_state_dict_from_checkpoint",
 ]
 
 #: Model name (as in the checkpoint file names) → module class.

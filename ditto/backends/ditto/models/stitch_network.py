@@ -8,36 +8,12 @@ every driven frame when ``flag_stitching`` is on, in fp32.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["StitchingNetwork", "stitch_state_dict_from_checkpoint"]
-
-#: Key under which LivePortrait-format stitching checkpoints keep the stitching MLP's weights.
-STITCH_CHECKPOINT_KEY = "retarget_shoulder"
-
-
-def stitch_state_dict_from_checkpoint(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Extract the ``StitchingNetwork`` state dict from a loaded ``stitch_network.pth`` object.
-
-    The official file is a dict whose ``"retarget_shoulder"`` entry holds the weights, possibly with
-    the ``module.`` prefix that DataParallel adds. A plain state dict (``mlp.*`` keys at top level)
-    is accepted too, so files re-saved by our own tools load the same way.
-
-    Raises:
-        KeyError: neither layout is recognised.
-    """
-    if STITCH_CHECKPOINT_KEY in obj:
-        state = obj[STITCH_CHECKPOINT_KEY]
-    elif any(str(key).startswith(("mlp.", "module.mlp.")) for key in obj):
-        state = obj
-    else:
-        raise KeyError(f"no {STITCH_CHECKPOINT_KEY!r} entry and no mlp.* keys in stitching checkpoint (keys: {sorted(obj)[:8]})")
-    prefix = "module."
-    return {(key[len(prefix):] if key.startswith(prefix) else key): value for key, value in state.items()}
+__all__ = ["StitchingNetwork"]
 
 
 class StitchingNetwork(nn.Module):

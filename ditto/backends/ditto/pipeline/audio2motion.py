@@ -156,7 +156,6 @@ class MotionWindowing:
         self.seq_frames = seq_frames
         self.overlap = overlap
         self.valid_len = seq_frames - overlap
-        self.online = online
         self.fuse_len = min(overlap, self.valid_len) if online else overlap
         self.fix_kp_cond = int(fix_kp_cond)
         self.fix_kp_cond_dim = None if fix_kp_cond_dim is None else (int(fix_kp_cond_dim[0]),
@@ -256,8 +255,8 @@ def iter_motion_offline(
     re-smooths from there, and the final whole-sequence mean filter reads one row either
     side; so after a window that leaves L rows, rows ``< L - F - 1`` are final and are
     emitted then (the rest after the last window). Each emitted row is computed by the
-    same operations on the same values as in the one-shot version: identical output, but
-    the first frame no longer waits for every window of the clip.
+    same operations on the same values as in the one-shot version: identical output, without
+    the first frame waiting for every window of the clip.
     """
     num_frames = aud_feat.shape[0]
     if num_frames == 0:
@@ -342,20 +341,8 @@ class OnlineAudio2Motion:
         self._res: Tensor | None = None
         self._valid_start: int | None = None
         self._emitted = 0
-        self._received = 0
         self._finished = False
-        self.d0: MotionInfo | None = None
-        self.d0_vector: Tensor | None = None  # (265,) clipped
-        self.windows_run = 0
-
-    @property
-    def frames_emitted(self) -> int:
-        return self._emitted
-
-    @property
-    def features_received(self) -> int:
-        """Real feature rows pushed so far (prefix excluded)."""
-        return self._received
+        self.d0: MotionInfo | None = None  # frame 0 of window 0, clipped
 
     def push(self, features: Tensor) -> MotionChunk:
         """Append (k,1024) feature rows; run every window that became complete.
@@ -369,7 +356,6 @@ class OnlineAudio2Motion:
         if self._finished:
             raise RuntimeError("push() after finish()")
         features = features.reshape(-1, AUDIO_FEAT_DIM).float()
-        self._received += features.shape[0]
         self._feat = torch.cat([self._feat, features], 0)
         return self._run(is_end=False)
 
@@ -396,12 +382,10 @@ class OnlineAudio2Motion:
                 window = torch.cat([window, window[-1:].expand(s - window.shape[0], -1)], 0)
             cond = self.condition(window, self._global + self._cond_index_start).unsqueeze(0)
             self._res = w.step(cond, self._res)
-            self.windows_run += 1
             if self._valid_start is None:
                 # window 0: prime only; d0 is its (silence) frame 0
                 self._valid_start = self._res.shape[0] - w.fuse_len
-                self.d0_vector = clip_motion(self._res[:1], self.v_min_max)[0]
-                self.d0 = vector_to_motion(self.d0_vector)
+                self.d0 = vector_to_motion(clip_motion(self._res[:1], self.v_min_max)[0])
             else:
                 rows = self._res[self._valid_start:self._valid_start + real_valid]
                 out.append(clip_motion(rows, self.v_min_max))

@@ -36,16 +36,15 @@ from ditto.backends.ditto.pipeline.stages import (
 )
 
 __all__ = [
-    "EMO_LABELS",
     "ConditionSource",
     "ConditionHandler",
     "condition_source_from_source",
     "condition_source_from_ch_info",
+    "cond_width",
     "emo_from_labels",
     "parse_emo",
 ]
 
-EMO_LABELS = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise", "Contempt")
 _EMO_LOGIT = 8.0  # logit given to each chosen label before the softmax (upstream _get_emo_avg)
 
 
@@ -104,6 +103,17 @@ def parse_emo(emo: Any, seq_len: int = -1) -> np.ndarray:
             return table[:seq_len]
         raise ValueError(f"emo table has {len(table)} rows, cannot fill {seq_len}")
     return table
+
+
+def cond_width(*, use_emo: bool, use_eye_open: bool, use_eye_ball: bool, use_sc: bool) -> int:
+    """Width of a condition row for the ``audio2motion_cfg`` ``use_*`` flags (1103 with every flag on)."""
+    return (
+        AUDIO_FEAT_DIM
+        + (EMO_DIM if use_emo else 0)
+        + (EYE_OPEN_DIM if use_eye_open else 0)
+        + (EYE_BALL_DIM if use_eye_ball else 0)
+        + (SC_DIM if use_sc else 0)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +193,8 @@ class ConditionHandler:
     @property
     def cond_dim(self) -> int:
         """Width of a condition row (1103 with every flag on)."""
-        return (
-            AUDIO_FEAT_DIM
-            + (EMO_DIM if self.use_emo else 0)
-            + (EYE_OPEN_DIM if self.use_eye_open else 0)
-            + (EYE_BALL_DIM if self.use_eye_ball else 0)
-            + (SC_DIM if self.use_sc else 0)
-        )
+        return cond_width(use_emo=self.use_emo, use_eye_open=self.use_eye_open, use_eye_ball=self.use_eye_ball,
+                          use_sc=self.use_sc)
 
     def _eye_rows(self, table: Tensor, idx: Tensor) -> Tensor:
         n = table.shape[0]

@@ -32,10 +32,8 @@ from ditto.backends.ditto.pipeline.stages import (
     NUM_KP,
     POSE_BINS,
     DrivenKeypoints,
-    MotionFrame,
     MotionInfo,
     SourceInfo,
-    StitchedFrame,
 )
 
 __all__ = [
@@ -408,8 +406,3 @@ class MotionStitcher:
             x_d = self.stitch_fn(x_s, x_d)
         self.index += 1
         return DrivenKeypoints(x_s=x_s, x_d=x_d)
-
-    def process(self, frame: MotionFrame) -> StitchedFrame:
-        """Stage wrapper: MotionFrame -> StitchedFrame."""
-        kps = self(frame.source_frame, frame.motion, frame.ctrl)
-        return StitchedFrame(index=frame.index, source_frame=frame.source_frame, keypoints=kps)

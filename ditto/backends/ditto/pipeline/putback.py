@@ -28,8 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ditto.backends.ditto.pipeline.stages import OutputFrame, RenderedFrame
-
 __all__ = [
     "CROP_SIZE",
     "make_feather_mask",
@@ -37,7 +35,6 @@ __all__ = [
     "PastePlan",
     "build_paste_plan",
     "paste_back",
-    "PasteBack",
 ]
 
 CROP_SIZE = 512  # decoder output / crop side
@@ -232,33 +229,3 @@ def paste_back(plan: PastePlan, render: Tensor) -> Tensor:
     out[y0:y1, x0:x1] = region.t().reshape(y1 - y0, x1 - x0, 3)
     return out
 
-
-class PasteBack:
-    """Paste-back stage with one cached plan per source frame.
-
-    For an image source build it once per avatar; for video templates pass ``max_cached`` to
-    bound memory (plans are rebuilt on the device when evicted).
-    """
-
-    def __init__(self, frames: list[Tensor] | tuple[Tensor, ...], M_c2o: list[Any] | tuple[Any, ...],
-                 *, mask: np.ndarray | Tensor | None = None, max_cached: int | None = None) -> None:
-        if len(frames) != len(M_c2o) or not frames:
-            raise ValueError("need one M_c2o per source frame")
-        self._frames = list(frames)
-        self._m = list(M_c2o)
-        self._mask = mask
-        self._max = max_cached
-        self._plans: dict[int, PastePlan] = {}
-
-    def plan(self, source_frame: int) -> PastePlan:
-        plan = self._plans.get(source_frame)
-        if plan is None:
-            if self._max is not None and len(self._plans) >= self._max:
-                self._plans.pop(next(iter(self._plans)))
-            plan = build_paste_plan(self._frames[source_frame], self._m[source_frame], mask=self._mask)
-            self._plans[source_frame] = plan
-        return plan
-
-    def __call__(self, rendered: RenderedFrame) -> OutputFrame:
-        image = paste_back(self.plan(rendered.source_frame), rendered.render)
-        return OutputFrame(index=rendered.index, image=image)

@@ -7,9 +7,8 @@ fields are torch tensors that stay on the pipeline device (float32 unless a comm
 Stage order (one ``index`` = one 40 ms output frame at 25 fps)::
 
     HuBERT features (n,1024) -> ConditionHandler -> Audio2Motion windows -> MotionChunk (m,265)
-      -> MotionFrame (per frame, MotionInfo + ctrl) -> MotionStitcher -> StitchedFrame (x_s, x_d)
-      -> warp + decode (other modules) -> RenderedFrame (1,3,512,512)
-      -> paste back -> OutputFrame (H,W,3) uint8
+      -> per frame: MotionInfo + ctrl -> MotionStitcher -> DrivenKeypoints (x_s, x_d)
+      -> warp + decode -> render (1,3,512,512) -> paste back -> (H,W,3) uint8
 
 Nothing here touches files, threads or sockets.
 """
@@ -17,7 +16,7 @@ Nothing here touches files, threads or sockets.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,11 +37,7 @@ __all__ = [
     "SourceFrame",
     "SourceInfo",
     "MotionChunk",
-    "MotionFrame",
     "DrivenKeypoints",
-    "StitchedFrame",
-    "RenderedFrame",
-    "OutputFrame",
     "mirror_index",
 ]
 
@@ -131,12 +126,6 @@ class MotionInfo:
             kwargs[key] = tensor
         return cls(**kwargs)  # type: ignore[arg-type]
 
-    def to(self, device: torch.device | str) -> MotionInfo:
-        """Copy of this info with every tensor on ``device``."""
-        d = {k: v.to(device) for k, v in self.as_dict().items()}
-        d.setdefault("kp", None)  # type: ignore[arg-type]
-        return MotionInfo(**d)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True, slots=True)
 class SourceFrame:
@@ -158,10 +147,6 @@ class SourceInfo:
     sc: Tensor  # (63,) float32 = kp of frame 0
     is_image: bool  # True for a still image (drives default use_d_keys / drive_eye)
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.frames)
-
     def frame_for_output(self, index: int) -> int:
         """Source frame used for output frame ``index`` (ping-pong over the template)."""
         return mirror_index(index, len(self.frames))
@@ -179,44 +164,8 @@ class MotionChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class MotionFrame:
-    """Input of MotionStitcher for one output frame."""
-
-    index: int  # output frame index (0 = first real audio frame)
-    source_frame: int  # SourceInfo.frames index (mirror_index(index, n))
-    motion: MotionInfo  # generated motion (kp None)
-    ctrl: Mapping[str, Any] = field(default_factory=dict)  # per-frame control kwargs
-
-
-@dataclass(frozen=True, slots=True)
 class DrivenKeypoints:
     """Result of MotionStitcher: keypoints for the warp network."""
 
     x_s: Tensor  # (1,21,3) float32 transformed source keypoints
     x_d: Tensor  # (1,21,3) float32 driven keypoints (stitched if flag_stitching)
-
-
-@dataclass(frozen=True, slots=True)
-class StitchedFrame:
-    """Input of the warp stage."""
-
-    index: int  # output frame index
-    source_frame: int  # SourceInfo.frames index
-    keypoints: DrivenKeypoints
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedFrame:
-    """Decoder output for one frame."""
-
-    index: int  # output frame index
-    source_frame: int  # SourceInfo.frames index
-    render: Tensor  # (1,3,512,512) float32/float16 in [0,1] (decoder sigmoid output)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputFrame:
-    """Final pasted-back frame."""
-
-    index: int  # output frame index
-    image: Tensor  # (H,W,3) uint8 RGB on the pipeline device

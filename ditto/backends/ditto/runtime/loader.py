@@ -4,12 +4,13 @@ The engine is chosen from the file suffix, as the official loader does
 (``core/utils/load_model.py``): ``.onnx`` → onnxruntime, ``.engine``/``.trt``
 → TensorRT, ``.pt``/``.pth`` → PyTorch. The model ``kind`` (``"lmdm"``,
 ``"decoder"``, …) says how a PyTorch checkpoint is laid out, which ONNX names
-the module's positional IO gets, and whether it runs under fp16 autocast.
+the module's positional IO gets (the ONNX names of
+:mod:`ditto.backends.ditto.models`), and whether it runs under fp16 autocast.
 
-PyTorch modules are not imported here: the caller passes ``module_factory``,
-which builds an un-loaded module for the checkpoint's state dict (the renderer
-classes live in ``ditto/backends/ditto/models/``). The LMDM has a built-in
-factory that reads its dimensions off the state dict.
+The caller passes ``module_factory``, which builds an un-loaded module for the
+checkpoint's state dict (the renderer classes live in
+``ditto/backends/ditto/models/``). The LMDM has a built-in factory that reads
+its dimensions off the state dict.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from ditto.backends.ditto.config import engine_kind_for
+from ditto.backends.ditto.models import ONNX_IO
+from ditto.backends.ditto.models.lmdm import (
+    ONNX_INPUT_NAMES as LMDM_INPUT_NAMES,
+    ONNX_OUTPUT_NAMES as LMDM_OUTPUT_NAMES,
+    lmdm_for_state_dict,
+)
 from ditto.backends.ditto.runtime.base import ModelRunner
 from ditto.errors import ConfigError
 
@@ -44,24 +51,17 @@ class ModelIO:
     state_dict_key: str | None  # checkpoint dict entry holding the state dict (None: the file is one)
 
 
-#: Facts sheet §3.1 / §3.2.
+#: Facts sheet §3.1 / §3.2; the IO names are the models' own tables.
 MODEL_IO: Mapping[str, ModelIO] = {
-    "appearance_extractor": ModelIO(("image",), ("pred",), True, None),
-    "motion_extractor": ModelIO(("image",), ("pitch", "yaw", "roll", "t", "exp", "scale", "kp"), True, None),
-    "warp_network": ModelIO(("feature_3d", "kp_source", "kp_driving"), ("out",), True, None),
-    "decoder": ModelIO(("feature",), ("output",), True, None),
-    "stitch_network": ModelIO(("kp_source", "kp_driving"), ("out",), False, "retarget_shoulder"),
-    "lmdm": ModelIO(("x", "cond_frame", "cond", "time_cond"), ("pred_noise", "x_start"), False, "model_state_dict"),
+    "appearance_extractor": ModelIO(*ONNX_IO["appearance_extractor"], True, None),
+    "motion_extractor": ModelIO(*ONNX_IO["motion_extractor"], True, None),
+    "warp_network": ModelIO(*ONNX_IO["warp_network"], True, None),
+    "decoder": ModelIO(*ONNX_IO["decoder"], True, None),
+    "stitch_network": ModelIO(*ONNX_IO["stitch_network"], False, "retarget_shoulder"),
+    "lmdm": ModelIO(LMDM_INPUT_NAMES, LMDM_OUTPUT_NAMES, False, "model_state_dict"),
 }
 
-
-def _default_lmdm_factory(sd: Mapping[str, Tensor]) -> nn.Module:
-    from ditto.backends.ditto.models.lmdm import lmdm_for_state_dict
-
-    return lmdm_for_state_dict(sd)
-
-
-DEFAULT_FACTORIES: Mapping[str, ModuleFactory] = {"lmdm": _default_lmdm_factory}
+DEFAULT_FACTORIES: Mapping[str, ModuleFactory] = {"lmdm": lmdm_for_state_dict}
 
 
 def read_torch_state_dict(path: str | os.PathLike[str], kind: str, *, trust_pickle: bool = False) -> dict[str, Tensor]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -145,11 +144,3 @@ class OnnxRunner:
         del keep
         return {n: out[n] for n in self.output_names}
 
-
-def onnx_io_names(path: str | os.PathLike[str]) -> tuple[Sequence[str], Sequence[str]]:
-    """(input names, output names) of an ONNX file, read without a session."""
-    import onnx
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    return ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])

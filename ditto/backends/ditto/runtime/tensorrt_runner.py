@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -355,7 +355,7 @@ class TensorRTEngine:
         that differ are only logged — some aux shapes are not verified against the official
         engines, and a wrong input shape is refused, with the engine's shape, at the first call."""
         assert self.model is not None
-        specs = [b.spec for b in self.bindings]
+        specs = self.specs
         problems = binding_problems(self.model, specs, lmdm_dims=lmdm_dims, shapes=False)
         if problems:
             raise ConfigError(
@@ -390,7 +390,6 @@ class TensorRTRunner:
         device: a CUDA device.
         plugin_paths: plugin libraries to load (RTLD_GLOBAL) before
             deserializing, e.g. the GridSample3D plugin of ``warp_network``.
-        model, lmdm_dims: see :class:`TensorRTEngine`.
         engine: an already deserialized engine to make a new context on
             (what :meth:`fork` does); anything with ``path``, ``device``,
             ``flavor``, ``bindings`` and ``create_context()`` (tests pass a
@@ -401,12 +400,11 @@ class TensorRTRunner:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, device: torch.device | str = "cuda",
-                 plugin_paths: Sequence[str | os.PathLike[str]] = (), model: str | None = None,
-                 lmdm_dims: tuple[int, int, int] | None = None, engine: TensorRTEngine | None = None) -> None:
+                 plugin_paths: Sequence[str | os.PathLike[str]] = (), engine: TensorRTEngine | None = None) -> None:
         if engine is None:
             if path is None:
                 raise TypeError("TensorRTRunner needs a path or an engine")
-            engine = TensorRTEngine(path, device=device, plugin_paths=plugin_paths, model=model, lmdm_dims=lmdm_dims)
+            engine = TensorRTEngine(path, device=device, plugin_paths=plugin_paths)
         self._engine = engine
         self.path = engine.path
         self.device = engine.device
@@ -496,14 +494,9 @@ class TensorRTRunner:
         return out
 
 
-def io_table(runner: TensorRTRunner) -> Mapping[str, TensorSpec]:
-    """The runner's IO tensors by name (engine shapes and types)."""
-    return {s.name: s for s in runner.engine.specs}
-
-
 __all__ = [
     "LOCAL_ENGINE_DIR", "MIN_TRT_VERSION", "OFFICIAL_ENGINE_TRT", "PLUGIN_FILE_NAME", "TensorRTEngine",
     "TensorRTRunner", "api_flavor", "check_tensorrt_version", "classify_deserialize_failure", "dtype_name",
-    "explain_deserialize_failure", "import_tensorrt", "io_table", "load_plugin_library", "read_io_table",
+    "explain_deserialize_failure", "import_tensorrt", "load_plugin_library", "read_io_table",
     "rebuild_command", "rebuild_hint", "tensorrt_version",
 ]

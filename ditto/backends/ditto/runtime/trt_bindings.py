@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from ditto.backends.ditto.config import ENGINE_PRECISION_TAGS
+
 #: Dimension TensorRT reports for a dynamic axis.
 DYNAMIC = -1
 
@@ -100,9 +102,6 @@ ENGINE_MODELS: tuple[str, ...] = (
     "landmark106", "landmark203", "lmdm", "motion_extractor", "stitch_network", "warp_network",
 )
 
-#: Engine file-name precision tags (``decoder_fp16.engine``, ``hubert_fp32.engine``).
-PRECISION_SUFFIXES: tuple[str, ...] = ("_fp16", "_fp32")
-
 
 def model_for_file(path: str | os.PathLike[str]) -> str | None:
     """Model name of an engine/ONNX file: ``warp_network_fp16.engine`` → ``warp_network``,
@@ -112,7 +111,7 @@ def model_for_file(path: str | os.PathLike[str]) -> str | None:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
-    for tag in PRECISION_SUFFIXES:
+    for tag in ENGINE_PRECISION_TAGS:
         if name.endswith(tag):
             name = name[: -len(tag)]
             break
@@ -211,6 +210,6 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
 
 
 __all__ = [
-    "AUX_IO", "DYNAMIC", "ENGINE_MODELS", "PRECISION_SUFFIXES", "SHAPE_PROFILES", "ShapeProfile", "TensorSpec",
+    "AUX_IO", "DYNAMIC", "ENGINE_MODELS", "SHAPE_PROFILES", "ShapeProfile", "TensorSpec",
     "binding_problems", "expected_bindings", "lmdm_default_dims", "model_for_file",
 ]
