@@ -75,7 +75,10 @@ def stop(server: subprocess.Popen, timeout_s: float = 15.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="run_streaming_test.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="run_streaming_test.py", description=__doc__.split("\n\n")[0],
+        epilog="Any flag of streaming_server.py or streaming_client.py may follow; each goes to its program "
+               "(see their --help).")
     parser.add_argument("--mode", choices=["both", "server", "client"], default="both")
     parser.add_argument("--startup_timeout", type=float, default=300.0,
                         help="seconds to wait for the server's /healthz (model loading included)")
