@@ -15,3 +15,8 @@ SAMPLE_RATE_HZ = 16_000
 """Sample rate every backend consumes (HuBERT's and the lite analyser's)."""
 
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FPS  # 640
+
+
+def frames_for_samples(n_samples_16k: int) -> int:
+    """Video frames that 16 kHz audio of this length drives: ceil(n / 640), i.e. ceil(duration * 25)."""
+    return -(-int(n_samples_16k) // SAMPLES_PER_FRAME)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy.signal import resample_poly
 
-from ditto import FPS, SAMPLE_RATE_HZ
+from ditto import SAMPLE_RATE_HZ, frames_for_samples
 from ditto.errors import ErrorCode, MediaError
 
 SILENCE_PEAK = 1e-3
@@ -33,10 +33,6 @@ class Audio:
     def total_frames(self) -> int:
         """Video frames this audio drives: ceil(duration * 25)."""
         return frames_for_samples(len(self.samples))
-
-
-def frames_for_samples(n_samples_16k: int) -> int:
-    return -(-n_samples_16k * FPS // SAMPLE_RATE_HZ)
 
 
 def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ditto import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from ditto import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frames_for_samples
 from ditto.backends.base import AnimationStream, VideoFrame
 from ditto.errors import ErrorCode, MediaError
 from ditto.media.pcm import StreamingResampler, encode_pcm16
@@ -128,7 +128,7 @@ class LivePipeline:
         self._emit(frames)
 
     def finish(self) -> None:
-        self._emit(self._stream.finish(), total=-(-self.samples_fed // SAMPLES_PER_FRAME))
+        self._emit(self._stream.finish(), total=frames_for_samples(self.samples_fed))
 
     def _record(self, samples: np.ndarray) -> None:
         self.samples_fed += len(samples)

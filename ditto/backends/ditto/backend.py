@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ditto import SAMPLES_PER_FRAME
+from ditto import SAMPLES_PER_FRAME, frames_for_samples
 from ditto.backends.base import VideoFrame
 from ditto.backends.ditto.aux_models.face_detector import FaceDetector
 from ditto.backends.ditto.aux_models.face_mesh import BlazeFaceMesh, MediaPipeFaceLandmarker
-from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, StreamingWindower, num_feature_frames
+from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, StreamingWindower
 from ditto.backends.ditto.aux_models.landmarks import Landmark106, Landmark203
 from ditto.backends.ditto.config import Audio2MotionCfg, DittoCfg, ModelCfg, SetupOptions
 from ditto.backends.ditto.models import RENDERER_MODELS
@@ -535,7 +535,7 @@ class DittoStream:
         if self._finished:
             raise RuntimeError("finish() called twice")
         self._finished = True
-        self._total_frames = num_feature_frames(self._samples)
+        self._total_frames = frames_for_samples(self._samples)
         if state.windower is not None:
             state.pending_windows.extend(state.windower.flush())
             return self._guarded(self._finish_online())

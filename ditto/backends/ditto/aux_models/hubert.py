@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ditto import SAMPLES_PER_FRAME
+from ditto import SAMPLES_PER_FRAME, frames_for_samples
 from ditto.backends.ditto.aux_models._io import Runner, first_declared_name, run_numpy
 
 FEATURE_DIM = 1024
@@ -41,11 +41,6 @@ def split_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
 def hop_len(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> int:
     """Samples between window starts: 640 · current frames (3200 by default)."""
     return SAMPLES_PER_FRAME * chunksize[1]
-
-
-def num_feature_frames(num_samples: int) -> int:
-    """Video frames (features) for an utterance: ⌈samples / 640⌉."""
-    return -(-int(num_samples) // SAMPLES_PER_FRAME)
 
 
 def valid_row_slice(chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> slice:
@@ -67,7 +62,7 @@ def offline_windows(audio: np.ndarray, chunksize: tuple[int, int, int] = DEFAULT
     length = split_len(chunksize)
     front = length - SAMPLES_PER_FRAME * (chunksize[1] + chunksize[2])
     padded = np.concatenate([np.zeros(front, np.float32), audio, np.zeros(length, np.float32)])
-    n_frames = num_feature_frames(audio.shape[0])
+    n_frames = frames_for_samples(audio.shape[0])
     starts = range(0, n_frames, chunksize[1])
     return [padded[f * SAMPLES_PER_FRAME : f * SAMPLES_PER_FRAME + length] for f in starts]
 
@@ -165,7 +160,7 @@ class HubertFeatureExtractor:
 
     def offline_features(self, audio: np.ndarray) -> np.ndarray:
         """(num_f, 1024) features for a whole 16 kHz utterance (offline path)."""
-        n_frames = num_feature_frames(np.asarray(audio).reshape(-1).shape[0])
+        n_frames = frames_for_samples(np.asarray(audio).reshape(-1).shape[0])
         if n_frames == 0:
             return np.zeros((0, FEATURE_DIM), np.float32)
         feats = [self.chunk_features(w) for w in offline_windows(audio, self.chunksize)]
