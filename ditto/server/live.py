@@ -137,21 +137,21 @@ class LivePipeline:
 
     def _emit(self, frames: Iterable[VideoFrame], total: int | None = None) -> None:
         for frame in timed_frames(frames, self._metrics, self._cancel, total):
-            idle = self._is_idle(frame)
+            if not frame.idle and self._in_idle_span(frame):
+                frame = dataclasses.replace(frame, idle=True)  # silence we fed through feed()
             if self._echo is not None:
-                self._writer.write_audio(frame, encode_pcm16(self._echo_slice(frame)), idle=idle)
+                self._writer.write_audio(frame, encode_pcm16(self._echo_slice(frame)))
             due = (self.t0 + (frame.sample_start + frame.sample_count) / SAMPLE_RATE_HZ + SKIP_GRACE_S
                    if self.t0 is not None else None)
-            self._writer.write_frame(frame, last=total is not None and frame.index == total - 1, idle=idle,
-                                     deadline=due)
+            self._writer.write_frame(frame, last=total is not None and frame.index == total - 1, deadline=due)
             self.frames += 1
-            self.idle_frames += idle
+            self.idle_frames += frame.idle
 
-    def _is_idle(self, frame: VideoFrame) -> bool:
+    def _in_idle_span(self, frame: VideoFrame) -> bool:
         start, end = frame.sample_start, frame.sample_start + frame.sample_count
         while self._idle_spans and self._idle_spans[0][1] <= start:
             self._idle_spans.pop(0)
-        return frame.idle or any(a <= start and end <= b for a, b in self._idle_spans)
+        return any(a <= start and end <= b for a, b in self._idle_spans)
 
     def _echo_slice(self, frame: VideoFrame) -> np.ndarray:
         lo = frame.sample_start - self._echo_base

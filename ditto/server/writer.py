@@ -76,8 +76,7 @@ class WebSocketFrameWriter:
 
     # --- producer side (any thread but the event loop's) ------------------------------------
 
-    def write_frame(self, frame: VideoFrame, *, last: bool = False, idle: bool = False,
-                    deadline: float | None = None) -> bool:
+    def write_frame(self, frame: VideoFrame, *, last: bool = False, deadline: float | None = None) -> bool:
         """Queue one frame for encoding and sending.
 
         File mode blocks while ``queue_size`` frames are in flight; live mode waits at most
@@ -96,14 +95,14 @@ class WebSocketFrameWriter:
             self._metrics.frames_skipped.inc()
             return False
         flags = FrameFlags.LAST if last else FrameFlags.NONE
-        if frame.idle or idle:
+        if frame.idle:
             flags |= FrameFlags.IDLE
         header = FrameHeader(frame.index, frame.pts_ms, frame.sample_start, frame.sample_count, flags)
         pending = self._encoder.submit(self._encode, header, frame)
         self._put_threadsafe(pending)
         return True
 
-    def write_audio(self, frame: VideoFrame, pcm16: bytes, *, idle: bool = False) -> None:
+    def write_audio(self, frame: VideoFrame, pcm16: bytes) -> None:
         """Queue the audio echo of ``frame`` (16 kHz mono int16 bytes); never skipped.
 
         Raises:
@@ -111,7 +110,7 @@ class WebSocketFrameWriter:
         """
         if self._aborted:
             raise StreamAborted()
-        flags = FrameFlags.IDLE if (frame.idle or idle) else FrameFlags.NONE
+        flags = FrameFlags.IDLE if frame.idle else FrameFlags.NONE
         header = FrameHeader(frame.index, frame.pts_ms, frame.sample_start, len(pcm16) // 2, flags, FrameKind.PCM16)
         self._put_threadsafe(pack_frame(header, pcm16))
 
