@@ -40,7 +40,8 @@ def create_app(
         encode_pool = concurrent.futures.ThreadPoolExecutor(
             max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="jpeg")
         app.state.settings = settings
-        app.state.registry = SessionRegistry(settings.max_sessions)
+        app.state.registry = registry = SessionRegistry(settings.max_sessions)
+        metrics.sessions_active.set_function(lambda: registry.active)
         app.state.context = SessionContext(settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool)
         try:
             yield

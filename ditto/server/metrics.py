@@ -12,7 +12,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions_active = Gauge("ditto_sessions_active", "Sessions open now", registry=r)
+        self.sessions_active = Gauge("ditto_sessions_active", "Sessions open now (read from the session registry)",
+                                     registry=r)
         self.sessions_total = Counter("ditto_sessions", "Sessions accepted", registry=r)
         self.sessions_refused = Counter("ditto_sessions_refused", "Sessions refused", ["reason"], registry=r)
         self.errors = Counter("ditto_errors", "Errors sent to clients", ["code"], registry=r)

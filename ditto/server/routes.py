@@ -83,10 +83,8 @@ async def stream(websocket: WebSocket, client_id: str) -> None:
         return
     logger.info("Client %s connected", client_id)
     context.metrics.sessions_total.inc()
-    context.metrics.sessions_active.inc()
     try:
         await session.run()
     finally:
         state.registry.release(session)
-        context.metrics.sessions_active.dec()
         logger.info("Client %s disconnected", client_id)
