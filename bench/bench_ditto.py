@@ -60,6 +60,7 @@ import torch  # noqa: E402
 
 from ditto import SAMPLES_PER_FRAME  # noqa: E402
 from ditto.backends.ditto.backend import DittoBackend  # noqa: E402
+from ditto.backends.ditto.engine import RenderWork  # noqa: E402
 from ditto.backends.ditto.config import load_cfg  # noqa: E402
 from ditto.backends.ditto.pipeline.putback import make_feather_mask, paste_back  # noqa: E402
 from ditto.backends.ditto.pipeline.sampler import DDIMSampler, denoise_fn_from_runner, sample_window  # noqa: E402
@@ -333,9 +334,9 @@ def renderer_variants(backend: DittoBackend, avatar, timer: Timer, iters: int, w
                                                    warmup=warmup))
         ref = models.renderer.eager(f_s, x_s, x_d).float()
         if models.renderer.use_graph:
-            out["graph_fp16_ms"] = stats(timer.time_ms(lambda: models.renderer(f_s, x_s, x_d), iters=iters,
+            out["graph_fp16_ms"] = stats(timer.time_ms(lambda: models.renderer([f_s], x_s, x_d), iters=iters,
                                                        warmup=warmup))
-            got = models.renderer(f_s, x_s, x_d).float()
+            got = models.renderer([f_s], x_s, x_d).float()
             out["graph_vs_eager_max_abs"] = float((got - ref).abs().max())
         if dev.type == "cuda" and isinstance(models.warp, TorchRunner):
             warp = copy.deepcopy(models.warp.module)
@@ -369,7 +370,7 @@ def renderer_variants(backend: DittoBackend, avatar, timer: Timer, iters: int, w
 
 def lmdm_measure(backend: DittoBackend, ref: ReferenceStyle, timer: Timer, steps: int, iters: int,
                  warmup: int) -> dict[str, Any]:
-    """One LMDM window: (a) eager with host copies, (b) the shared graph (what sessions run)."""
+    """One LMDM window: (a) eager with host copies, (b) the engine's batched sampler at batch 1."""
     a2m = backend.cfg.audio2motion
     dev = backend.device
     shape = (1, a2m.seq_frames, a2m.motion_feat_dim)
@@ -380,41 +381,33 @@ def lmdm_measure(backend: DittoBackend, ref: ReferenceStyle, timer: Timer, steps
     cond = (rng.normal(0, 1, (1, a2m.seq_frames, a2m.audio_feat_dim))).astype(np.float32)
     out: dict[str, Any] = {"steps": steps}
     out["a_ms"] = stats(timer.time_ms(lambda: ref.lmdm_window(kp, cond, sampler), iters=iters, warmup=warmup))
-    graphs = backend.models.lmdm_graphs
+    batched = backend.models.engine.sampler
     kp_t, cond_t = torch.from_numpy(kp).to(dev), torch.from_numpy(cond).to(dev)
     x_T = sampler.initial_noise(torch.Generator(device=dev).manual_seed(8))
+    noise = sampler._require_schedule().noise
     with torch.inference_mode():
         eager = sample_window(denoise_fn_from_runner(backend.models.lmdm), kp_t, cond_t, sampler, x_T=x_T)
-        if graphs is not None:
-            graphs.graph_for(steps)
-            out["b_ms"] = stats(timer.time_ms(lambda: graphs.sample(sampler, kp_t, cond_t, x_T), iters=iters,
-                                              warmup=warmup))
-            out["graph_vs_eager_max_abs"] = float((graphs.sample(sampler, kp_t, cond_t, x_T) - eager).abs().max())
-        else:
-            out["b_ms"] = stats(timer.time_ms(
-                lambda: sample_window(denoise_fn_from_runner(backend.models.lmdm), kp_t, cond_t, sampler, x_T=x_T),
-                iters=iters, warmup=warmup))
+        out["b_ms"] = stats(timer.time_ms(lambda: batched(steps, kp_t, cond_t, x_T, noise), iters=iters,
+                                          warmup=warmup))
+        out["graph_vs_eager_max_abs"] = float((batched(steps, kp_t, cond_t, x_T, noise) - eager).abs().max())
     return out
 
 
 def project_frame(backend: DittoBackend, avatar, timer: Timer, iters: int, warmup: int) -> dict[str, Any]:
-    """One whole frame of (b) with a sync after it: stitch → graph → paste-back → host (uint8)."""
-    stream = backend.open_stream(avatar, seed=11)
-    state = stream._require_state()
-    a2m = backend.cfg.audio2motion
-    gen = torch.Generator(device=backend.device).manual_seed(2)
-    rows = [torch.randn(a2m.motion_feat_dim, generator=gen, device=backend.device) * 0.02 for _ in range(4)]
+    """One whole frame of (b) through the engine, alone: stitch → graph → paste-back → host (uint8)."""
+    engine = backend.models.engine
+    frame = avatar.source.frames[0]
+    pairs = [(torch.from_numpy(x_s), torch.from_numpy(x_d)) for x_s, x_d in keypoint_pairs(4, seed=2)]
     i = [0]
 
     def one() -> None:
-        pending = stream._render(state, i[0], rows[i[0] % 4])
+        x_s, x_d = pairs[i[0] % 4]
         i[0] += 1
-        pending.collect()
+        work = RenderWork(index=0, f_s=frame.f_s, x_s=x_s, x_d=x_d, stitch=True, plan=avatar.paste_plans[0],
+                          jpeg_quality=None)
+        engine.render(work, deadline=0.0).result()
 
-    with torch.inference_mode():
-        res = {"frame_ms": stats(timer.time_ms(one, iters=iters, warmup=warmup))}
-    stream.close()
-    return res
+    return {"frame_ms": stats(timer.time_ms(one, iters=iters, warmup=warmup))}
 
 
 def putback_check(ref: ReferenceStyle, avatar) -> dict[str, Any]:

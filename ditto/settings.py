@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     media_root: Path | None = None  # server-side files clients may name; None: uploads only
     max_sessions: int = Field(4, ge=1, le=256)
+    # live sessions kept real time; more get busy. None: the backend's measured capacity (Ditto on
+    # CUDA), else max_sessions
+    max_live_sessions: int | None = Field(None, ge=1, le=256)
+    max_batch: int = Field(16, ge=1, le=64)  # Ditto: frames / windows the device engine runs at once
+    compile_min_batch: int = Field(16, ge=0, le=64)  # Ditto on CUDA: render batches this large run compiled; 0: never
     jpeg_quality: int = Field(85, ge=1, le=100)
     max_size: int = Field(1920, ge=64, le=8192)  # longest side of the output video
 
@@ -36,6 +41,7 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long (before start, or live) ends
     live_idle_after_s: float = Field(0.2, gt=0)  # live: audio this overdue -> the face idles (silence, IDLE frames)
     live_inbox_chunks: int = Field(64, ge=1, le=4096)  # live: audio chunks received but not yet rendered
+    live_max_lag_ms: float = Field(500.0, gt=0)  # live: a frame whose motion waited this long unrendered is shed
     shutdown_grace_s: float = Field(5.0, ge=0)
 
     @model_validator(mode="after")

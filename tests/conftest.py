@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import VideoFrame
+from ditto.backends.base import StageStats, StreamOptions, VideoFrame
 from ditto.errors import SourceError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,8 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, live_capacity: int | None = None) -> None:
+        self.live_capacity = live_capacity
         self.delay_s = delay_s
         self.registered = 0
         self.streams: list[FakeStream] = []
@@ -78,10 +79,14 @@ class FakeBackend:
         self.registered += 1
         return FakeAvatar(image_rgb)
 
-    def open_stream(self, avatar: FakeAvatar, *, seed: int) -> FakeStream:
+    def open_stream(self, avatar: FakeAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> FakeStream:
         stream = FakeStream(avatar, self.delay_s)
+        self.options = options
         self.streams.append(stream)
         return stream
+
+    def stage_stats(self) -> dict[str, StageStats]:
+        return {}
 
     def close(self) -> None:
         pass

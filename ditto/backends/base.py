@@ -26,8 +26,10 @@ from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 @dataclasses.dataclass(frozen=True, slots=True)
 class VideoFrame:
     index: int  # 0-based frame number in the session
-    image: np.ndarray  # (H, W, 3) uint8 RGB, at the avatar's size
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB, at the avatar's size; None when ``jpeg`` is set
     idle: bool = False  # rendered without speech (live idling)
+    jpeg: bytes | None = None  # already encoded by the backend (on the GPU) at the quality it was asked for
+    shed: bool = False  # not rendered: a live session too far behind (image and jpeg are None)
 
     @property
     def sample_start(self) -> int:
@@ -41,6 +43,31 @@ class VideoFrame:
     @property
     def pts_ms(self) -> int:
         return self.sample_start * 1000 // SAMPLE_RATE_HZ
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """How the server will use a stream; a backend may ignore any of it."""
+
+    live: bool = False  # audio arrives in real time: its frames are due as it does
+    jpeg_quality: int | None = None  # the backend may return frames already encoded (``VideoFrame.jpeg``)
+    max_lag_s: float | None = None  # live: a frame whose motion waited longer than this is shed, not rendered
+
+
+@dataclasses.dataclass(eq=False)
+class StageStats:
+    """Counters of one batched stage of a backend's device engine (written by the engine only)."""
+
+    batches: int = 0
+    items: int = 0
+    busy_s: float = 0.0  # wall time spent running its batches
+    last_batch: int = 0
+    failures: int = 0  # batches that raised (their items were retried one by one)
+    queued: int = 0  # items waiting now (filled in when read)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
 
 
 @runtime_checkable
@@ -64,6 +91,7 @@ class AnimationStream(Protocol):
 
 class AnimatorBackend(Protocol):
     name: str
+    live_capacity: int | None  # live sessions it can keep real time (measured at start-up); None: unknown
 
     def register_source(self, image_rgb: np.ndarray) -> Avatar:
         """Analyse a portrait (RGB uint8, already size-capped with even sides).
@@ -72,8 +100,12 @@ class AnimatorBackend(Protocol):
             SourceError: no face was found (code ``no_face``).
         """
 
-    def open_stream(self, avatar: Avatar, *, seed: int) -> AnimationStream:
+    def open_stream(self, avatar: Avatar, *, seed: int, options: StreamOptions = StreamOptions()) -> AnimationStream:
         """Start one session's animation of ``avatar``; ``seed`` makes it reproducible."""
+
+    def stage_stats(self) -> dict[str, StageStats]:
+        """Per batched stage (``hubert``, ``lmdm``, ``render``): batches, items, time; empty when the
+        backend batches nothing."""
 
     def close(self) -> None:
         """Release models. Called once at server shutdown."""

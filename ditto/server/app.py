@@ -40,9 +40,14 @@ def create_app(
         encode_pool = concurrent.futures.ThreadPoolExecutor(
             max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="jpeg")
         app.state.settings = settings
-        app.state.registry = registry = SessionRegistry(settings.max_sessions)
-        metrics.sessions_active.set_function(lambda: registry.active)
-        app.state.context = SessionContext(settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool)
+        max_live = settings.max_live_sessions or backend.live_capacity
+        app.state.registry = registry = SessionRegistry(settings.max_sessions, max_live)
+        logger.info("Admitting %d sessions, %d of them live (%s)", registry.max_sessions, registry.max_live,
+                    "configured" if settings.max_live_sessions else
+                    "measured capacity" if backend.live_capacity else "--max_sessions")
+        metrics.watch(registry, backend)
+        app.state.context = SessionContext(settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool,
+                                           registry)
         try:
             yield
         finally:

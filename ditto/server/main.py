@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media_root", type=Path,
                    help="folder whose files clients may name by relative path (default: uploads only)")
     p.add_argument("--max_sessions", type=int, default=4, help="concurrent sessions; more are refused (busy)")
+    p.add_argument("--max_live_sessions", type=int,
+                   help="live sessions kept real time; more are refused (busy). Default: the capacity the Ditto "
+                        "backend measures at start-up on a GPU, else --max_sessions")
+    p.add_argument("--live_max_lag_ms", type=float,
+                   help="live: a frame that waited this long for the GPU is shed (counted as skipped) so the "
+                        "session catches up (default 500)")
+    p.add_argument("--max_batch", type=int,
+                   help="Ditto: most frames (or LMDM / HuBERT windows) of all sessions the GPU runs as one batch "
+                        "(default 16; 1 runs every call alone)")
+    p.add_argument("--compile_min_batch", type=int,
+                   help="Ditto on CUDA: render batches of at least this many frames run torch.compile-d fp16 "
+                        "networks (about 1.8x faster; ~1 min more start-up per batch size). Default 16; 0: never")
     p.add_argument("--jpeg_quality", type=int, default=85, help="JPEG quality of streamed frames (1-100)")
     p.add_argument("--max_size", type=int, default=1920, help="longest side of the output video in pixels")
     return p

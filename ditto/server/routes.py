@@ -52,10 +52,16 @@ async def example_file(name: str) -> FileResponse:
 @router.get("/healthz")
 async def healthz(request: Request) -> dict:
     state = request.app.state
+    registry, backend = state.registry, state.context.backend
     return {
-        "status": "ok" if state.registry.accepting else "shutting_down",
-        "backend": state.context.backend.name,
-        "sessions": {"active": state.registry.active, "max": state.registry.max_sessions},
+        "status": "ok" if registry.accepting else "shutting_down",
+        "backend": backend.name,
+        "sessions": {"active": registry.active, "max": registry.max_sessions,
+                     "live": registry.live, "live_max": registry.max_live},
+        "engine": {stage: {"batches": s.batches, "items": s.items, "mean_batch": round(s.mean_batch, 2),
+                           "last_batch": s.last_batch, "queued": s.queued,
+                           "ms_per_batch": round(1000 * s.busy_s / s.batches, 2) if s.batches else None}
+                   for stage, s in backend.stage_stats().items()},
     }
 
 

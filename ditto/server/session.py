@@ -29,7 +29,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ditto import FPS
-from ditto.backends.base import AnimationStream, AnimatorBackend, Avatar
+from ditto.backends.base import AnimationStream, AnimatorBackend, Avatar, StreamOptions
 from ditto.errors import CloseCode, DittoError, ErrorCode, MediaError, ProtocolError, SessionTimeout
 from ditto.media.audio import Audio, decode_audio
 from ditto.media.image import decode_image
@@ -41,6 +41,7 @@ from ditto.server import LOGGER_NAME
 from ditto.server.avatars import AvatarCache
 from ditto.server.live import END_OF_AUDIO, Chunk, Inbox, render_live
 from ditto.server.metrics import ServerMetrics
+from ditto.server.registry import SessionRegistry
 from ditto.server.render import render_file
 from ditto.server.writer import WebSocketFrameWriter
 from ditto.settings import Settings
@@ -60,6 +61,7 @@ class SessionContext:
     metrics: ServerMetrics
     render_pool: concurrent.futures.ThreadPoolExecutor  # one render loop per session
     encode_pool: concurrent.futures.ThreadPoolExecutor  # JPEG encoding, shared
+    registry: SessionRegistry  # admission (live capacity)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ class Session:
         """Prepare the job, announce it, then render it while listening to the client."""
         loop = asyncio.get_running_loop()
         if start.live:
+            self.ctx.registry.start_live(self)  # busy past the live sessions the backend keeps real time
             writer.live = True  # its stream clock starts with the first audio chunk (render_live)
             logger.info("Starting live streaming for client %s", self.client_id)
         else:
@@ -163,7 +166,7 @@ class Session:
     async def _stream_file(self, job: _Job, writer: WebSocketFrameWriter, sender: asyncio.Task) -> None:
         render = functools.partial(render_file, audio=job.audio, writer=writer, metrics=self.ctx.metrics,
                                    cancel=self._cancel, echo_audio=job.echo_audio)
-        frames = await self._until_rendered(self._start_render(job, render),
+        frames = await self._until_rendered(self._start_render(job, render, live=False),
                                             asyncio.create_task(self._receive_while_streaming()), sender)
         await writer.send_control(msg.StreamingCompleted(frames_sent=frames))
         logger.info("Streaming completed for client %s: %d frames", self.client_id, frames)
@@ -176,7 +179,7 @@ class Session:
             render_live, inbox=inbox, writer=writer, sample_rate_hz=fmt.sample_rate_hz,
             idle_after_s=s.live_idle_after_s, max_audio_seconds=s.max_audio_seconds, metrics=self.ctx.metrics,
             cancel=self._cancel, echo_audio=job.echo_audio)
-        result = await self._until_rendered(self._start_render(job, render),
+        result = await self._until_rendered(self._start_render(job, render, live=True),
                                             asyncio.create_task(self._receive_live(fmt, inbox)), sender)
         await writer.send_control(msg.StreamingCompleted(
             frames_sent=result.frames - result.skipped, frames_skipped=result.skipped,
@@ -184,11 +187,15 @@ class Session:
         logger.info("Live streaming completed for client %s: %d frames (%d skipped, %d idle)",
                     self.client_id, result.frames, result.skipped, result.idle)
 
-    def _start_render(self, job: _Job, render: Callable[[AnimationStream], _Result]) -> asyncio.Future:
+    def _start_render(self, job: _Job, render: Callable[[AnimationStream], _Result], *, live: bool) -> asyncio.Future:
         """Run ``render`` on a new animation stream of ``job`` in the render pool (closing the
         stream after); ``run`` awaits the returned future on every exit."""
+        s = self.ctx.settings
+        options = StreamOptions(live=live, jpeg_quality=s.jpeg_quality,
+                                max_lag_s=s.live_max_lag_ms / 1000 if live else None)
+
         def render_and_close() -> _Result:
-            with contextlib.closing(self.ctx.backend.open_stream(job.avatar, seed=job.seed)) as stream:
+            with contextlib.closing(self.ctx.backend.open_stream(job.avatar, seed=job.seed, options=options)) as stream:
                 return render(stream)
 
         self._render = asyncio.get_running_loop().run_in_executor(self.ctx.render_pool, render_and_close)

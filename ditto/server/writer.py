@@ -13,7 +13,8 @@ bounded. The overflow policy says what happens when they are all taken:
   ``deadline``, from the session's media clock); a frame still without a slot then is
   skipped (not encoded, not sent) and counted in :attr:`frames_skipped`. A client that
   keeps up never loses a frame to a burst (audio sent ahead of real time), and a stalled
-  one never makes the pipeline fall behind real time. The last frame is never skipped.
+  one never makes the pipeline fall behind real time. The last frame is never skipped. A frame
+  the backend shed (``VideoFrame.shed``: the session fell behind on the GPU) is counted the same.
 
 Control messages and audio-echo messages share the queue, so they keep their order
 relative to frames, and are never dropped (an echo is 1.3 KB per frame, and a live
@@ -90,7 +91,7 @@ class WebSocketFrameWriter:
         """
         if self._aborted:
             raise StreamAborted()
-        if not self._take_slot(None if (last or not self.live) else (deadline or 0.0)):
+        if frame.shed or not self._take_slot(None if (last or not self.live) else (deadline or 0.0)):
             self.frames_skipped += 1
             self._metrics.frames_skipped.inc()
             return False
@@ -132,6 +133,8 @@ class WebSocketFrameWriter:
             raise StreamAborted() from None
 
     def _encode(self, header: FrameHeader, frame: VideoFrame) -> bytes:
+        if frame.jpeg is not None:  # encoded by the backend (on the GPU, at our quality)
+            return pack_frame(header, frame.jpeg)
         started = time.perf_counter()
         payload = encode_jpeg(frame.image, self._quality)
         self._metrics.frame_encode.observe(time.perf_counter() - started)

@@ -266,3 +266,49 @@ def test_file_mode_echo_audio(start_server):
     assert [h.index for h, _ in echoes] == [h.index for h in video] == list(range(13))
     echoed = np.concatenate([np.frombuffer(p, "<i2") for _, p in echoes]).astype(np.float32) / 32767
     assert np.abs(echoed[: len(audio)] - audio).max() < 2e-4 and not echoed[len(audio):].any()
+
+
+def test_live_sessions_past_the_backends_capacity_are_busy_and_the_others_stay_live(start_server):
+    """live_capacity 1: a second live session is refused (busy, 1013) while the first streams on;
+    a file-mode session still gets the capacity that is left; /healthz and /metrics report it."""
+    import websockets
+
+    from tests.server.helpers import converse
+    from tests.server.test_session import good_start
+
+    server = start_server(backend=FakeBackend(live_capacity=1), max_sessions=4)
+
+    async def scenario():
+        async with websockets.connect(f"{server.ws}/ws/first", max_size=None) as first:
+            await first.send(live_start(16000))
+            while not isinstance(msg.parse_server_message(await first.recv()), msg.StreamingStarted):
+                pass
+            live_now = healthz(server)["sessions"]
+            refused = await converse(f"{server.ws}/ws/second", live_start(16000))
+            file_mode = await converse(f"{server.ws}/ws/file", good_start(0.4))
+            await first.send(binary_chunk(pcm_bytes(speech_like(0.4), "int16")))
+            await first.send(END_OF_AUDIO)
+            frames, completed = 0, None
+            async for reply in first:
+                if isinstance(reply, bytes):
+                    frames += 1
+                elif isinstance(m := msg.parse_server_message(reply), msg.StreamingCompleted):
+                    completed = m
+            return live_now, refused, file_mode, frames, completed
+
+    live_now, refused, file_mode, frames, completed = run(scenario())
+    assert live_now == {"active": 1, "max": 4, "live": 1, "live_max": 1}
+    assert refused.error is not None and refused.error.code == ErrorCode.BUSY and refused.close_code == 1013
+    assert file_mode.error is None and len(file_mode.frames) == 10
+    assert completed is not None and completed.frames_sent == 10 and frames == 10
+    values = metric_values(server)
+    assert values["ditto_live_sessions_capacity"] == 1 and values["ditto_live_sessions_active"] == 0
+    assert healthz(server)["sessions"]["live"] == 0
+    assert_still_serving(server)
+
+
+def test_max_live_sessions_setting_overrides_the_backend(start_server):
+    server = start_server(backend=FakeBackend(live_capacity=3), max_sessions=4, max_live_sessions=2)
+    assert healthz(server)["sessions"]["live_max"] == 2
+    server = start_server(backend=FakeBackend(), max_sessions=4)
+    assert healthz(server)["sessions"]["live_max"] == 4  # unknown capacity: the session limit

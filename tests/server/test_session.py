@@ -289,7 +289,8 @@ def test_connect_disconnect_cycles_leave_nothing_behind(start_server):
 
 def test_healthz_and_metrics(start_server):
     server = start_server(max_sessions=3)
-    assert healthz(server) == {"status": "ok", "backend": "fake", "sessions": {"active": 0, "max": 3}}
+    assert healthz(server) == {"status": "ok", "backend": "fake", "engine": {},
+                               "sessions": {"active": 0, "max": 3, "live": 0, "live_max": 3}}
     run(converse(f"{server.ws}/ws/m", good_start(0.4)))
     run(converse(f"{server.ws}/ws/m2", "{bad"))
     text = httpx.get(f"{server.http}/metrics", timeout=5).text

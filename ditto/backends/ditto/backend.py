@@ -18,14 +18,12 @@ like upstream's offline SDK; online cfgs cut the audio into the streaming HuBERT
 windows as it arrives and render frames as soon as their LMDM window is done
 (facts sheet §5). Either way a session yields exactly ``ceil(samples / 640)`` frames.
 
-From the LMDM output to the pasted frame everything stays on the device; the one
-device→host copy is the final uint8 frame, into pinned memory without blocking, so
-the next frame is already being rendered while this one is copied and handed out.
-On CUDA, the PyTorch renderer runs under fp16 autocast as upstream's PyTorch path does
-(the official engines are fp16 there), and a PyTorch LMDM samples each window as one
-replayed CUDA graph; warp + decode are one replayed CUDA graph too. Both graphs are
-captured once per loaded model set (:meth:`DittoBackend.warmup`, done at server start)
-and shared by every session. Offline sessions emit each frame as soon as the window
+Sessions keep their state on the host and never touch the device: every model call goes
+to the models' one :class:`~ditto.backends.ditto.engine.DeviceEngine`, which batches the
+HuBERT windows, LMDM windows and frames of all sessions (on CUDA: warp + decode and the
+whole DDIM loop replayed as CUDA graphs captured per batch size at :meth:`DittoBackend.warmup`,
+the PyTorch renderer under fp16 autocast as upstream's PyTorch path, the JPEG encoded on the
+GPU when the server asks for it). Offline sessions emit each frame as soon as the window
 recursion has fixed its motion (:func:`~ditto.backends.ditto.pipeline.audio2motion.iter_motion_offline`),
 not after the last window.
 """
@@ -33,6 +31,7 @@ not after the last window.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import random
@@ -45,13 +44,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ditto import SAMPLES_PER_FRAME, frames_for_samples
-from ditto.backends.base import VideoFrame
+from ditto import FPS, SAMPLES_PER_FRAME, frames_for_samples
+from ditto.backends.base import StageStats, StreamOptions, VideoFrame
 from ditto.backends.ditto.aux_models.face_detector import FaceDetector
 from ditto.backends.ditto.aux_models.face_mesh import BlazeFaceMesh, MediaPipeFaceLandmarker
-from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, StreamingWindower
+from ditto.backends.ditto.aux_models.hubert import (
+    HubertFeatureExtractor,
+    StreamingWindower,
+    offline_windows,
+    split_len,
+)
 from ditto.backends.ditto.aux_models.landmarks import Landmark106, Landmark203
 from ditto.backends.ditto.config import Audio2MotionCfg, DittoCfg, ModelCfg, SetupOptions
+from ditto.backends.ditto.engine import (
+    DEFAULT_BATCH_SIZES,
+    DeviceEngine,
+    RenderWork,
+    Stage,
+    WindowWork,
+    batch_sizes_up_to,
+)
 from ditto.backends.ditto.models import RENDERER_MODELS
 from ditto.backends.ditto.pipeline.audio2motion import (
     MotionWindowing,
@@ -69,20 +81,14 @@ from ditto.backends.ditto.pipeline.condition import (
     condition_source_from_source,
 )
 from ditto.backends.ditto.pipeline.motion_stitch import MotionStitcher
-from ditto.backends.ditto.pipeline.putback import PastePlan, paste_back
+from ditto.backends.ditto.pipeline.putback import CROP_SIZE, PastePlan, build_paste_plan
 from ditto.backends.ditto.pipeline.registration import CropOptions, SourceRegistrar, fit_to_max_size
 from ditto.backends.ditto.pipeline.render import FrameRenderer
-from ditto.backends.ditto.pipeline.sampler import (
-    CudaGraphSampler,
-    DDIMSampler,
-    SharedGraphCache,
-    denoise_fn_from_runner,
-)
-from ditto.backends.ditto.pipeline.stages import MotionChunk, SourceInfo
+from ditto.backends.ditto.pipeline.sampler import DDIMSampler
+from ditto.backends.ditto.pipeline.stages import MotionChunk, MotionInfo, SourceInfo
 from ditto.backends.ditto.preflight import load_checked_cfg, trt_plugin_paths
-from ditto.backends.ditto.runtime.base import ModelRunner
+from ditto.backends.ditto.runtime.base import ModelRunner, batch_invariant
 from ditto.backends.ditto.runtime.loader import MODEL_IO, load_runner
-from ditto.backends.ditto.runtime.tensorrt_runner import TensorRTRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 from ditto.errors import BackendError, ConfigError, ErrorCode, MediaError
 from ditto.settings import Settings
@@ -103,15 +109,6 @@ def resolve_device(setting: str) -> torch.device:
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {setting!r} requested but torch sees no CUDA device; use --device cpu or auto")
     return torch.device(setting)
-
-
-def _features_to_device(features: np.ndarray, device: torch.device) -> Tensor:
-    """HuBERT features (host float32) → the pipeline device (the only host→device copy per window;
-    staged through pinned memory so that it does not block the host)."""
-    host = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    if device.type != "cuda":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _aux_device(path: Path | None, device: torch.device) -> torch.device:
@@ -194,8 +191,9 @@ def _check_lmdm_dims(runner: ModelRunner, cfg: DittoCfg) -> None:
 class DittoModels:
     """Every model of one checkpoint tree, loaded once and shared read-only by all sessions.
 
-    Runners are safe to call from several threads; each session drives TensorRT engines through
-    contexts of its own (:meth:`for_session`); registration (MediaPipe) is serialised by the backend.
+    The hot-path models (HuBERT, LMDM, stitching, warp, decoder) are driven only by
+    :attr:`engine`, the device's one owner, which batches every session's work; registration
+    (detector, landmarks, mesh, extractors) is serialised by the backend.
     """
 
     registrar: SourceRegistrar
@@ -204,24 +202,27 @@ class DittoModels:
     stitch: ModelRunner
     warp: ModelRunner
     decoder: ModelRunner
-    # Built from the runners above (dataclasses.replace builds new ones): warp + decode, on CUDA
-    # one shared graph; the LMDM graphs shared by every session (None off CUDA / for engines).
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # the engine's batches (CUDA graphs per size)
+    compile_min_batch: int | None = None  # CUDA: render batches this large run compiled fp16 networks
+    # Built from the runners above (dataclasses.replace builds new ones).
     renderer: FrameRenderer = dataclasses.field(init=False, repr=False, compare=False)
-    lmdm_graphs: SharedGraphCache | None = dataclasses.field(init=False, repr=False, compare=False)
+    engine: DeviceEngine = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "renderer", FrameRenderer(self.warp, self.decoder))
-        graphs = None
-        lmdm = self.lmdm
-        if isinstance(lmdm, TorchRunner) and lmdm.device.type == "cuda" and torch.cuda.is_available():
-            module = lmdm.module
-            graphs = SharedGraphCache(
-                denoise_fn_from_runner(lmdm), shape=(1, int(module.seq_len), int(module.nfeats)),
-                cond_shape=(1, int(module.seq_len), int(module.cond_feature_dim)), device=lmdm.device)
-        object.__setattr__(self, "lmdm_graphs", graphs)
+        object.__setattr__(self, "renderer", FrameRenderer(batch_invariant(self.warp), batch_invariant(self.decoder),
+                                                           batch_sizes=self.batch_sizes,
+                                                           compile_min_batch=self.compile_min_batch))
+        object.__setattr__(self, "engine", self.make_engine())
+
+    def make_engine(self, **engine_options: Any) -> DeviceEngine:
+        """A device engine over these models (the models' own is :attr:`engine`; tests make more)."""
+        return DeviceEngine(hubert=self.hubert, lmdm=batch_invariant(self.lmdm), stitch=batch_invariant(self.stitch),
+                            renderer=self.renderer, device=self.warp.device, batch_sizes=self.batch_sizes,
+                            **engine_options)
 
     @classmethod
-    def load(cls, cfg: DittoCfg, device: torch.device | str, *, trt_plugins: Sequence[Path] = ()) -> DittoModels:
+    def load(cls, cfg: DittoCfg, device: torch.device | str, *, trt_plugins: Sequence[Path] = (),
+             batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES, compile_min_batch: int | None = None) -> DittoModels:
         """Open every model file of ``cfg`` on ``device`` (the pkl's per-model device is not used).
 
         ``trt_plugins``: libraries a TensorRT warp network engine needs (the GridSample3D
@@ -251,16 +252,11 @@ class DittoModels:
         registrar = SourceRegistrar(detector=detector, landmark106=landmark106, landmark203=landmark203,
                                     face_mesh=_load_face_mesh(cfg, device), motion_extractor=motion,
                                     appearance_extractor=appearance, device=device)
-        return cls(registrar=registrar, hubert=hubert, lmdm=lmdm, stitch=stitch, warp=warp, decoder=decoder)
-
-    def for_session(self) -> DittoModels:
-        """The models one session drives: TensorRT engines get an execution context of their own
-        per session (a context holds per-inference state); every other runner is shared as is."""
-        hot_path = {"lmdm": self.lmdm, "stitch": self.stitch, "warp": self.warp, "decoder": self.decoder}
-        forked = {name: runner.fork() for name, runner in hot_path.items() if isinstance(runner, TensorRTRunner)}
-        return dataclasses.replace(self, **forked) if forked else self
+        return cls(registrar=registrar, hubert=hubert, lmdm=lmdm, stitch=stitch, warp=warp, decoder=decoder,
+                   batch_sizes=tuple(batch_sizes), compile_min_batch=compile_min_batch)
 
     def close(self) -> None:
+        self.engine.close()
         face_mesh = self.registrar.face_mesh
         if isinstance(face_mesh, MediaPipeFaceLandmarker):
             face_mesh.close()
@@ -277,6 +273,21 @@ class DittoAvatar:
     height: int
     source: SourceInfo  # motion, appearance volume, eye condition (on the device)
     paste_plans: tuple[PastePlan, ...]  # paste-back of each source frame, precomputed
+    host_source: SourceInfo  # ``source`` with motion and eye condition on the host (sessions' own math)
+
+
+def _motion_to(info: MotionInfo, device: torch.device) -> MotionInfo:
+    return MotionInfo(**{f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
+                         for f in dataclasses.fields(info)})
+
+
+def _host_copy(source: SourceInfo) -> SourceInfo:
+    """Motion and eye condition on the host; the appearance volumes and images stay where they are."""
+    host = torch.device("cpu")
+    frames = tuple(dataclasses.replace(frame, x_s_info=_motion_to(frame.x_s_info, host),
+                                       eye_open=frame.eye_open.to(host), eye_ball=frame.eye_ball.to(host))
+                   for frame in source.frames)
+    return dataclasses.replace(source, frames=frames, sc=source.sc.to(host))
 
 
 class DittoBackend:
@@ -297,10 +308,12 @@ class DittoBackend:
     """
 
     name = "ditto"
+    live_capacity: int | None = None  # measured by warmup() on CUDA
 
     def __init__(self, cfg: DittoCfg, device: torch.device | str = "cpu", *, models: DittoModels | None = None,
                  max_size: int | None = None, setup_options: Mapping[str, Any] | None = None,
-                 trt_plugins: Sequence[Path] = ()) -> None:
+                 trt_plugins: Sequence[Path] = (), batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+                 compile_min_batch: int | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self._setup_overrides = dict(setup_options or {})
@@ -309,7 +322,8 @@ class DittoBackend:
         self.max_size = self.options.max_size if max_size is None else min(max_size, self.options.max_size)
         self._check_options()
         self._owns_models = models is None
-        self.models = models if models is not None else DittoModels.load(cfg, self.device, trt_plugins=trt_plugins)
+        self.models = models if models is not None else DittoModels.load(
+            cfg, self.device, trt_plugins=trt_plugins, batch_sizes=batch_sizes, compile_min_batch=compile_min_batch)
         self._registration_lock = threading.Lock()
         # Online mode starts every session with the features of overlap_v2 frames of silence.
         self._silence_features: Tensor | None = None
@@ -317,7 +331,7 @@ class DittoBackend:
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
         if self.options.online_mode:
             silence = np.zeros(self.options.overlap_v2 * SAMPLES_PER_FRAME, np.float32)
-            self._silence_features = _features_to_device(self.models.hubert.offline_features(silence), self.device)
+            self._silence_features = torch.from_numpy(self.models.hubert.offline_features(silence))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DittoBackend:
@@ -332,21 +346,80 @@ class DittoBackend:
         device = resolve_device(settings.device)
         cfg = load_checked_cfg(settings)  # a TensorRT tree is checked first (and --fallback applied)
         logger.info("Loading Ditto models from %s (%s) on %s", cfg.data_root, cfg.path.name, device)
-        backend = cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings))
+        backend = cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings),
+                      batch_sizes=batch_sizes_up_to(settings.max_batch),
+                      compile_min_batch=settings.compile_min_batch or None)
         backend.warmup()
         return backend
 
     def warmup(self) -> None:
-        """On CUDA: capture the shared warp+decode graph and the LMDM graph for this backend's
-        ``sampling_timesteps`` now, so that no session pays for it (cuDNN autotuning included).
-        Nothing to do on the CPU."""
+        """On CUDA: capture the engine's warp+decode and LMDM graphs (every batch size, this
+        backend's ``sampling_timesteps``) now, so that no session pays for it (cuDNN autotuning
+        included). Nothing to do on the CPU."""
         if self.device.type != "cuda":
             return
+        a2m = self.cfg.audio2motion
         with torch.inference_mode():
             self.models.renderer.capture()
-            if self.models.lmdm_graphs is not None:
-                self.models.lmdm_graphs.graph_for(self.options.sampling_timesteps)
+            self.models.engine.sampler.capture(self.options.sampling_timesteps,
+                                               (a2m.seq_frames, a2m.motion_feat_dim), a2m.audio_feat_dim)
         torch.cuda.synchronize(self.device)
+        if self.options.online_mode:
+            self.live_capacity = self._measure_live_capacity()
+
+    def _measure_live_capacity(self) -> int:
+        """How many live sessions the engine keeps real time, from its own batch costs.
+
+        Each stage is timed on synthetic work at every batch size (a frame of the server's
+        ``max_size``, JPEG on the GPU). A live session asks per second for 25 frames, 25/V LMDM
+        windows (V = 80 − overlap_v2) and 5 HuBERT windows. N sessions' frames batch up to
+        min(N, max batch); their windows arrive spread out, so they are counted at a third of N.
+        The capacity is the largest N whose device time per second stays under
+        ``TARGET_UTILIZATION``.
+        """
+        engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        side = self.max_size
+        frame = torch.zeros((side, side, 3), dtype=torch.uint8, device=self.device)
+        scale = side / (2 * CROP_SIZE)  # the face crop covers the middle half of the frame
+        plan = build_paste_plan(frame, np.array([[scale, 0, side / 4], [0, scale, side / 4], [0, 0, 1]]))
+        f_s = torch.randn((1, 32, 16, 64, 64), generator=gen).to(self.device)
+        steps = opts.sampling_timesteps
+
+        def works(stage: Stage, n: int) -> list[Any]:
+            if stage is Stage.HUBERT:
+                return [np.zeros(split_len(engine.chunksize), np.float32)] * n
+            if stage is Stage.LMDM:
+                return [WindowWork(steps=steps, kp_cond=torch.zeros(1, a2m.motion_feat_dim),
+                                   cond=torch.zeros(1, a2m.seq_frames, a2m.audio_feat_dim),
+                                   x_T=torch.randn((1, a2m.seq_frames, a2m.motion_feat_dim), generator=gen),
+                                   noise=torch.randn((steps - 1, 1, a2m.seq_frames, a2m.motion_feat_dim),
+                                                     generator=gen))] * n
+            return [RenderWork(index=0, f_s=f_s, x_s=torch.randn((1, 21, 3), generator=gen) * 0.2,
+                               x_d=torch.randn((1, 21, 3), generator=gen) * 0.2, stitch=opts.flag_stitching,
+                               plan=plan, jpeg_quality=85)] * n
+
+        per_item = {stage: {b: engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes}
+                    for stage in Stage}
+
+        def cost(stage: Stage, batch: float) -> float:
+            sizes = engine.batch_sizes
+            fit = next((b for b in sizes if b >= batch), sizes[-1])
+            return per_item[stage][max(b for b in sizes if b <= fit)]
+
+        valid = a2m.seq_frames - opts.overlap_v2
+        demand = ((Stage.RENDER, FPS, 1.0), (Stage.LMDM, FPS / valid, 1 / 3), (Stage.HUBERT, FPS / 5, 1 / 3))
+        capacity = 0
+        for n in range(1, 257):
+            load = sum(rate * n * cost(stage, max(1.0, min(n * share, engine.max_batch)))
+                       for stage, rate, share in demand)
+            if load > TARGET_UTILIZATION:
+                break
+            capacity = n
+        logger.info("Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
+                    "HuBERT %.1f/%.1f ms)", capacity, engine.max_batch,
+                    *(1000 * per_item[stage][b] for stage in Stage for b in (1, engine.max_batch)))
+        return max(1, capacity)
 
     def with_options(self, **setup_options: Any) -> DittoBackend:
         """A backend sharing these models, with more setup options overridden (e.g. ``emo=3``).
@@ -377,12 +450,16 @@ class DittoBackend:
         with self._registration_lock, torch.inference_mode():
             registered = self.models.registrar.register_image(image, CropOptions.from_setup(self.options))
         height, width = image.shape[:2]
-        return DittoAvatar(width=width, height=height, source=registered.source, paste_plans=registered.paste_plans)
+        return DittoAvatar(width=width, height=height, source=registered.source, paste_plans=registered.paste_plans,
+                           host_source=_host_copy(registered.source))
 
-    def open_stream(self, avatar: DittoAvatar, *, seed: int) -> DittoStream:
+    def open_stream(self, avatar: DittoAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> DittoStream:
         """Start a session; ``seed`` fixes its diffusion noise and blink timing."""
-        return DittoStream(models=self.models.for_session(), audio2motion=self.cfg.audio2motion, options=self.options,
-                           device=self.device, avatar=avatar, seed=seed, silence_features=self._silence_features)
+        return DittoStream(engine=self.models.engine, audio2motion=self.cfg.audio2motion, options=self.options,
+                           avatar=avatar, seed=seed, silence_features=self._silence_features, stream_options=options)
+
+    def stage_stats(self) -> dict[str, StageStats]:
+        return self.models.engine.stage_stats()
 
     def close(self) -> None:
         if self._owns_models:
@@ -391,17 +468,20 @@ class DittoBackend:
 
 # -- sessions -------------------------------------------------------------------------------------
 
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    # onnxruntime and TensorRT report device allocation failures as plain runtime errors
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+TARGET_UTILIZATION = 0.8
+"""Device time per second the measured live capacity may fill (headroom for bursts and file sessions)."""
+LIVE_BUDGET_S = 0.04
+"""A live session's work is due this long after it became possible (one frame period)."""
+FILE_SLACK_S = 1.0
+"""File-mode work is due this much later than live work submitted at the same time: it uses the
+capacity live sessions leave, and (deadlines being absolute) still never starves."""
+MAX_FRAMES_IN_FLIGHT = 32
+"""Frames one session may have queued in or rendered by the engine and not yet handed out."""
 
 
 @dataclasses.dataclass(eq=False)
 class _SessionState:
-    """Everything one session mutates; dropped as a whole on close or out-of-memory."""
+    """Everything one session mutates (host tensors only); dropped as a whole on close."""
 
     stitcher: MotionStitcher
     windowing: MotionWindowing
@@ -411,70 +491,62 @@ class _SessionState:
     windower: StreamingWindower | None  # online mode only
     audio: list[np.ndarray] = dataclasses.field(default_factory=list)  # offline mode: the whole clip
     pending_windows: collections.deque[np.ndarray] = dataclasses.field(default_factory=collections.deque)
-    pending_rows: collections.deque[tuple[int, Tensor]] = dataclasses.field(default_factory=collections.deque)
-    inflight: _PendingFrame | None = None  # rendered on the device, not yet handed out
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)
-class _PendingFrame:
-    """A frame whose device→host copy was queued; ``image`` is valid once ``ready`` has completed."""
-
-    index: int
-    image: Tensor  # (H,W,3) uint8, pinned host memory on CUDA
-    ready: torch.cuda.Event | None
-
-    def collect(self) -> VideoFrame:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return VideoFrame(index=self.index, image=self.image.numpy())
+    # motion rows whose frame is not submitted yet: (frame index, row (265,), monotonic time it became final)
+    pending_rows: collections.deque[tuple[int, Tensor, float]] = dataclasses.field(default_factory=collections.deque)
+    # frames submitted to the engine, in index order
+    inflight: collections.deque[tuple[int, concurrent.futures.Future]] = dataclasses.field(
+        default_factory=collections.deque)
 
 
 class DittoStream:
     """One session's animation (calls from one thread; see :mod:`ditto.backends.base`).
 
-    Audio is taken when :meth:`feed` is called; model work happens as the returned
-    iterator is advanced, one HuBERT window or one frame at a time, so the first
-    frame leaves as soon as it can. Frames not pulled from one call's iterator come
-    out of the next call's.
+    The session keeps its own state on the host — DDIM noise from a generator seeded with the
+    session seed, the blink RNG, the LMDM window recursion, the relative-driving references —
+    and hands every model call to the backend's :class:`~ditto.backends.ditto.engine.DeviceEngine`,
+    which batches it with the other sessions' work. Audio is taken when :meth:`feed` is called;
+    work is submitted as the returned iterator is advanced, and frames come out in order as
+    soon as they are rendered (several may be in flight at once). Frames not pulled from one
+    call's iterator come out of the next call's.
     """
 
-    def __init__(self, *, models: DittoModels, audio2motion: Audio2MotionCfg, options: SetupOptions,
-                 device: torch.device, avatar: DittoAvatar, seed: int, silence_features: Tensor | None) -> None:
+    def __init__(self, *, engine: DeviceEngine, audio2motion: Audio2MotionCfg, options: SetupOptions,
+                 avatar: DittoAvatar, seed: int, silence_features: Tensor | None,
+                 stream_options: StreamOptions = StreamOptions()) -> None:
         """Args:
-            models: the backend's shared models.
+            engine: the backend's device engine.
             audio2motion: window and condition layout of the LMDM (cfg ``audio2motion_cfg``).
             options: the merged setup options.
-            device: the pipeline device.
             avatar: what to animate.
-            seed: seeds the DDIM noise (torch generator on ``device``) and the blink gaps.
-            silence_features: online mode: HuBERT features of ``overlap_v2`` silent frames.
+            seed: seeds the DDIM noise and the blink gaps.
+            silence_features: online mode: HuBERT features of ``overlap_v2`` silent frames (host).
+            stream_options: live or file, JPEG on the device, the live lag bound.
         """
-        self._models = models
+        self._engine = engine
         self._options = options
+        self._stream_options = stream_options
         self._avatar = avatar
-        self._device = device
         self._samples = 0
         self._total_frames: int | None = None  # known once finish() is called
         self._finished = False
         self._state: _SessionState | None = self._new_state(audio2motion, seed, silence_features)
 
     def _new_state(self, a2m: Audio2MotionCfg, seed: int, silence_features: Tensor | None) -> _SessionState:
-        opts, device, avatar = self._options, self._device, self._avatar
-        generator = torch.Generator(device=device).manual_seed(seed)
-        sampler = DDIMSampler((1, a2m.seq_frames, a2m.motion_feat_dim), device=device)
-        sampler.set_timesteps(opts.sampling_timesteps, generator=generator)
-        window_sampler = CudaGraphSampler(
-            denoise_fn_from_runner(self._models.lmdm), sampler, cond_shape=(1, a2m.seq_frames, a2m.audio_feat_dim),
-            enabled=isinstance(self._models.lmdm, TorchRunner), graphs=self._models.lmdm_graphs)
+        opts, avatar, host = self._options, self._avatar, torch.device("cpu")
+        generator = torch.Generator(device=host).manual_seed(seed)
+        sampler = DDIMSampler((1, a2m.seq_frames, a2m.motion_feat_dim), device=host)
+        schedule = sampler.set_timesteps(opts.sampling_timesteps, generator=generator)
 
         def sample_window(kp_cond: Tensor, cond: Tensor) -> Tensor:
-            return window_sampler(kp_cond, cond, generator=generator)
+            work = WindowWork(steps=opts.sampling_timesteps, kp_cond=kp_cond, cond=cond,
+                              x_T=sampler.initial_noise(generator), noise=schedule.noise)
+            return self._engine.sample(work, deadline=self._deadline(self._engine.now())).result().unsqueeze(0)
 
         if opts.ch_info is not None:
-            identity = condition_source_from_ch_info(opts.ch_info, device)
+            identity = condition_source_from_ch_info(opts.ch_info, host)
             ch_scale: float | None = float(np.asarray(opts.ch_info["x_s_info_lst"][0]["scale"]).reshape(-1)[0])
         else:
-            identity = condition_source_from_source(avatar.source)
+            identity = condition_source_from_source(avatar.host_source)
             ch_scale = None
         condition = ConditionHandler(identity, opts.emo, eye_f0_mode=opts.eye_f0_mode, use_emo=a2m.use_emo,
                                      use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball, use_sc=a2m.use_sc)
@@ -482,15 +554,13 @@ class DittoStream:
             sample_window, motion_to_vector(identity.x_s_info_0), seq_frames=a2m.seq_frames,
             overlap=opts.overlap_v2, online=opts.online_mode, fix_kp_cond=opts.fix_kp_cond,
             fix_kp_cond_dim=opts.fix_kp_cond_dim, smo_k_d=opts.smo_k_d)
-        stitch = self._models.stitch
+        # the stitching network itself runs in the engine, batched with the render
         stitcher = MotionStitcher(
-            avatar.source,
-            stitch_fn=lambda x_s, x_d: stitch(kp_source=x_s, kp_driving=x_d)["out"],
-            use_d_keys=opts.use_d_keys, relative_d=opts.relative_d, drive_eye=opts.drive_eye,
-            delta_eye_arr=opts.delta_eye_arr, delta_eye_open_n=opts.delta_eye_open_n, n_frames=opts.N_d,
-            rng=random.Random(seed), fade_out_keys=opts.fade_out_keys, fade_type=opts.fade_type,
-            flag_stitching=opts.flag_stitching, ch_scale=ch_scale, overall_ctrl_info=opts.overall_ctrl_info)
-        v_min_max = as_v_min_max(opts.v_min_max_for_clip, device)
+            avatar.host_source, stitch_fn=None, use_d_keys=opts.use_d_keys, relative_d=opts.relative_d,
+            drive_eye=opts.drive_eye, delta_eye_arr=opts.delta_eye_arr, delta_eye_open_n=opts.delta_eye_open_n,
+            n_frames=opts.N_d, rng=random.Random(seed), fade_out_keys=opts.fade_out_keys, fade_type=opts.fade_type,
+            flag_stitching=False, ch_scale=ch_scale, overall_ctrl_info=opts.overall_ctrl_info)
+        v_min_max = as_v_min_max(opts.v_min_max_for_clip, host)
         online = windower = None
         if opts.online_mode:
             if silence_features is None:
@@ -529,7 +599,8 @@ class DittoStream:
         """No more audio: yield the remaining frames, ``ceil(samples / 640)`` in all.
 
         Raises:
-            BackendError: CUDA ran out of memory (code ``out_of_memory``); the session is closed.
+            BackendError: the device failed this session's work (e.g. code ``out_of_memory``);
+                the session is closed.
         """
         state = self._require_state()
         if self._finished:
@@ -542,8 +613,11 @@ class DittoStream:
         return self._guarded(self._finish_offline())
 
     def close(self) -> None:
-        """Drop the session's state (device memory included). Safe to call twice."""
-        self._state = None
+        """Drop the session's state and its queued engine work. Safe to call twice."""
+        state, self._state = self._state, None
+        if state is not None:
+            for _, future in state.inflight:
+                future.cancel()
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -552,8 +626,12 @@ class DittoStream:
             raise RuntimeError("the stream is closed")
         return self._state
 
+    def _deadline(self, ready_at: float) -> float:
+        """When work that became possible at ``ready_at`` is due (earliest-deadline-first in the engine)."""
+        return ready_at + (LIVE_BUDGET_S if self._stream_options.live else FILE_SLACK_S)
+
     def _guarded(self, frames: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
-        """Run ``frames`` under inference mode; a CUDA OOM frees this session and becomes a BackendError."""
+        """Run ``frames`` under inference mode; a device failure closes this session."""
         try:
             while True:
                 with torch.inference_mode():
@@ -561,39 +639,36 @@ class DittoStream:
                 if frame is None:
                     return
                 yield frame
-        except Exception as exc:
-            if not _is_out_of_memory(exc):
-                raise
+        except BackendError:
             self.close()
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
-            logger.warning("Ditto session out of device memory: %s", exc)
-            raise BackendError("the GPU ran out of memory for this session; retry later or with fewer sessions",
-                               code=ErrorCode.OUT_OF_MEMORY) from None
+            raise
 
-    def _drain(self) -> Iterator[VideoFrame]:
-        """Render pending rows; when none are left, run the next pending HuBERT window (online).
+    def _drain(self, *, block: bool = True) -> Iterator[VideoFrame]:
+        """Submit ready rows, run pending HuBERT windows (online), hand out finished frames in order.
 
-        Frame k is handed out once frame k+1's device work is queued (when there is a frame
-        k+1 already), so the device never waits for the host between frames.
+        With ``block`` False, return instead of waiting for a frame still being rendered (the
+        caller has more motion to compute meanwhile).
         """
         while True:
             state = self._require_state()
-            if state.pending_rows:
-                index, row = state.pending_rows.popleft()
-                previous, state.inflight = state.inflight, self._render(state, index, row)
-                if previous is not None:
-                    yield previous.collect()
-            elif state.inflight is not None:
-                previous, state.inflight = state.inflight, None
-                yield previous.collect()
+            self._submit_rows(state)
+            if state.inflight and state.inflight[0][1].done():
+                yield self._collect(state.inflight.popleft())
             elif state.pending_windows:
-                window = state.pending_windows.popleft()
-                features = self._models.hubert.chunk_features(window)
-                assert state.online is not None
-                self._queue_rows(state, state.online.push(_features_to_device(features, self._device)))
+                self._run_windows(state)
+            elif state.inflight and (block or state.pending_rows):
+                yield self._collect(state.inflight.popleft())
             else:
                 return
+
+    def _run_windows(self, state: _SessionState) -> None:
+        """Every pending HuBERT window at once (they batch), then their motion, in order."""
+        assert state.online is not None
+        deadline = self._deadline(self._engine.now())
+        futures = [self._engine.features(window, deadline=deadline) for window in state.pending_windows]
+        state.pending_windows.clear()
+        for future in futures:
+            self._queue_rows(state, state.online.push(future.result()))
 
     def _finish_online(self) -> Iterator[VideoFrame]:
         yield from self._drain()
@@ -609,35 +684,51 @@ class DittoStream:
             return
         audio = np.concatenate(state.audio)
         state.audio.clear()
-        features = _features_to_device(self._models.hubert.offline_features(audio), self._device)
+        deadline = self._deadline(self._engine.now())
+        futures = [self._engine.features(window, deadline=deadline)
+                   for window in offline_windows(audio, self._engine.chunksize)]
+        features = torch.cat([future.result() for future in futures])[:num_frames]
         state.stitcher.set_num_frames(num_frames)  # upstream setup_Nd: blinks end before the clip does
         for chunk in iter_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max):
             self._queue_rows(state, chunk)
-            yield from self._drain()
+            yield from self._drain(block=False)
+        yield from self._drain()
 
     def _queue_rows(self, state: _SessionState, chunk: MotionChunk) -> None:
-        """Queue an online MotionChunk's rows, dropping the tail beyond the audio (known after finish)."""
+        """Queue a MotionChunk's rows, dropping the tail beyond the audio (known after finish)."""
         if state.online is not None and state.online.d0 is not None and state.stitcher.d0 is None:
             state.stitcher.set_d0(state.online.d0)  # relative-driving reference: the silence frame
+        now = self._engine.now()
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
             if self._total_frames is not None and index >= self._total_frames:
                 break
-            state.pending_rows.append((index, chunk.motion[offset]))
+            state.pending_rows.append((index, chunk.motion[offset], now))
 
-    def _render(self, state: _SessionState, index: int, row: Tensor) -> _PendingFrame:
-        """Motion row (265,) → pasted frame; only the final uint8 image leaves the device
-        (queued into pinned memory; :meth:`_PendingFrame.collect` waits for it)."""
-        source_frame = self._avatar.source.frame_for_output(index)
-        keypoints = state.stitcher(source_frame, vector_to_motion(row), ctrl_for_frame(self._options.ctrl_info, index))
-        f_s = self._avatar.source.frames[source_frame].f_s
-        render = self._models.renderer(f_s, keypoints.x_s, keypoints.x_d)
-        image = paste_back(self._avatar.paste_plans[source_frame], render)
-        if image.device.type != "cuda":
-            return _PendingFrame(index=index, image=image.cpu(), ready=None)
-        host = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
-        host.copy_(image, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record(torch.cuda.current_stream(image.device))
-        return _PendingFrame(index=index, image=host, ready=ready)
+    def _submit_rows(self, state: _SessionState) -> None:
+        """Stitch the ready rows (host) and hand their frames to the engine, up to the in-flight cap.
 
+        Live: a frame whose motion has waited longer than ``max_lag_s`` when the engine gets
+        to it is shed (not rendered), so a session behind real time catches up instead of
+        falling further behind; the last frame is never shed.
+        """
+        lag_bound = self._stream_options.max_lag_s if self._stream_options.live else None
+        quality = self._stream_options.jpeg_quality
+        while state.pending_rows and len(state.inflight) < MAX_FRAMES_IN_FLIGHT:
+            index, row, ready_at = state.pending_rows.popleft()
+            source_frame = self._avatar.source.frame_for_output(index)
+            keypoints = state.stitcher(source_frame, vector_to_motion(row),
+                                       ctrl_for_frame(self._options.ctrl_info, index))
+            work = RenderWork(index=index, f_s=self._avatar.source.frames[source_frame].f_s, x_s=keypoints.x_s,
+                              x_d=keypoints.x_d, stitch=self._options.flag_stitching,
+                              plan=self._avatar.paste_plans[source_frame], jpeg_quality=quality)
+            last = self._total_frames is not None and index == self._total_frames - 1
+            expires = None if lag_bound is None or last else ready_at + lag_bound
+            state.inflight.append((index, self._engine.render(work, deadline=self._deadline(ready_at),
+                                                              expires=expires)))
+
+    @staticmethod
+    def _collect(entry: tuple[int, concurrent.futures.Future]) -> VideoFrame:
+        index, future = entry
+        frame = future.result()
+        return VideoFrame(index=index, image=None, shed=True) if frame is None else frame

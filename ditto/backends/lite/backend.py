@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import VideoFrame
+from ditto.backends.base import StageStats, StreamOptions, VideoFrame
 from ditto.backends.lite.geometry import FaceGeometry, build_geometry
 from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
 from ditto.backends.lite.motion import FaceRig, FrameMotion, MotionGenerator, MotionTuning, build_rig, target_vertices
@@ -148,6 +148,7 @@ class LiteBackend:
     """
 
     name = "lite"
+    live_capacity = None  # not measured: the server's --max_sessions bounds it
 
     def __init__(self, *, mouth_tuning: MouthTuning | None = None, motion_tuning: MotionTuning | None = None,
                  lookahead_frames: int = LOOKAHEAD_FRAMES) -> None:
@@ -187,11 +188,16 @@ class LiteBackend:
         style = mouth_style(image, geo)
         return LiteAvatar(width, height, image, face, geo, rig, warp, style)
 
-    def open_stream(self, avatar: LiteAvatar, *, seed: int) -> LiteStream:
-        """A new stream over ``avatar``; the same seed and audio give the same frames."""
+    def open_stream(self, avatar: LiteAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> LiteStream:
+        """A new stream over ``avatar``; the same seed and audio give the same frames (``options``
+        change nothing here: frames are rendered on the CPU and encoded by the server)."""
         if not isinstance(avatar, LiteAvatar):
             raise TypeError("avatar was not registered by the lite backend")
         return LiteStream(avatar, seed, self.mouth_tuning, self.motion_tuning, self.lookahead_frames)
+
+    def stage_stats(self) -> dict[str, StageStats]:
+        """Nothing is batched: each session renders in its own thread."""
+        return {}
 
     def close(self) -> None:
         """Nothing to release: the lite backend holds no models."""

@@ -45,9 +45,9 @@ class CheapWarp(nn.Module):
         self.register_buffer("mix", torch.randn(256, 63, generator=gen) * 20)
 
     def forward(self, feature_3d: Tensor, kp_source: Tensor, kp_driving: Tensor) -> Tensor:
-        base = feature_3d.reshape(1, 512, 64, 64)[:, :256]
-        motion = self.mix @ (kp_driving - kp_source).reshape(63, 1)
-        return base + motion.reshape(1, 256, 1, 1)
+        base = feature_3d.reshape(-1, 512, 64, 64)[:, :256]
+        motion = (kp_driving - kp_source).reshape(-1, 63) @ self.mix.t()
+        return base + motion.reshape(-1, 256, 1, 1)
 
 
 class CheapDecoder(nn.Module):
@@ -71,6 +71,10 @@ class RecordingRunner:
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
         self.calls.append({k: v.detach().clone() for k, v in inputs.items()})
         return self.runner(**inputs)
+
+    def rows(self, name: str) -> Tensor:
+        """Every call's ``name`` input, batch rows concatenated in call order (one row per frame)."""
+        return torch.cat([call[name] for call in self.calls])
 
 
 def torch_runner(kind: str, module: nn.Module) -> TorchRunner:

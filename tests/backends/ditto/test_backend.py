@@ -164,9 +164,11 @@ def test_delta_pitch_turns_the_driven_keypoints(fast_backend, avatar) -> None:
     tilted, tilted_warp, _ = recording(fast_backend, flag_stitching=False, overall_ctrl_info={"delta_pitch": 15})
     frames_of(plain, avatar, 0.08, seed=3)
     frames_of(tilted, avatar, 0.08, seed=3)
-    for before, after in zip(plain_warp.calls, tilted_warp.calls, strict=True):
-        torch.testing.assert_close(before["kp_source"], after["kp_source"])
-        change = (after["kp_driving"] - before["kp_driving"]).abs()[0]
+    assert plain_warp.rows("kp_source").shape[0] == 2
+    for before, after in zip(plain_warp.rows("kp_source"), tilted_warp.rows("kp_source"), strict=True):
+        torch.testing.assert_close(before, after)
+    for before, after in zip(plain_warp.rows("kp_driving"), tilted_warp.rows("kp_driving"), strict=True):
+        change = (after - before).abs()
         assert float(change[:, 1:].mean()) > 0.02  # y, z move
         assert float(change[:, 0].mean()) < 0.25 * float(change[:, 1:].mean())
 
@@ -176,8 +178,8 @@ def test_flag_stitching_false_skips_the_stitching_network(fast_backend, avatar) 
     raw, warp_off, stitch_off = recording(fast_backend, flag_stitching=False)
     frames = frames_of(stitched, avatar, 0.08, seed=4)
     frames_of(raw, avatar, 0.08, seed=4)
-    assert len(stitch_on.calls) == len(frames) == 2 and stitch_off.calls == []
-    assert not torch.equal(warp_on.calls[0]["kp_driving"], warp_off.calls[0]["kp_driving"])
+    assert stitch_on.rows("kp_driving").shape[0] == len(frames) == 2 and stitch_off.calls == []
+    assert not torch.equal(warp_on.rows("kp_driving")[0], warp_off.rows("kp_driving")[0])
 
 
 def test_out_of_memory_frees_the_session_and_reports_it(fast_backend, avatar) -> None:
@@ -351,7 +353,7 @@ def cuda_settings(checkpoint_tree) -> Settings:
             "face_mesh_model_path": str(checkpoint_tree.onnx / "face_mesh.onnx"),
             "task_path": "", "device": "cuda", "force_ori_type": False}
         pkl = dump_cfg_pkl(checkpoint_tree.cfg / "pytorch_onnx_mesh_cfg.pkl", cfg)
-    return Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=pkl, device="cuda")
+    return Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=pkl, device="cuda", compile_min_batch=0)
 
 
 @pytest.mark.gpu
@@ -360,7 +362,8 @@ def test_cuda_session_renders_on_the_device(checkpoint_tree, portrait) -> None:
     """Real models on CUDA (fp16 renderer, LMDM as a CUDA graph): offline and online clips of 0.2 s."""
     backend = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
     try:
-        assert backend.models.renderer.captured and backend.models.lmdm_graphs is not None
+        assert backend.models.renderer.captured == backend.models.batch_sizes
+        assert backend.models.engine.sampler.use_graph
         avatar = backend.register_source(portrait)
         assert avatar.source.frames[0].f_s.is_cuda and avatar.paste_plans[0].index.is_cuda
         for variant in (backend, backend.with_options(online_mode=True, overlap_v2=75, sampling_timesteps=10)):
@@ -384,7 +387,7 @@ def test_cuda_graphs_give_the_eager_frames(checkpoint_tree, portrait) -> None:
         graphed = frames_of(backend, avatar, 3.0, seed=3)  # 75 frames: two LMDM windows
         eager_models = dataclasses.replace(backend.models)
         eager_models.renderer.use_graph = False
-        object.__setattr__(eager_models, "lmdm_graphs", None)
+        eager_models.engine.sampler.use_graph = False
         eager = DittoBackend(backend.cfg, "cuda", models=eager_models, setup_options={"sampling_timesteps": 5})
         plain = frames_of(eager, avatar, 3.0, seed=3)
         assert [f.index for f in graphed] == [f.index for f in plain] == list(range(75))
@@ -397,7 +400,8 @@ def test_cuda_graphs_give_the_eager_frames(checkpoint_tree, portrait) -> None:
 @pytest.mark.gpu
 @cuda
 def test_cuda_sessions_in_threads_share_the_graphs(checkpoint_tree, portrait) -> None:
-    """Two online sessions at once on CUDA replay the backend's shared graphs; each gets its own frames."""
+    """Two online sessions at once on CUDA share the engine's batches; each gets its own frames
+    (batched with the other session's or alone: equal within fp16 rounding)."""
     base = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
     try:
         backend = base.with_options(online_mode=True, overlap_v2=75, sampling_timesteps=10)
@@ -408,6 +412,6 @@ def test_cuda_sessions_in_threads_share_the_graphs(checkpoint_tree, portrait) ->
         assert [len(frames) for frames in results] == [15, 15]
         for seed, frames in zip((1, 2), results):
             worst = max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(frames, alone[seed]))
-            assert worst <= 1
+            assert worst <= 3
     finally:
         base.close()

@@ -154,6 +154,10 @@ class HubertFeatureExtractor:
             enc = enc[0]
         return enc.astype(np.float32)
 
+    def encode_batch(self, windows: np.ndarray) -> np.ndarray:
+        """(B, L) windows of one length → (B, T, 1024) float32, one model call per row."""
+        return np.stack([self.encode(window) for window in np.asarray(windows, np.float32)])
+
     def chunk_features(self, window: np.ndarray) -> np.ndarray:
         """One 6480-sample window → (5, 1024) features (upstream ``run_chunk`` / ``Wav2FeatHubert.__call__``)."""
         return window_features(self.encode(window), self.chunksize)

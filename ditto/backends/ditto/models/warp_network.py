@@ -120,7 +120,7 @@ class DenseMotionNetwork(nn.Module):
         tiled = tiled.reshape(batch * hypotheses, channels, depth, height, width)
         grids = flows.reshape(batch * hypotheses, depth, height, width, 3)
         warped = F.grid_sample(tiled, grids, align_corners=False)
-        return warped.view(batch, hypotheses, channels, depth, height, width)
+        return warped.reshape(batch, hypotheses, channels, depth, height, width)
 
     def _heatmap_difference(self, like: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
         """(B, K+1, 1, D, H, W): zero background channel, then gaussian(kp_d) − gaussian(kp_s)."""
@@ -139,7 +139,7 @@ class DenseMotionNetwork(nn.Module):
         flows = self._candidate_flows(compressed, kp_source, kp_driving)
         warped = self._warp_per_hypothesis(compressed, flows)
         heatmaps = self._heatmap_difference(warped, kp_source, kp_driving)
-        hourglass_in = torch.cat([heatmaps, warped], dim=2).view(batch, -1, depth, height, width)
+        hourglass_in = torch.cat([heatmaps, warped], dim=2).reshape(batch, -1, depth, height, width)
         hidden = self.hourglass(hourglass_in)
 
         weights = F.softmax(self.mask(hidden), dim=1).unsqueeze(2)  # (B, K+1, 1, D, H, W)
@@ -147,7 +147,7 @@ class DenseMotionNetwork(nn.Module):
 
         occlusion_map = None
         if self.occlusion is not None:
-            flat = hidden.view(batch, -1, hidden.shape[3], hidden.shape[4])
+            flat = hidden.reshape(batch, -1, hidden.shape[3], hidden.shape[4])
             occlusion_map = torch.sigmoid(self.occlusion(flat))
         return deformation, occlusion_map
 
@@ -202,7 +202,7 @@ class WarpingNetwork(nn.Module):
         deformation, occlusion_map = self.dense_motion_network(feature_3d, kp_driving, kp_source)
         warped = F.grid_sample(feature_3d, deformation, align_corners=False)
         batch, channels, depth, height, width = warped.shape
-        out = self.fourth(self.third(warped.view(batch, channels * depth, height, width)))
+        out = self.fourth(self.third(warped.reshape(batch, channels * depth, height, width)))
         if occlusion_map is not None:
             out = out * occlusion_map
         return out

@@ -27,7 +27,6 @@ whole S-step loop in one CUDA graph (eager fallback on the CPU).
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -219,13 +218,12 @@ class CudaGraphSampler:
     """
 
     def __init__(self, denoise_fn: DenoiseFn, sampler: DDIMSampler, *, cond_shape: tuple[int, int, int],
-                 enabled: bool = True, warmup_iters: int = 2, graphs: SharedGraphCache | None = None) -> None:
+                 enabled: bool = True, warmup_iters: int = 2) -> None:
         self.denoise_fn = denoise_fn
         self.sampler = sampler
         self.cond_shape = tuple(cond_shape)
         self.warmup_iters = warmup_iters
         self.use_graph = bool(enabled) and sampler.device.type == "cuda" and torch.cuda.is_available()
-        self.graphs = graphs
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_version = -1
         self._static: dict[str, Tensor] = {}
@@ -239,10 +237,6 @@ class CudaGraphSampler:
         """Sample one window; same contract as :func:`sample_window`."""
         if not self.use_graph:
             return sample_window(self.denoise_fn, kp_cond, cond, self.sampler, generator=generator, x_T=x_T)
-        if self.graphs is not None:
-            if x_T is None:
-                x_T = self.sampler.initial_noise(generator)
-            return self.graphs.sample(self.sampler, kp_cond, cond, x_T)
         if self._graph is None or self._graph_version != self.sampler.version:
             self._capture()
         st = self._static
@@ -277,9 +271,8 @@ class CudaGraphSampler:
                 self._loop()
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # Sessions run in several threads: capture on a private stream, and only forbid
-        # unsafe CUDA calls in this thread (the default "global" mode would fail other
-        # sessions' work issued while this one captures).
+        # Capture on a private stream, and only forbid unsafe CUDA calls in this thread
+        # (the default "global" mode would fail work other threads issue meanwhile).
         with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev),
                                                       capture_error_mode="thread_local"):
             self._static["out"] = self._loop()
@@ -287,60 +280,76 @@ class CudaGraphSampler:
         self._graph_version = sampler.version
 
 
-class SharedGraphCache:
-    """One captured S-step LMDM graph per step count, shared by every session of a backend.
+class BatchedWindowSampler:
+    """Samples the LMDM windows of several sessions at once.
 
-    Capturing costs a few eager windows plus the capture itself (tens of ms on an H100), too
-    much to pay on each session's first window. The schedule constants depend only on S, so
-    one graph serves every session: before each replay the session's own per-step noise
-    (``sampler.schedule.noise``) and x_T are copied into the graph's static buffers, so the
-    result is that of the session's own :func:`sample_window`. Calls are serialised by a lock
-    and ordered across CUDA streams by an event.
+    Each row of a batch has its own x_T and its own per-step noise (drawn once per session,
+    :meth:`DDIMSampler.set_timesteps`); the schedule constants depend only on the step count,
+    so rows of one step count share one batched loop, and row i of the result is what that
+    session's own :func:`sample_window` gives. On CUDA with a PyTorch LMDM the whole S-step
+    loop is one captured graph per (S, batch size); a batch is padded to the next captured size.
 
     Args:
-        denoise_fn: the (capturable) model call.
-        shape: (B, seq_frames, motion_dim) of a window.
-        cond_shape: (B, seq_frames, cond_dim).
-        device: a CUDA device.
+        runner: the LMDM runner (``x, cond_frame, cond, time_cond -> pred_noise, x_start``).
+        device: where the loop runs (the runner's device).
+        batch_sizes: the graph sizes (CUDA).
+
+    Called from one thread (the device engine).
     """
 
-    def __init__(self, denoise_fn: DenoiseFn, *, shape: tuple[int, ...], cond_shape: tuple[int, int, int],
-                 device: torch.device | str) -> None:
-        self.denoise_fn = denoise_fn
-        self.shape = tuple(shape)
-        self.cond_shape = tuple(cond_shape)
+    def __init__(self, runner: Callable[..., Mapping[str, Tensor]], *, device: torch.device | str,
+                 batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
+        from ditto.backends.ditto.runtime.torch_runner import TorchRunner
+
+        self.denoise_fn = denoise_fn_from_runner(runner)
         self.device = torch.device(device)
-        self._graphs: dict[int, CudaGraphSampler] = {}
-        self._lock = threading.Lock()
-        self._done: torch.cuda.Event | None = None
+        self.batch_sizes = tuple(sorted(batch_sizes))
+        self.use_graph = isinstance(runner, TorchRunner) and self.device.type == "cuda" and torch.cuda.is_available()
+        self._samplers: dict[tuple, CudaGraphSampler] = {}
 
-    def graph_for(self, steps: int) -> CudaGraphSampler:
-        """The captured sampler for ``steps`` DDIM steps (captured now if new)."""
-        with self._lock:
-            return self._graph_for(steps)
+    def capture(self, steps: int, window_shape: tuple[int, int], cond_dim: int) -> None:
+        """Capture every batch size's graph for ``steps`` now (CUDA; no-op elsewhere).
+        ``window_shape`` = (seq_frames, motion_dim) = (80, 265); ``cond_dim`` = 1103."""
+        if self.use_graph:
+            for size in self.batch_sizes:
+                sampler = self._sampler_for(steps, size, tuple(window_shape), int(cond_dim))
+                if not sampler.captured:
+                    sampler._capture()
 
-    def _graph_for(self, steps: int) -> CudaGraphSampler:
-        graph = self._graphs.get(steps)
-        if graph is None:
-            static = DDIMSampler(self.shape, device=self.device)
+    def _sampler_for(self, steps: int, size: int, window_shape: tuple[int, ...], cond_dim: int) -> CudaGraphSampler:
+        key = (steps, size, window_shape, cond_dim)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            static = DDIMSampler((size, *window_shape), device=self.device)
             static.set_timesteps(steps, generator=torch.Generator(device=self.device).manual_seed(0))
-            graph = CudaGraphSampler(self.denoise_fn, static, cond_shape=self.cond_shape)
-            graph._capture()
-            self._graphs[steps] = graph
-        return graph
+            sampler = CudaGraphSampler(self.denoise_fn, static, cond_shape=(size, window_shape[0], cond_dim),
+                                       enabled=self.use_graph)
+            self._samplers[key] = sampler
+        return sampler
 
-    def sample(self, sampler: DDIMSampler, kp_cond: Tensor, cond: Tensor, x_T: Tensor) -> Tensor:
-        """One window with ``sampler``'s schedule and noise, starting from ``x_T``."""
-        sched = sampler._require_schedule()
-        with self._lock:
-            graph = self._graph_for(len(sched.time_pairs))
-            stream = torch.cuda.current_stream(self.device)
-            if self._done is not None:
-                stream.wait_event(self._done)
-            static_sched = graph.sampler._require_schedule()
-            static_sched.noise.copy_(sched.noise, non_blocking=True)
-            out = graph(kp_cond, cond, x_T=x_T)
-            if self._done is None:
-                self._done = torch.cuda.Event()
-            self._done.record(stream)
-        return out
+    def __call__(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor) -> Tensor:
+        """B windows: kp_cond (B,265), cond (B,80,C), x_T (B,80,265), noise (S-1,B,80,265) -> (B,80,265)."""
+        n = kp_cond.shape[0]
+        largest = self.batch_sizes[-1] if self.use_graph else n
+        parts = []
+        for start in range(0, n, largest):
+            stop = min(n, start + largest)
+            parts.append(self._sample(steps, kp_cond[start:stop], cond[start:stop], x_T[start:stop],
+                                      noise[:, start:stop]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _sample(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor) -> Tensor:
+        n = kp_cond.shape[0]
+        size = n
+        if self.use_graph:
+            size = next((b for b in self.batch_sizes if b >= n), self.batch_sizes[-1])
+        sampler = self._sampler_for(steps, size, tuple(x_T.shape[1:]), int(cond.shape[-1]))
+        if sampler.use_graph and not sampler.captured:
+            sampler._capture()  # before the noise copy below: a capture re-creates the static buffers
+        static_noise = sampler.sampler._require_schedule().noise
+        if size > n:  # pad: rows past n compute on whatever they hold and are dropped
+            kp_cond = torch.cat([kp_cond, kp_cond.new_zeros((size - n, *kp_cond.shape[1:]))])
+            cond = torch.cat([cond, cond.new_zeros((size - n, *cond.shape[1:]))])
+            x_T = torch.cat([x_T, x_T.new_zeros((size - n, *x_T.shape[1:]))])
+        static_noise[:, :n].copy_(noise, non_blocking=True)
+        return sampler(kp_cond, cond, x_T=x_T)[:n]
