@@ -18,6 +18,13 @@ The plan follows the official conversion (facts sheet §1; upstream
   the GPU is compute capability ≥ 8.0 (``--hardware_compat``);
 * ``hubert``: one optimization profile ``input_values`` min (1, 3240), opt
   (1, 6480), max (1, 12960) (``trt_bindings.SHAPE_PROFILES``);
+* batch (not upstream: for a device engine that batches the work of many
+  sessions): every ONNX input whose axis 0 is dynamic gets that axis in the
+  profile, min/opt/max from ``--batch`` (default 1,8,16); its other axes are
+  the ONNX's static sizes or the table above. The ONNX twins of the test tree
+  (``make_test_checkpoints``) export stitch_network, warp_network, decoder and
+  the LMDM so; ONNX files fixed at batch 1 (the official ones, facts sheet §3.1)
+  give batch-1 engines, which the runner drives one call per row;
 * ``warp_network``: the GridSample3D plugin library is loaded into the
   builder's plugin registry and serialized with the engine
   (``plugins_to_serialize``); FP16 with PREFER_PRECISION_CONSTRAINTS and every
@@ -42,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ditto.backends.ditto.runtime.tensorrt_runner import PLUGIN_FILE_NAME
-from ditto.backends.ditto.runtime.trt_bindings import SHAPE_PROFILES, ShapeProfile
+from ditto.backends.ditto.runtime.trt_bindings import DYNAMIC, SHAPE_PROFILES, ShapeProfile
 
 logger = logging.getLogger("build_engines")
 #: ONNX files the official script skips (a plugin-free warp network variant).
@@ -62,6 +69,43 @@ HardwareCompat = Literal["auto", "ampere_plus", "none"]
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRange:
+    """min / opt / max of the batch axis (axis 0) in an optimization profile.
+
+    Raises:
+        ValueError: not 1 <= min <= opt <= max.
+    """
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch range needs 1 <= min <= opt <= max, got {self.min},{self.opt},{self.max}")
+
+    @classmethod
+    def parse(cls, text: str) -> BatchRange:
+        """``"1,8,16"`` → (1, 8, 16); ``"4"`` → (4, 4, 4)."""
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"batch range must be MIN,OPT,MAX or N (integers), got {text!r}") from None
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3:
+            raise ValueError(f"batch range must be MIN,OPT,MAX or N, got {text!r}")
+        return cls(*values)
+
+    def __str__(self) -> str:
+        return f"{self.min},{self.opt},{self.max}"
+
+
+#: Sessions a device engine batches: up to 16 rows, tuned for 8.
+DEFAULT_BATCH = BatchRange(1, 8, 16)
+
+
+@dataclass(frozen=True, slots=True)
 class BuildStep:
     """One ONNX → engine conversion."""
 
@@ -70,6 +114,7 @@ class BuildStep:
     engine: Path
     fp16: bool
     profiles: Mapping[str, ShapeProfile] = field(default_factory=dict)  # dynamic input → min/opt/max
+    batch: BatchRange | None = None  # range of the batch axis; None: the ONNX fixes it (batch 1)
     plugin: Path | None = None  # plugin library loaded into the builder and serialized (warp_network)
     fp32_layers: str | None = None  # layers whose name contains this are pinned to fp32
     ampere_plus: bool = False  # hardware-compatibility level Ampere_Plus
@@ -83,6 +128,8 @@ class BuildStep:
         extra = [f"opt level {self.opt_level}"]
         if self.ampere_plus:
             extra.append("hardware-compat Ampere_Plus")
+        extra.append(f"batch {self.batch.min}..{self.batch.max} opt {self.batch.opt}" if self.batch
+                     else "batch fixed by the ONNX")
         for name, p in self.profiles.items():
             extra.append(f"profile {name} min {list(p.min)} opt {list(p.opt)} max {list(p.max)}")
         if self.plugin is not None:
@@ -100,9 +147,60 @@ def engine_name(model: str) -> str:
     return f"{model}_{'fp32' if is_fp32_model(model) else 'fp16'}.engine"
 
 
+def onnx_input_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The graph inputs of an ONNX file (initializers excluded): name → shape, -1 for a symbolic axis.
+
+    Raises:
+        ValueError: the ``onnx`` package is missing or the file does not parse.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ValueError(f"reading {os.fspath(path)} needs the 'onnx' package ({exc}). "
+                         "Fix: pip install -r requirements-ditto.txt") from None
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and OSError alike
+        raise ValueError(f"{os.fspath(path)} is not a readable ONNX model: {exc}") from None
+    inits = {i.name for i in model.graph.initializer}
+    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+            for v in model.graph.input if v.name not in inits}
+
+
+def plan_profiles(model: str, inputs: Mapping[str, tuple[int, ...]],
+                  batch: BatchRange) -> tuple[dict[str, ShapeProfile], BatchRange | None]:
+    """The optimization profile of one model and its batch range (None: no input has a dynamic axis 0).
+
+    Args:
+        model: the ONNX stem (a key of ``SHAPE_PROFILES`` for its length axes).
+        inputs: its graph inputs (:func:`onnx_input_shapes`).
+        batch: the range given to every dynamic axis 0.
+
+    Raises:
+        ValueError: a dynamic axis other than 0 that ``SHAPE_PROFILES`` has no range for.
+    """
+    profiles = dict(SHAPE_PROFILES.get(model, {}))
+    batched = False
+    for name, shape in inputs.items():
+        if DYNAMIC not in shape:
+            profiles.pop(name, None)  # static in this ONNX: nothing to range over
+            continue
+        base = profiles.get(name)
+        if base is None:
+            if DYNAMIC in shape[1:]:
+                raise ValueError(f"{model}: input {name!r} {list(shape)} has a dynamic axis after the batch axis "
+                                 "and no profile for it (trt_bindings.SHAPE_PROFILES)")
+            base = ShapeProfile(shape, shape, shape)
+        if shape[0] == DYNAMIC:
+            base = ShapeProfile((batch.min, *base.min[1:]), (batch.opt, *base.opt[1:]), (batch.max, *base.max[1:]))
+            batched = True
+        profiles[name] = base
+    return profiles, (batch if batched else None)
+
+
 def plan_builds(onnx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                 plugin: str | os.PathLike[str] | None = None, ampere_plus: bool = False,
-                models: Sequence[str] | None = None) -> list[BuildStep]:
+                models: Sequence[str] | None = None, batch: BatchRange = DEFAULT_BATCH) -> list[BuildStep]:
     """The conversions for every ONNX model in ``onnx_dir`` (sorted by name).
 
     Args:
@@ -111,9 +209,11 @@ def plan_builds(onnx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         plugin: the GridSample3D plugin (default ``onnx_dir/libgrid_sample_3d_plugin.so``).
         ampere_plus: build hardware-compatible (Ampere and newer) engines.
         models: only these ONNX stems (``None``: all).
+        batch: profile range of every ONNX input's dynamic axis 0 (:func:`plan_profiles`).
 
     Raises:
-        ValueError: a name in ``models`` has no ONNX file.
+        ValueError: a name in ``models`` has no ONNX file; an ONNX file does not
+            parse or has a dynamic axis without a profile.
     """
     src, dst = Path(os.fspath(onnx_dir)), Path(os.fspath(out_dir))
     available = sorted(p.stem for p in src.glob("*.onnx") if p.stem not in SKIPPED_MODELS)
@@ -125,12 +225,14 @@ def plan_builds(onnx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     steps = []
     for model in chosen:
         is_warp = model == "warp_network"
+        profiles, batch_range = plan_profiles(model, onnx_input_shapes(src / f"{model}.onnx"), batch)
         steps.append(BuildStep(
             model=model,
             onnx=src / f"{model}.onnx",
             engine=dst / engine_name(model),
             fp16=not is_fp32_model(model),
-            profiles=dict(SHAPE_PROFILES.get(model, {})),
+            profiles=profiles,
+            batch=batch_range,
             plugin=plugin_path if is_warp else None,
             fp32_layers=GRID_SAMPLE_LAYER if is_warp else None,
             ampere_plus=ampere_plus,
@@ -191,8 +293,11 @@ def build_engine(step: BuildStep, trt: Any, trt_logger: Any, *, workspace_bytes:
         config.add_optimization_profile(profile)
     if step.plugin is not None:
         config.plugins_to_serialize = [str(step.plugin)]
-        if major < 10 and hasattr(trt.PreviewFeature, "PROFILE_SHARING_0806"):
-            config.set_preview_feature(trt.PreviewFeature.PROFILE_SHARING_0806, True)
+    # TensorRT 8.6 lets only one execution context at a time use an optimization profile unless
+    # profile sharing is on (always on from TensorRT 10); the runner forks a context per session.
+    if (step.plugin is not None or step.profiles) and major < 10 and hasattr(trt.PreviewFeature,
+                                                                              "PROFILE_SHARING_0806"):
+        config.set_preview_feature(trt.PreviewFeature.PROFILE_SHARING_0806, True)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise BuildError(f"{step.model}: TensorRT could not build the engine (see the log above)")
@@ -209,18 +314,29 @@ def _gpu_ampere_plus() -> bool | None:
     return torch.cuda.get_device_capability()[0] >= 8
 
 
+def _batch_argument(text: str) -> BatchRange:
+    try:
+        return BatchRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ditto.tools.build_engines",
         description="Build Ditto TensorRT engines for this GPU and TensorRT from the ditto_onnx checkpoints "
                     "(fp16 except motion_extractor/hubert/lmdm; warp network with the GridSample3D plugin, "
-                    "grid-sample layers fp32; HuBERT input profile 3240..12960 samples).")
+                    "grid-sample layers fp32; HuBERT input profile 3240..12960 samples; a batch profile "
+                    "on every ONNX input with a dynamic batch axis).")
     p.add_argument("--onnx_dir", type=Path, required=True, help="the ditto_onnx folder (*.onnx + plugin .so)")
     p.add_argument("--out_dir", type=Path, required=True, help="where the .engine files are written")
     p.add_argument("--plugin", type=Path,
                    help=f"GridSample3D plugin library (default: ONNX_DIR/{PLUGIN_FILE_NAME})")
     p.add_argument("--models", nargs="+", metavar="NAME",
                    help="build only these (ONNX file stems, e.g. warp_network hubert)")
+    p.add_argument("--batch", type=_batch_argument, default=DEFAULT_BATCH, metavar="MIN,OPT,MAX",
+                   help=f"profile range of the batch axis of every ONNX input that has a dynamic one "
+                        f"(default {DEFAULT_BATCH}; N = N,N,N); ONNX files fixed at batch 1 stay batch 1")
     p.add_argument("--hardware_compat", choices=["auto", "ampere_plus", "none"], default="auto",
                    help="auto: Ampere_Plus when this GPU is compute capability >= 8.0 (as upstream)")
     p.add_argument("--workspace_gb", type=float, help="builder workspace limit in GiB (default: TensorRT's)")
@@ -248,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         ampere_plus = compat == "ampere_plus"
     try:
         steps = plan_builds(args.onnx_dir, args.out_dir, plugin=args.plugin, ampere_plus=ampere_plus,
-                            models=args.models)
+                            models=args.models, batch=args.batch)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@
                                   decoder.pth  stitch_network.pth  lmdm_v0.4_hubert.pth
       ditto_pytorch/aux_models/   det_10g.onnx  2d106det.onnx  landmark203.onnx
                                   hubert_streaming_fix_kv.onnx  face_landmarker.task
-      ditto_onnx/                 the same six networks as .onnx (exported from the SAME modules)
+      ditto_onnx/                 the same six networks as .onnx (exported from the SAME modules;
+                                  stitch, warp, decoder and LMDM with a dynamic batch axis)
                                   + insightface_det, landmark106, landmark203, blaze_face,
                                   face_mesh, hubert (.onnx stand-ins)
       ditto_cfg/                  v0.4_hubert_cfg_{pytorch,trt,trt_online}.pkl (official names)
@@ -30,6 +31,11 @@ cloud of std ≈ 0.25 with small image dependence, expression and translation
 offsets of a few hundredths, LMDM motion of a few hundredths, stitching
 corrections of about 0.01. The auxiliary models are the stand-ins of
 :mod:`ditto.tools.aux_test_models` (a face on textured images, none on flat ones).
+
+The official ONNX files are fixed at batch 1. The twins of the networks a device
+engine batches across sessions (stitch_network, warp_network, decoder, LMDM:
+``trt_bindings.BATCH_AXIS_MODELS``) declare a dynamic leading axis instead, same
+tensor names, so ``build_engines`` gives them a batch profile; the others keep batch 1.
 
 ``--skip_onnx`` leaves out the six network exports (the slow part, ~30 s on a
 CPU) and the ONNX pkls; ``ditto_onnx/`` then holds only the aux stand-ins.
@@ -61,6 +67,7 @@ from ditto.backends.ditto.config import (
 )
 from ditto.backends.ditto.models import RENDERER_MODELS, export_onnx
 from ditto.backends.ditto.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.ditto.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
 from ditto.tools.aux_test_models import write_aux_test_models
 
 logger = logging.getLogger(__name__)
@@ -180,12 +187,14 @@ class CheckpointTree:
 
 
 def _export_onnx(name: str, module: nn.Module, path: Path) -> None:
+    """The ONNX twin of one network; the batched ones (:data:`BATCH_AXIS_MODELS`) with a dynamic batch axis."""
+    dynamic_batch = model_for_file(path) in BATCH_AXIS_MODELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
         if name == LMDM_NAME:
-            export_lmdm_onnx(module, path)  # type: ignore[arg-type]
+            export_lmdm_onnx(module, path, dynamic_batch=dynamic_batch)  # type: ignore[arg-type]
         else:
-            export_onnx(name, module, path)
+            export_onnx(name, module, path, dynamic_batch=dynamic_batch)
 
 
 def write_onnx_cfg_pkls(tree: CheckpointTree) -> list[Path]:

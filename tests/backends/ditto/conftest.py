@@ -66,6 +66,7 @@ class RecordingRunner:
         self.input_names = runner.input_names
         self.output_names = runner.output_names
         self.device = runner.device
+        self.max_batch = runner.max_batch
         self.calls: list[dict[str, Tensor]] = []
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ditto.backends.ditto.config import load_cfg, onnx_model_name, read_cfg_dict
-from ditto.backends.ditto.models import RENDERER_MODELS, make_example_inputs
+from ditto.backends.ditto.models import ONNX_INPUT_SHAPES, RENDERER_MODELS, make_example_inputs
 from ditto.backends.ditto.models.lmdm import MotionDecoder
 from ditto.backends.ditto.runtime.loader import load_runner
 from ditto.backends.ditto.runtime.onnx_runner import OnnxRunner
+from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 from ditto.tools import make_test_checkpoints as mtc
 from ditto.tools import onnx_cfg
 
@@ -65,20 +66,27 @@ def test_every_pth_loads_strictly_into_a_fresh_module(checkpoint_tree, name) -> 
     fresh_module(name).load_state_dict(obj, strict=True)
 
 
-def _twin_inputs(name: str) -> dict[str, torch.Tensor]:
+def _twin_inputs(name: str, batch: int = 1) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(3)
     if name != mtc.LMDM_NAME:
-        return make_example_inputs(name, generator=gen)
-    return {"x": torch.randn(1, 80, 265, generator=gen), "cond_frame": torch.randn(1, 265, generator=gen) * 0.1,
-            "cond": torch.randn(1, 80, 1103, generator=gen), "time_cond": torch.tensor([499])}
+        shapes = {k: (batch, *shape[1:]) for k, shape in ONNX_INPUT_SHAPES[name].items()}
+        return make_example_inputs(name, shapes, generator=gen)
+    return {"x": torch.randn(batch, 80, 265, generator=gen),
+            "cond_frame": torch.randn(batch, 265, generator=gen) * 0.1,
+            "cond": torch.randn(batch, 80, 1103, generator=gen), "time_cond": torch.tensor([499, 99][:batch])}
+
+
+def _twin_runners(tree: mtc.CheckpointTree, name: str) -> tuple[TorchRunner, OnnxRunner]:
+    kind = "lmdm" if name == mtc.LMDM_NAME else name
+    torch_runner = load_runner(kind, tree.pytorch / "models" / f"{name}.pth",
+                               module_factory=None if kind == "lmdm" else (lambda _sd: fresh_module(name)))
+    assert isinstance(torch_runner, TorchRunner)
+    return torch_runner, OnnxRunner(tree.onnx / f"{name}.onnx")
 
 
 @pytest.mark.parametrize("name", mtc.NETWORK_NAMES)
 def test_pytorch_and_onnx_twins_agree(checkpoint_tree, name) -> None:
-    kind = "lmdm" if name == mtc.LMDM_NAME else name
-    torch_runner = load_runner(kind, checkpoint_tree.pytorch / "models" / f"{name}.pth",
-                               module_factory=None if kind == "lmdm" else (lambda _sd: fresh_module(name)))
-    onnx_runner = OnnxRunner(checkpoint_tree.onnx / f"{name}.onnx")
+    torch_runner, onnx_runner = _twin_runners(checkpoint_tree, name)
     assert onnx_runner.input_names == torch_runner.input_names
     assert onnx_runner.output_names == torch_runner.output_names
     inputs = _twin_inputs(name)
@@ -87,6 +95,32 @@ def test_pytorch_and_onnx_twins_agree(checkpoint_tree, name) -> None:
         assert torch.isfinite(ref).all(), key
         tolerance = 1e-4 + 1e-3 * float(ref.abs().max())  # scaled to the output's magnitude
         torch.testing.assert_close(got[key], ref, rtol=0, atol=tolerance, msg=f"{name}.{key}")
+
+
+@pytest.mark.parametrize("name", ["stitch_network", "warp_network", mtc.LMDM_NAME])
+def test_batched_twins_take_a_batch_in_one_run(checkpoint_tree, name) -> None:
+    """The twins of the batched networks (dynamic axis 0) agree with PyTorch on a batch of 2 rows.
+    (The decoder's twin is batched the same way; its CPU run is left to the agreement test above.)"""
+    torch_runner, onnx_runner = _twin_runners(checkpoint_tree, name)
+    assert onnx_runner.max_batch is None and torch_runner.max_batch is None
+    inputs = _twin_inputs(name, batch=2)
+    expected, got = torch_runner(**inputs), onnx_runner(**inputs)
+    for key, ref in expected.items():
+        assert got[key].shape == ref.shape and ref.shape[0] == 2, key
+        tolerance = 1e-4 + 1e-3 * float(ref.abs().max())
+        torch.testing.assert_close(got[key], ref, rtol=0, atol=tolerance, msg=f"{name}.{key}")
+
+
+def test_fixed_batch_twins_run_row_by_row(checkpoint_tree) -> None:
+    """HuBERT's graph has no batch axis: a batch of windows is one run per window, outputs one after another."""
+    hubert = OnnxRunner(checkpoint_tree.onnx / "hubert.onnx")
+    assert hubert.max_batch == 1
+    windows = torch.randn(2, 6480, generator=torch.Generator().manual_seed(2)) * 0.1
+    out = hubert(input_values=windows)["encoding_out"]
+    first, second = (hubert(input_values=windows[i:i + 1])["encoding_out"] for i in range(2))
+    assert first.shape == (20, 1024) and out.shape == (40, 1024)
+    assert torch.equal(out, torch.cat([first, second]))
+    assert OnnxRunner(checkpoint_tree.onnx / "appearance_extractor.onnx").max_batch == 1
 
 
 def test_cli_is_deterministic_per_seed(checkpoint_tree, tmp_path, capsys) -> None:

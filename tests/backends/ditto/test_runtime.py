@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ditto.backends.ditto.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.ditto.runtime.base import leading_batch_limit, run_in_batches
 from ditto.backends.ditto.runtime.loader import MODEL_IO, load_runner, read_torch_state_dict
 from ditto.backends.ditto.runtime.onnx_runner import OnnxRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
@@ -90,6 +91,62 @@ class _DictNet(_TupleNet):
         return {"second": a + b, "first": self.lin(a)}
 
 
+def _lmdm_batch(b: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return {"x": torch.randn(b, 80, 265, generator=g), "cond_frame": torch.randn(b, 265, generator=g),
+            "cond": torch.randn(b, 80, 1103, generator=g), "time_cond": torch.tensor([899, 499, 99][:b])}
+
+
+def test_onnx_runner_fixed_and_dynamic_batch(lmdm_files, tmp_path, monkeypatch) -> None:
+    """A batch-1 model runs B rows as B runs; a model with a dynamic batch axis runs them in one."""
+    model, _, fixed_path = lmdm_files
+    dynamic_path = tmp_path / "lmdm_dynamic.onnx"
+    export_lmdm_onnx(model, dynamic_path, dynamic_batch=True)
+    fixed, dynamic = OnnxRunner(fixed_path), OnnxRunner(dynamic_path)
+    assert fixed.max_batch == 1 and dynamic.max_batch is None
+    assert dynamic.input_names == fixed.input_names and dynamic.output_names == fixed.output_names
+    runs = {"fixed": 0, "dynamic": 0}
+    for key, runner in (("fixed", fixed), ("dynamic", dynamic)):
+        real = runner.session.run
+
+        def counting(*args, _real=real, _key=key, **kwargs):
+            runs[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(runner.session, "run", counting)
+    ins = _lmdm_batch(3)
+    got_fixed, got_dynamic = fixed(**ins), dynamic(**ins)
+    assert runs == {"fixed": 3, "dynamic": 1}
+    with torch.inference_mode():
+        ref_noise, ref_x0 = model(*(ins[n] for n in LMDM_NAMES))
+    for got in (got_fixed, got_dynamic):
+        assert got["x_start"].shape == got["pred_noise"].shape == (3, 80, 265)
+        torch.testing.assert_close(got["x_start"], ref_x0, rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["pred_noise"], ref_noise, rtol=0, atol=1e-3)
+    rows = [fixed(**{k: v[i:i + 1] for k, v in ins.items()}) for i in range(3)]
+    assert torch.equal(got_fixed["x_start"], torch.cat([r["x_start"] for r in rows]))
+    with pytest.raises(ValueError, match="do not share a leading batch axis"):
+        fixed(**{**ins, "time_cond": ins["time_cond"][:1]})
+
+
+def test_run_in_batches() -> None:
+    calls: list[int] = []
+
+    def run(inputs):
+        calls.append(int(inputs["a"].shape[0]))
+        return {"sum": inputs["a"] + inputs["b"], "first": inputs["a"][:, :1]}
+
+    a, b = torch.arange(10.0).reshape(5, 2), torch.ones(5, 2)
+    out = run_in_batches(run, {"a": a, "b": b}, max_batch=2)
+    assert calls == [2, 2, 1]
+    assert torch.equal(out["sum"], a + b) and torch.equal(out["first"], a[:, :1])
+    calls.clear()
+    run_in_batches(run, {"a": a, "b": b}, max_batch=None)
+    run_in_batches(run, {"a": a, "b": b}, max_batch=5)
+    assert calls == [5, 5]  # no limit, or within it: one call
+    assert leading_batch_limit({"a": 1, "b": None}) == 1 and leading_batch_limit({"a": None}) is None
+
+
 def test_torch_runner_output_forms() -> None:
     a, b = torch.randn(2, 3), torch.randn(2, 3)
     for net in (_TupleNet(), _DictNet()):
@@ -103,6 +160,7 @@ def test_torch_runner_output_forms() -> None:
         TorchRunner(_DictNet(), ("a", "b"), ("first", "third"))(a=a, b=b)
     r = TorchRunner(_TupleNet(), ("a", "b"), ("x", "y"), autocast_fp16=True)
     assert r.autocast_fp16 is False  # autocast only on CUDA
+    assert r.max_batch is None  # the module takes the whole batch in one call
 
 
 def test_model_io_table() -> None:

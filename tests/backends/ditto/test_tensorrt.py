@@ -29,8 +29,10 @@ from ditto.backends.ditto.config import (
 from ditto.backends.ditto.runtime import tensorrt_runner as tr
 from ditto.backends.ditto.runtime.loader import load_runner
 from ditto.backends.ditto.runtime.trt_bindings import (
+    BATCH_AXIS_MODELS,
     ENGINE_MODELS,
     SHAPE_PROFILES,
+    ShapeProfile,
     TensorSpec,
     binding_problems,
     expected_bindings,
@@ -124,8 +126,12 @@ def _onnx_specs(path: Path) -> list[TensorSpec]:
 
 @pytest.mark.parametrize("model", ENGINE_MODELS)
 def test_binding_table_matches_onnx_twin(onnx_twins: Path, model: str) -> None:
+    """The twins of the batched networks declare the official table with a dynamic axis 0; both forms fit."""
     stem = "lmdm_v0.4_hubert" if model == "lmdm" else model
-    assert list(expected_bindings(model)) == _onnx_specs(onnx_twins / f"{stem}.onnx")
+    twin = _onnx_specs(onnx_twins / f"{stem}.onnx")
+    assert list(expected_bindings(model, dynamic_batch=True)) == twin
+    assert all(s.shape[0] == -1 for s in twin) == (model in BATCH_AXIS_MODELS)
+    assert binding_problems(model, twin) == binding_problems(model, expected_bindings(model)) == []
 
 
 def test_every_engine_of_the_trt_pkl_has_a_table_and_an_onnx_twin(onnx_twins: Path) -> None:
@@ -158,6 +164,12 @@ def test_binding_problems() -> None:
     assert binding_problems("hubert", static) == ["'input_values' has shape (1, 6480), expected (1, -1)"]
     problems = binding_problems("stitch_network", [TensorSpec("kp_source", True, (1, 21, 3), "float32")])
     assert problems[0].startswith("missing tensors ['kp_driving', 'out']")
+    stitch = list(expected_bindings("stitch_network", dynamic_batch=True))
+    assert stitch[0].shape == (-1, 21, 3) and binding_problems("stitch_network", stitch) == []
+    fixed_at_2 = [TensorSpec(s.name, s.is_input, (2, 21, 3), s.dtype) for s in stitch]
+    assert len(binding_problems("stitch_network", fixed_at_2)) == 3
+    batched_hubert = [TensorSpec("input_values", True, (-1, -1), "float32"), hubert[1]]
+    assert binding_problems("hubert", batched_hubert) == ["'input_values' has shape (-1, -1), expected (1, -1)"]
     assert SHAPE_PROFILES["hubert"]["input_values"].max == (1, 12960)
 
 
@@ -252,23 +264,29 @@ def _read(ptr: int, spec_dtype: str, n: int) -> np.ndarray:
 
 
 class FakeContext:
-    """Runs a toy 'LMDM' on host memory: x_start = x + time_cond, pred_noise = cond_frame (broadcast)."""
+    """Runs a toy 'LMDM' on host memory, per row: x_start = x + time_cond, pred_noise = cond_frame
+    (broadcast). Outputs take the batch of the input shape set last for ``x`` (TensorRT's shape
+    propagation, for engines with a dynamic batch axis)."""
 
     def __init__(self, specs, api):
         self.specs, self.api, self.calls = specs, api, []
         self.addr: dict[str, int] = {}
         self.index = {s.name: i for i, s in enumerate(specs)}
+        self.shapes = {s.name: s.shape for s in specs if s.is_input}
 
     def set_binding_shape(self, i, shape):
-        self.calls.append(("shape", self.specs[i].name, shape))
-        return True
+        return self.set_input_shape(self.specs[i].name, shape)
 
     def set_input_shape(self, n, shape):
         self.calls.append(("shape", n, shape))
+        self.shapes[n] = tuple(shape)
         return True
 
-    def get_binding_shape(self, i): return self.specs[i].shape
-    def get_tensor_shape(self, n): return self.specs[self.index[n]].shape
+    def get_tensor_shape(self, n):
+        spec = self.specs[self.index[n]]
+        return self.shapes[n] if spec.is_input else (self.shapes["x"][0], *spec.shape[1:])
+
+    def get_binding_shape(self, i): return self.get_tensor_shape(self.specs[i].name)
     def set_tensor_address(self, n, p): self.addr[n] = p
 
     def execute_async_v2(self, bindings, stream_handle):
@@ -282,17 +300,24 @@ class FakeContext:
         return True
 
     def _run(self, ptr):
-        x = _read(ptr["x"], "float32", 80 * 265)
-        t = _read(ptr["time_cond"], "int32", 1)  # the engine's INT32 binding
-        cf = _read(ptr["cond_frame"], "float32", 265)
-        np.ctypeslib.as_array((ctypes.c_float * (80 * 265)).from_address(ptr["x_start"]))[:] = x + t[0]
-        np.ctypeslib.as_array((ctypes.c_float * (80 * 265)).from_address(ptr["pred_noise"]))[:] = np.tile(cf, 80)
-        self.calls.append(("run",))
+        b = self.shapes["x"][0]
+        x = _read(ptr["x"], "float32", b * 80 * 265).reshape(b, -1)
+        t = _read(ptr["time_cond"], "int32", b)  # the engine's INT32 binding
+        cf = _read(ptr["cond_frame"], "float32", b * 265).reshape(b, -1)
+        n = b * 80 * 265
+        np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr["x_start"]))[:] = (x + t[:, None]).ravel()
+        np.ctypeslib.as_array((ctypes.c_float * n).from_address(ptr["pred_noise"]))[:] = np.tile(cf, 80).ravel()
+        self.calls.append(("run", b))
 
 
-def _fake_engine(api):
-    specs = _engine_specs("lmdm")
-    engine = FakeEngine86(specs) if api == "bindings" else FakeEngine10(specs)
+def _fake_engine(api, *, batch: build_engines.BatchRange | None = None):
+    """An LMDM engine double: the official batch-1 IO, or with ``batch`` a dynamic axis 0 and the
+    profile build_engines plans for it."""
+    specs, profiles = _engine_specs("lmdm"), {}
+    if batch is not None:
+        specs = [TensorSpec(s.name, s.is_input, (-1, *s.shape[1:]), s.dtype) for s in specs]
+        profiles, _ = build_engines.plan_profiles("lmdm", {s.name: s.shape for s in specs if s.is_input}, batch)
+    engine = FakeEngine86(specs, profiles) if api == "bindings" else FakeEngine10(specs, profiles)
     bindings = tr.read_io_table(engine, FAKE_TRT, api)
     contexts = []
 
@@ -329,12 +354,67 @@ def test_runner_wires_buffers_and_casts_time_cond(api) -> None:
     assert len(contexts) == 2 and forked.context is contexts[1] and forked.engine is runner.engine
 
 
+def _lmdm_batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(b, 80, 265, generator=g), "cond_frame": torch.randn(b, 265, generator=g),
+            "cond": torch.randn(b, 80, 1103, generator=g), "time_cond": torch.arange(b, dtype=torch.int64) * 100}
+
+
+@pytest.mark.parametrize("api", ["bindings", "tensors"])
+def test_dynamic_batch_engine_sets_shapes_per_batch(api) -> None:
+    engine, contexts = _fake_engine(api, batch=build_engines.DEFAULT_BATCH)
+    runner = tr.TensorRTRunner(engine=engine)
+    assert runner.max_batch == 16
+    ins = _lmdm_batch(3)
+    out = runner(**ins)
+    ctx = contexts[0]
+    assert [c for c in ctx.calls if c[0] == "shape"] == [
+        ("shape", "x", (3, 80, 265)), ("shape", "cond_frame", (3, 265)), ("shape", "cond", (3, 80, 1103)),
+        ("shape", "time_cond", (3,))]
+    assert [c for c in ctx.calls if c[0] == "run"] == [("run", 3)]  # one engine call for the batch
+    assert out["x_start"].shape == out["pred_noise"].shape == (3, 80, 265)
+    assert torch.equal(out["x_start"], ins["x"] + ins["time_cond"][:, None, None].float())
+    assert torch.equal(out["pred_noise"], ins["cond_frame"][:, None, :].expand(3, 80, 265))
+    ctx.calls.clear()
+    assert runner(**_lmdm_batch(2))["x_start"].shape == (2, 80, 265)  # a new batch: shapes set again
+    assert ("shape", "x", (2, 80, 265)) in ctx.calls
+    ctx.calls.clear()
+    big = _lmdm_batch(17)
+    out = runner(**big)  # past the profile's max: 16 rows, then 1
+    assert [c for c in ctx.calls if c[0] == "run"] == [("run", 16), ("run", 1)]
+    assert torch.equal(out["x_start"], big["x"] + big["time_cond"][:, None, None].float())
+    tight = tr.TensorRTRunner(engine=_fake_engine(api, batch=build_engines.BatchRange(2, 4, 4))[0])
+    assert tight.max_batch == 4
+    with pytest.raises(ValueError, match=r"outside the engine's profile \[2, 4\]"):
+        tight(**_lmdm_batch(1))
+
+
+@pytest.mark.parametrize("api", ["bindings", "tensors"])
+def test_fixed_batch_engine_runs_a_batch_row_by_row(api) -> None:
+    engine, contexts = _fake_engine(api)
+    runner = tr.TensorRTRunner(engine=engine)
+    assert runner.max_batch == 1
+    ins = _lmdm_batch(3)
+    out = runner(**ins)
+    ctx = contexts[0]
+    assert [c for c in ctx.calls if c[0] == "run"] == [("run", 1)] * 3  # same context, one call per row
+    assert sum(c[0] == "shape" for c in ctx.calls) == 4  # every row has the engine's batch-1 shapes
+    rows = [runner(**{k: v[i:i + 1] for k, v in ins.items()}) for i in range(3)]
+    for name in runner.output_names:
+        assert out[name].shape == (3, 80, 265)
+        assert torch.equal(out[name], torch.cat([r[name] for r in rows]))
+    assert torch.equal(out["x_start"][2], ins["x"][2] + 200)
+    with pytest.raises(ValueError, match="do not share a leading batch axis"):
+        runner(**{**ins, "cond": ins["cond"][:2]})
+
+
 def test_hubert_length_outside_profile_is_refused() -> None:
     specs, profiles = _engine_specs("hubert"), SHAPE_PROFILES["hubert"]
     bindings = tr.read_io_table(FakeEngine10(specs, profiles), FAKE_TRT, "tensors")
     engine = SimpleNamespace(path="hubert_fp32.engine", device=torch.device("cpu"), flavor="tensors",
                              bindings=bindings, create_context=lambda: SimpleNamespace())
     runner = tr.TensorRTRunner(engine=engine)
+    assert runner.max_batch == 1  # HuBERT's axis 0 is fixed: a batch of windows is one call per window
     with pytest.raises(ValueError, match=r"outside the engine's profile \[3240, 12960\]"):
         runner(input_values=torch.zeros(1, 16000))
 
@@ -531,7 +611,26 @@ def test_build_plan(onnx_twins, tmp_path) -> None:
     assert {s.engine.name for s in steps.values()} == set(_engine_names(build_cfg_dict("trt")))
     hubert = steps["hubert"].profiles["input_values"]
     assert (hubert.min, hubert.opt, hubert.max) == ((1, 3240), (1, 6480), (1, 12960))
-    assert all(not s.profiles for m, s in steps.items() if m != "hubert")
+    assert steps["hubert"].batch is None  # no batch axis in its graph
+    batched = {m for m, s in steps.items() if s.batch is not None}
+    assert batched == {"stitch_network", "warp_network", "decoder", "lmdm_v0.4_hubert"}
+    for m in batched:  # every input of the batched twins: axis 0 over 1..16 (opt 8), the rest static
+        official = {t.name: t.shape for t in expected_bindings(model_for_file(f"{m}.onnx")) if t.is_input}
+        assert {n: (p.min, p.opt, p.max) for n, p in steps[m].profiles.items()} == {
+            n: (shape, (8, *shape[1:]), (16, *shape[1:])) for n, shape in official.items()}, m
+    lmdm = steps["lmdm_v0.4_hubert"]
+    assert lmdm.batch == build_engines.DEFAULT_BATCH == build_engines.BatchRange(1, 8, 16)
+    assert set(lmdm.profiles) == {"x", "cond_frame", "cond", "time_cond"}
+    assert lmdm.profiles["cond"] == ShapeProfile((1, 80, 1103), (8, 80, 1103), (16, 80, 1103))
+    assert lmdm.profiles["time_cond"] == ShapeProfile((1,), (8,), (16,))
+    warp = steps["warp_network"].profiles["feature_3d"]
+    assert (warp.min, warp.max) == ((1, 32, 16, 64, 64), (16, 32, 16, 64, 64))
+    assert "batch 1..16 opt 8; profile kp_source min [1, 21, 3] opt [8, 21, 3] max [16, 21, 3]" in (
+        steps["stitch_network"].describe())
+    assert all(not s.profiles and "batch fixed by the ONNX" in s.describe()
+               for m, s in steps.items() if m not in batched | {"hubert"})
+    small = build_engines.plan_builds(onnx_twins, tmp_path, models=["decoder"], batch=build_engines.BatchRange(2, 4, 8))
+    assert small[0].profiles["feature"] == ShapeProfile((2, 256, 64, 64), (4, 256, 64, 64), (8, 256, 64, 64))
     warp = steps["warp_network"]
     assert warp.plugin == onnx_twins / "libgrid_sample_3d_plugin.so" and warp.fp32_layers == "GridSample"
     assert warp.fp16 and all(s.plugin is None for m, s in steps.items() if m != "warp_network")
@@ -547,6 +646,34 @@ def test_build_plan_skips_warp_network_ori(tmp_path) -> None:
         (tmp_path / f"{name}.onnx").write_bytes(b"")
     steps = build_engines.plan_builds(tmp_path, tmp_path / "out")
     assert [(s.model, s.precision) for s in steps] == [("warp_network", "fp16"), ("wavlm", "fp32")]
+
+
+def test_plan_profiles_and_batch_range() -> None:
+    batch = build_engines.DEFAULT_BATCH
+    hubert = SHAPE_PROFILES["hubert"]["input_values"]
+    assert build_engines.plan_profiles("hubert", {"input_values": (1, -1)}, batch) == ({"input_values": hubert}, None)
+    # A HuBERT exported with a batch axis keeps its length range and gets the batch range.
+    profiles, got = build_engines.plan_profiles("hubert", {"input_values": (-1, -1)}, batch)
+    assert got == batch and profiles == {"input_values": ShapeProfile((1, 3240), (8, 6480), (16, 12960))}
+    assert build_engines.plan_profiles("hubert", {"input_values": (1, 6480)}, batch) == ({}, None)  # static file
+    with pytest.raises(ValueError, match="dynamic axis after the batch axis"):
+        build_engines.plan_profiles("decoder", {"feature": (-1, 256, -1, 64)}, batch)
+    assert build_engines.BatchRange.parse("1,8,16") == batch and str(batch) == "1,8,16"
+    assert build_engines.BatchRange.parse("4") == build_engines.BatchRange(4, 4, 4)
+    for bad in ("8,4,16", "0,1,2", "1,2", "a,b,c"):
+        with pytest.raises(ValueError):
+            build_engines.BatchRange.parse(bad)
+
+
+def test_build_engines_cli_batch(onnx_twins, tmp_path, capsys) -> None:
+    args = ["--onnx_dir", str(onnx_twins), "--out_dir", str(tmp_path), "--dry_run", "--hardware_compat", "none"]
+    assert build_engines.main([*args, "--models", "stitch_network", "hubert", "--batch", "2,4,8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "batch 2..8 opt 4; profile kp_source min [2, 21, 3] opt [4, 21, 3] max [8, 21, 3]" in lines[0]
+    assert "batch fixed by the ONNX; profile input_values min [1, 3240]" in lines[1]
+    with pytest.raises(SystemExit):
+        build_engines.main([*args, "--batch", "16,8,1"])
+    assert "--batch: batch range needs 1 <= min <= opt <= max" in capsys.readouterr().err
 
 
 def test_build_engines_cli(onnx_twins, tmp_path) -> None:
@@ -609,6 +736,15 @@ def test_build_engine_sets_the_official_options(tmp_path) -> None:
     assert ("config.set_flag", ("FP16",)) in log and ("config.set_flag", ("PREFER",)) in log
     assert ("config.plugins_to_serialize", [str(plugin)]) in log
     assert [layer.precision for layer in layers] == ["fp32", None, None]
+
+    log.clear()
+    specs = {t.name: t.shape for t in expected_bindings("stitch_network", dynamic_batch=True) if t.is_input}
+    profiles, batch = build_engines.plan_profiles("stitch_network", specs, build_engines.DEFAULT_BATCH)
+    stitch = build_engines.BuildStep("stitch_network", tmp_path / "s.onnx", tmp_path / "s.engine", True,
+                                     profiles=profiles, batch=batch)
+    build_engines.build_engine(stitch, trt, None)
+    assert ("profile.set_shape", ("kp_driving", (1, 21, 3), (8, 21, 3), (16, 21, 3))) in log
+    assert ("config.set_preview_feature", ("PS0806", True)) in log  # one profile, a context per session
 
     log.clear()
     (tmp_path / "hubert.onnx").write_bytes(b"")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .appearance_extractor import AppearanceFeatureExtractor
 from .decoder import SPADEDecoder
+from .export import export_torch_onnx
 from .motion_extractor import MOTION_OUTPUT_NAMES, MotionExtractor
 from .stitch_network import StitchingNetwork
 from .warp_network import WarpingNetwork
@@ -113,13 +114,16 @@ def export_onnx(
     path: str | PathLike[str],
     inputs: Mapping[str, torch.Tensor] | None = None,
     opset_version: int = 20,
+    *,
+    dynamic_batch: bool = False,
 ) -> None:
     """Export ``model`` (already in eval mode, on CPU or GPU) to ONNX with the official IO names.
 
     Uses the TorchScript exporter (``dynamo=False``) with static shapes taken from ``inputs``
-    (default: :func:`make_example_inputs`). The warp network's 3-D ``grid_sample`` becomes a
-    standard ``GridSample`` node (opset ≥ 20), which onnxruntime runs; the official ONNX instead
-    contains a custom TensorRT plugin op.
+    (default: :func:`make_example_inputs`); with ``dynamic_batch`` axis 0 of every input and
+    output is the symbolic ``batch`` instead (see :mod:`.export`). The warp network's 3-D
+    ``grid_sample`` becomes a standard ``GridSample`` node (opset ≥ 20), which onnxruntime runs;
+    the official ONNX instead contains a custom TensorRT plugin op.
 
     Raises:
         KeyError: ``name`` is not one of :data:`RENDERER_MODELS`.
@@ -129,14 +133,5 @@ def export_onnx(
         inputs = make_example_inputs(name)
     args = tuple(inputs[key] for key in input_names)
     wrapped = _OrderedOutputs(model, output_names) if name == "motion_extractor" else model
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            args,
-            str(path),
-            input_names=list(input_names),
-            output_names=list(output_names),
-            opset_version=opset_version,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+    export_torch_onnx(wrapped, args, path, input_names=input_names, output_names=output_names,
+                      opset_version=opset_version, dynamic_batch=dynamic_batch)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ditto.backends.ditto.models.export import export_torch_onnx
 from ditto.errors import ConfigError
 
 ONNX_INPUT_NAMES: tuple[str, ...] = ("x", "cond_frame", "cond", "time_cond")
@@ -499,12 +500,13 @@ def lmdm_from_checkpoint(obj: Mapping[str, Any], **overrides: Any) -> MotionDeco
 
 
 def export_lmdm_onnx(model: MotionDecoder, path: str | os.PathLike[str], *, batch_size: int = 1,
-                     opset_version: int = 20) -> None:
+                     opset_version: int = 20, dynamic_batch: bool = False) -> None:
     """Export ``model`` to ONNX with the official IO names and static shapes.
 
     Inputs ``x``, ``cond_frame``, ``cond``, ``time_cond`` (int64); outputs
     ``pred_noise``, ``x_start``. Uses the TorchScript-based exporter (no
-    onnxscript dependency).
+    onnxscript dependency). With ``dynamic_batch`` axis 0 of every tensor is
+    the symbolic ``batch`` (see :mod:`.export`).
     """
     p = next(model.parameters())
     args = (
@@ -516,16 +518,7 @@ def export_lmdm_onnx(model: MotionDecoder, path: str | os.PathLike[str], *, batc
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                args,
-                os.fspath(path),
-                input_names=list(ONNX_INPUT_NAMES),
-                output_names=list(ONNX_OUTPUT_NAMES),
-                opset_version=opset_version,
-                dynamo=False,
-                do_constant_folding=True,
-            )
+        export_torch_onnx(model, args, path, input_names=ONNX_INPUT_NAMES, output_names=ONNX_OUTPUT_NAMES,
+                          opset_version=opset_version, dynamic_batch=dynamic_batch)
     finally:
         model.train(was_training)

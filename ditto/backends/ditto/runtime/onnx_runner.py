@@ -4,18 +4,24 @@ On the CPU, torch tensors are handed to onnxruntime as zero-copy numpy views
 and the numpy outputs come back as zero-copy torch tensors. On CUDA (with the
 CUDA execution provider available) inputs and outputs are bound through
 ``IOBinding`` directly on torch's device memory, so nothing crosses the host.
+
+Batches (see :mod:`.base`): a model whose inputs all have a symbolic axis 0 takes
+any batch in one run (``max_batch`` None); a model fixed at batch 1 (the official
+files) has ``max_batch`` 1 and runs a batch of B rows as B runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ditto.backends.ditto.runtime.base import leading_batch_limit, run_in_batches
 from ditto.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +91,15 @@ class OnnxRunner:
         self._out_static_shapes: dict[str, tuple[int, ...] | None] = {
             o.name: (tuple(o.shape) if all(isinstance(d, int) and d >= 0 for d in o.shape) else None) for o in outs
         }
+        #: Largest axis 0 one run takes: a static axis 0 is fixed, a symbolic one is free.
+        self.max_batch: int | None = leading_batch_limit(
+            {i.name: (i.shape[0] if isinstance(i.shape[0], int) else None) for i in ins if i.shape})
+        # Outputs whose only symbolic axis is a batch axis named as an input's: preallocated on CUDA.
+        batch_inputs = {i.shape[0]: i.name for i in ins if i.shape and isinstance(i.shape[0], str)}
+        self._out_batch_of: dict[str, tuple[str, tuple[int, ...]]] = {  # output → (input, shape after axis 0)
+            o.name: (batch_inputs[o.shape[0]], tuple(o.shape[1:])) for o in outs
+            if o.shape and o.shape[0] in batch_inputs and all(isinstance(d, int) and d >= 0 for d in o.shape[1:])
+        }
 
     def __repr__(self) -> str:
         return f"OnnxRunner({os.path.basename(self.path)!r}, device={self.device}, gpu={self._on_gpu})"
@@ -92,11 +107,9 @@ class OnnxRunner:
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
         if set(inputs) != set(self.input_names):
             raise TypeError(f"{self!r} takes inputs {list(self.input_names)}, got {sorted(inputs)}")
-        if self._on_gpu:
-            return self._run_cuda(inputs)
-        return self._run_cpu(inputs)
+        return run_in_batches(self._run_cuda if self._on_gpu else self._run_cpu, inputs, max_batch=self.max_batch)
 
-    def _run_cpu(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _run_cpu(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         feeds = {}
         for name in self.input_names:
             dtype = self._in_types[name][0]
@@ -108,7 +121,7 @@ class OnnxRunner:
             out = {k: v.to(self.device) for k, v in out.items()}
         return out
 
-    def _run_cuda(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _run_cuda(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         dev_id = self.device.index or 0
         binding = self.session.io_binding()
         keep: list[Tensor] = []  # inputs must outlive the run
@@ -121,6 +134,9 @@ class OnnxRunner:
         for name in self.output_names:
             tdtype, ndtype = self._out_types[name]
             shape = self._out_static_shapes[name]
+            if shape is None and name in self._out_batch_of:
+                source, tail = self._out_batch_of[name]
+                shape = (int(inputs[source].shape[0]), *tail)
             if shape is not None:
                 buf = torch.empty(shape, dtype=tdtype, device=self.device)
                 out[name] = buf

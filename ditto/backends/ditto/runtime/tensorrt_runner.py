@@ -16,6 +16,13 @@ INT32) and moved with torch, outputs are fresh torch CUDA tensors, and work
 is queued on torch's current stream, so a GPU-resident pipeline never copies
 through the host and stays ordered with the torch ops around it.
 
+Batches (see :mod:`.base`): an engine built with a batch profile
+(``build_engines --batch``) takes B rows up to the profile's maximum in one
+call — input shapes are set on the context when they change and outputs are
+allocated at the shapes TensorRT then reports; ``max_batch`` is that maximum.
+A fixed-shape engine (the shipped batch-1 engines) has ``max_batch`` 1 and runs
+a batch as one call per row on the same context, outputs concatenated.
+
 An execution context holds the activation memory of one inference at a time:
 never share one between two CUDA streams. :meth:`TensorRTRunner.fork` gives a
 new context on the same deserialized engine — one per session stream.
@@ -37,7 +44,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +52,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ditto.backends.ditto.runtime.base import leading_batch_limit, run_in_batches
 from ditto.backends.ditto.runtime.trt_bindings import (
     ShapeProfile,
     TensorSpec,
@@ -382,6 +390,13 @@ class TensorRTEngine:
 # -- runner -------------------------------------------------------------------------------------
 
 
+def _batch_bound(b: _Binding) -> int | None:
+    """Largest axis 0 an input takes: its fixed size, else its profile's maximum (None: no profile)."""
+    if b.spec.shape[0] >= 0:
+        return b.spec.shape[0]
+    return b.profile.max[0] if b.profile is not None else None
+
+
 class TensorRTRunner:
     """An engine plus ONE execution context: call it from one CUDA stream at a time.
 
@@ -414,6 +429,9 @@ class TensorRTRunner:
         self.input_names: tuple[str, ...] = tuple(b.spec.name for b in self._inputs)
         self.output_names: tuple[str, ...] = tuple(b.spec.name for b in self._outputs)
         self._n_bindings = 1 + max((b.index for b in engine.bindings), default=-1)
+        #: Rows one engine call takes: axis 0 of a fixed input, or its profile's maximum.
+        self.max_batch: int | None = leading_batch_limit(
+            {b.spec.name: _batch_bound(b) for b in self._inputs if b.spec.shape})
         self._shapes: dict[str, tuple[int, ...]] = {}  # last input shapes set on the context
         self._lock = threading.Lock()
 
@@ -446,8 +464,18 @@ class TensorRTRunner:
                     f"[{prof.min[axis]}, {prof.max[axis]}]")
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """One engine call, or one per slice of :attr:`max_batch` rows for a larger batch.
+
+        Raises:
+            TypeError: inputs not named as the engine's.
+            ValueError: a shape the engine (or its profile) does not take.
+            RuntimeError: TensorRT failed.
+        """
         if set(inputs) != set(self.input_names):
             raise TypeError(f"{self!r} takes inputs {list(self.input_names)}, got {sorted(inputs)}")
+        return run_in_batches(self._run, inputs, max_batch=self.max_batch)
+
+    def _run(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         on_gpu = self.device.type == "cuda"  # always, except for test doubles of the engine
         guard = torch.cuda.device(self.device) if on_gpu else contextlib.nullcontext()
         with self._lock, guard:

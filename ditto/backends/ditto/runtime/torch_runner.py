@@ -27,7 +27,12 @@ class TorchRunner:
         autocast_fp16: run under CUDA fp16 autocast (the official PyTorch path
             does so for appearance/motion/warp/decoder); floating outputs are
             returned as float32. Ignored on the CPU.
+
+    ``max_batch`` is None: the runner sets no batch limit, a batch of inputs goes to
+    the module in one call (the renderer networks and the LMDM take any batch).
     """
+
+    max_batch: int | None = None
 
     def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str], *,
                  device: torch.device | str = "cpu", autocast_fp16: bool = False) -> None:

@@ -25,6 +25,13 @@ test suite checks it against the ONNX stand-ins of the generated checkpoints.
 
 The HuBERT shape profile (:data:`SHAPE_PROFILES`) is shared by the engine
 builder (``ditto/tools/build_engines.py``) and the runner's input checks.
+
+Batch axis: the official engines are fixed at batch 1. The models of
+:data:`BATCH_AXIS_MODELS` (the per-frame networks a device engine batches across
+sessions) may instead declare a dynamic leading axis — the ONNX twins of the test
+tree do, and so do engines ``build_engines`` makes from such ONNX files — and both
+forms fit (:func:`binding_problems`). HuBERT's graph has no batch axis (its output
+is ``(T, 1024)``), so it is not among them.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ class ShapeProfile:
 SHAPE_PROFILES: Mapping[str, Mapping[str, ShapeProfile]] = MappingProxyType({
     "hubert": MappingProxyType({"input_values": ShapeProfile((1, 3240), (1, 6480), (1, 12960))}),
 })
+
+#: Models whose every IO tensor may have a dynamic leading (batch) axis instead of the official 1.
+BATCH_AXIS_MODELS: frozenset[str] = frozenset({"decoder", "lmdm", "stitch_network", "warp_network"})
 
 #: Auxiliary models without an IO table elsewhere: name → (inputs, outputs), each (name, shape).
 #: Shapes: facts sheet §3.1 (batch 1; detector and HuBERT outputs have no batch axis).
@@ -149,17 +159,31 @@ def _detector_specs() -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def expected_bindings(model: str, *, lmdm_dims: tuple[int, int, int] | None = None) -> tuple[TensorSpec, ...]:
+def expected_bindings(model: str, *, lmdm_dims: tuple[int, int, int] | None = None,
+                      dynamic_batch: bool = False) -> tuple[TensorSpec, ...]:
     """The IO tensors an engine of ``model`` must have, inputs first, each in ONNX order.
 
     Args:
         model: a name of :data:`ENGINE_MODELS` (see :func:`model_for_file`).
         lmdm_dims: LMDM (seq_frames, motion_feat_dim, audio_feat_dim) from the
             cfg pkl; default: :func:`lmdm_default_dims`.
+        dynamic_batch: for a model of :data:`BATCH_AXIS_MODELS`, the batch-dynamic
+            form (axis 0 = :data:`DYNAMIC`) instead of the official batch 1.
 
     Raises:
         KeyError: an unknown model name.
     """
+    specs = _official_bindings(model, lmdm_dims)
+    if dynamic_batch and model in BATCH_AXIS_MODELS:
+        return tuple(_with_dynamic_batch(s) for s in specs)
+    return specs
+
+
+def _with_dynamic_batch(spec: TensorSpec) -> TensorSpec:
+    return TensorSpec(spec.name, spec.is_input, (DYNAMIC, *spec.shape[1:]), spec.dtype)
+
+
+def _official_bindings(model: str, lmdm_dims: tuple[int, int, int] | None) -> tuple[TensorSpec, ...]:
     if model == "lmdm":
         return _lmdm_specs(lmdm_dims)
     if model == "insightface_det":
@@ -183,8 +207,9 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
 
     Names and input/output roles must match; each type must be one of
     :attr:`TensorSpec.engine_dtypes`; with ``shapes``, each shape must match,
-    with a dynamic axis (-1) only where the ONNX axis is dynamic. Order is not
-    compared (TensorRT lists inputs before outputs but may order within them).
+    with a dynamic axis (-1) only where the ONNX axis is dynamic — or, for a
+    model of :data:`BATCH_AXIS_MODELS`, on axis 0. Order is not compared
+    (TensorRT lists inputs before outputs but may order within them).
     """
     expected = {s.name: s for s in expected_bindings(model, lmdm_dims=lmdm_dims)}
     got = {s.name: s for s in actual}
@@ -202,7 +227,8 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
         if e.is_input != a.is_input:
             problems.append(f"{name!r} is an {'input' if a.is_input else 'output'}, expected an "
                             f"{'input' if e.is_input else 'output'}")
-        if shapes and tuple(a.shape) != tuple(e.shape):
+        batch_free = model in BATCH_AXIS_MODELS and tuple(a.shape) == _with_dynamic_batch(e).shape
+        if shapes and tuple(a.shape) != tuple(e.shape) and not batch_free:
             problems.append(f"{name!r} has shape {tuple(a.shape)}, expected {e.shape}")
         if a.dtype not in e.engine_dtypes:
             problems.append(f"{name!r} has type {a.dtype}, expected {' or '.join(e.engine_dtypes)}")
@@ -210,6 +236,6 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
 
 
 __all__ = [
-    "AUX_IO", "DYNAMIC", "ENGINE_MODELS", "SHAPE_PROFILES", "ShapeProfile", "TensorSpec",
+    "AUX_IO", "BATCH_AXIS_MODELS", "DYNAMIC", "ENGINE_MODELS", "SHAPE_PROFILES", "ShapeProfile", "TensorSpec",
     "binding_problems", "expected_bindings", "lmdm_default_dims", "model_for_file",
 ]
