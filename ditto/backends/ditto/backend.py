@@ -363,6 +363,7 @@ class DittoBackend:
             self.models.renderer.capture()
             self.models.engine.sampler.capture(self.options.sampling_timesteps,
                                                (a2m.seq_frames, a2m.motion_feat_dim), a2m.audio_feat_dim)
+            self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
         torch.cuda.synchronize(self.device)
         if self.options.online_mode:
             self.live_capacity = self._measure_live_capacity()

@@ -149,6 +149,9 @@ class DeviceEngine:
         self._holds = 0  # paused() blocks
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        module = getattr(hubert, "module", None)
+        self._hubert_graphs = (_HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes)
+                               if self._cuda and module is not None else None)
         self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
         self._thread.start()
 
@@ -210,6 +213,11 @@ class DeviceEngine:
         with self._cv:
             return {stage.value: dataclasses.replace(self.stats[stage], queued=len(self._pending[stage]))
                     for stage in Stage}
+
+    def capture(self, *, hubert_window: int) -> None:
+        """Capture the HuBERT graphs now (CUDA with a torch HuBERT), so that no session pays for it."""
+        if self._hubert_graphs is not None:
+            self._hubert_graphs.capture(hubert_window)
 
     def time_batch(self, stage: Stage, works: list[Any], repeats: int = 2) -> float:
         """Seconds one batch of ``works`` takes (the last of ``repeats`` runs, synchronised).
@@ -319,7 +327,11 @@ class DeviceEngine:
     # -- stages -----------------------------------------------------------------------------
 
     def _run_hubert(self, windows: list[np.ndarray]) -> list[Tensor]:
-        encodings = self._hubert.encode_batch(np.stack(windows))
+        batch = np.stack(windows)
+        if self._hubert_graphs is not None:
+            encodings = self._hubert_graphs(batch)
+        else:
+            encodings = self._hubert.encode_batch(batch)
         chunksize = self._hubert.chunksize
         return [torch.from_numpy(window_features(np.asarray(e), chunksize)) for e in encodings]
 
@@ -377,6 +389,56 @@ class DeviceEngine:
             for row, start, end in zip(rows, offsets[:-1], offsets[1:]):
                 out[row] = flat[start:end].tobytes()
         return out  # type: ignore[return-value]
+
+
+class _HubertGraphs:
+    """A torch HuBERT's forward replayed as one CUDA graph per batch size (a window is a few
+    hundred small kernels: launched one by one they cost ~20 ms, whatever the batch)."""
+
+    def __init__(self, module: torch.nn.Module, fp16: bool, batch_sizes: tuple[int, ...]) -> None:
+        self.module = module
+        self.fp16 = fp16
+        self.device = next(module.parameters()).device
+        self.batch_sizes = batch_sizes
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+
+    def _forward(self, windows: Tensor) -> Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.fp16):
+            return self.module(windows).float()
+
+    def _graph(self, size: int, length: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        entry = self._graphs.get((size, length))
+        if entry is None:
+            static = torch.zeros((size, length), device=self.device)
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    self._forward(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=self.device),
+                                                          capture_error_mode="thread_local"):
+                out = self._forward(static)
+            entry = self._graphs[(size, length)] = (graph, static, out)
+        return entry
+
+    def capture(self, length: int) -> None:
+        for size in self.batch_sizes:
+            self._graph(size, length)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        parts = []
+        largest = self.batch_sizes[-1]
+        for start in range(0, len(windows), largest):
+            rows = torch.from_numpy(windows[start:start + largest])
+            n = rows.shape[0]
+            size = next(b for b in self.batch_sizes if b >= n)
+            graph, static, out = self._graph(size, rows.shape[1])
+            static[:n].copy_(_to_device(rows, self.device))
+            graph.replay()
+            parts.append(out[:n].cpu().numpy())
+        return np.concatenate(parts)
 
 
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:

@@ -8,6 +8,7 @@ the same work alone exactly; on CUDA (``gpu`` marker) within fp16 tolerance.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 
 import numpy as np
@@ -290,3 +291,17 @@ def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
         assert online.live_capacity is not None and online.live_capacity >= 1
     finally:
         base.close()
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv3d(110, 22, 3, padding=1), torch.nn.Conv3d(32, 4, 1),
+                                  torch.nn.Conv2d(5, 1, 7, padding=3, bias=False)])
+def test_padding_conv_channels_to_multiples_of_8_keeps_the_result(conv) -> None:
+    from ditto.backends.ditto.pipeline.render import pad_conv_channels
+
+    model = torch.nn.Sequential(conv, torch.nn.ReLU())
+    padded = pad_conv_channels(copy.deepcopy(model))
+    inner = padded[0].conv
+    assert inner.in_channels % 8 == 0 and inner.out_channels % 8 == 0
+    x = torch.randn((2, conv.in_channels) + (6,) * (conv.weight.dim() - 2))
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(x), model(x), rtol=1e-5, atol=1e-5)

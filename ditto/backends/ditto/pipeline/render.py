@@ -25,12 +25,13 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ditto.backends.ditto.runtime.base import ModelRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 
-__all__ = ["FrameRenderer", "channels_last"]
+__all__ = ["FrameRenderer", "channels_last", "pad_conv_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ class FrameRenderer:
 
     def _compile(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         assert isinstance(self.warp, TorchRunner) and isinstance(self.decoder, TorchRunner)
-        warp = torch.compile(channels_last(copy.deepcopy(self.warp.module).half()), dynamic=False)
-        decoder = torch.compile(channels_last(copy.deepcopy(self.decoder.module).half()), dynamic=False)
+        def prepared(module: torch.nn.Module) -> torch.nn.Module:
+            return torch.compile(channels_last(pad_conv_channels(copy.deepcopy(module).half())), dynamic=False)
+
+        warp, decoder = prepared(self.warp.module), prepared(self.decoder.module)
         logger.info("Compiling the renderer for batches of %d and more (about a minute per batch size)",
                     self.compile_min_batch)
 
@@ -170,4 +173,45 @@ def channels_last(module: torch.nn.Module) -> torch.nn.Module:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
         elif tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+class _PaddedConv(nn.Module):
+    """A convolution whose channel counts are padded with zeros to a multiple of ``multiple``.
+
+    The tensor-core kernels want channel counts in multiples of 8; the warp network's 3-D
+    convolutions have 110 and 142 input and 22 output channels, for which cuDNN falls back to
+    a kernel several times slower. Zero input channels meet zero weights and the extra output
+    channels are dropped, so the result is the original convolution's.
+    """
+
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d, multiple: int) -> None:
+        super().__init__()
+        out_ch, in_ch = conv.weight.shape[:2]
+        self.in_pad = -in_ch % multiple
+        self.out_channels = out_ch
+        weight = F.pad(conv.weight.data, (0, 0) * (conv.weight.dim() - 2) + (0, self.in_pad))
+        weight = torch.cat([weight, weight.new_zeros((-out_ch % multiple, *weight.shape[1:]))])
+        self.conv = copy.deepcopy(conv)
+        self.conv.weight = nn.Parameter(weight, requires_grad=False)
+        if conv.bias is not None:
+            self.conv.bias = nn.Parameter(torch.cat([conv.bias.data, conv.bias.new_zeros(-out_ch % multiple)]),
+                                          requires_grad=False)
+        self.conv.in_channels, self.conv.out_channels = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_pad:
+            x = torch.cat([x, x.new_zeros((x.shape[0], self.in_pad, *x.shape[2:]))], dim=1)
+        return self.conv(x)[:, : self.out_channels]
+
+
+def pad_conv_channels(module: nn.Module, multiple: int = 8) -> nn.Module:
+    """Replace (in place) every plain Conv2d/Conv3d whose channel counts are not multiples of
+    ``multiple`` by a :class:`_PaddedConv` computing the same result."""
+    for name, child in list(module.named_children()):
+        if (isinstance(child, (nn.Conv2d, nn.Conv3d)) and child.groups == 1
+                and (child.in_channels % multiple or child.out_channels % multiple)):
+            setattr(module, name, _PaddedConv(child, multiple))
+        else:
+            pad_conv_channels(child, multiple)
     return module
