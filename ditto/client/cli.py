@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ditto.client import LOGGER_NAME
 from ditto.client.connection import SessionResult, read_pcm, run_live_session, run_session
-from ditto.client.stats import FrameTiming, StreamStats, compute_stats, end_to_end_lags_ms, format_report
+from ditto.client.stats import format_report, session_stats
 from ditto.client.writers import FrameFolderWriter, mux_mp4, write_json, write_wav_pcm16
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -40,19 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live session: send the audio in chunks paced at real time instead of uploading it whole")
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms (with --realtime)")
     return p
-
-
-def _stats(result: SessionResult) -> StreamStats:
-    """File mode counts from ``start_streaming``; live from the first audio chunk, with end-to-end lags."""
-    frames = result.frames
-    start, lags = result.start_sent_s or 0.0, None
-    if result.live:
-        lags = end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or 16000, [
-            FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames])
-        if result.first_audio_sent_s is not None:
-            start = result.first_audio_sent_s
-    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames], lags_ms=lags,
-                         frames_skipped=result.completed.frames_skipped if result.completed else 0)
 
 
 def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path,
@@ -107,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output and writer is not None and writer.count:
             _write_mp4(result, writer, Path(args.audio_path), args.output, Path(scratch))
             logger.info("Wrote %s", args.output)
-    stats = _stats(result)
+    stats = session_stats(result)
     print("\n" + format_report(stats), flush=True)
     if args.json:
         report = {"ok": result.ok, "live": result.live, "stats": stats.to_dict(),

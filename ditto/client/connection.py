@@ -275,9 +275,13 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
         async with asyncio.timeout(timeout_s):
             async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30)) as ws:
                 logger.info("Connected to server as client %s", client_id)
-                await ws.send(json.dumps(start if seed is None else {**start, "seed": seed}))
-                result.start_sent_s = clock()
-                mode.start_sent()
+                try:
+                    await ws.send(json.dumps(start if seed is None else {**start, "seed": seed}))
+                except websockets.exceptions.ConnectionClosed:
+                    pass  # refused on connect (busy, ...): the error it sent before closing is read below
+                else:
+                    result.start_sent_s = clock()
+                    mode.start_sent()
                 async for message in ws:
                     if isinstance(message, bytes):
                         _receive_frame(message, result, on_frame, clock, log_every)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ditto import SAMPLE_RATE_HZ
+
+if TYPE_CHECKING:
+    from ditto.client.connection import SessionResult
 
 MIN_REALTIME_FPS = 22.5  # 90 % of 25 fps
 MAX_FIRST_FRAME_LATENCY_S = 3.0
@@ -148,6 +152,26 @@ def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int], *,
         fps=frames / duration if duration > 0 else 0.0,
         total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s),
         lag=lag_stats(lags_ms or []), frames_skipped=frames_skipped)
+
+
+def session_lags_ms(result: "SessionResult") -> list[float] | None:
+    """Live sessions: the end-to-end lag of each speech frame received; file mode: ``None``."""
+    if not result.live:
+        return None
+    return end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or SAMPLE_RATE_HZ, [
+        FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in result.frames])
+
+
+def session_stats(result: "SessionResult") -> StreamStats:
+    """Statistics of one client session. File mode counts from ``start_streaming``; live from
+    the first audio chunk sent (when one was), with end-to-end lags."""
+    frames = result.frames
+    start = result.start_sent_s or 0.0
+    if result.live and result.first_audio_sent_s is not None:
+        start = result.first_audio_sent_s
+    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames],
+                         lags_ms=session_lags_ms(result),
+                         frames_skipped=result.completed.frames_skipped if result.completed else 0)
 
 
 def _check(ok: bool, text: str) -> str:

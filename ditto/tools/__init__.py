@@ -1,1 +1,1 @@
-"""Developer tools: test-checkpoint generators and engine builders (never imported by the runtime)."""
+"""Developer tools: test-checkpoint generators, engine builders and the load test (never imported by the runtime)."""
