@@ -101,14 +101,14 @@ def free_port() -> int:
 class RunningServer:
     """A real uvicorn server on 127.0.0.1 in a background thread."""
 
-    def __init__(self, app, port: int, ws_max_size: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, app, port: int, settings) -> None:
         import uvicorn
+
+        from ditto.server.main import uvicorn_options
 
         self.port = port
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                ws_max_size=ws_max_size,
-                                timeout_graceful_shutdown=3)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
@@ -146,7 +146,7 @@ def start_server(tmp_path) -> Iterator[Callable[..., RunningServer]]:
         backend = backend or FakeBackend()
         settings = Settings(**{"max_sessions": 4, **overrides})
         app = create_app(settings, backend_factory=lambda _s: backend)
-        server = RunningServer(app, free_port(), ws_max_size=settings.max_upload_bytes + (1 << 20)).start()
+        server = RunningServer(app, free_port(), settings).start()
         servers.append(server)
         return server
 

@@ -317,3 +317,18 @@ def test_shutdown_closes_open_sessions_with_1012(start_server):
     t = run(scenario())
     assert t.close_code == 1012
     assert 0 < len(t.frames) < 500
+
+
+def test_frames_are_not_deflated(start_server):
+    """The client offers permessage-deflate (websockets does by default); the server declines it:
+    JPEG frames don't compress, and deflating them costs more CPU than encoding them."""
+    server = start_server()
+
+    async def handshake():
+        async with websockets.connect(f"{server.ws}/ws/deflate") as ws:
+            offered = ws.request.headers.get("Sec-WebSocket-Extensions")
+            return offered, ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    offered, accepted = run(handshake())
+    assert offered and "permessage-deflate" in offered
+    assert accepted is None
