@@ -16,8 +16,15 @@ deterministically on real portraits:
 * blaze_face: one face box centred in the 512 crop, gated like SCRFD.
 * face_mesh / face_landmarker.task: a fixed 478-point template whose eyes,
   lids and irises sit at MediaPipe's indices (eye-info friendly).
-* hubert: a strided conv front end (window 400, hop 320) with a dynamic sample
-  axis → ``(⌊(L − 400)/320⌋ + 1, 1024)``, genuinely audio-dependent.
+* hubert (``hubert="large"``, the default): the real architecture,
+  :class:`~ditto.backends.ditto.models.hubert.HubertLarge` (24 layers, 315 M parameters,
+  a 1.26 GB file) with seeded random weights (LayerNorm gains/biases jittered so that they are
+  not all 1/0), exported by :func:`~ditto.backends.ditto.models.hubert.export_hubert_onnx`
+  (every initializer named ``hubert.<HF key>``), so HuBERT costs what the official one costs;
+  ~25 s on two CPU cores. ``ditto_pytorch/aux_models/hubert_streaming_fix_kv.onnx`` is a hard
+  link to ``ditto_onnx/hubert.onnx`` where the file system allows (same bytes either way).
+  ``hubert="small"``: a strided conv front end (window 400, hop 320), 170 KB, for fast tests.
+  Both take a dynamic sample axis → ``(⌊(L − 400)/320⌋ + 1, 1024)``, genuinely audio-dependent.
 
 The ``.task`` bundle holds MediaPipe's own short-range BlazeFace detector
 (``face_detection_short_range.tflite``, shipped inside the mediapipe wheel,
@@ -28,15 +35,18 @@ Without mediapipe installed the ``.task`` file is skipped (logged).
 
 Not imported by the runtime. Usage::
 
-    python -m ditto.tools.aux_test_models ONNX_DIR PYTORCH_AUX_DIR [--seed N]
+    python -m ditto.tools.aux_test_models ONNX_DIR PYTORCH_AUX_DIR [--seed N] [--hubert large|small]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import math
+import os
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
@@ -57,10 +67,13 @@ from ditto.backends.ditto.aux_models.face_mesh import (
     blaze_anchors,
 )
 from ditto.backends.ditto.aux_models.landmarks import ANCHOR_INDICES
+from ditto.backends.ditto.models.hubert import HubertLarge, export_hubert_onnx
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+#: ``hubert`` choices of :func:`write_aux_test_models`: the real architecture, or a tiny conv.
+HUBERT_STAND_INS = ("large", "small")
 
 # Original (pre-Ditto) tensor names. det_10g / 2d106det: insightface buffalo_l.
 DET10G_INPUT = "input.1"
@@ -316,6 +329,36 @@ class HubertStandIn(nn.Module):
         return self.proj(h)[0].transpose(0, 1)
 
 
+def build_hubert_large_stand_in(seed: int) -> HubertLarge:
+    """HubertLarge (default, large config) with weights drawn from ``seed`` alone, eval mode, CPU.
+
+    Default PyTorch initialisation, then every LayerNorm gain 1 + 0.1·N(0, 1) and bias
+    0.1·N(0, 1), as a trained model has (and so that a mapping that swaps them is caught).
+    Uses a private RNG state (the caller's global torch RNG is left untouched).
+    """
+    digest = hashlib.sha256(f"{seed}:hubert_large".encode()).digest()
+    torch_seed = int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        module = HubertLarge()
+    gen = torch.Generator().manual_seed(torch_seed ^ 1)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.LayerNorm):
+                layer.weight.copy_(1.0 + 0.1 * torch.randn(layer.weight.shape, generator=gen))
+                layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=gen))
+    return module.eval()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(src, dst)
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -462,8 +505,8 @@ def _write_task_bundle(path: Path, template: np.ndarray) -> bool:
     return True
 
 
-def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -> None:
-    """Write the stand-in auxiliary models.
+def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int, hubert: str = "large") -> None:
+    """Write the stand-in auxiliary models (``hubert``: ``"large"`` or ``"small"``, module docstring).
 
     ``onnx_dir`` (the ``ditto_onnx`` layout) gets insightface_det, landmark106,
     landmark203, blaze_face, face_mesh, hubert (.onnx, Ditto tensor names);
@@ -471,7 +514,12 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -
     2d106det.onnx, landmark203.onnx, hubert_streaming_fix_kv.onnx (original
     tensor names) and face_landmarker.task. Same ``seed`` → identical bytes
     (for a given torch/onnx/mediapipe version).
+
+    Raises:
+        ValueError: ``hubert`` is not one of :data:`HUBERT_STAND_INS`.
     """
+    if hubert not in HUBERT_STAND_INS:
+        raise ValueError(f"hubert must be one of {HUBERT_STAND_INS}, got {hubert!r}")
     onnx_dir, pytorch_aux_dir = Path(onnx_dir), Path(pytorch_aux_dir)
     onnx_dir.mkdir(parents=True, exist_ok=True)
     pytorch_aux_dir.mkdir(parents=True, exist_ok=True)
@@ -500,11 +548,15 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int) -
     mesh = MeshStandIn(template, gen)
     _export(mesh, (torch.zeros(1, 256, 256, 3),), onnx_dir / "face_mesh.onnx", ["input"], ["Identity", "Identity_1", "Identity_2"])
 
-    hubert = HubertStandIn(gen)
-    audio = torch.zeros(1, 6480)
-    axes = {"input_values": {1: "num_samples"}, "encoding_out": {0: "num_frames"}}
-    _export(hubert, (audio,), onnx_dir / "hubert.onnx", ["input_values"], ["encoding_out"], axes)
-    _export(hubert, (audio,), pytorch_aux_dir / "hubert_streaming_fix_kv.onnx", ["input_values"], ["encoding_out"], axes)
+    if hubert == "large":
+        export_hubert_onnx(build_hubert_large_stand_in(seed), onnx_dir / "hubert.onnx", opset_version=OPSET)
+        _link_or_copy(onnx_dir / "hubert.onnx", pytorch_aux_dir / "hubert_streaming_fix_kv.onnx")
+    else:
+        audio = torch.zeros(1, 6480)
+        axes = {"input_values": {1: "num_samples"}, "encoding_out": {0: "num_frames"}}
+        small_hubert = HubertStandIn(gen)
+        for path in (onnx_dir / "hubert.onnx", pytorch_aux_dir / "hubert_streaming_fix_kv.onnx"):
+            _export(small_hubert, (audio,), path, ["input_values"], ["encoding_out"], axes)
 
     _write_task_bundle(pytorch_aux_dir / "face_landmarker.task", template)
 
@@ -514,9 +566,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("onnx_dir", type=Path)
     parser.add_argument("pytorch_aux_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hubert", choices=HUBERT_STAND_INS, default="large",
+                        help="HuBERT stand-in: the real architecture (1.26 GB) or a tiny conv (default large)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    write_aux_test_models(args.onnx_dir, args.pytorch_aux_dir, seed=args.seed)
+    write_aux_test_models(args.onnx_dir, args.pytorch_aux_dir, seed=args.seed, hubert=args.hubert)
 
 
 if __name__ == "__main__":

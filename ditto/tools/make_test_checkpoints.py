@@ -1,6 +1,6 @@
 """A complete Ditto checkpoint tree with random weights, for tests and CPU smoke runs.
 
-``python -m ditto.tools.make_test_checkpoints OUT_DIR [--seed N] [--skip_onnx]`` writes::
+``python -m ditto.tools.make_test_checkpoints OUT_DIR [--seed N] [--skip_onnx] [--hubert large|small]`` writes::
 
     OUT_DIR/
       ditto_pytorch/models/       appearance_extractor.pth  motion_extractor.pth  warp_network.pth
@@ -37,8 +37,15 @@ engine batches across sessions (stitch_network, warp_network, decoder, LMDM:
 ``trt_bindings.BATCH_AXIS_MODELS``) declare a dynamic leading axis instead, same
 tensor names, so ``build_engines`` gives them a batch profile; the others keep batch 1.
 
-``--skip_onnx`` leaves out the six network exports (the slow part, ~30 s on a
-CPU) and the ONNX pkls; ``ditto_onnx/`` then holds only the aux stand-ins.
+``--skip_onnx`` leaves out the six network exports (~30 s on a CPU) and the ONNX
+pkls; ``ditto_onnx/`` then holds only the aux stand-ins.
+
+``--hubert large`` (the default) makes the HuBERT files the real HuBERT-large
+architecture with random weights (1.26 GB, ~25 s to export on two CPU cores; the
+``ditto_pytorch/aux_models`` copy is a hard link where possible), so benchmarks pay
+what the official model costs. ``--hubert small`` writes the 170 KB conv stand-in
+instead; the test suite uses it (the large one adds ~0.25 s of onnxruntime per
+HuBERT window on a CPU and 1.3 GB of disk).
 
 Not imported by the runtime.
 """
@@ -68,7 +75,7 @@ from ditto.backends.ditto.config import (
 from ditto.backends.ditto.models import RENDERER_MODELS, export_onnx
 from ditto.backends.ditto.models.lmdm import MotionDecoder, export_lmdm_onnx
 from ditto.backends.ditto.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
-from ditto.tools.aux_test_models import write_aux_test_models
+from ditto.tools.aux_test_models import HUBERT_STAND_INS, write_aux_test_models
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +214,10 @@ def write_onnx_cfg_pkls(tree: CheckpointTree) -> list[Path]:
 
 
 def write_test_checkpoints(out_dir: str | os.PathLike[str], *, seed: int = 0,
-                           skip_onnx: bool = False) -> CheckpointTree:
+                           skip_onnx: bool = False, hubert: str = "large") -> CheckpointTree:
     """Write the whole tree (see the module docstring) and return its paths.
+
+    ``hubert``: ``"large"`` (the real architecture) or ``"small"`` (a tiny conv stand-in).
 
     Deterministic: the same ``seed`` gives the same tensors (file bytes may
     differ between torch/onnx versions).
@@ -223,7 +232,7 @@ def write_test_checkpoints(out_dir: str | os.PathLike[str], *, seed: int = 0,
         if not skip_onnx:
             _export_onnx(name, module, tree.onnx / f"{name}.onnx")
         logger.info("wrote %s", name)
-    write_aux_test_models(tree.onnx, tree.pytorch / "aux_models", seed=seed)
+    write_aux_test_models(tree.onnx, tree.pytorch / "aux_models", seed=seed, hubert=hubert)
     for flavor in CFG_PKL_NAMES:
         write_cfg_pkl(tree.cfg, flavor, seed=seed)
     if not skip_onnx:
@@ -232,12 +241,14 @@ def write_test_checkpoints(out_dir: str | os.PathLike[str], *, seed: int = 0,
 
 
 def summary(tree: CheckpointTree) -> str:
-    """One line per file (size, path relative to the root) and a total."""
-    lines, total = [], 0
+    """One line per file (size, path relative to the root) and a total (hard links counted once)."""
+    lines, total, seen = [], 0, set()
     for path in sorted(p for p in tree.root.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        total += size
-        lines.append(f"{size / 1e6:9.2f} MB  {path.relative_to(tree.root)}")
+        stat = path.stat()
+        if (stat.st_dev, stat.st_ino) not in seen:  # a hard link (the large HuBERT) counts once
+            seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
+        lines.append(f"{stat.st_size / 1e6:9.2f} MB  {path.relative_to(tree.root)}")
     lines.append(f"{total / 1e6:9.2f} MB  total in {tree.root}")
     return "\n".join(lines)
 
@@ -247,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="folder to create the tree in")
     parser.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     parser.add_argument("--skip_onnx", action="store_true", help="no ONNX exports of the six networks (fast)")
+    parser.add_argument("--hubert", choices=HUBERT_STAND_INS, default="large",
+                        help="HuBERT files: the real HuBERT-large architecture, 1.26 GB (default; use it for "
+                             "benchmarks), or a tiny conv stand-in (fast tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    tree = write_test_checkpoints(args.out_dir, seed=args.seed, skip_onnx=args.skip_onnx)
+    tree = write_test_checkpoints(args.out_dir, seed=args.seed, skip_onnx=args.skip_onnx, hubert=args.hubert)
     print(summary(tree))
     print(f"serve it: python streaming_server.py --data_root {tree.pytorch} --cfg_pkl {tree.cfg_pkl('pytorch')}")
     if not args.skip_onnx:

@@ -54,6 +54,7 @@ from ditto.backends.ditto.aux_models.hubert import (
     offline_windows,
     split_len,
 )
+from ditto.backends.ditto.aux_models.hubert_torch import load_hubert_extractor
 from ditto.backends.ditto.aux_models.landmarks import Landmark106, Landmark203
 from ditto.backends.ditto.config import Audio2MotionCfg, DittoCfg, ModelCfg, SetupOptions
 from ditto.backends.ditto.engine import (
@@ -241,7 +242,9 @@ class DittoModels:
         detector = FaceDetector(_load_model("insightface_det", cfg.insightface_det, aux(cfg.insightface_det)))
         landmark106 = Landmark106(_load_model("landmark106", cfg.landmark106, aux(cfg.landmark106)))
         landmark203 = Landmark203(_load_model("landmark203", cfg.landmark203, aux(cfg.landmark203)))
-        hubert = HubertFeatureExtractor(_load_model("hubert", cfg.wav2feat, aux(cfg.wav2feat)))
+        # On CUDA an ONNX HuBERT-large runs as a torch module (onnxruntime may lack the CUDA provider).
+        hubert = load_hubert_extractor(cfg.wav2feat.model_path, _load_model("hubert", cfg.wav2feat, aux(cfg.wav2feat)),
+                                       device)
         stitch = _load_model("stitch_network", cfg.stitch_network, device)
         appearance = _load_model("appearance_extractor", cfg.appearance_extractor, device)
         motion = _load_model("motion_extractor", cfg.motion_extractor, device)

@@ -110,7 +110,9 @@ def render_all(stream, audio: np.ndarray, chunk: int = 1000) -> tuple[list, list
 
 @pytest.fixture(scope="session")
 def checkpoint_tree(tmp_path_factory) -> CheckpointTree:
-    return write_test_checkpoints(tmp_path_factory.mktemp("ditto_checkpoints"), seed=0)
+    # The small HuBERT stand-in: the real architecture (the CLI default) adds ~20 s of export,
+    # 1.3 GB and ~0.2 s of CPU per HuBERT window; test_hubert_large.py covers it.
+    return write_test_checkpoints(tmp_path_factory.mktemp("ditto_checkpoints"), seed=0, hubert="small")
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ class FakeRunner:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("aux")
-    write_aux_test_models(root / "ditto_onnx", root / "aux_models", seed=7)
+    write_aux_test_models(root / "ditto_onnx", root / "aux_models", seed=7, hubert="small")
     return {"onnx": root / "ditto_onnx", "ori": root / "aux_models"}
 
 
@@ -422,7 +422,7 @@ def test_stand_in_io_names_shapes_and_dtypes(models, key):
 
 
 def test_stand_in_files_are_small_and_deterministic(models, tmp_path):
-    write_aux_test_models(tmp_path / "o", tmp_path / "a", seed=7)
+    write_aux_test_models(tmp_path / "o", tmp_path / "a", seed=7, hubert="small")
 
     def digest(folder: Path) -> dict[str, str]:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}

@@ -23,7 +23,10 @@ few lengths (e.g. 4480 samples → 8); these helpers use exact integer math.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import torch
 
 from ditto import SAMPLES_PER_FRAME, frames_for_samples
 from ditto.backends.ditto.aux_models._io import Runner, first_declared_name, run_numpy
@@ -131,41 +134,104 @@ class StreamingWindower:
 
 
 class HubertFeatureExtractor:
-    """HuBERT runner + Ditto's window math.
+    """HuBERT (an ONNX/TensorRT runner or a torch module) + Ditto's window math.
 
     Args:
         runner: ``runner(input_values=(1, L) float32) -> {"encoding_out": (T, 1024)}``
-            (the first declared input/output are used when names differ).
+            (the first declared input/output are used when names differ). Called once per
+            window, batch rows one after the other.
         chunksize: (past, current, future) frames, upstream default (3, 5, 2).
+        module: instead of ``runner``: a torch module ``(B, L) -> (B, T, 1024)`` (e.g.
+            :class:`~ditto.backends.ditto.models.hubert.HubertLarge`, see
+            :func:`~ditto.backends.ditto.aux_models.hubert_torch.load_hubert_extractor`),
+            run in eval mode on the device of its parameters, whole batches at once.
+        autocast_fp16: module only, CUDA only: run under fp16 autocast (outputs float32).
+        max_batch: module only: windows per forward call in :meth:`offline_features`.
+
+    Every method goes through :meth:`encode_batch`. Safe to call from several threads.
     """
 
-    def __init__(self, runner: Runner, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE) -> None:
+    def __init__(self, runner: Runner | None = None, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE, *,
+                 module: torch.nn.Module | None = None, autocast_fp16: bool = False, max_batch: int = 32) -> None:
+        if (runner is None) == (module is None):
+            raise ValueError("HubertFeatureExtractor takes a runner or a module (exactly one)")
         self._runner = runner
+        self._module = module.eval() if module is not None else None
         self.chunksize = tuple(chunksize)
+        self.max_batch = max(1, int(max_batch))
+        if module is not None:
+            self.device = next(module.parameters()).device
+            self.autocast_fp16 = bool(autocast_fp16) and self.device.type == "cuda"
+        else:
+            self.device = getattr(runner, "device", torch.device("cpu"))
+            self.autocast_fp16 = False
         self._input_name = first_declared_name(runner, "input_names", "input_values")
         self._output_name = first_declared_name(runner, "output_names", "encoding_out")
 
-    def encode(self, samples: np.ndarray) -> np.ndarray:
-        """Raw model call: (L,) samples → (T, 1024) float32."""
-        feed = np.asarray(samples, dtype=np.float32).reshape(1, -1)
-        out = run_numpy(self._runner, {self._input_name: feed})
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The torch module when HuBERT runs as one, else None (a runner)."""
+        return self._module
+
+    def __repr__(self) -> str:
+        engine = type(self._module).__name__ if self._module is not None else repr(self._runner)
+        return f"HubertFeatureExtractor({engine}, device={self.device}, fp16={self.autocast_fp16})"
+
+    def encode_batch(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Raw model call: (B, L) windows of equal length → (B, T, 1024) float32 host array.
+
+        The torch module runs the whole batch in one call (on its device); a runner is called
+        once per row. Row b of the result equals ``encode(windows[b])``.
+        """
+        if isinstance(windows, torch.Tensor):
+            batch = windows.detach().to(torch.float32)
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        if batch.ndim != 2:
+            raise ValueError(f"encode_batch takes (B, L) windows, got shape {tuple(batch.shape)}")
+        if self._module is not None:
+            return self._encode_module(batch)
+        rows = [self._encode_runner(batch[b : b + 1]) for b in range(batch.shape[0])]
+        if not rows:
+            return np.zeros((0, 0, FEATURE_DIM), np.float32)
+        return np.stack(rows)
+
+    def _encode_module(self, batch: torch.Tensor) -> np.ndarray:
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if self.autocast_fp16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            out = self._module(batch.to(self.device, non_blocking=True))  # type: ignore[misc]
+        return out.float().cpu().numpy()
+
+    def _encode_runner(self, row: torch.Tensor) -> np.ndarray:
+        out = run_numpy(self._runner, {self._input_name: row.numpy()})  # type: ignore[arg-type]
         enc = out.get(self._output_name, next(iter(out.values())))
         if enc.ndim == 3 and enc.shape[0] == 1:
             enc = enc[0]
         return enc.astype(np.float32)
 
-    def encode_batch(self, windows: np.ndarray) -> np.ndarray:
-        """(B, L) windows of one length → (B, T, 1024) float32, one model call per row."""
-        return np.stack([self.encode(window) for window in np.asarray(windows, np.float32)])
+    def encode(self, samples: np.ndarray) -> np.ndarray:
+        """Raw model call: (L,) samples → (T, 1024) float32."""
+        return self.encode_batch(np.asarray(samples, dtype=np.float32).reshape(1, -1))[0]
+
+    def chunk_features_batch(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(B, 6480) windows → (B, 5, 1024) features, one batched model call on the torch path."""
+        enc = self.encode_batch(windows)
+        if len(enc) == 0:
+            return np.zeros((0, self.chunksize[1], FEATURE_DIM), np.float32)
+        return np.stack([window_features(e, self.chunksize) for e in enc])
 
     def chunk_features(self, window: np.ndarray) -> np.ndarray:
         """One 6480-sample window → (5, 1024) features (upstream ``run_chunk`` / ``Wav2FeatHubert.__call__``)."""
         return window_features(self.encode(window), self.chunksize)
 
     def offline_features(self, audio: np.ndarray) -> np.ndarray:
-        """(num_f, 1024) features for a whole 16 kHz utterance (offline path)."""
+        """(num_f, 1024) features for a whole 16 kHz utterance (offline path; batches of ``max_batch`` windows)."""
         n_frames = frames_for_samples(np.asarray(audio).reshape(-1).shape[0])
         if n_frames == 0:
             return np.zeros((0, FEATURE_DIM), np.float32)
-        feats = [self.chunk_features(w) for w in offline_windows(audio, self.chunksize)]
-        return np.concatenate(feats, axis=0)[:n_frames]
+        windows = np.stack(offline_windows(audio, self.chunksize))
+        step = self.max_batch if self._module is not None else len(windows)
+        feats = [self.chunk_features_batch(windows[i : i + step]) for i in range(0, len(windows), step)]
+        feats_all = np.concatenate(feats, axis=0)  # (windows, 5, dim)
+        return feats_all.reshape(-1, feats_all.shape[-1])[:n_frames]
