@@ -294,7 +294,8 @@ def build_engine(step: BuildStep, trt: Any, trt_logger: Any, *, workspace_bytes:
     if step.plugin is not None:
         config.plugins_to_serialize = [str(step.plugin)]
     # TensorRT 8.6 lets only one execution context at a time use an optimization profile unless
-    # profile sharing is on (always on from TensorRT 10); the runner forks a context per session.
+    # profile sharing is on (always on from TensorRT 10): then several runners (backends sharing
+    # one engine file) may each hold a context.
     if (step.plugin is not None or step.profiles) and major < 10 and hasattr(trt.PreviewFeature,
                                                                               "PROFILE_SHARING_0806"):
         config.set_preview_feature(trt.PreviewFeature.PROFILE_SHARING_0806, True)

@@ -350,8 +350,7 @@ def test_runner_wires_buffers_and_casts_time_cond(api) -> None:
         runner(x=x[:, :40], cond_frame=cf, cond=cond, time_cond=torch.tensor([99]))
     with pytest.raises(TypeError, match="time_cond"):
         runner(x=x, cond_frame=cf, cond=cond)
-    forked = runner.fork()
-    assert len(contexts) == 2 and forked.context is contexts[1] and forked.engine is runner.engine
+    assert len(contexts) == 1
 
 
 def _lmdm_batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -774,19 +773,27 @@ def test_built_stitch_engine_matches_onnxruntime(onnx_twins, tmp_path) -> None:
     runner = tr.TensorRTRunner(step.engine, device="cuda")
     assert binding_problems("stitch_network", runner.engine.specs) == []
     inputs = {"kp_source": torch.randn(1, 21, 3), "kp_driving": torch.randn(1, 21, 3)}
-    got = runner.fork()(**{k: v.cuda() for k, v in inputs.items()})["out"].cpu()
+    got = runner(**{k: v.cuda() for k, v in inputs.items()})["out"].cpu()
     ref = OnnxRunner(onnx_twins / "stitch_network.onnx")(**inputs)["out"]
     assert torch.allclose(got, ref, atol=1e-4)
 
 
-def test_each_session_drives_engines_through_its_own_context(pytorch_backend) -> None:
-    """Sessions share engines but never an execution context (it holds per-inference state)."""
+def test_the_device_engine_is_the_one_caller_of_an_engine(pytorch_backend) -> None:
+    """Sessions never call a TensorRT engine themselves: the device engine runs every session's
+    windows through the runner's one execution context."""
     import dataclasses
 
+    from ditto.backends.ditto.engine import WindowWork
+
     engine, contexts = _fake_engine("tensors")
-    shared = dataclasses.replace(pytorch_backend.models, lmdm=tr.TensorRTRunner(engine=engine))
-    first, second = shared.for_session(), shared.for_session()
-    assert first.lmdm.engine is second.lmdm.engine is shared.lmdm.engine
-    assert len({id(first.lmdm.context), id(second.lmdm.context), id(shared.lmdm.context)}) == 3
-    assert first.warp is shared.warp  # PyTorch runners are shared as they are
-    assert pytorch_backend.models.for_session() is pytorch_backend.models
+    models = dataclasses.replace(pytorch_backend.models, lmdm=tr.TensorRTRunner(engine=engine))
+    try:
+        g = torch.Generator().manual_seed(0)
+        work = WindowWork(steps=2, kp_cond=torch.zeros(1, 265), cond=torch.zeros(1, 80, 1103),
+                          x_T=torch.randn(1, 80, 265, generator=g), noise=torch.randn(1, 1, 80, 265, generator=g))
+        with models.engine.paused():
+            futures = [models.engine.sample(work, deadline=0.0) for _ in range(3)]
+        assert all(f.result(timeout=60).shape == (80, 265) for f in futures)
+        assert len(contexts) == 1
+    finally:
+        models.engine.close()

@@ -24,8 +24,8 @@ A fixed-shape engine (the shipped batch-1 engines) has ``max_batch`` 1 and runs
 a batch as one call per row on the same context, outputs concatenated.
 
 An execution context holds the activation memory of one inference at a time:
-never share one between two CUDA streams. :meth:`TensorRTRunner.fork` gives a
-new context on the same deserialized engine — one per session stream.
+never share one between two CUDA streams. Each runner has one; the device
+engine is its only caller (every session's rows go through it, batched).
 
 Engines that use the GridSample3D plugin (``warp_network``) need the plugin
 library loaded (``ctypes``, ``RTLD_GLOBAL``) before they are deserialized:
@@ -442,10 +442,6 @@ class TensorRTRunner:
     @property
     def api(self) -> ApiFlavor:
         return self._engine.flavor
-
-    def fork(self) -> TensorRTRunner:
-        """A runner with its own execution context on the same engine (one per session stream)."""
-        return TensorRTRunner(engine=self._engine)
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({os.path.basename(self.path)!r}, device={self.device}, api={self.api})"
