@@ -16,7 +16,6 @@ threads do not spin between calls); per-window figures are the batch time divide
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import sys

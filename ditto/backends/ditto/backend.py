@@ -34,6 +34,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -376,10 +377,11 @@ class DittoBackend:
 
         Each stage is timed on synthetic work at every batch size (a frame of the server's
         ``max_size``, JPEG on the GPU). A live session asks per second for 25 frames, 25/V LMDM
-        windows (V = 80 − overlap_v2) and 5 HuBERT windows. N sessions' frames batch up to
-        min(N, max batch); their windows arrive spread out, so they are counted at a third of N.
-        The capacity is the largest N whose device time per second stays under
-        ``TARGET_UTILIZATION``.
+        windows (V = 80 − overlap_v2) and 5 HuBERT windows. Its frames become ready V at a time
+        (one LMDM window); the sessions' windows arrive spread out, so a third of the N sessions
+        is counted as overlapping: render batches of min(max batch, V·⌈N/3⌉) frames, LMDM and
+        HuBERT batches of ⌈N/3⌉. The capacity is the largest N whose device time per second stays
+        under ``TARGET_UTILIZATION``.
         """
         engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -412,11 +414,13 @@ class DittoBackend:
             return per_item[stage][max(b for b in sizes if b <= fit)]
 
         valid = a2m.seq_frames - opts.overlap_v2
-        demand = ((Stage.RENDER, FPS, 1.0), (Stage.LMDM, FPS / valid, 1 / 3), (Stage.HUBERT, FPS / 5, 1 / 3))
+        # (stage, items per second per session, items that batch together per overlapping session)
+        demand = ((Stage.RENDER, FPS, valid), (Stage.LMDM, FPS / valid, 1), (Stage.HUBERT, FPS / 5, 1))
         capacity = 0
         for n in range(1, 257):
-            load = sum(rate * n * cost(stage, max(1.0, min(n * share, engine.max_batch)))
-                       for stage, rate, share in demand)
+            overlapping = math.ceil(n / 3)
+            load = sum(rate * n * cost(stage, min(per * overlapping, engine.max_batch))
+                       for stage, rate, per in demand)
             if load > TARGET_UTILIZATION:
                 break
             capacity = n
