@@ -283,10 +283,17 @@ class DeviceEngine:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                if batch:
+                try:
                     self._run_batch(batch)
+                except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
+                    logger.exception("engine: %s batch failed outside its stage", batch[0].stage.value)
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
 
     def _run_batch(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
         stage = batch[0].stage
         stats = self.stats[stage]
         started = time.perf_counter()
