@@ -157,3 +157,14 @@ def start_server(tmp_path) -> Iterator[Callable[..., RunningServer]]:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``slow`` tests (full-size models on the CPU) run only when selected: ``-m slow``."""
+    markexpr = config.getoption("markexpr") or ""
+    if "slow" in markexpr and "not slow" not in markexpr:
+        return
+    skip = pytest.mark.skip(reason="full-size CPU run; select with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -430,11 +430,8 @@ def test_onnx_export_opset20_matches_torch(name, shapes, models, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["warp_network", "decoder"])
-def test_onnx_export_full_size(name, models, tmp_path, request):
+def test_onnx_export_full_size(name, models, tmp_path):
     """Official-size export of the two big networks (≈15 s and ≈20 s on 2 CPU cores); runs only with ``-m slow``."""
-    markexpr = request.config.getoption("markexpr") or ""
-    if "slow" not in markexpr or "not slow" in markexpr:
-        pytest.skip("full-size CPU run; select with -m slow")
     test_onnx_export_opset20_matches_torch(name, None, models, tmp_path)
 
 
