@@ -206,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", action="store_true", help="also time each engine stage per batch size")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: 1 level, 1 s")
     p.add_argument("--json", type=Path)
+    p.add_argument("--plot", type=Path, help="PNG of the capacity curve (file FPS and live lag p95 per level)")
+    p.add_argument("--replot", type=Path, help="only draw --plot from this earlier --json")
     args = p.parse_args(argv)
+    if args.replot:
+        results = json.loads(args.replot.read_text())
+        plot(results, args.plot or args.replot.with_suffix(".png"))
+        return 0
     if args.quick:
         args.sessions, args.seconds = "1,2", 1.0
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -241,7 +247,35 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, levels)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, args.plot)
     return 0
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fps_ax, lag_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in results["levels"].items():
+        sessions = [r["sessions"] for r in rows]
+        fps_ax.plot(sessions, [r["file_fps_aggregate"] for r in rows], marker="o", label=name)
+        lag_ax.plot(sessions, [r["live_lag_p95_ms"] for r in rows], marker="o", label=name)
+        ok = [r for r in rows if r["live_sustained"]]
+        lag_ax.scatter([r["sessions"] for r in ok], [r["live_lag_p95_ms"] for r in ok], s=120, facecolors="none",
+                       edgecolors="green")
+    fps_ax.axhline(250, color="grey", linestyle=":", label="target 250 FPS")
+    fps_ax.set(xlabel="sessions", ylabel="file mode: frames/s, all sessions", title="throughput")
+    lag_ax.set(xlabel="sessions", ylabel="live: lag p95 (ms)", title="live (circled: sustained)")
+    for ax in (fps_ax, lag_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{results['device']}, {results['max_size']} px, {results['seconds']:.0f} s of speech per session")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def print_table(results: dict[str, Any], levels: list[int]) -> None:
