@@ -86,7 +86,8 @@ def test_server_exits_zero_on_sigterm_and_sigint():
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             health = wait_healthy(port, proc)
-            assert health == {"status": "ok", "backend": "lite", "sessions": {"active": 0, "max": 4}}
+            assert health == {"status": "ok", "backend": "lite", "engine": {},
+                              "sessions": {"active": 0, "max": 4, "live": 0, "live_max": 4}}
             proc.send_signal(sig)
             assert proc.wait(30) == 0
         finally:
