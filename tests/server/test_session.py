@@ -19,7 +19,7 @@ from ditto.errors import ErrorCode
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
 from tests.conftest import FakeBackend, run
-from tests.server.helpers import converse, png_bytes, portrait, speech_like, start_message, wav_bytes
+from tests.server.helpers import converse, live_start, png_bytes, portrait, speech_like, start_message, wav_bytes
 
 
 def good_start(seconds: float = 1.0, seed: int = 0) -> str:
@@ -97,6 +97,17 @@ def bomb_png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
+BAD_INPUTS.update({
+    # parse limits: RecursionError and int()'s ValueError inside json.loads before
+    "nested_10000_deep": ('{"type": "start_streaming", "seed": ' + "[" * 10_000 + "]" * 10_000 + "}",
+                          ErrorCode.BAD_MESSAGE),
+    "number_of_5000_digits": ('{"type": "stop", "n": ' + "7" * 5000 + "}", ErrorCode.BAD_MESSAGE),
+    # strict types
+    "seed_as_string": (start_message(wav_bytes(speech_like(0.5)), png_bytes(portrait()), seed="7"),
+                       ErrorCode.BAD_MESSAGE),
+    "live_as_string": (live_start(live="yes"), ErrorCode.BAD_MESSAGE),
+    "sample_rate_as_string": (live_start(sample_rate_hz="16000"), ErrorCode.BAD_MESSAGE),
+})
 BAD_INPUTS["decompression_bomb"] = (start_message(wav_bytes(speech_like(0.5)), bomb_png(30000, 30000)),
                                     ErrorCode.IMAGE_TOO_LARGE)
 
