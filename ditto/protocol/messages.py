@@ -14,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Literal, Union
+import re
+from typing import Annotated, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -144,16 +145,56 @@ def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
     return out
 
 
-def parse_client_message(text: str | bytes) -> StartStreaming | AudioChunk | EndOfAudio | Stop:
-    """Validate one client text message.
+MAX_JSON_DEPTH = 32
+"""Most levels of nested objects/arrays a client message may have (a valid one has 2)."""
+MAX_NUMBER_CHARS = 100
+"""Longest number literal a client message may have (Python's ``int()`` refuses over 4300 digits)."""
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH` before ``json.loads`` recurses into it.
+
+    Brackets inside strings do not count. The scan is linear in the message size (bounded by the
+    server's message limit); a message with few brackets, such as a base64 upload, skips it.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for bracket in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ProtocolError(f"message is nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _bounded_number(convert: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(literal: str) -> int | float:
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise ProtocolError(f"message has a number of {len(literal)} characters; "
+                                f"the limit is {MAX_NUMBER_CHARS}")
+        return convert(literal)
+    return parse
+
+
+_parse_int, _parse_float = _bounded_number(int), _bounded_number(float)
+
+
+def parse_client_message(text: str) -> StartStreaming | AudioChunk | EndOfAudio | Stop:
+    """Validate one client text message, within limits: at most :data:`MAX_JSON_DEPTH` levels
+    of nesting, number literals of at most :data:`MAX_NUMBER_CHARS` characters (the size limit
+    is the server's, checked before), and types as declared (pydantic strict mode: ``"7"`` is
+    not an int, ``"yes"`` not a bool).
 
     Raises:
-        ProtocolError: ``bad_message`` for malformed JSON or fields,
+        ProtocolError: ``bad_message`` for malformed JSON or fields, or a limit exceeded,
             ``unknown_message`` for a ``type`` this server does not know.
     """
+    _check_nesting(text)
     try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except json.JSONDecodeError as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ProtocolError("message must be a JSON object")
@@ -164,7 +205,7 @@ def parse_client_message(text: str | bytes) -> StartStreaming | AudioChunk | End
             code=ErrorCode.UNKNOWN_MESSAGE,
         )
     try:
-        return _client_adapter.validate_python(raw)
+        return _client_adapter.validate_python(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:])  # loc[0] is the union tag

@@ -27,12 +27,25 @@ from ditto.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+def _invalid_utf8_in_one_line(record: logging.LogRecord) -> bool:
+    """A ``uvicorn.error`` filter. uvicorn (0.54, websockets-sansio, the default ``ws``) closes a
+    connection whose text message is not UTF-8 with 1007, as RFC 6455 §8.1 asks, but logs the
+    UnicodeDecodeError with a traceback: the client's bytes are at fault, not the server. Keep
+    the line, with the decoder's reason, without the traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, UnicodeDecodeError) and str(record.msg).startswith("Invalid UTF-8"):
+        record.msg, record.args = f"{record.getMessage()} ({exc.reason} at byte {exc.start}); closed with 1007", ()
+        record.exc_info = None
+    return True
+
+
 def create_app(
     settings: Settings,
     backend_factory: Callable[[Settings], AnimatorBackend] = create_backend,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("uvicorn.error").addFilter(_invalid_utf8_in_one_line)  # no-op if already added
         backend = backend_factory(settings)
         logger.info("Backend %s ready", backend.name)
         metrics = ServerMetrics()

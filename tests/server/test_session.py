@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import zlib
@@ -19,7 +20,7 @@ from ditto.errors import ErrorCode
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
 from tests.conftest import FakeBackend, run
-from tests.server.helpers import converse, png_bytes, portrait, speech_like, start_message, wav_bytes
+from tests.server.helpers import converse, live_start, png_bytes, portrait, speech_like, start_message, wav_bytes
 
 
 def good_start(seconds: float = 1.0, seed: int = 0) -> str:
@@ -97,6 +98,17 @@ def bomb_png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
+BAD_INPUTS.update({
+    # parse limits: RecursionError and int()'s ValueError inside json.loads before
+    "nested_10000_deep": ('{"type": "start_streaming", "seed": ' + "[" * 10_000 + "]" * 10_000 + "}",
+                          ErrorCode.BAD_MESSAGE),
+    "number_of_5000_digits": ('{"type": "stop", "n": ' + "7" * 5000 + "}", ErrorCode.BAD_MESSAGE),
+    # strict types
+    "seed_as_string": (start_message(wav_bytes(speech_like(0.5)), png_bytes(portrait()), seed="7"),
+                       ErrorCode.BAD_MESSAGE),
+    "live_as_string": (live_start(live="yes"), ErrorCode.BAD_MESSAGE),
+    "sample_rate_as_string": (live_start(sample_rate_hz="16000"), ErrorCode.BAD_MESSAGE),
+})
 BAD_INPUTS["decompression_bomb"] = (start_message(wav_bytes(speech_like(0.5)), bomb_png(30000, 30000)),
                                     ErrorCode.IMAGE_TOO_LARGE)
 
@@ -158,6 +170,28 @@ def test_upload_over_limit(start_server):
     server = start_server(max_upload_bytes=100_000)
     t = run(converse(f"{server.ws}/ws/big", start_message(wav_bytes(speech_like(5.0)), png_bytes(portrait()))))
     assert t.error.code == ErrorCode.UPLOAD_TOO_LARGE
+    assert_still_serving(server)
+
+
+def test_text_message_not_utf8_closes_1007_with_one_log_line(start_server, caplog):
+    server = start_server()
+
+    async def send_invalid_utf8() -> int:
+        async with websockets.connect(f"{server.ws}/ws/latin1") as ws:
+            await ws.send(b'{"type": "stop", "x": "\xe9"}', text=True)  # websockets sends the bytes unchecked
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                await ws.recv()
+            return ws.close_code
+
+    uvicorn_log = logging.getLogger("uvicorn.error")  # does not propagate to caplog's root handler
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        assert run(send_invalid_utf8()) == 1007  # uvicorn logs before it sends the close
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    utf8_lines = [r for r in caplog.records if "UTF-8" in r.getMessage()]
+    assert len(utf8_lines) == 1 and "invalid continuation byte at byte 23" in utf8_lines[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
     assert_still_serving(server)
 
 
