@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -142,6 +143,22 @@ def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
     if seq is not None:
         out["seq"] = seq
     return out
+
+
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+"""A client id (the ``/ws/{client_id}`` path segment): 1-64 of URL-safe letters, digits and ``._~-``.
+Ids are logged and keyed on, so nothing else (no control characters, separators or spaces) gets in."""
+
+
+def check_client_id(client_id: str) -> None:
+    """Refuse an id outside :data:`CLIENT_ID_PATTERN`; call it before the id is logged or used.
+
+    Raises:
+        ProtocolError: ``bad_client_id``.
+    """
+    if CLIENT_ID_PATTERN.fullmatch(client_id) is None:
+        raise ProtocolError("client id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -",
+                            code=ErrorCode.BAD_CLIENT_ID)
 
 
 def parse_client_message(text: str | bytes) -> StartStreaming | AudioChunk | EndOfAudio | Stop:
