@@ -5,7 +5,8 @@ an :class:`ErrorCode` (a stable string sent in the protocol's ``error`` message)
 and the WebSocket close code the session ends with::
 
     DittoError
-    ├── ProtocolError        bad_message, unknown_message, invalid_state, upload_too_large
+    ├── ProtocolError        bad_message, unknown_message, invalid_state, upload_too_large,
+    │                        bad_client_id
     ├── MediaError           file_not_found, path_forbidden, audio_invalid, audio_empty,
     │                        audio_silent, audio_too_long, image_invalid, image_too_large
     ├── SourceError          no_face
@@ -26,6 +27,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_MESSAGE = "unknown_message"
     INVALID_STATE = "invalid_state"
     UPLOAD_TOO_LARGE = "upload_too_large"
+    BAD_CLIENT_ID = "bad_client_id"
     FILE_NOT_FOUND = "file_not_found"
     PATH_FORBIDDEN = "path_forbidden"
     AUDIO_INVALID = "audio_invalid"

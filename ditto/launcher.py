@@ -18,8 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ditto.client.cli import build_parser as client_parser
-from ditto.server.main import build_parser as server_parser
+from ditto.server.main import build_parser as server_parser, settings_from_args
 
 logger = logging.getLogger("run_streaming_test")
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(client_cmd + client_argv)
 
     known, _ = server_parser().parse_known_args(server_argv)
-    host = "127.0.0.1" if known.host in ("0.0.0.0", "::") else known.host
-    port = known.port if "--port" in server_argv else free_port(host)
-    server_argv = [a for a in server_argv] + ([] if "--port" in server_argv else ["--port", str(port)])
+    try:
+        listen = settings_from_args(known).host  # flag > DITTO_HOST > default, as the server resolves it
+    except ValidationError:  # bad flags or DITTO_* values: the server says which, and exits 2
+        return subprocess.call(server_cmd + server_argv)
+    host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+    port = known.port
+    if port is None:  # a free one, given as a flag (it wins over DITTO_PORT)
+        port = free_port(host)
+        server_argv = [*server_argv, "--port", str(port)]
     logger.info("Starting server on %s:%d", host, port)
     server = subprocess.Popen(server_cmd + server_argv)
     try:

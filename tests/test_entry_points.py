@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -92,6 +93,20 @@ def test_server_exits_zero_on_sigterm_and_sigint():
             assert proc.wait(30) == 0
         finally:
             proc.kill()
+
+
+def test_server_reads_ditto_variables_and_flags_win():
+    """DITTO_MAX_SESSIONS applies (no flag); --port wins over DITTO_PORT."""
+    port = free_port()
+    env = {**os.environ, "DITTO_MAX_SESSIONS": "2", "DITTO_PORT": str(free_port())}
+    proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_healthy(port, proc)["sessions"]["max"] == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ditto.client import LOGGER_NAME
 from ditto.client.connection import SessionResult, read_pcm, run_live_session, run_session
-from ditto.client.stats import format_report, session_stats
+from ditto.client.stats import StreamStats, format_report, session_stats
 from ditto.client.writers import FrameFolderWriter, mux_mp4, write_json, write_wav_pcm16
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -39,7 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="live session: send the audio in chunks paced at real time instead of uploading it whole")
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms (with --realtime)")
+    p.add_argument("--require_realtime", action="store_true",
+                   help="exit non-zero also when a real-time check of the statistics block fails (❌)")
     return p
+
+
+def exit_code(result: SessionResult, stats: StreamStats, *, require_realtime: bool) -> int:
+    """0 when every announced frame arrived (and, with ``require_realtime``, every real-time
+    check passed); else 1, with the reason logged."""
+    if not result.ok:
+        expected = result.expected_frames if result.expected_frames is not None else "?"
+        logger.error("Stream failed: %d of %s frames received", len(result.frames), expected)
+        return 1
+    failed = [name for name, ok in stats.checks.items() if not ok]
+    if require_realtime and failed:
+        logger.error("Real-time check failed: %s", ", ".join(failed))
+        return 1
+    return 0
 
 
 def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path,
@@ -102,8 +118,4 @@ def main(argv: list[str] | None = None) -> int:
                   "timed_out": result.timed_out,
                   "expected_frames": result.expected_frames}
         write_json(args.json, report)
-    if not result.ok:
-        expected = result.expected_frames if result.expected_frames is not None else "?"
-        logger.error("Stream failed: %d of %s frames received", len(result.frames), expected)
-        return 1
-    return 0
+    return exit_code(result, stats, require_realtime=args.require_realtime)

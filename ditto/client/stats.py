@@ -75,13 +75,18 @@ class StreamStats:
         return self.intervals is not None and self.intervals.mean_ms <= MAX_MEAN_INTERVAL_MS
 
     @property
+    def checks(self) -> dict[str, bool]:
+        """The real-time checks of the statistics block, by name, in its order."""
+        return {"fps": self.fps_ok, "latency": self.latency_ok, "intervals": self.intervals_ok}
+
+    @property
     def realtime_ok(self) -> bool:
-        return self.fps_ok and self.latency_ok and self.intervals_ok
+        return all(self.checks.values())
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.update(average_frame_bytes=self.average_frame_bytes, bandwidth_mbps=self.bandwidth_mbps,
-                   realtime=dict(fps=self.fps_ok, latency=self.latency_ok, intervals=self.intervals_ok))
+                   realtime=self.checks)
         return out
 
 

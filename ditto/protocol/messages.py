@@ -145,6 +145,22 @@ def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
     return out
 
 
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+"""A client id (the ``/ws/{client_id}`` path segment): 1-64 of URL-safe letters, digits and ``._~-``.
+Ids are logged and keyed on, so nothing else (no control characters, separators or spaces) gets in."""
+
+
+def check_client_id(client_id: str) -> None:
+    """Refuse an id outside :data:`CLIENT_ID_PATTERN`; call it before the id is logged or used.
+
+    Raises:
+        ProtocolError: ``bad_client_id``.
+    """
+    if CLIENT_ID_PATTERN.fullmatch(client_id) is None:
+        raise ProtocolError("client id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -",
+                            code=ErrorCode.BAD_CLIENT_ID)
+
+
 MAX_JSON_DEPTH = 32
 """Most levels of nested objects/arrays a client message may have (a valid one has 2)."""
 MAX_NUMBER_CHARS = 100

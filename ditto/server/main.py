@@ -23,19 +23,22 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Flags default to None: only flags given reach :class:`~ditto.settings.Settings`, which fills the
+    rest from ``DITTO_*`` variables, then its own defaults (flag > environment > default)."""
     p = argparse.ArgumentParser(
         prog="streaming_server.py",
         description="Real-time talking-head streaming server (WebSocket). Without --data_root/--cfg_pkl the "
-                    "weights-free embedded animator serves.")
+                    "weights-free embedded animator serves.",
+        epilog="Every setting is also read from its DITTO_* variable (DITTO_PORT=9000); a flag given wins.")
     p.add_argument("--data_root", type=Path, help="Ditto checkpoint folder, e.g. ../checkpoints/ditto_pytorch")
     p.add_argument("--cfg_pkl", type=Path, help="Ditto cfg pkl, e.g. ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", "--log_level", dest="log_level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug", "trace"])
-    p.add_argument("--backend", choices=["auto", "lite", "ditto"], default="auto",
-                   help="auto: Ditto when --cfg_pkl is given, else the embedded default (lite)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Ditto backend device")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--log-level", "--log_level", dest="log_level",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"], help="default info")
+    p.add_argument("--backend", choices=["auto", "lite", "ditto"],
+                   help="auto (default): Ditto when --cfg_pkl is given, else the embedded default (lite)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="Ditto backend device (default auto)")
     p.add_argument("--trt_plugin", type=Path,
                    help="GridSample3D TensorRT plugin library for the warp network engine "
                         "(default: libgrid_sample_3d_plugin.so next to the engines, or in ditto_onnx/ beside them)")
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoints beside --data_root instead of exiting")
     p.add_argument("--media_root", type=Path,
                    help="folder whose files clients may name by relative path (default: uploads only)")
-    p.add_argument("--max_sessions", type=int, default=4, help="concurrent sessions; more are refused (busy)")
+    p.add_argument("--max_sessions", type=int, help="concurrent sessions; more are refused (busy). Default 4")
     p.add_argument("--max_live_sessions", type=int,
                    help="live sessions kept real time; more are refused (busy). Default: the capacity the Ditto "
                         "backend measures at start-up on a GPU, else --max_sessions")
@@ -57,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile_min_batch", type=int,
                    help="Ditto on CUDA: render batches of at least this many frames run torch.compile-d fp16 "
                         "networks (about 1.8x faster; ~1 min more start-up per batch size). Default 16; 0: never")
-    p.add_argument("--jpeg_quality", type=int, default=85, help="JPEG quality of streamed frames (1-100)")
-    p.add_argument("--max_size", type=int, default=1920, help="longest side of the output video in pixels")
+    p.add_argument("--jpeg_quality", type=int, help="JPEG quality of streamed frames (1-100, default 85)")
+    p.add_argument("--max_size", type=int, help="longest side of the output video in pixels (default 1920)")
     return p
 
 
@@ -71,8 +74,6 @@ def settings_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = "DEBUG" if args.log_level == "trace" else args.log_level.upper()
-    logging.basicConfig(level=level)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             where = ".".join(str(p) for p in err["loc"])
             print(f"streaming_server.py: error: {where + ': ' if where else ''}{err['msg']}", file=sys.stderr)
         return 2
+    logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper())
 
     import uvicorn
 

@@ -77,11 +77,12 @@ async def stream(websocket: WebSocket, client_id: str) -> None:
     state = websocket.app.state
     context = state.context
     await websocket.accept()
-    session = Session(websocket, client_id, context)
     try:
+        msg.check_client_id(client_id)  # before anything logs it: ids are safe to log from here on
+        session = Session(websocket, client_id, context)
         state.registry.admit(session)
     except DittoError as exc:
-        logger.warning("Refused client %s: %s", client_id, exc.message)
+        logger.warning("Refused client %r: %s", client_id, exc.message)
         context.metrics.sessions_refused.labels(exc.code.value).inc()
         context.metrics.errors.labels(exc.code.value).inc()
         await websocket.send_text(msg.Error(code=exc.code, message=exc.message).model_dump_json())

@@ -366,3 +366,30 @@ def test_frames_are_not_deflated(start_server):
     offered, accepted = run(handshake())
     assert offered and "permessage-deflate" in offered
     assert accepted is None
+
+
+@pytest.mark.parametrize("raw_id", [
+    "%0D%0AX-Injected%3A1",  # CR LF: would forge a log line
+    "a%00b",  # NUL
+    "caf%C3%A9",  # non-ASCII
+    "has%20space",
+    "x" * 65,  # too long
+])
+def test_bad_client_id_is_refused_before_it_is_logged(start_server, caplog, raw_id):
+    server = start_server()
+    with caplog.at_level("INFO", logger="streaming_server"):
+        t = run(converse(f"{server.ws}/ws/{raw_id}", good_start(0.2)))
+    assert t.error is not None and t.error.code == ErrorCode.BAD_CLIENT_ID and t.close_code == 1008
+    assert not t.frames and not t.of_type(msg.StreamingStarted)
+    lines = [r.getMessage() for r in caplog.records if r.name == "streaming_server"]
+    assert lines and not any(c in line for line in lines for c in "\r\n\x00")
+    assert not any("connected" in line for line in lines)
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("client_id", ["x" * 64, "AZaz09._~-", "web-k3j9x0qz", "load-4-3"])
+def test_client_ids_of_the_allowed_set_are_served(start_server, client_id):
+    server = start_server()
+    t = run(converse(f"{server.ws}/ws/{client_id}", good_start(0.2)))
+    assert t.error is None and len(t.frames) == 5
+    assert t.of_type(msg.StreamingStarted)[0].client_id == client_id
