@@ -86,11 +86,39 @@ def test_server_exits_zero_on_sigterm_and_sigint():
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             health = wait_healthy(port, proc)
-            assert health == {"status": "ok", "backend": "lite", "sessions": {"active": 0, "max": 4}}
+            assert health["status"] == "ok" and health["backend"] == "lite"
+            assert health["sessions"]["active"] == 0 and health["sessions"]["max"] == 4
             proc.send_signal(sig)
             assert proc.wait(30) == 0
         finally:
             proc.kill()
+
+
+def test_sigterm_mid_session_sends_shutting_down_then_closes_1012():
+    """The README's promise: a client streaming when the server is stopped is told why (the
+    ``shutting_down`` error), then the socket closes with 1012, and the server exits 0."""
+    import asyncio
+
+    from ditto.errors import ErrorCode
+    from ditto.protocol import messages as msg
+    from tests.server.helpers import start_message, stream_then
+
+    port = free_port()
+    proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(port, proc)
+
+        async def sigterm():
+            proc.send_signal(signal.SIGTERM)
+
+        start = start_message(EXAMPLE_AUDIO.read_bytes(), EXAMPLE_IMAGE.read_bytes())
+        t = asyncio.run(stream_then(f"ws://127.0.0.1:{port}/ws/stopped", start, sigterm))
+        assert isinstance(t.controls[-1], msg.Error) and t.controls[-1].code == ErrorCode.SHUTTING_DOWN, t.controls
+        assert t.close_code == 1012 and 0 < len(t.frames) < 394
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("argv,message", [
