@@ -1,8 +1,8 @@
 """Errors with stable codes.
 
 Every failure a client can cause is a :class:`DittoError` subclass. Each carries
-an :class:`ErrorCode` (a stable string sent in the protocol's ``error`` message)
-and the WebSocket close code the session ends with::
+an :class:`ErrorCode` (a stable string sent in the protocol's ``error`` message);
+:data:`CLOSE_CODES` gives the WebSocket close code the session ends with::
 
     DittoError
     ├── ProtocolError        bad_message, unknown_message, invalid_state, upload_too_large,
@@ -61,11 +61,35 @@ class CloseCode(enum.IntEnum):
     TIMEOUT = 4008
 
 
+CLOSE_CODES: dict[ErrorCode, CloseCode] = {
+    ErrorCode.BAD_MESSAGE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.UNKNOWN_MESSAGE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.INVALID_STATE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.UPLOAD_TOO_LARGE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.FILE_NOT_FOUND: CloseCode.BAD_INPUT,
+    ErrorCode.PATH_FORBIDDEN: CloseCode.BAD_INPUT,
+    ErrorCode.AUDIO_INVALID: CloseCode.BAD_INPUT,
+    ErrorCode.AUDIO_EMPTY: CloseCode.BAD_INPUT,
+    ErrorCode.AUDIO_SILENT: CloseCode.BAD_INPUT,
+    ErrorCode.AUDIO_TOO_LONG: CloseCode.BAD_INPUT,
+    ErrorCode.IMAGE_INVALID: CloseCode.BAD_INPUT,
+    ErrorCode.IMAGE_TOO_LARGE: CloseCode.BAD_INPUT,
+    ErrorCode.NO_FACE: CloseCode.BAD_INPUT,
+    ErrorCode.BUSY: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.CLIENT_ID_IN_USE: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.SHUTTING_DOWN: CloseCode.SERVICE_RESTART,
+    ErrorCode.TIMEOUT: CloseCode.TIMEOUT,
+    ErrorCode.BACKEND_FAILED: CloseCode.INTERNAL_ERROR,
+    ErrorCode.OUT_OF_MEMORY: CloseCode.INTERNAL_ERROR,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+}
+"""The close code of each error code: the one table (1011 means the server failed, not the client)."""
+
+
 class DittoError(Exception):
     """Root of every error the project reports to a user."""
 
     code: ErrorCode = ErrorCode.INTERNAL
-    close_code: CloseCode = CloseCode.INTERNAL_ERROR
 
     def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
         super().__init__(message)
@@ -73,35 +97,49 @@ class DittoError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def close_code(self) -> CloseCode:
+        return CLOSE_CODES[self.code]
+
 
 class ProtocolError(DittoError):
     code = ErrorCode.BAD_MESSAGE
-    close_code = CloseCode.POLICY_VIOLATION
 
 
 class MediaError(DittoError):
     code = ErrorCode.AUDIO_INVALID
-    close_code = CloseCode.BAD_INPUT
 
 
 class SourceError(DittoError):
     code = ErrorCode.NO_FACE
-    close_code = CloseCode.BAD_INPUT
 
 
 class CapacityError(DittoError):
     code = ErrorCode.BUSY
-    close_code = CloseCode.TRY_AGAIN_LATER
 
 
 class SessionTimeout(DittoError):
     code = ErrorCode.TIMEOUT
-    close_code = CloseCode.TIMEOUT
 
 
 class BackendError(DittoError):
     code = ErrorCode.BACKEND_FAILED
-    close_code = CloseCode.INTERNAL_ERROR
+
+    @classmethod
+    def from_fault(cls, exc: Exception) -> "BackendError":
+        """What the client is told of ``exc``, raised inside a backend (torch, onnxruntime, TensorRT,
+        the backend's own code): ``out_of_memory`` when the device or host ran out, else ``backend_failed``."""
+        if is_out_of_memory(exc):
+            return cls("the backend ran out of memory for this session; retry later or with fewer sessions",
+                       code=ErrorCode.OUT_OF_MEMORY)
+        return cls(f"the backend failed: {type(exc).__name__}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (matched by name: this module does not import torch), and the device
+    allocation failures onnxruntime and TensorRT report as plain RuntimeErrors that say so."""
+    return (isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+            or isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class ConfigError(Exception):

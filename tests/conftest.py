@@ -92,6 +92,60 @@ class FakeBackend:
         pass
 
 
+class FaultyStream(FakeStream):
+    """A FakeStream that meets the backend's other streams at frame ``fail_at`` (a barrier), then
+    raises the backend's ``error`` if its avatar is the faulty one, else goes on."""
+
+    def __init__(self, avatar: FakeAvatar, backend: "FaultyBackend") -> None:
+        super().__init__(avatar, backend.delay_s)
+        self.backend = backend
+
+    def _frames(self, upto: int) -> Iterator[VideoFrame]:
+        b = self.backend
+        for frame in super()._frames(upto):
+            if frame.index == b.fail_at:
+                b.rendezvous.wait(timeout=30)  # every session is mid-stream here
+                if np.array_equal(self.avatar.image, b.faulty):
+                    raise b.error
+            yield frame
+
+
+class FaultyBackend(FakeBackend):
+    """A FakeBackend whose streams of one portrait fail mid-stream, as a GPU fault would: each of
+    ``sessions`` streams renders ``fail_at`` frames, they all wait for each other, then the streams
+    of ``faulty`` raise ``error`` and the others stream to the end."""
+
+    def __init__(self, faulty: np.ndarray, error: Exception, *, fail_at: int = 5, sessions: int = 1) -> None:
+        super().__init__()
+        self.faulty, self.error, self.fail_at = faulty, error, fail_at
+        self.rendezvous = threading.Barrier(sessions)
+
+    def open_stream(self, avatar: FakeAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> FakeStream:
+        stream = FaultyStream(avatar, self)
+        self.streams.append(stream)
+        return stream
+
+
+class GatedRegistration(FakeBackend):
+    """A FakeBackend whose ``register_source`` counts its calls, then blocks until ``release`` is set;
+    the first call raises ``first_error`` (if given) once released."""
+
+    def __init__(self, first_error: Exception | None = None) -> None:
+        super().__init__()
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.first_error = first_error
+
+    def register_source(self, image_rgb: np.ndarray) -> FakeAvatar:
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the registration"
+        if self.calls == 1 and self.first_error is not None:
+            raise self.first_error
+        return super().register_source(image_rgb)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,17 +153,18 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """A real uvicorn server on 127.0.0.1 in a background thread."""
+    """A real uvicorn server (the server's own :class:`~ditto.server.main.Server`) on 127.0.0.1 in a
+    background thread."""
 
     def __init__(self, app, port: int, settings) -> None:
         import uvicorn
 
-        from ditto.server.main import uvicorn_options
+        from ditto.server.main import Server, uvicorn_options
 
         self.port = port
         self.app = app
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(settings))
-        self.server = uvicorn.Server(config)
+        self.server = Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     @property

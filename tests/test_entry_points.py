@@ -109,6 +109,33 @@ def test_server_reads_ditto_variables_and_flags_win():
         proc.kill()
 
 
+def test_sigterm_mid_session_sends_shutting_down_then_closes_1012():
+    """The README's promise: a client streaming when the server is stopped is told why (the
+    ``shutting_down`` error), then the socket closes with 1012, and the server exits 0."""
+    import asyncio
+
+    from ditto.errors import ErrorCode
+    from ditto.protocol import messages as msg
+    from tests.server.helpers import start_message, stream_then
+
+    port = free_port()
+    proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(port, proc)
+
+        async def sigterm():
+            proc.send_signal(signal.SIGTERM)
+
+        start = start_message(EXAMPLE_AUDIO.read_bytes(), EXAMPLE_IMAGE.read_bytes())
+        t = asyncio.run(stream_then(f"ws://127.0.0.1:{port}/ws/stopped", start, sigterm))
+        assert isinstance(t.controls[-1], msg.Error) and t.controls[-1].code == ErrorCode.SHUTTING_DOWN, t.controls
+        assert t.close_code == 1012 and 0 < len(t.frames) < 394
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--data_root", "x"], "--data_root and --cfg_pkl go together"),
     (["--backend", "ditto"], "--backend ditto needs --data_root and --cfg_pkl"),

@@ -2,8 +2,8 @@
 
 The backend is loaded before uvicorn starts, so a bad checkpoint setup ends the
 process with one clear message and a non-zero exit code, and ``/healthz`` answers as
-soon as the server accepts connections. SIGINT/SIGTERM are handled by uvicorn: stop
-accepting, end sessions (close code 1012), exit 0.
+soon as the server accepts connections. SIGINT/SIGTERM are handled by uvicorn (:class:`Server`):
+end sessions (an ``error`` with code ``shutting_down``, then close code 1012), stop accepting, exit 0.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+import uvicorn
 from pydantic import ValidationError
 
 from ditto.errors import ConfigError
@@ -83,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper())
 
-    import uvicorn
-
     from ditto.backends.registry import create_backend
     from ditto.server.app import create_app
 
@@ -98,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     # handler that was installed before it: make that one a no-op so a requested stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                **uvicorn_options(settings))
-    return 0
+    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                   **uvicorn_options(settings)))
+    server.run()
+    return 0 if server.started else 1
 
 
 def uvicorn_options(settings) -> dict:
@@ -111,3 +111,18 @@ def uvicorn_options(settings) -> dict:
     """
     return {"ws_max_size": settings.max_upload_bytes + (1 << 20), "ws_per_message_deflate": False,
             "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 1}
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, ending the app's sessions before uvicorn's own shutdown does.
+
+    uvicorn's shutdown fails every open WebSocket with close code 1012 at once, before the app's
+    lifespan shutdown runs, so a client would never get its ``shutting_down`` error. Here the
+    app's session registry ends them first (error, then 1012; see ``SessionRegistry.close_all``),
+    then uvicorn shuts down as usual. ``config.app`` must be an app of :func:`create_app`.
+    """
+
+    async def shutdown(self, sockets=None) -> None:
+        state = self.config.app.state
+        await state.registry.close_all(state.settings.shutdown_grace_s)
+        await super().shutdown(sockets)

@@ -26,11 +26,12 @@ import time
 from typing import Callable, TypeVar
 
 import numpy as np
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected, WebSocketState
 
 from ditto import FPS
 from ditto.backends.base import AnimationStream, AnimatorBackend, Avatar, StreamOptions
-from ditto.errors import CloseCode, DittoError, ErrorCode, MediaError, ProtocolError, SessionTimeout
+from ditto.errors import (BackendError, CloseCode, DittoError, ErrorCode, MediaError, ProtocolError,
+                          SessionTimeout)
 from ditto.media.audio import Audio, decode_audio
 from ditto.media.image import decode_image
 from ditto.media.paths import resolve_media_path
@@ -43,12 +44,17 @@ from ditto.server.live import END_OF_AUDIO, Chunk, Inbox, render_live
 from ditto.server.metrics import ServerMetrics
 from ditto.server.registry import SessionRegistry
 from ditto.server.render import render_file
-from ditto.server.writer import WebSocketFrameWriter
+from ditto.server.writer import StreamAborted, WebSocketFrameWriter
 from ditto.settings import Settings
 
 logger = logging.getLogger(LOGGER_NAME)
 
 _Result = TypeVar("_Result")
+
+CLIENT_LEFT = (WebSocketDisconnect, WebSocketDisconnected, StreamAborted, OSError)
+"""What the socket side raises once the client is gone (uvicorn turns websockets' ConnectionClosed into
+an OSError). Nothing from the render pool is among them: :meth:`Session._in_render_pool` makes its
+failures errors."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,16 +125,18 @@ class Session:
             close_code = exc.close_code
             await self._report(exc, writer, sender)
         except asyncio.CancelledError:
-            close_code = CloseCode.SERVICE_RESTART if self._shutdown_requested else CloseCode.GOING_AWAY
+            close_code = CloseCode.GOING_AWAY  # uvicorn gave up waiting for the session
             if self._shutdown_requested:
-                await self._report(DittoError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN),
-                                   writer, sender)
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:  # client went away mid-send
+                error = DittoError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+                close_code = error.close_code
+                await self._report(error, writer, sender)
+        except CLIENT_LEFT as exc:
             logger.info("Client %s disconnected (%s)", self.client_id, type(exc).__name__)
-        except Exception as exc:
-            logger.exception("Session %s failed", self.client_id)
-            close_code = CloseCode.INTERNAL_ERROR
-            await self._report(DittoError(f"internal error: {type(exc).__name__}"), writer, sender)
+        except Exception as exc:  # a fault of the session's own code
+            error = DittoError(f"internal error: {type(exc).__name__}")
+            error.__cause__ = exc
+            close_code = error.close_code
+            await self._report(error, writer, sender)
         finally:
             self._cancel.set()
             writer.abort()
@@ -141,7 +149,6 @@ class Session:
     async def _stream(self, start: msg.StartStreaming, writer: WebSocketFrameWriter,
                       sender: asyncio.Task) -> None:
         """Prepare the job, announce it, then render it while listening to the client."""
-        loop = asyncio.get_running_loop()
         if start.live:
             self.ctx.registry.start_live(self)  # busy past the live sessions the backend keeps real time
             writer.live = True  # its stream clock starts with the first audio chunk (render_live)
@@ -149,7 +156,7 @@ class Session:
         else:
             writer.stream_started_at = time.monotonic()
             logger.info("Starting streaming for client %s", self.client_id)
-        job = await loop.run_in_executor(self.ctx.render_pool, self._prepare, start)
+        job = await self._in_render_pool(functools.partial(self._prepare, start))
         await writer.send_control(msg.StreamingStarted(
             client_id=self.client_id, backend=self.ctx.backend.name, audio=job.audio_name,
             source=job.source_name, live=start.live))
@@ -198,8 +205,23 @@ class Session:
             with contextlib.closing(self.ctx.backend.open_stream(job.avatar, seed=job.seed, options=options)) as stream:
                 return render(stream)
 
-        self._render = asyncio.get_running_loop().run_in_executor(self.ctx.render_pool, render_and_close)
+        self._render = self._in_render_pool(render_and_close)
         return self._render
+
+    def _in_render_pool(self, work: Callable[[], _Result]) -> asyncio.Future:
+        """Run ``work`` in the render pool, where the backend's code runs: what it raises that is not
+        a DittoError is a backend fault, and the future fails with its BackendError
+        (``backend_failed``, or ``out_of_memory``), never with what looks like the client leaving."""
+
+        def guarded() -> _Result:
+            try:
+                return work()
+            except DittoError:
+                raise
+            except Exception as exc:
+                raise BackendError.from_fault(exc) from exc
+
+        return asyncio.get_running_loop().run_in_executor(self.ctx.render_pool, guarded)
 
     async def _until_rendered(self, render: asyncio.Future, receiver: asyncio.Task, sender: asyncio.Task):
         """Wait for the render loop; a stop, error or disconnect seen by the receiver ends it first.
@@ -348,8 +370,11 @@ class Session:
     # --- ending --------------------------------------------------------------------------------
 
     async def _report(self, exc: DittoError, writer: WebSocketFrameWriter, sender: asyncio.Task) -> None:
-        """Send a final ``error`` after what is already queued, as far as the socket allows."""
-        logger.warning("Client %s: %s: %s", self.client_id, exc.code.value, exc.message)
+        """Log ``exc`` (with its traceback when the server failed: close code 1011), count it, and send
+        a final ``error`` after what is already queued, as far as the socket allows."""
+        server_failed = exc.close_code == CloseCode.INTERNAL_ERROR
+        logger.log(logging.ERROR if server_failed else logging.WARNING, "Client %s: %s: %s", self.client_id,
+                   exc.code.value, exc.message, exc_info=exc if server_failed else None)
         self.ctx.metrics.errors.labels(exc.code.value).inc()
         self._cancel.set()
         if sender.done():

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 
+import httpx
 import numpy as np
 import websockets
 
@@ -85,6 +86,40 @@ async def converse(url: str, *messages: str | bytes, timeout_s: float = 30.0,
                 pass
             out.close_code = ws.close_code
     return out
+
+
+async def stream_then(url: str, start: str, action, timeout_s: float = 30.0) -> Transcript:
+    """Send ``start``, read until the first frame, await ``action()``, then read until the server closes."""
+    out = Transcript()
+
+    async def read(ws, until_first_frame: bool) -> None:
+        async for reply in ws:
+            if isinstance(reply, bytes):
+                header, payload = FrameHeader.unpack(reply)
+                out.frames.append((header, bytes(payload)))
+                if until_first_frame:
+                    return
+            else:
+                out.controls.append(msg.parse_server_message(reply))
+
+    async with asyncio.timeout(timeout_s):
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(start)
+            await read(ws, until_first_frame=True)
+            acting = asyncio.create_task(action())
+            try:
+                await read(ws, until_first_frame=False)
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            out.close_code = ws.close_code
+            await acting
+    return out
+
+
+def metric_values(server) -> dict[str, float]:
+    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
 
 
 # --- live sessions ------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ idling, skipping for slow clients, bad input and the timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
-import httpx
 import numpy as np
 import pytest
 
@@ -15,17 +15,11 @@ from ditto.errors import ErrorCode
 from ditto.media.audio import to_mono_16k
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
-from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, FakeBackend, run
+from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, FakeBackend, FaultyBackend, run
 from tests.server.helpers import (
-    END_OF_AUDIO, binary_chunk, json_chunk, live_converse, live_start, pcm_bytes, png_bytes, portrait,
-    speech_like, split_chunks)
-from tests.server.test_session import assert_still_serving, healthz
-
-
-def metric_values(server) -> dict[str, float]:
-    text = httpx.get(f"{server.http}/metrics", timeout=5).text
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    END_OF_AUDIO, binary_chunk, json_chunk, live_converse, live_start, metric_values, pcm_bytes, png_bytes,
+    portrait, speech_like, split_chunks)
+from tests.server.test_session import BACKEND_FAULTS, assert_still_serving, healthz
 
 
 def assert_frames_in_order(frames, count: int) -> None:
@@ -312,3 +306,26 @@ def test_max_live_sessions_setting_overrides_the_backend(start_server):
     assert healthz(server)["sessions"]["live_max"] == 2
     server = start_server(backend=FakeBackend(), max_sessions=4)
     assert healthz(server)["sessions"]["live_max"] == 4  # unknown capacity: the session limit
+
+
+@pytest.mark.parametrize("name", ["cuda_error", "runtime_out_of_memory"])
+def test_backend_fault_mid_live_stream_fails_only_its_session(start_server, name):
+    error, code = BACKEND_FAULTS[name]
+    faulty, healthy = portrait(1), portrait(2)
+    backend = FaultyBackend(faulty, error, fail_at=5, sessions=2)
+    server = start_server(backend=backend)
+    wire = [binary_chunk(pcm_bytes(c, "int16")) for c in split_chunks(speech_like(2.0), 3200)] + [END_OF_AUDIO]
+
+    async def both():
+        return await asyncio.gather(
+            live_converse(f"{server.ws}/ws/bad", live_start(16000, image=png_bytes(faulty)), wire),
+            live_converse(f"{server.ws}/ws/good", live_start(16000, image=png_bytes(healthy)), wire))
+
+    bad, good = run(both())
+    assert bad.error is not None and bad.error.code == code and bad.close_code == 1011, bad.controls
+    assert len(bad.frames) <= 5 and bad.completed is None
+    assert good.error is None and good.close_code == 1000 and good.completed.frames_sent == 50
+    assert_frames_in_order(good.frames, 50)
+    assert metric_values(server)[f'ditto_errors_total{{code="{code.value}"}}'] == 1
+    assert all(s.closed for s in backend.streams) and healthz(server)["sessions"]["live"] == 0
+    assert_still_serving(server)

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import websockets
 
-from ditto.errors import ErrorCode
+from ditto.errors import BackendError, ErrorCode
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
-from tests.conftest import FakeBackend, run
-from tests.server.helpers import converse, live_start, png_bytes, portrait, speech_like, start_message, wav_bytes
+from tests.conftest import FakeBackend, FaultyBackend, GatedRegistration, run
+from tests.server.helpers import (converse, live_start, metric_values, png_bytes, portrait, speech_like,
+                                  start_message, stream_then, wav_bytes)
 
 
 def good_start(seconds: float = 1.0, seed: int = 0) -> str:
@@ -339,18 +340,22 @@ def test_healthz_and_metrics(start_server):
     assert values["ditto_sessions_active"] == 0
 
 
-def test_shutdown_closes_open_sessions_with_1012(start_server):
+def test_shutdown_sends_shutting_down_then_closes_with_1012(start_server):
     server = start_server(backend=FakeBackend(delay_s=0.02))
-
-    async def scenario():
-        task = asyncio.create_task(converse(f"{server.ws}/ws/live", good_start(20.0)))
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(server.stop)
-        return await task
-
-    t = run(scenario())
+    t = run(stream_then(f"{server.ws}/ws/live", good_start(20.0), lambda: asyncio.to_thread(server.stop)))
+    assert isinstance(t.controls[-1], msg.Error) and t.controls[-1].code == ErrorCode.SHUTTING_DOWN
     assert t.close_code == 1012
     assert 0 < len(t.frames) < 500
+
+
+BACKEND_FAULTS = {
+    "cuda_error": (RuntimeError("CUDA error: an illegal memory access was encountered"), ErrorCode.BACKEND_FAILED),
+    "any_exception": (KeyError("warp"), ErrorCode.BACKEND_FAILED),
+    "runtime_out_of_memory": (RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate "
+                                           "memory: CUDA out of memory"), ErrorCode.OUT_OF_MEMORY),
+    "backend_out_of_memory": (BackendError("the GPU ran out of memory", code=ErrorCode.OUT_OF_MEMORY),
+                              ErrorCode.OUT_OF_MEMORY),
+}
 
 
 def test_frames_are_not_deflated(start_server):
@@ -393,3 +398,93 @@ def test_client_ids_of_the_allowed_set_are_served(start_server, client_id):
     t = run(converse(f"{server.ws}/ws/{client_id}", good_start(0.2)))
     assert t.error is None and len(t.frames) == 5
     assert t.of_type(msg.StreamingStarted)[0].client_id == client_id
+
+
+@pytest.mark.parametrize("name", BACKEND_FAULTS)
+def test_backend_fault_mid_stream_fails_only_its_session(start_server, caplog, name):
+    """The fault reaches its client as an error (1011), counted and logged once with its traceback,
+    while a session streaming at the same time gets all its frames."""
+    error, code = BACKEND_FAULTS[name]
+    faulty, healthy = portrait(1), portrait(2)
+    backend = FaultyBackend(faulty, error, fail_at=5, sessions=2)
+    server = start_server(backend=backend)
+    audio = wav_bytes(speech_like(2.0))  # 50 frames
+
+    async def both():
+        return await asyncio.gather(converse(f"{server.ws}/ws/bad", start_message(audio, png_bytes(faulty))),
+                                    converse(f"{server.ws}/ws/good", start_message(audio, png_bytes(healthy))))
+
+    bad, good = run(both())
+    assert bad.error is not None and bad.error.code == code and bad.close_code == 1011, bad.controls
+    assert [h.index for h, _ in bad.frames] == list(range(5)) and not bad.of_type(msg.StreamingCompleted)
+    assert good.error is None and good.close_code == 1000
+    assert [h.index for h, _ in good.frames] == list(range(50))
+    assert metric_values(server)[f'ditto_errors_total{{code="{code.value}"}}'] == 1
+    logged = [r for r in caplog.records if "Client bad" in r.getMessage()
+              and r.levelname == "ERROR"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert all(s.closed for s in backend.streams)
+    assert_still_serving(server)
+
+
+def test_concurrent_sessions_with_one_portrait_register_it_once(start_server):
+    backend = GatedRegistration()
+    server = start_server(backend=backend)
+    audio, image = wav_bytes(speech_like(0.4)), png_bytes(portrait(3))
+    arrived = _count_cache_lookups(server)
+
+    async def both():
+        sessions = [asyncio.create_task(converse(f"{server.ws}/ws/{name}", start_message(audio, image)))
+                    for name in ("one", "two")]
+        await asyncio.to_thread(_release_when_both_looked_up, backend, arrived)
+        return await asyncio.gather(*sessions)
+
+    for t in run(both()):
+        assert t.error is None and len(t.frames) == 10
+    assert backend.calls == 1 and server.app.state.context.avatars.hits == 1
+
+
+def test_a_failed_registration_fails_every_waiting_session_and_is_retried(start_server):
+    backend = GatedRegistration(first_error=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    server = start_server(backend=backend)
+    audio, image = wav_bytes(speech_like(0.4)), png_bytes(portrait(3))
+    arrived = _count_cache_lookups(server)
+
+    async def both():
+        sessions = [asyncio.create_task(converse(f"{server.ws}/ws/{name}", start_message(audio, image)))
+                    for name in ("one", "two")]
+        await asyncio.to_thread(_release_when_both_looked_up, backend, arrived)
+        return await asyncio.gather(*sessions)
+
+    for t in run(both()):
+        assert t.error is not None and t.error.code == ErrorCode.BACKEND_FAILED and t.close_code == 1011
+        assert not t.frames
+    assert backend.calls == 1
+    again = run(converse(f"{server.ws}/ws/again", start_message(audio, image)))
+    assert again.error is None and len(again.frames) == 10 and backend.calls == 2
+
+
+class _CountingLock:
+    """The avatar cache's lock, counting the times it is let go: a session's lookup lets it go
+    once before registering or waiting, so two counts mean both sessions chose what to do."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.released = threading.Semaphore(0)
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+        self.released.release()
+
+
+def _count_cache_lookups(server) -> threading.Semaphore:
+    lock = server.app.state.context.avatars._lock = _CountingLock()
+    return lock.released
+
+
+def _release_when_both_looked_up(backend: GatedRegistration, looked_up: threading.Semaphore) -> None:
+    assert looked_up.acquire(timeout=10) and looked_up.acquire(timeout=10) and backend.entered.wait(10)
+    backend.release.set()

@@ -50,24 +50,17 @@ from ditto.backends.ditto.pipeline.putback import PastePlan, paste_back
 from ditto.backends.ditto.pipeline.render import FrameRenderer
 from ditto.backends.ditto.pipeline.sampler import BatchedWindowSampler
 from ditto.backends.ditto.runtime.base import ModelRunner
-from ditto.errors import BackendError, ErrorCode
+from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork", "is_out_of_memory"]
+__all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork"]
 
 
 class Stage(str, enum.Enum):
     HUBERT = "hubert"
     LMDM = "lmdm"
     RENDER = "render"
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    # onnxruntime and TensorRT report device allocation failures as plain runtime errors
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -457,6 +450,5 @@ def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
 def _as_backend_error(exc: BaseException) -> BaseException:
     if is_out_of_memory(exc):
         logger.warning("engine: out of device memory: %s", exc)
-        return BackendError("the GPU ran out of memory for this session; retry later or with fewer sessions",
-                            code=ErrorCode.OUT_OF_MEMORY)
+        return BackendError.from_fault(exc)
     return exc
