@@ -66,6 +66,7 @@ CLOSE_CODES: dict[ErrorCode, CloseCode] = {
     ErrorCode.UNKNOWN_MESSAGE: CloseCode.POLICY_VIOLATION,
     ErrorCode.INVALID_STATE: CloseCode.POLICY_VIOLATION,
     ErrorCode.UPLOAD_TOO_LARGE: CloseCode.POLICY_VIOLATION,
+    ErrorCode.BAD_CLIENT_ID: CloseCode.POLICY_VIOLATION,
     ErrorCode.FILE_NOT_FOUND: CloseCode.BAD_INPUT,
     ErrorCode.PATH_FORBIDDEN: CloseCode.BAD_INPUT,
     ErrorCode.AUDIO_INVALID: CloseCode.BAD_INPUT,

@@ -97,3 +97,9 @@ def test_server_messages_round_trip():
               msg.Metadata(duration_s=15.75, total_frames=394, fps=25, width=1432, height=1432),
               msg.StreamingCompleted(frames_sent=394), msg.Error(code=ErrorCode.NO_FACE, message="no face")):
         assert msg.parse_server_message(m.model_dump_json()) == m
+
+
+def test_every_error_code_has_one_close_code() -> None:
+    from ditto.errors import CLOSE_CODES, ErrorCode
+
+    assert set(CLOSE_CODES) == set(ErrorCode)
