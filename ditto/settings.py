@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     live_inbox_chunks: int = Field(64, ge=1, le=4096)  # live: audio chunks received but not yet rendered
     live_max_lag_ms: float = Field(500.0, gt=0)  # live: a frame whose motion waited this long unrendered is shed
     shutdown_grace_s: float = Field(5.0, ge=0)
+    request_timeout_s: float = Field(10.0, gt=0)  # a connection that sent no complete HTTP request this long is dropped
 
     @model_validator(mode="after")
     def _ditto_paths_come_together(self) -> "Settings":

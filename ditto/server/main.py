@@ -12,6 +12,8 @@ import argparse
 import logging
 import signal
 import sys
+import time
+import weakref
 from pathlib import Path
 
 import uvicorn
@@ -122,7 +124,31 @@ class Server(uvicorn.Server):
     then uvicorn shuts down as usual. ``config.app`` must be an app of :func:`create_app`.
     """
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._first_seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> monotonic s
+
     async def shutdown(self, sockets=None) -> None:
         state = self.config.app.state
         await state.registry.close_all(state.settings.shutdown_grace_s)
         await super().shutdown(sockets)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Once a second, also drop connections that sent no complete request for
+        ``request_timeout_s`` (half-open or slow clients, each holding a descriptor: uvicorn
+        itself times out only idle keep-alive connections, after a response)."""
+        if counter % 10 == 0:
+            self._drop_stalled_connections(time.monotonic())
+        return await super().on_tick(counter)
+
+    def _drop_stalled_connections(self, now: float) -> None:
+        timeout_s = self.config.app.state.settings.request_timeout_s
+        first_seen = self._first_seen
+        for connection in list(self.server_state.connections):
+            if getattr(connection, "cycle", True) is not None:  # a request arrived, or not HTTP (WebSocket)
+                first_seen.pop(connection, None)
+                continue
+            since = first_seen.setdefault(connection, now)
+            if now - since > timeout_s and not connection.transport.is_closing():
+                logger.info("Dropping a connection that sent no request in %.0f s", timeout_s)
+                connection.transport.close()

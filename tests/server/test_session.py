@@ -488,3 +488,21 @@ def _count_cache_lookups(server) -> threading.Semaphore:
 def _release_when_both_looked_up(backend: GatedRegistration, looked_up: threading.Semaphore) -> None:
     assert looked_up.acquire(timeout=10) and looked_up.acquire(timeout=10) and backend.entered.wait(10)
     backend.release.set()
+
+
+def test_connections_that_send_no_request_are_dropped(start_server):
+    """Half-open or stalled TCP connections (no complete HTTP request) are closed after
+    request_timeout_s instead of holding a descriptor for ever."""
+    import socket
+
+    server = start_server(request_timeout_s=1.0)
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    partial = socket.create_connection(("127.0.0.1", server.port))
+    partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    for sock in (silent, partial):
+        sock.settimeout(20)
+        try:
+            assert sock.recv(1024) == b""  # closed by the server
+        finally:
+            sock.close()
+    assert_still_serving(server)
