@@ -19,9 +19,10 @@ from typing import Callable, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Close
 
 from ditto.client import LOGGER_NAME
-from ditto.errors import ProtocolError
+from ditto.errors import CloseCode, ErrorCode, ProtocolError
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import AudioChunkHeader, FrameFlags, FrameHeader, FrameKind, SampleType, pack_audio_chunk
 
@@ -265,6 +266,18 @@ class _LiveMode:
             logger.error("Sending audio failed: %s", sender.exception())
 
 
+_ERRORS_BY_CLOSE_CODE = {CloseCode.TRY_AGAIN_LATER: ErrorCode.BUSY, CloseCode.SERVICE_RESTART: ErrorCode.SHUTTING_DOWN}
+
+
+def error_from_close(close: Close | None) -> msg.Error:
+    """The error a close frame stands for when no ``error`` message came before it."""
+    if close is None:
+        return msg.Error(code=ErrorCode.INTERNAL, message="the connection was lost without a close frame")
+    reason = f": {close.reason}" if close.reason else ""
+    return msg.Error(code=_ERRORS_BY_CLOSE_CODE.get(close.code, ErrorCode.INTERNAL),
+                     message=f"server closed the connection ({close.code}{reason})")
+
+
 async def _converse(server: str, client_id: str, start: dict, result: SessionResult, mode: _Mode, *,
                     seed: int | None, timeout_s: float, on_frame: FrameCallback | None,
                     clock: Callable[[], float], log_every: int) -> SessionResult:
@@ -303,6 +316,10 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
     except TimeoutError:
         result.timed_out = True
         logger.error("Timed out after %.0f s", timeout_s)
+    except websockets.exceptions.ConnectionClosed as exc:
+        if result.error is None:  # closed without an error message: its close code and reason explain it
+            result.error = error_from_close(exc.rcvd)
+            logger.error("Server closed the connection: [%s] %s", result.error.code.value, result.error.message)
     except (OSError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
         result.error = msg.Error(code="internal", message=f"connection failed: {exc}")
         logger.error("Connection to %s failed: %s", url, exc)
