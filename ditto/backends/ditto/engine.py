@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import enum
+import importlib.util
 import logging
 import threading
 import time
@@ -142,6 +143,8 @@ class DeviceEngine:
         self._holds = 0  # paused() blocks
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
+        self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
         module = getattr(hubert, "module", None)
         self._hubert_graphs = (_HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes)
                                if self._cuda and module is not None else None)
@@ -361,7 +364,7 @@ class DeviceEngine:
                 x_d[rows] = out
         renders = self._renderer([w.f_s for w in works], x_s, x_d)
         images = [paste_back(w.plan, renders[i]) for i, w in enumerate(works)]
-        jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._cuda]
+        jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
         encoded = self._encode_jpeg([images[i] for i in jpeg_rows], [works[i].jpeg_quality for i in jpeg_rows])
         jpegs = dict(zip(jpeg_rows, encoded))
         frames = []
