@@ -137,6 +137,23 @@ def test_online_session_streams_and_trims_to_the_audio(online_backend, avatar, s
     assert (len(during) > 0) == (seconds > 0.5)
 
 
+def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(online_backend, avatar) -> None:
+    """max_lag_s ~0: every frame has waited too long by the time the engine reaches it, so each
+    is shed (no image, counted by the server as skipped) except the last, which always renders."""
+    from ditto.backends.base import StreamOptions
+
+    audio = speech_like(0.6)
+    options = StreamOptions(live=True, max_lag_s=1e-9)
+    during, after = render_all(online_backend.open_stream(avatar, seed=2, options=options), audio, chunk=1000)
+    frames = during + after
+    assert [f.index for f in frames] == list(range(math.ceil(len(audio) / SAMPLES_PER_FRAME)))
+    assert all(f.shed and f.image is None for f in frames[:-1])
+    assert not frames[-1].shed and frames[-1].image is not None
+    relaxed = render_all(online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=True, max_lag_s=60)),
+                         audio, chunk=1000)
+    assert not any(f.shed for f in relaxed[0] + relaxed[1])
+
+
 def test_same_seed_same_frames_other_seed_or_emo_differs(fast_backend, avatar) -> None:
     first = frames_of(fast_backend, avatar, 0.12, seed=7)
     again = frames_of(fast_backend, avatar, 0.12, seed=7)
