@@ -207,8 +207,11 @@ async def session(ws_url: str, client_id: str, pcm: np.ndarray, image: bytes, *,
     try:
         async with asyncio.timeout(timeout_s):
             # max_queue 1: a consumer that stops reading stops the TCP reads too (backpressure)
+            # a stalled reader stops websockets' keepalive too (pongs wait behind the unread frames),
+            # so the stalled consumer sends no pings of its own: the server's pings are what is tested
             async with websockets.connect(f"{ws_url}/ws/{client_id}", max_size=None, max_queue=1,
-                                          compression=None) as ws:
+                                          compression=None,
+                                          ping_interval=None if stall_after is not None else 20) as ws:
                 await ws.send(live_start(image) if live else file_start(pcm, image))
                 if kill_after == 0:
                     ws.transport.abort()
@@ -283,8 +286,11 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
     clip = int(CLIP_S * RATE_HZ)
 
     def cut() -> np.ndarray:
-        start = rng.randrange(0, len(audio) - clip)
-        return audio[start:start + clip]
+        """A 0.4 s cut that holds speech (peak above -30 dBFS): the server refuses silence (audio_silent)."""
+        while True:
+            start = rng.randrange(0, len(audio) - clip)
+            if np.abs(audio[start:start + clip]).max() > 1000:
+                return audio[start:start + clip]
 
     # warm-up: sessions at once, file and live, so the portrait is cached and the worker threads exist
     warm = await asyncio.gather(*(session(ws_url, f"warm-{i}", cut(), image, live=bool(i % 2))
@@ -318,6 +324,8 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
     stall = await stall_task if stall_task is not None else None
 
     poll_until(lambda: metric(http, "ditto_sessions_active") == 0, 15)
+    # a session's socket can outlive its registration a moment (an aborted client's reset)
+    poll_until(lambda: read_proc(pid).fds <= start.fds + args.half_open, 10)
     open_end = read_proc(pid)
     report["half_open_dropped_by_server"] = sum(dropped_by_server(s) for s in half)
     for s in half:
@@ -343,6 +351,7 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
         "half_open_end": dataclasses.asdict(open_end), "end": dataclasses.asdict(end),
         "stall": None if stall is None else {"stall_s": args.stall_s, "ok": stall.ok, "frames": stall.frames,
                                              "errors": stall.errors, "failure": stall.failure,
+                                             "close_code": stall.close_code, "completed": stall.completed is not None,
                                              "sessions_during_stall": during_stall},
         "sessions_active_end": metric(http, "ditto_sessions_active"),
         "sessions_total": metric(http, "ditto_sessions_total"),
@@ -372,6 +381,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=4, help="sessions at once before the start level is read")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--server_log", type=Path, help="write the server's stderr here")
     args = p.parse_args()
 
     port = free_port()
@@ -397,6 +407,11 @@ def main() -> int:
             stderr.seek(0)
             log = stderr.read()
     report["tracebacks"] = log.count("Traceback")
+    lines = log.splitlines()
+    report["traceback_excerpts"] = ["\n".join(lines[max(0, i - 2):i + 12])
+                                    for i, line in enumerate(lines) if "Traceback" in line][:5]
+    if args.server_log:
+        args.server_log.write_text(log)
     report["stderr_tail"] = log[-2000:]
     report["wall_s"] = time.monotonic() - began
     report["load_average_end"] = os.getloadavg()
@@ -447,6 +462,8 @@ def main() -> int:
     width = max(len(r[0]) for r in rows)
     for name, seen, target in rows:
         print(f"{mark[checks[name]]} {name:<{width}}  {seen}  (target {target})")
+    for excerpt in report["traceback_excerpts"]:
+        print("   server traceback:\n      " + excerpt.replace("\n", "\n      "))
     if report["sessions_failed"]:
         print(f"   failed sessions (first 10): {report['sessions_failed']}")
     if args.json:
