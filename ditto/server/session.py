@@ -232,17 +232,20 @@ class Session:
             The receiver's error (not for ``stop``), the render loop's error, or
             WebSocketDisconnect when the socket failed under the writer.
         """
+        # the receiver may still end with an error after it was cancelled (a disconnect racing the
+        # cancellation): its outcome is read whenever it comes, never logged as "never retrieved"
+        receiver.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             await asyncio.wait({render, receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             receiver.cancel()
+        error = receiver.exception() if receiver.done() and not receiver.cancelled() else None
         if sender.done():
             raise WebSocketDisconnect(CloseCode.GOING_AWAY)  # the socket failed under the writer
         if not render.done():
             # stop, a second start_streaming, a bad message or a disconnect: end the render loop first
             self._cancel.set()
             await asyncio.wait({render})
-            error = receiver.exception() if receiver.done() and not receiver.cancelled() else None
             if error is not None and not isinstance(error, _ClientStopped):
                 raise error
         return render.result()  # re-raises a backend failure
