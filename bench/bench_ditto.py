@@ -320,7 +320,7 @@ def sync_audit(backend: DittoBackend, avatar, audio: np.ndarray) -> dict[str, An
 
 
 def renderer_variants(backend: DittoBackend, avatar, timer: Timer, iters: int, warmup: int) -> dict[str, Any]:
-    """warp+decode alone: eager autocast, eager + channels_last, and the shared graph (the project path)."""
+    """warp+decode alone: eager autocast, eager + channels_last, and the batch-1 graph (the project path)."""
     models = backend.models
     frame = avatar.source.frames[0]
     f_s = frame.f_s

@@ -743,7 +743,7 @@ def test_build_engine_sets_the_official_options(tmp_path) -> None:
                                      profiles=profiles, batch=batch)
     build_engines.build_engine(stitch, trt, None)
     assert ("profile.set_shape", ("kp_driving", (1, 21, 3), (8, 21, 3), (16, 21, 3))) in log
-    assert ("config.set_preview_feature", ("PS0806", True)) in log  # one profile, a context per session
+    assert ("config.set_preview_feature", ("PS0806", True)) in log  # one profile, shareable by several contexts
 
     log.clear()
     (tmp_path / "hubert.onnx").write_bytes(b"")
