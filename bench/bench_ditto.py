@@ -68,7 +68,7 @@ from ditto.backends.ditto.runtime.torch_runner import TorchRunner  # noqa: E402
 
 SAMPLE_RATE = 16000
 CHUNK_MS = 200
-LOOKAHEAD_MS_V10 = 885.0  # facts §5: (2V)·40 ms + 85 ms HuBERT future context, V = 10
+LOOKAHEAD_MS_V10 = 885.0  # docs/pipeline.md §10.3: (2V)·40 ms + 85 ms HuBERT future context, V = 10
 TARGETS = {"fps": 60.0, "lmdm_window_ms": 80.0, "file_first_frame_ms": 300.0, "speedup": 2.0,
            "live_compute_ms": 150.0}
 

@@ -2,7 +2,7 @@
 
 :func:`write_aux_test_models` writes ONNX files (and a MediaPipe ``.task``
 bundle) with the OFFICIAL file names, tensor names, shapes and dtypes of the
-Ditto checkpoints (facts sheet §1, §3.1), so that every loader and wrapper can
+Ditto checkpoints (docs/pipeline.md §2, §4.1), so that every loader and wrapper can
 be exercised on a CPU without the real weights. They are not trained networks;
 their weights are designed so that avatar registration behaves sanely and
 deterministically on real portraits:

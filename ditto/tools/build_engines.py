@@ -7,7 +7,7 @@ compute capability ≥ 8.0. Anywhere else, rebuild them::
     python streaming_server.py --data_root ../checkpoints/ditto_trt_local \\
         --cfg_pkl ../checkpoints/ditto_cfg/v0.4_hubert_cfg_trt_online.pkl
 
-The plan follows the official conversion (facts sheet §1; upstream
+The plan follows the official conversion (docs/pipeline.md §2; upstream
 ``scripts/cvt_onnx_to_trt.py``), written against TensorRT's Python API:
 
 * every ``*.onnx`` in ``--onnx_dir`` except ``warp_network_ori`` →
@@ -23,7 +23,7 @@ The plan follows the official conversion (facts sheet §1; upstream
   profile, min/opt/max from ``--batch`` (default 1,8,16); its other axes are
   the ONNX's static sizes or the table above. The ONNX twins of the test tree
   (``make_test_checkpoints``) export stitch_network, warp_network, decoder and
-  the LMDM so; ONNX files fixed at batch 1 (the official ones, facts sheet §3.1)
+  the LMDM so; ONNX files fixed at batch 1 (the official ones, docs/pipeline.md §4.1)
   give batch-1 engines, which the runner drives one call per row;
 * ``warp_network``: the GridSample3D plugin library is loaded into the
   builder's plugin registry and serialized with the engine

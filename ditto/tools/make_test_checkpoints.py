@@ -14,7 +14,7 @@
       ditto_cfg/                  v0.4_hubert_cfg_{pytorch,trt,trt_online}.pkl (official names)
                                   v0.4_hubert_cfg_onnx{,_online}.pkl (ours: trt pkls pointed at ditto_onnx)
 
-File formats follow the official checkpoints (facts sheet §1, §3.2): plain state
+File formats follow the official checkpoints (docs/pipeline.md §2, §4.2): plain state
 dicts, except ``stitch_network.pth`` = ``{'retarget_shoulder': sd}`` and
 ``lmdm_v0.4_hubert.pth`` = ``{'model_state_dict': sd}``. Every ``.pth`` loads
 strictly into the default-constructed module, so the whole loader, registration and

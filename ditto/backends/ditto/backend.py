@@ -16,7 +16,7 @@ recursion and the relative-driving references — and shares the models::
 Offline cfgs (``online_mode`` False) generate the whole clip at :meth:`DittoStream.finish`
 like upstream's offline SDK; online cfgs cut the audio into the streaming HuBERT
 windows as it arrives and render frames as soon as their LMDM window is done
-(facts sheet §5). Either way a session yields exactly ``ceil(samples / 640)`` frames.
+(docs/pipeline.md §10.3). Either way a session yields exactly ``ceil(samples / 640)`` frames.
 
 Sessions keep their state on the host and never touch the device: every model call goes
 to the models' one :class:`~ditto.backends.ditto.engine.DeviceEngine`, which batches the

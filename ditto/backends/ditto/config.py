@@ -1,7 +1,7 @@
 """The official Ditto cfg pkl, read into frozen dataclasses.
 
 A cfg pkl (``ditto_cfg/v0.4_hubert_cfg_*.pkl``) is a pickled dict with three
-top-level keys (facts sheet §2.1)::
+top-level keys (docs/pipeline.md §3.1)::
 
     base_cfg          {section: {model_path, device, [force_ori_type]}}   one per model
                       landmark478_cfg = {blaze_face_model_path, face_mesh_model_path,
@@ -15,7 +15,7 @@ official loader (a path that is not an existing file is joined to
 ``data_root``), picks each model's engine from its suffix, and keeps
 ``default_kwargs`` verbatim (arrays and the ``ch_info`` dict are NOT rebuilt).
 :meth:`DittoCfg.setup_options` merges the setup options — caller kwargs win,
-then the pkl's ``default_kwargs``, then the code defaults of §2.2 — into a
+then the pkl's ``default_kwargs``, then the code defaults of docs/pipeline.md §3.2 — into a
 typed :class:`SetupOptions`.
 
 :func:`write_cfg_pkl` writes pkls in the same structure for the generated
@@ -138,7 +138,7 @@ class Audio2MotionCfg:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SetupOptions:
-    """Setup options of the streaming SDK (facts sheet §2.2), defaults = official code defaults.
+    """Setup options of the streaming SDK (docs/pipeline.md §3.2), defaults = official code defaults.
 
     Arrays and dicts are kept as given (the same objects as in the pkl).
     """
@@ -616,7 +616,7 @@ def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
       (``*_fp16.engine`` / ``*_fp32.engine``), resolved against that data_root.
     * ``pytorch``: ``models/*.pth`` for the renderer and LMDM, ``aux_models/*``
       with ``force_ori_type`` for the aux models, resolved against ``ditto_pytorch``.
-    * ``trt_online`` carries the streaming options of facts §2.2 (overlap_v2 70,
+    * ``trt_online`` carries the streaming options of docs/pipeline.md §3.2 (overlap_v2 70,
       10 DDIM steps, …); every flavour carries generated emo (600, 8),
       delta_eye_arr (15, 63), v_min_max_for_clip (4, 265) and ch_info.
 

@@ -1,7 +1,7 @@
 """The device engine: the one owner of the Ditto backend's device.
 
 Every session submits its model work here and waits on a future; one engine thread
-runs it, batching the pending work of all sessions (facts sheet §4: upstream runs each
+runs it, batching the pending work of all sessions (docs/pipeline.md §13: upstream runs each
 stage one frame at a time per session, which leaves a GPU launch-bound)::
 
     sessions ── submit ──►  queue  ──► engine thread: pick the stage whose oldest deadline is

@@ -14,7 +14,7 @@ The checks, in order (each one only if the cfg selects ``.engine``/``.trt`` file
 2. ``tensorrt`` imports and is ≥ 8.6;
 3. a CUDA GPU is visible to torch and ``--device`` is not ``cpu``;
 4. compute capability ≥ 8.0 when the engine folder is a hardware-compatible
-   ``*Ampere_Plus*`` build (facts §1: ``--hardware-compatibility-level=Ampere_Plus``);
+   ``*Ampere_Plus*`` build (docs/pipeline.md §2: ``--hardware-compatibility-level=Ampere_Plus``);
 5. the GridSample3D plugin is found (``--trt_plugin``, next to the engines, or
    ``ditto_onnx/`` beside them) and loads;
 6. the smallest engine deserializes on this GPU and has the expected tensors

@@ -21,7 +21,7 @@ from ditto.backends.ditto.models.lmdm import (
 from ditto.backends.ditto.pipeline.sampler import cosine_alphas_cumprod
 from ditto.errors import ConfigError
 
-# Official lmdm_v0.4_hubert MotionDecoder (facts sheet §3.2).
+# Official lmdm_v0.4_hubert MotionDecoder (docs/pipeline.md §4.2).
 OFFICIAL_KEYS = 249
 OFFICIAL_PARAMS = 47_788_297
 OFFICIAL_SHAPES = {
@@ -131,7 +131,7 @@ def test_rotary_is_pairwise_complex_rotation() -> None:
     assert torch.equal(rot(x.float())[:, 0], x.float()[:, 0])  # position 0 is not rotated
 
 
-# -- an independent float64 reference of §3.3, written with torch.nn.functional --------------------
+# -- an independent float64 reference of docs/pipeline.md §4.3, written with torch.nn.functional ------
 
 
 def _lin(x, sd, p):

@@ -30,7 +30,7 @@ from ditto.backends.ditto.models.motion_extractor import MOTION_OUTPUT_NAMES
 
 NAMES = list(RENDERER_MODELS)
 
-# Binding names of the official ONNX models / TensorRT engines (facts sheet §3.1).
+# Binding names of the official ONNX models / TensorRT engines (docs/pipeline.md §4.1).
 OFFICIAL_ONNX_IO = {
     "appearance_extractor": (("image",), ("pred",)),
     "motion_extractor": (("image",), ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")),
@@ -39,7 +39,7 @@ OFFICIAL_ONNX_IO = {
     "stitch_network": (("kp_source", "kp_driving"), ("out",)),
 }
 
-# (key count, exact parameter count, parameter count as rounded in the facts sheet §3.2 [M]).
+# (key count, exact parameter count, parameter count as rounded in docs/pipeline.md §4.2 [M]).
 LAYOUT = {
     "appearance_extractor": (107, 836_224, 0.84),
     "motion_extractor": (212, 28_118_728, 28.1),
@@ -58,7 +58,7 @@ OFFICIAL_FINGERPRINT = {
     "stitch_network": "179b8dbfedf19b75a852894b6e2772fe150c5d97ce2a358cee1cd79f983ff5f8",
 }
 
-# VERIFIED key shapes from the facts sheet §3.2.
+# Key shapes listed in docs/pipeline.md §4.2.
 KEY_SHAPES = {
     "appearance_extractor": {"first.conv.weight": (64, 3, 3, 3)},
     "motion_extractor": {"detector.downsample_layers.0.0.weight": (96, 3, 4, 4)},

@@ -100,7 +100,7 @@ def _features(n: int, offset: int = 0) -> torch.Tensor:
     return f
 
 
-# numpy reference of the upstream window recursion (written from the facts sheet) -------------
+# numpy reference of the upstream window recursion (written from docs/pipeline.md §10) -------------
 
 
 def _ref_smooth(x: np.ndarray, k: int, s: int, e: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 First stage of avatar registration: find face boxes and five keypoints in the
 source frame. Pre/post-processing follows upstream ``core/aux_models/
-insightface_det.py`` (facts sheet §3.4):
+insightface_det.py`` (docs/pipeline.md §6):
 
 1. letterbox: resize (bilinear, aspect kept) into the top-left corner of a
    zero 512×512 canvas; ``det_scale = new_h / h``;

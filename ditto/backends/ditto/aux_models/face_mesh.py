@@ -7,10 +7,10 @@ Two interchangeable implementations return normalised landmarks (1, 478, 3)
   from a ``.task`` bundle (Ditto's ``force_ori_type`` path, ``face_landmarker.task``).
 * :class:`BlazeFaceMesh` — Ditto's ONNX/TensorRT pair ``blaze_face`` (SSD face
   detector, 896 anchors) + ``face_mesh`` (attention mesh on a rotated 256 ROI),
-  with MediaPipe's decoding re-done in numpy (facts sheet §3.4).
+  with MediaPipe's decoding re-done in numpy (docs/pipeline.md §6).
 
 :func:`eye_info` turns a mesh into the conditioning vectors eye_open (n, 2) and
-eye_ball (n, 6) (facts sheet §4 step 3).
+eye_ball (n, 6) (docs/pipeline.md §7 step 3).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The model maps ``input_values`` (1, L) float32 16 kHz audio to
 ``encoding_out`` (T, 1024), one row per 20 ms (T = ⌊(L − 400) / 320⌋ + 1). Ditto
 never feeds whole utterances: it feeds fixed windows and averages rows in pairs
-to get one 1024-d feature per 40 ms video frame (25 fps). Window math (facts
-sheet §4 "wav2feat", §5; chunksize = (past, current, future) frames = (3, 5, 2)):
+to get one 1024-d feature per 40 ms video frame (25 fps). Window math (docs/pipeline.md
+§8; chunksize = (past, current, future) frames = (3, 5, 2)):
 
 * window length ``split_len = 640 · (3 + 5 + 2) + 80 = 6480`` samples → 20 rows;
 * rows ``[−(5 + 2)·2 : −2·2]`` = 6..15 are the 5 current frames, averaged in

@@ -1,7 +1,7 @@
 """HuBERT-large as a torch module, built from the weights of an ONNX HuBERT file.
 
 The official ``hubert_streaming_fix_kv.onnx`` / ``hubert.onnx`` is a graph whose layout we
-have never seen (facts sheet §3.4: treat it as a black box). onnxruntime on our GPU machine
+have never seen (docs/pipeline.md §6: treat it as a black box). onnxruntime on our GPU machine
 has only the CPU provider, so on CUDA :func:`hubert_module_from_onnx` reads the file's
 weights and maps them onto :class:`~ditto.backends.ditto.models.hubert.HubertLarge`, which
 then runs (and batches) on the GPU. Two routes, tried in this order:

@@ -1,6 +1,6 @@
 """Face landmarks (insightface 106, LivePortrait 203) and the similarity crops built on them.
 
-Avatar registration (facts sheet §4, step 2) runs:
+Avatar registration (docs/pipeline.md §7, step 2) runs:
 
     SCRFD box → :class:`Landmark106` → 224 crop (scale 1.5, vy −0.1, rotation on)
     → :class:`Landmark203` → 512 crop (scale ``crop_scale`` 2.3, vy

@@ -48,7 +48,7 @@ RENDERER_MODELS: dict[str, type[nn.Module]] = {
     "stitch_network": StitchingNetwork,
 }
 
-#: Model name → (ONNX input names, ONNX output names), in binding order (facts §3.1).
+#: Model name → (ONNX input names, ONNX output names), in binding order (docs/pipeline.md §4.1).
 ONNX_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "appearance_extractor": (("image",), ("pred",)),
     "motion_extractor": (("image",), MOTION_OUTPUT_NAMES),

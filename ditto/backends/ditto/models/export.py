@@ -1,6 +1,6 @@
 """ONNX export shared by the renderer networks and the LMDM: official IO names, optional batch axis.
 
-The official ``ditto_onnx`` models are fixed at batch 1 (facts sheet §3.1). With
+The official ``ditto_onnx`` models are fixed at batch 1 (docs/pipeline.md §4.1). With
 ``dynamic_batch`` the leading axis of every input and output is exported as the
 symbolic dimension :data:`BATCH_DIM` instead, so a TensorRT engine built from the
 file can take an optimization profile over the batch (``ditto/tools/build_engines.py``).

@@ -2,7 +2,7 @@
 
 Role (Ditto: upstream issue #80 names facebook/hubert-large-ls960-ft): 16 kHz audio → one
 1024-d feature per 20 ms, which Ditto averages in pairs to condition the LMDM at 25 fps
-(facts sheet §4 "wav2feat"). Architecture (Hsu et al. 2021, the "large" setting)::
+(docs/pipeline.md §8). Architecture (Hsu et al. 2021, the "large" setting)::
 
     input_values (B, L)
     → feature encoder: 7 × [Conv1d(512, kernel k_i, stride s_i) → LayerNorm(512) over channels → GELU]
@@ -265,7 +265,7 @@ class HubertLarge(nn.Module):
         return self.encoder(self.feature_projection(features))
 
 
-#: Tensor names of the official ``hubert_streaming_fix_kv.onnx`` / ``hubert.onnx`` (facts sheet §3.1).
+#: Tensor names of the official ``hubert_streaming_fix_kv.onnx`` / ``hubert.onnx`` (docs/pipeline.md §4.1).
 ONNX_INPUT_NAME = "input_values"
 ONNX_OUTPUT_NAME = "encoding_out"
 

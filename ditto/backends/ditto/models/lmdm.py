@@ -16,7 +16,7 @@ contract as the official ONNX/TensorRT ``lmdm`` model::
 with classifier-free guidance ``uncond + w * (cond - uncond)`` (w = 2) computed
 inside. Both guidance branches run as ONE transformer pass over a batch of 2B.
 
-Architecture (facts sheet §3.3): pre-norm transformer layers; a rotary position
+Architecture (docs/pipeline.md §4.3): pre-norm transformer layers; a rotary position
 embedding over the full 512-d width (before the head split) applied to queries
 and keys, never values; FiLM modulation from the diffusion-time embedding; a
 2-layer condition encoder; cross-attention memory = LayerNorm(cond tokens ++ 2

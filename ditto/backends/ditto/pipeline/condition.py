@@ -11,7 +11,7 @@ A condition row for absolute output frame ``i`` is::
 * ``sc`` (canonical keypoints of the conditioning identity, frame 0) is the same on every row.
 
 The conditioning identity is the avatar itself, or the cfg pkl's ``ch_info`` when one is given
-(then the user's eye/sc never reach the LMDM; ditto_facts.md section 8).
+(then the user's eye/sc never reach the LMDM; docs/pipeline.md §14).
 """
 
 from __future__ import annotations

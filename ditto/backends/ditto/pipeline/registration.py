@@ -1,6 +1,6 @@
 """Avatar registration for a still image (upstream ``Source2Info`` + ``AvatarRegistrar``, image branch).
 
-Facts sheet §4 "source2info", for the one frame of an image source::
+docs/pipeline.md §7, for the one frame of an image source::
 
     image ─ SCRFD ─ largest box ─ landmark106 ─ 224 crop (scale 1.5, vy −0.1) ─ landmark203
           ─ 512 crop (crop_scale, crop_vy_ratio, crop_flag_do_rot) ─┬─ 478-pt mesh ─ eye_open, eye_ball

@@ -7,7 +7,7 @@ torch :class:`~ditto.backends.ditto.models.lmdm.MotionDecoder`, or a runner of
 the ONNX/TensorRT ``lmdm`` model wrapped by :func:`denoise_fn_from_runner`).
 :func:`sample_window` keeps the loop in plain view.
 
-Numerics follow the official LMDM (facts sheet §3.3):
+Numerics follow the official LMDM (docs/pipeline.md §5):
 
 * 1000-step cosine schedule (s = 0.008); betas formed in float64, clipped to
   [0, 0.999], cast to float32; ᾱ = cumprod(1 − β) in float32.

@@ -51,7 +51,7 @@ class ModelIO:
     state_dict_key: str | None  # checkpoint dict entry holding the state dict (None: the file is one)
 
 
-#: Facts sheet §3.1 / §3.2; the IO names are the models' own tables.
+#: docs/pipeline.md §4.1 / §4.2; the IO names are the models' own tables.
 MODEL_IO: Mapping[str, ModelIO] = {
     "appearance_extractor": ModelIO(*ONNX_IO["appearance_extractor"], True, None),
     "motion_extractor": ModelIO(*ONNX_IO["motion_extractor"], True, None),

@@ -63,7 +63,7 @@ from ditto.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-#: TensorRT version the shipped ``ditto_trt_Ampere_Plus`` engines were built with (facts §1).
+#: TensorRT version the shipped ``ditto_trt_Ampere_Plus`` engines were built with (docs/pipeline.md §2).
 OFFICIAL_ENGINE_TRT = "8.6.1"
 #: Oldest TensorRT this runner accepts (hardware-compatible engines and plugin serialization).
 MIN_TRT_VERSION = (8, 6)

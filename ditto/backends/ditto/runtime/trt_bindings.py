@@ -1,7 +1,7 @@
 """What each Ditto TensorRT engine must expose: its IO tensors (bindings) and shape profiles.
 
 A TensorRT engine built from one of the ``ditto_onnx`` models keeps the ONNX
-tensor names, order and shapes (facts sheet §3.1): the IO of an fp16 engine
+tensor names, order and shapes (docs/pipeline.md §4.1): the IO of an fp16 engine
 stays float32 (``polygraphy --fp16`` and the FP16 builder flag change layer
 precision only), and an int64 ONNX input becomes an INT32 binding under
 TensorRT 8.6 (TensorRT 10 may keep it int64), which is why the runner casts
@@ -89,7 +89,7 @@ SHAPE_PROFILES: Mapping[str, Mapping[str, ShapeProfile]] = MappingProxyType({
 BATCH_AXIS_MODELS: frozenset[str] = frozenset({"decoder", "lmdm", "stitch_network", "warp_network"})
 
 #: Auxiliary models without an IO table elsewhere: name → (inputs, outputs), each (name, shape).
-#: Shapes: facts sheet §3.1 (batch 1; detector and HuBERT outputs have no batch axis).
+#: Shapes: docs/pipeline.md §4.1 (batch 1; detector and HuBERT outputs have no batch axis).
 AUX_IO: Mapping[str, tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[tuple[str, tuple[int, ...]], ...]]] = (
     MappingProxyType({
         "landmark106": ((("data", (1, 3, 192, 192)),), (("fc1", (1, 212)),)),
