@@ -26,7 +26,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> d
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
                 return json.load(reply)
         except OSError:
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll interval of a bounded poll of /healthz (no event to await from a process)
     raise AssertionError("server never became healthy")
 
 

@@ -116,6 +116,17 @@ async def stream_then(url: str, start: str, action, timeout_s: float = 30.0) -> 
     return out
 
 
+def wait_until(condition, timeout_s: float = 5.0, interval_s: float = 0.02) -> bool:
+    """Poll ``condition()`` every ``interval_s`` until it holds or ``timeout_s`` passed; return its last
+    value. Only for conditions with no event to await; the caller still asserts the condition."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (ok := condition()) and time.monotonic() < deadline:
+        time.sleep(interval_s)
+    return ok
+
+
 def metric_values(server) -> dict[str, float]:
     text = httpx.get(f"{server.http}/metrics", timeout=5).text
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
@@ -191,7 +202,7 @@ async def live_converse(url: str, start: str, chunks: list, *, pace_s: float = 0
     pauses = pauses or {}
 
     async def reader(ws):
-        await asyncio.sleep(read_delay_s)
+        await asyncio.sleep(read_delay_s)  # the scenario (a client that stalls), not synchronisation
         try:
             async for reply in ws:
                 if isinstance(reply, bytes):
@@ -220,9 +231,9 @@ async def live_converse(url: str, start: str, chunks: list, *, pace_s: float = 0
                     await started.wait()
                 for i, chunk in enumerate(chunks):
                     if i in pauses:
-                        await asyncio.sleep(pauses[i])
+                        await asyncio.sleep(pauses[i])  # the scenario (an audio gap), not synchronisation
                     elif i and pace_s:
-                        await asyncio.sleep(pace_s)
+                        await asyncio.sleep(pace_s)  # the scenario (real-time pacing), not synchronisation
                     await ws.send(chunk)
                     out.chunk_sent_at.append(time.monotonic())
             except websockets.exceptions.ConnectionClosed:

@@ -85,7 +85,7 @@ def test_frames_flow_before_end_of_audio_with_the_lite_backend(start_server):
     chunk = rate // 10  # 100 ms, sent at real time
     wire = [binary_chunk(audio[i:i + chunk].tobytes(), "int16", k) for k, i in enumerate(range(0, len(audio), chunk))]
     t = run(live_converse(f"{server.ws}/ws/lite", live_start(rate, image=EXAMPLE_IMAGE.read_bytes()),
-                          wire + [END_OF_AUDIO], pace_s=0.1))
+                          wire + [END_OF_AUDIO], pace_s=0.1))  # real-time pacing: the scenario, not synchronisation
     assert t.error is None and t.completed.frames_sent == 38
     assert_frames_in_order(t.frames, 38)
     last_chunk_sent = t.chunk_sent_at[len(wire) - 1]
@@ -109,7 +109,7 @@ def test_face_idles_when_audio_pauses(start_server, backend_name):
     more = speech_like(0.4, seed=1)
     wire = [binary_chunk(pcm_bytes(speech, "int16")), binary_chunk(pcm_bytes(more, "int16")), END_OF_AUDIO]
     t = run(live_converse(f"{server.ws}/ws/idle", live_start(16000, image=image, echo_audio=True), wire,
-                          pauses={1: 1.2}))
+                          pauses={1: 1.2}))  # a 1.2 s audio gap: the scenario, not synchronisation
     assert t.error is None, t.controls
     headers = [h for h, _ in t.frames]
     idle = [h.index for h in headers if h.flags & FrameFlags.IDLE]
@@ -140,7 +140,7 @@ def test_stalled_client_gets_frames_skipped_not_buffered(start_server):
     big = portrait(5, size=512)  # ~400 KB JPEG frames: socket buffers hold only a few
     wire = [binary_chunk(pcm_bytes(speech_like(6.01), "int16")), END_OF_AUDIO]
     t = run(live_converse(f"{server.ws}/ws/stalled", live_start(16000, image=png_bytes(big), echo_audio=True),
-                          wire, wait_started=False, read_delay_s=2.5, max_queue=1))
+                          wire, wait_started=False, read_delay_s=2.5, max_queue=1))  # stall: the scenario
     assert t.error is None, t.controls
     done = t.completed
     received = [h.index for h, _ in t.frames]

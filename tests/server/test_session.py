@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import threading
-import time
 import zlib
 import struct
 
@@ -21,7 +20,7 @@ from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
 from tests.conftest import FakeBackend, FaultyBackend, GatedRegistration, run
 from tests.server.helpers import (converse, live_start, metric_values, png_bytes, portrait, speech_like,
-                                  start_message, stream_then, wav_bytes)
+                                  start_message, stream_then, wait_until, wav_bytes)
 
 
 def good_start(seconds: float = 1.0, seed: int = 0) -> str:
@@ -212,10 +211,13 @@ def test_second_session_refused_while_first_streams(start_server, settings, seco
     server = start_server(backend=FakeBackend(delay_s=0.02), **settings)
 
     async def scenario():
-        first = asyncio.create_task(converse(f"{server.ws}/ws/first", good_start(1.0)))
-        await asyncio.sleep(0.3)
-        second = await converse(f"{server.ws}/ws/{second_id}", good_start(0.2))
-        return await first, second
+        seconds = []
+
+        async def second_session():  # once the first session's first frame arrived: it is streaming
+            seconds.append(await converse(f"{server.ws}/ws/{second_id}", good_start(0.2)))
+
+        first = await stream_then(f"{server.ws}/ws/first", good_start(1.0), second_session)
+        return first, seconds[0]
 
     first, second = run(scenario())
     assert second.error.code == code
@@ -262,9 +264,7 @@ def test_disconnect_mid_stream_frees_session_at_once(start_server):
     server = start_server(backend=backend)
     t = run(converse(f"{server.ws}/ws/leaver", good_start(10.0), close_after=3))
     assert len(t.frames) == 3
-    deadline = time.monotonic() + 2.0
-    while healthz(server)["sessions"]["active"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: healthz(server)["sessions"]["active"] == 0, timeout_s=2.0)
     assert healthz(server)["sessions"]["active"] == 0
     assert backend.streams[0].closed and backend.streams[0].emitted < 250
 
@@ -277,7 +277,7 @@ def test_slow_client_gets_every_frame_with_bounded_buffering(start_server):
     async def scenario():
         async with websockets.connect(f"{server.ws}/ws/slow", max_size=None, max_queue=1) as ws:
             await ws.send(start_message(wav_bytes(speech_like(8.0)), png_bytes(big)))
-            await asyncio.sleep(1.5)  # read nothing: the pipeline must wait
+            await asyncio.sleep(1.5)  # read nothing: the pipeline must wait (the scenario, not synchronisation)
             produced_while_stalled = backend.streams[0].emitted
             frames = []
             async for reply in ws:
@@ -311,12 +311,11 @@ def test_connect_disconnect_cycles_leave_nothing_behind(start_server):
                     pass
 
     run(cycles())
-    deadline = time.monotonic() + 3.0
-    while healthz(server)["sessions"]["active"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: healthz(server)["sessions"]["active"] == 0, timeout_s=3.0)
     assert healthz(server)["sessions"]["active"] == 0
-    time.sleep(0.2)
-    assert asyncio.run_coroutine_threadsafe(count_tasks(), loop).result() <= tasks_before
+    tasks_now = lambda: asyncio.run_coroutine_threadsafe(count_tasks(), loop).result()  # noqa: E731
+    wait_until(lambda: tasks_now() <= tasks_before, timeout_s=3.0)  # the last tasks finish after the close
+    assert tasks_now() <= tasks_before
     # worker pools are bounded: render threads <= max_sessions, encoder threads fixed
     assert threading.active_count() <= threads_before + 4 + 2
     assert all(s.closed for s in server.app.state.context.backend.streams)
