@@ -426,19 +426,23 @@ def test_backend_fault_mid_stream_fails_only_its_session(start_server, caplog, n
     assert_still_serving(server)
 
 
-def test_concurrent_sessions_with_one_portrait_register_it_once(start_server):
-    backend = GatedRegistration()
-    server = start_server(backend=backend)
-    audio, image = wav_bytes(speech_like(0.4)), png_bytes(portrait(3))
+def _two_sessions_with_one_portrait(server, backend: GatedRegistration, start: str) -> list:
+    """Two sessions that send ``start`` at once; registration is let go once both have looked the portrait up."""
     arrived = _count_cache_lookups(server)
 
     async def both():
-        sessions = [asyncio.create_task(converse(f"{server.ws}/ws/{name}", start_message(audio, image)))
-                    for name in ("one", "two")]
+        sessions = [asyncio.create_task(converse(f"{server.ws}/ws/{name}", start)) for name in ("one", "two")]
         await asyncio.to_thread(_release_when_both_looked_up, backend, arrived)
         return await asyncio.gather(*sessions)
 
-    for t in run(both()):
+    return run(both())
+
+
+def test_concurrent_sessions_with_one_portrait_register_it_once(start_server):
+    backend = GatedRegistration()
+    server = start_server(backend=backend)
+    start = start_message(wav_bytes(speech_like(0.4)), png_bytes(portrait(3)))
+    for t in _two_sessions_with_one_portrait(server, backend, start):
         assert t.error is None and len(t.frames) == 10
     assert backend.calls == 1 and server.app.state.context.avatars.hits == 1
 
@@ -446,20 +450,12 @@ def test_concurrent_sessions_with_one_portrait_register_it_once(start_server):
 def test_a_failed_registration_fails_every_waiting_session_and_is_retried(start_server):
     backend = GatedRegistration(first_error=RuntimeError("CUDA error: an illegal memory access was encountered"))
     server = start_server(backend=backend)
-    audio, image = wav_bytes(speech_like(0.4)), png_bytes(portrait(3))
-    arrived = _count_cache_lookups(server)
-
-    async def both():
-        sessions = [asyncio.create_task(converse(f"{server.ws}/ws/{name}", start_message(audio, image)))
-                    for name in ("one", "two")]
-        await asyncio.to_thread(_release_when_both_looked_up, backend, arrived)
-        return await asyncio.gather(*sessions)
-
-    for t in run(both()):
+    start = start_message(wav_bytes(speech_like(0.4)), png_bytes(portrait(3)))
+    for t in _two_sessions_with_one_portrait(server, backend, start):
         assert t.error is not None and t.error.code == ErrorCode.BACKEND_FAILED and t.close_code == 1011
         assert not t.frames
     assert backend.calls == 1
-    again = run(converse(f"{server.ws}/ws/again", start_message(audio, image)))
+    again = run(converse(f"{server.ws}/ws/again", start))
     assert again.error is None and len(again.frames) == 10 and backend.calls == 2
 
 
