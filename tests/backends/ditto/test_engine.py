@@ -8,6 +8,7 @@ the same work alone exactly; on CUDA (``gpu`` marker) within fp16 tolerance.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 
@@ -125,9 +126,8 @@ def test_sessions_rendered_together_equal_each_session_alone(fast_backend, avata
 
 
 def test_earliest_deadline_runs_first(fast_backend, avatar) -> None:
-    engine = engine_like(fast_backend)
     order: list[str] = []
-    try:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
         with engine.paused():
             late = engine.features(np.zeros(6480, np.float32), deadline=5.0)  # file-mode work
             early = engine.render(render_works(fast_backend, avatar, 1)[0], deadline=1.0)  # a live frame
@@ -135,14 +135,11 @@ def test_earliest_deadline_runs_first(fast_backend, avatar) -> None:
             early.add_done_callback(lambda _: order.append("render"))
         late.result(timeout=60), early.result(timeout=60)
         assert order == ["render", "hubert"]
-    finally:
-        engine.close()
 
 
 def test_frames_past_their_lag_bound_are_shed_not_rendered(fast_backend, avatar) -> None:
     clock = FakeClock()
-    engine = engine_like(fast_backend, clock)
-    try:
+    with contextlib.closing(engine_like(fast_backend, clock)) as engine:
         works = render_works(fast_backend, avatar, 3)
         with engine.paused():
             futures = [engine.render(works[0], deadline=0.0, expires=clock.now - 0.1),  # waited too long
@@ -151,13 +148,10 @@ def test_frames_past_their_lag_bound_are_shed_not_rendered(fast_backend, avatar)
         results = [f.result(timeout=60) for f in futures]
         assert results[0] is None and results[1].index == 1 and results[2].index == 2
         assert engine.shed == 1 and engine.stats[Stage.RENDER].items == 2
-    finally:
-        engine.close()
 
 
 def test_a_failing_item_fails_only_its_session_and_the_engine_keeps_serving(fast_backend, avatar) -> None:
-    engine = engine_like(fast_backend)
-    try:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
         good = render_works(fast_backend, avatar, 2)
         bad = dataclasses.replace(good[0], index=9, f_s=torch.zeros(1, 3))  # not an appearance volume
         with engine.paused():
@@ -168,8 +162,6 @@ def test_a_failing_item_fails_only_its_session_and_the_engine_keeps_serving(fast
             futures[1].result(timeout=60)
         assert engine.stats[Stage.RENDER].failures >= 1
         assert engine.render(good[1], deadline=0.0).result(timeout=60).index == 1
-    finally:
-        engine.close()
 
 
 def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avatar) -> None:
@@ -185,8 +177,7 @@ def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avata
 
     models = dataclasses.replace(fast_backend.models, stitch=OutOfMemoryOnce(fast_backend.models.stitch))
     models.engine.close()  # the one replace() built; this test drives its own
-    engine = models.make_engine()
-    try:
+    with contextlib.closing(models.make_engine()) as engine:
         ok, huge = render_works(fast_backend, avatar, 2)
         huge = dataclasses.replace(huge, x_d=torch.full((1, 21, 3), 100.0), stitch=True)
         ok = dataclasses.replace(ok, stitch=True)
@@ -196,21 +187,16 @@ def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avata
         with pytest.raises(BackendError) as info:
             futures[1].result(timeout=60)
         assert info.value.code == ErrorCode.OUT_OF_MEMORY
-    finally:
-        engine.close()
 
 
 def test_a_session_that_leaves_drops_its_queued_work(fast_backend, avatar) -> None:
-    engine = engine_like(fast_backend)
-    try:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
         works = render_works(fast_backend, avatar, 3)
         with engine.paused():
             futures = [engine.render(w, deadline=0.0) for w in works]
             futures[1].cancel()
         assert futures[0].result(timeout=60).index == 0 and futures[2].result(timeout=60).index == 2
         assert futures[1].cancelled() and engine.stats[Stage.RENDER].items == 2
-    finally:
-        engine.close()
 
 
 def test_close_fails_pending_work_with_shutting_down(fast_backend, avatar) -> None:
