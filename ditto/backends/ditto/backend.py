@@ -89,7 +89,7 @@ from ditto.backends.ditto.pipeline.render import FrameRenderer
 from ditto.backends.ditto.pipeline.sampler import DDIMSampler
 from ditto.backends.ditto.pipeline.stages import MotionChunk, MotionInfo, SourceInfo
 from ditto.backends.ditto.preflight import load_checked_cfg, trt_plugin_paths
-from ditto.backends.ditto.runtime.base import ModelRunner, batch_invariant
+from ditto.backends.ditto.runtime.base import ModelRunner, batch_invariant, padded_batch_size
 from ditto.backends.ditto.runtime.loader import MODEL_IO, load_runner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 from ditto.errors import BackendError, ConfigError, ErrorCode, MediaError
@@ -409,9 +409,8 @@ class DittoBackend:
                     for stage in Stage}
 
         def cost(stage: Stage, batch: float) -> float:
-            sizes = engine.batch_sizes
-            fit = next((b for b in sizes if b >= batch), sizes[-1])
-            return per_item[stage][max(b for b in sizes if b <= fit)]
+            """Per-item cost at the graph size a batch of ``batch`` items is padded to."""
+            return per_item[stage][padded_batch_size(math.ceil(batch), engine.batch_sizes)]
 
         valid = a2m.seq_frames - opts.overlap_v2
         # (stage, items per second per session, items that batch together per overlapping session)

@@ -50,7 +50,7 @@ from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, windo
 from ditto.backends.ditto.pipeline.putback import PastePlan, paste_back
 from ditto.backends.ditto.pipeline.render import FrameRenderer
 from ditto.backends.ditto.pipeline.sampler import BatchedWindowSampler
-from ditto.backends.ditto.runtime.base import ModelRunner
+from ditto.backends.ditto.runtime.base import ModelRunner, padded_batch_size
 from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -220,9 +220,8 @@ class DeviceEngine:
 
         Runs in the calling thread: for start-up measurements, before any session submits work.
         """
-        stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         elapsed = 0.0
-        with stream_ctx, torch.inference_mode():
+        with self._on_device():
             for _ in range(repeats):
                 started = time.perf_counter()
                 self._execute(stage, works)
@@ -272,9 +271,15 @@ class DeviceEngine:
                         BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN))
             queue.clear()
 
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """Inference mode, on the engine's own CUDA stream where there is one."""
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with stream, torch.inference_mode():
+            yield
+
     def _run(self) -> None:
-        stream_ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with stream_ctx, torch.inference_mode():
+        with self._on_device():
             while True:
                 batch = self._next_batch()
                 if batch is None:
@@ -319,24 +324,18 @@ class DeviceEngine:
             torch.cuda.empty_cache()
 
     def _execute(self, stage: Stage, works: list[Any]) -> list[Any]:
-        if stage is Stage.HUBERT:
-            results = self._run_hubert(works)
-        elif stage is Stage.LMDM:
-            results = self._run_lmdm(works)
-        else:
-            results = self._run_render(works)
-        return results
+        run = {Stage.HUBERT: self._run_hubert, Stage.LMDM: self._run_lmdm, Stage.RENDER: self._run_render}[stage]
+        return run(works)
 
     # -- stages -----------------------------------------------------------------------------
 
     def _run_hubert(self, windows: list[np.ndarray]) -> list[Tensor]:
         batch = np.stack(windows)
-        if self._hubert_graphs is not None:
-            encodings = self._hubert_graphs(batch)
+        if self._hubert_graphs is None:
+            features = self._hubert.chunk_features_batch(batch)
         else:
-            encodings = self._hubert.encode_batch(batch)
-        chunksize = self._hubert.chunksize
-        return [torch.from_numpy(window_features(np.asarray(e), chunksize)) for e in encodings]
+            features = [window_features(e, self._hubert.chunksize) for e in self._hubert_graphs(batch)]
+        return [torch.from_numpy(f) for f in features]
 
     def _run_lmdm(self, works: list[WindowWork]) -> list[Tensor]:
         dev = self.device
@@ -375,14 +374,14 @@ class DeviceEngine:
                 frames.append(VideoFrame(index=work.index, image=image.cpu().numpy()))
         return frames
 
-    def _encode_jpeg(self, images: list[Tensor], qualities: list[int | None]) -> list[bytes]:
+    def _encode_jpeg(self, images: list[Tensor], qualities: list[int]) -> list[bytes]:
         """nvjpeg through torchvision: one batched call per quality; one device→host copy in all."""
         if not images:
             return []
         from torchvision.io import encode_jpeg
 
         out: list[bytes | None] = [None] * len(images)
-        for quality in sorted(set(q for q in qualities if q is not None)):
+        for quality in sorted(set(qualities)):
             rows = [i for i, q in enumerate(qualities) if q == quality]
             chw = [images[i].permute(2, 0, 1).contiguous() for i in rows]
             encoded = encode_jpeg(chw, quality=int(quality))
@@ -436,7 +435,7 @@ class _HubertGraphs:
         for start in range(0, len(windows), largest):
             rows = torch.from_numpy(windows[start:start + largest])
             n = rows.shape[0]
-            size = next(b for b in self.batch_sizes if b >= n)
+            size = padded_batch_size(n, self.batch_sizes)
             graph, static, out = self._graph(size, rows.shape[1])
             static[:n].copy_(_to_device(rows, self.device))
             graph.replay()

@@ -256,3 +256,11 @@ def test_torch_runner_fp16_autocast_returns_float32() -> None:
     runner = TorchRunner(_TupleNet(), ("a", "b"), ("x", "y"), device="cuda", autocast_fp16=True)
     out = runner(a=torch.randn(2, 3, device="cuda"), b=torch.randn(2, 3, device="cuda"))
     assert out["x"].dtype == torch.float32 and out["x"].is_cuda
+
+
+def test_padded_batch_size_is_the_smallest_graph_that_holds_the_rows() -> None:
+    from ditto.backends.ditto.runtime.base import padded_batch_size
+
+    sizes = (1, 2, 4, 8, 16)
+    assert [padded_batch_size(n, sizes) for n in (1, 2, 3, 5, 9, 16, 40)] == [1, 2, 4, 8, 16, 16, 16]
+    assert padded_batch_size(7, (1,)) == 1

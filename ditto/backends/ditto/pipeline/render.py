@@ -19,7 +19,6 @@ Called from one thread (the device engine owns the renderer).
 
 from __future__ import annotations
 
-import bisect
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ditto.backends.ditto.runtime.base import ModelRunner
+from ditto.backends.ditto.runtime.base import ModelRunner, padded_batch_size
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 
 __all__ = ["FrameRenderer", "channels_last", "pad_conv_channels"]
@@ -159,7 +158,7 @@ class FrameRenderer:
                 self._graph_for(size)
 
     def _graph_for(self, n: int) -> _Graph:
-        size = self.batch_sizes[min(bisect.bisect_left(self.batch_sizes, n), len(self.batch_sizes) - 1)]
+        size = padded_batch_size(n, self.batch_sizes)
         graph = self._graphs.get(size)
         if graph is None:
             graph = self._graphs[size] = _Graph(self, size, self.warmup_iters)

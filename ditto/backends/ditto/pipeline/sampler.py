@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ditto.backends.ditto.runtime.base import padded_batch_size
+
 # (x_t, cond_frame, cond, time_cond) -> (pred_noise, x_start)
 DenoiseFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -342,7 +344,7 @@ class BatchedWindowSampler:
         n = kp_cond.shape[0]
         size = n
         if self.use_graph:
-            size = next((b for b in self.batch_sizes if b >= n), self.batch_sizes[-1])
+            size = padded_batch_size(n, self.batch_sizes)
         sampler = self._sampler_for(steps, size, tuple(x_T.shape[1:]), int(cond.shape[-1]))
         if sampler.use_graph and not sampler.captured:
             sampler._capture()  # before the noise copy below: a capture re-creates the static buffers

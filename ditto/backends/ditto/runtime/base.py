@@ -22,7 +22,7 @@ back as ``(B·T, 1024)``: the rows' outputs one after another.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -66,6 +66,12 @@ def run_in_batches(run: Callable[[Mapping[str, Tensor]], dict[str, Tensor]], inp
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
+def padded_batch_size(rows: int, sizes: Sequence[int]) -> int:
+    """The smallest of ``sizes`` (ascending) that holds ``rows``, else the largest: the captured
+    graph a batch is padded to (larger batches are split at the largest size)."""
+    return next((size for size in sizes if size >= rows), sizes[-1])
+
+
 def leading_batch_limit(dims: Mapping[str, int | None]) -> int | None:
     """``max_batch`` of a model from the largest axis 0 each input takes (``None``: unbounded):
     the smallest bound, or ``None`` when no input bounds it."""
@@ -103,4 +109,5 @@ def batch_invariant(runner: ModelRunner) -> ModelRunner:
     return runner if runner.device.type == "cuda" else RowwiseRunner(runner)
 
 
-__all__ = ["ModelRunner", "RowwiseRunner", "batch_invariant", "leading_batch_limit", "run_in_batches"]
+__all__ = ["ModelRunner", "RowwiseRunner", "batch_invariant", "leading_batch_limit", "padded_batch_size",
+           "run_in_batches"]
