@@ -9,6 +9,11 @@ A backend is loaded once per server. Per session the server calls::
     for frame in stream.finish(): ...                   # the rest, up to ceil(samples / 640) frames
     stream.close()
 
+A live conversation also calls, between utterances, ``stream.idle(n)`` (no speech: the face
+idles), ``stream.flush()`` (an utterance ended: render its tail now) and ``stream.interrupt()``
+(barge-in: drop what is not rendered yet, return to idle). Frame indices stay one timeline:
+frame ``i`` always covers 16 kHz samples ``[640 i, 640 (i + 1))`` of the session.
+
 Calls on one stream come from one thread; different streams may run in
 different threads at once, so a backend keeps per-session state in the stream.
 """
@@ -81,6 +86,25 @@ class Avatar(Protocol):
 class AnimationStream(Protocol):
     def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; yield every frame that can now be rendered."""
+
+    def idle(self, frames: int) -> Iterator[VideoFrame]:
+        """Append ``frames`` frames without speech (blinks and sway go on), flagged ``idle``; the
+        stream is at a frame boundary (after :meth:`flush` or :meth:`interrupt`, or fed whole frames)."""
+
+    def flush(self) -> Iterator[VideoFrame]:
+        """The utterance fed so far is complete: yield all its frames now (ceil(samples fed / 640) in
+        all), the partial last frame and the model's look-ahead padded with silence. The stream stays
+        open; audio fed next starts at the next frame boundary and continues the motion smoothly."""
+
+    def interrupt(self) -> int:
+        """Barge-in: drop the audio whose frames were not yielded yet and every frame in flight. The
+        frames that follow (idle or speech) start from the face as last yielded and return it to
+        its neutral pose over a few frames (no pop).
+
+        Returns:
+            The index of the next frame the stream yields (frames yielded so far); audio fed next
+            starts at that frame.
+        """
 
     def finish(self) -> Iterator[VideoFrame]:
         """No more audio: yield the remaining frames (total = ceil(samples fed / 640))."""

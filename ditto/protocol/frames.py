@@ -1,12 +1,12 @@
 """Binary messages: frames (server -> client) and audio chunks (client -> server).
 
-Server -> client, a fixed 24-byte little-endian header, then the payload:
+Server -> client, a fixed 36-byte little-endian header, then the payload:
 
 ====== ====== ======================================================================
 offset type   field
 ====== ====== ======================================================================
 0      2s     magic ``b"DF"``
-2      u8     version (1)
+2      u8     version (2)
 3      u8     kind (:class:`FrameKind`: 1 = JPEG video frame, 2 = audio echo)
 4      u16    flags (:class:`FrameFlags`)
 6      u16    reserved (0)
@@ -14,6 +14,10 @@ offset type   field
 12     u32    pts_ms: presentation time, ms from the start of the audio
 16     u32    sample_start: first audio sample (16 kHz) the frame covers
 20     u32    sample_count: number of audio samples the frame covers (640 at 25 fps)
+24     u32    utterance: live sessions, the 1-based utterance the frame's audio belongs to
+              (0: idle, and every frame of a file-mode session)
+28     u64    sent_us: the server's wall clock (µs since the Unix epoch) when the message was
+              handed to the socket; stamped at send time (:func:`stamp_sent`)
 ====== ====== ======================================================================
 
 An audio echo (kind 2, sent only when ``start_streaming`` asked for ``echo_audio``) carries
@@ -45,9 +49,11 @@ from typing import TypeVar
 from ditto.errors import ProtocolError
 
 MAGIC = b"DF"
-VERSION = 1
-_HEADER = struct.Struct("<2sBBHHIIII")
-HEADER_SIZE = _HEADER.size  # 24
+VERSION = 2
+_HEADER = struct.Struct("<2sBBHHIIIIIQ")
+HEADER_SIZE = _HEADER.size  # 36
+_SENT = struct.Struct("<Q")
+_SENT_OFFSET = HEADER_SIZE - _SENT.size
 
 
 class FrameKind(enum.IntEnum):
@@ -69,11 +75,13 @@ class FrameHeader:
     sample_count: int
     flags: FrameFlags = FrameFlags.NONE
     kind: FrameKind = FrameKind.JPEG
+    utterance: int = 0  # live: the 1-based utterance; 0 for idle frames and file mode
+    sent_us: int = 0  # server wall clock at send (µs since the epoch); 0 until stamped
 
     def pack(self) -> bytes:
         return _HEADER.pack(
             MAGIC, VERSION, self.kind, self.flags, 0,
-            self.index, self.pts_ms, self.sample_start, self.sample_count,
+            self.index, self.pts_ms, self.sample_start, self.sample_count, self.utterance, self.sent_us,
         )
 
     @classmethod
@@ -83,14 +91,22 @@ class FrameHeader:
         Raises:
             ProtocolError: the message is too short or not a frame of this version.
         """
-        (kind, flags, _, index, pts_ms, start, count), payload = _split(
+        (kind, flags, _, index, pts_ms, start, count, utterance, sent_us), payload = _split(
             _HEADER, message, magic=MAGIC, version=VERSION, article="a", name="frame")
-        header = cls(index, pts_ms, start, count, FrameFlags(flags), _wire_enum(FrameKind, kind, "frame kind"))
+        header = cls(index, pts_ms, start, count, FrameFlags(flags), _wire_enum(FrameKind, kind, "frame kind"),
+                     utterance, sent_us)
         return header, payload
 
 
-def pack_frame(header: FrameHeader, payload: bytes) -> bytes:
-    return header.pack() + payload
+def pack_frame(header: FrameHeader, payload: bytes) -> bytearray:
+    """Header and payload as one buffer; :func:`stamp_sent` fills in the send time in place."""
+    return bytearray(header.pack()) + payload
+
+
+def stamp_sent(message: bytearray, sent_us: int) -> bytearray:
+    """Write the send time (µs since the epoch) into a packed frame message, in place."""
+    _SENT.pack_into(message, _SENT_OFFSET, sent_us)
+    return message
 
 
 # --- client -> server: audio chunks -----------------------------------------------------------

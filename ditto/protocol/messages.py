@@ -1,8 +1,9 @@
 """JSON control messages, validated by pydantic.
 
 Client -> server: ``start_streaming``, ``stop``; in live sessions (``live: true``) also
-``audio_chunk`` (or binary audio chunks) and ``end_of_audio``.
-Server -> client: ``streaming_started``, ``metadata``, ``streaming_completed``, ``error``.
+``audio_chunk`` (or binary audio chunks), ``end_of_utterance``, ``interrupt`` and ``end_of_audio``.
+Server -> client: ``streaming_started``, ``metadata``, ``playback_started``, ``playback_finished``
+(live), ``streaming_completed``, ``error``.
 Frames (and audio echo) travel as binary messages (see :mod:`ditto.protocol.frames`).
 
 :func:`parse_client_message` turns raw text into a model or raises
@@ -128,13 +129,28 @@ class EndOfAudio(_Message):
     type: Literal["end_of_audio"] = "end_of_audio"
 
 
+class EndOfUtterance(_Message):
+    """Live: the current utterance's audio is complete. Its tail is rendered now (the model's
+    look-ahead padded with silence) and the session stays open for the next utterance."""
+
+    type: Literal["end_of_utterance"] = "end_of_utterance"
+
+
+class Interrupt(_Message):
+    """Live (barge-in): drop the queued audio and every frame not yet sent; the face returns to
+    idle and the session stays open for the next utterance."""
+
+    type: Literal["interrupt"] = "interrupt"
+
+
 class Stop(_Message):
     type: Literal["stop"] = "stop"
 
 
-ClientMessage = Annotated[Union[StartStreaming, AudioChunk, EndOfAudio, Stop], Field(discriminator="type")]
+ClientMessage = Annotated[Union[StartStreaming, AudioChunk, EndOfUtterance, Interrupt, EndOfAudio, Stop],
+                          Field(discriminator="type")]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_MESSAGE_TYPES = ("start_streaming", "audio_chunk", "end_of_audio", "stop")
+CLIENT_MESSAGE_TYPES = ("start_streaming", "audio_chunk", "end_of_utterance", "interrupt", "end_of_audio", "stop")
 
 
 def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
@@ -197,7 +213,7 @@ def _bounded_number(convert: type[int] | type[float]) -> Callable[[str], int | f
 _parse_int, _parse_float = _bounded_number(int), _bounded_number(float)
 
 
-def parse_client_message(text: str) -> StartStreaming | AudioChunk | EndOfAudio | Stop:
+def parse_client_message(text: str) -> ClientMessage:
     """Validate one client text message, within limits: at most :data:`MAX_JSON_DEPTH` levels
     of nesting, number literals of at most :data:`MAX_NUMBER_CHARS` characters (the size limit
     is the server's, checked before), and types as declared (pydantic strict mode: ``"7"`` is
@@ -258,6 +274,23 @@ class StreamingCompleted(_Message):
     idle_frames: int = 0  # live mode: frames rendered while no audio arrived (flag IDLE)
 
 
+class PlaybackStarted(_Message):
+    """Live: the first frame of utterance ``utterance`` (1-based) was sent."""
+
+    type: Literal["playback_started"] = "playback_started"
+    utterance: int = Field(ge=1)
+
+
+class PlaybackFinished(_Message):
+    """Live: the last frame of utterance ``utterance`` was sent, or it was interrupted.
+    ``position_ms``: how much of the utterance's audio the frames sent covered."""
+
+    type: Literal["playback_finished"] = "playback_finished"
+    utterance: int = Field(ge=1)
+    position_ms: int = Field(ge=0)
+    interrupted: bool = False
+
+
 class Error(_Message):
     type: Literal["error"] = "error"
     code: ErrorCode
@@ -265,12 +298,13 @@ class Error(_Message):
 
 
 ServerMessage = Annotated[
-    Union[StreamingStarted, Metadata, StreamingCompleted, Error], Field(discriminator="type")
+    Union[StreamingStarted, Metadata, PlaybackStarted, PlaybackFinished, StreamingCompleted, Error],
+    Field(discriminator="type"),
 ]
 _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 
-def parse_server_message(text: str | bytes) -> StreamingStarted | Metadata | StreamingCompleted | Error:
+def parse_server_message(text: str | bytes) -> ServerMessage:
     """Validate one server text message (used by clients)."""
     try:
         return _server_adapter.validate_json(text)

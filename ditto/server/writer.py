@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket
 
 from ditto.backends.base import VideoFrame
 from ditto.media.jpeg import encode_jpeg
-from ditto.protocol.frames import FrameFlags, FrameHeader, FrameKind, pack_frame
+from ditto.protocol.frames import FrameFlags, FrameHeader, FrameKind, pack_frame, stamp_sent
 from ditto.server.metrics import ServerMetrics
 
 
@@ -42,8 +42,8 @@ class StreamAborted(Exception):
     """The writer was aborted (client gone, stop requested): the producer must stop."""
 
 
-# JSON text, audio-echo bytes, pending frame bytes, end marker
-_Item = Union[str, bytes, "concurrent.futures.Future[bytes]", None]
+# JSON text, audio-echo message, pending frame message, end marker
+_Item = Union[str, bytearray, "concurrent.futures.Future[bytearray]", None]
 
 _SLOT_POLL_S = 0.05  # a waiting producer re-checks for abort this often
 
@@ -132,7 +132,7 @@ class WebSocketFrameWriter:
         except RuntimeError:  # the event loop is closed: the session is long gone
             raise StreamAborted() from None
 
-    def _encode(self, header: FrameHeader, frame: VideoFrame) -> bytes:
+    def _encode(self, header: FrameHeader, frame: VideoFrame) -> bytearray:
         if frame.jpeg is not None:  # encoded by the backend (on the GPU, at our quality)
             return pack_frame(header, frame.jpeg)
         started = time.perf_counter()
@@ -155,14 +155,14 @@ class WebSocketFrameWriter:
             if isinstance(item, str):
                 await self._ws.send_text(item)
                 continue
-            if isinstance(item, bytes):  # audio echo
-                await self._ws.send_bytes(item)
+            if isinstance(item, bytearray):  # audio echo
+                await self._send_binary(item)
                 self.bytes_sent += len(item)
                 self._metrics.bytes_sent.inc(len(item))
                 continue
             try:
                 data = await asyncio.wrap_future(item)
-                await self._ws.send_bytes(data)
+                await self._send_binary(data)
             finally:
                 self._frame_slots.release()
             self.frames_sent += 1
@@ -173,6 +173,9 @@ class WebSocketFrameWriter:
                 self.first_frame_sent_at = time.monotonic()
                 if self.stream_started_at is not None:
                     self._metrics.first_frame_latency.observe(self.first_frame_sent_at - self.stream_started_at)
+
+    async def _send_binary(self, message: bytearray) -> None:
+        await self._ws.send_bytes(bytes(stamp_sent(message, time.time_ns() // 1000)))
 
     async def finish(self) -> None:
         """Ask :meth:`run` to return once everything queued so far is sent."""

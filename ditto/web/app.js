@@ -8,7 +8,7 @@
   const CHUNK_S = 0.2;              // file audio: one chunk per 200 ms, paced at real time
   const PLAYOUT_DELAY_S = 0.15;     // jitter buffer between the first audio echo and its playback
   const KIND_JPEG = 1, KIND_PCM16 = 2, FLAG_IDLE = 2;
-  const FRAME_HEADER_BYTES = 24, SAMPLE_TYPE_FLOAT32 = 2;
+  const FRAME_HEADER_BYTES = 36, SAMPLE_TYPE_FLOAT32 = 2;
 
   const $ = (id) => document.getElementById(id);
   const canvas = $('video');

@@ -8,7 +8,7 @@ def test_header_round_trip():
     header = FrameHeader(index=393, pts_ms=15720, sample_start=251520, sample_count=640,
                          flags=FrameFlags.LAST | FrameFlags.IDLE)
     message = pack_frame(header, b"\xff\xd8jpeg")
-    assert len(header.pack()) == HEADER_SIZE == 24
+    assert len(header.pack()) == HEADER_SIZE == 36
     parsed, payload = FrameHeader.unpack(message)
     assert parsed == header and bytes(payload) == b"\xff\xd8jpeg"
 
@@ -17,3 +17,11 @@ def test_header_round_trip():
 def test_bad_headers_are_refused(message):
     with pytest.raises(ProtocolError):
         FrameHeader.unpack(message)
+
+
+def test_send_time_and_utterance_round_trip():
+    from ditto.protocol.frames import stamp_sent
+    header = FrameHeader(index=7, pts_ms=280, sample_start=4480, sample_count=640, utterance=3)
+    message = stamp_sent(pack_frame(header, b"jpeg"), 1_790_000_000_123_456)
+    parsed, payload = FrameHeader.unpack(bytes(message))
+    assert parsed.utterance == 3 and parsed.sent_us == 1_790_000_000_123_456 and bytes(payload) == b"jpeg"
