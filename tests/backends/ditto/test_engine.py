@@ -291,3 +291,46 @@ def test_padding_conv_channels_to_multiples_of_8_keeps_the_result(conv) -> None:
     x = torch.randn((2, conv.in_channels) + (6,) * (conv.weight.dim() - 2))
     with torch.inference_mode():
         torch.testing.assert_close(padded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (torch.nn.Conv3d(142, 22, 7, padding=3), (2, 142, 5, 9, 9)),  # the mask convolution's kind; depth < kernel
+    (torch.nn.Conv3d(20, 32, 3, padding=1, bias=False), (3, 20, 4, 6, 6)),
+    (torch.nn.Conv3d(8, 5, (3, 5, 5), padding=(1, 2, 2)), (1, 8, 7, 6, 6)),
+])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_depth_tap_conv_computes_the_conv3d(conv, shape, memory_format) -> None:
+    from ditto.backends.ditto.pipeline.render import DepthTapConv3d
+
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
+    with torch.inference_mode():
+        torch.testing.assert_close(DepthTapConv3d(conv)(x), conv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_only_narrow_stride_1_conv3d_become_depth_taps() -> None:
+    from ditto.backends.ditto.models import WarpingNetwork
+    from ditto.backends.ditto.pipeline.render import DepthTapConv3d, depth_tap_convs
+
+    warp = depth_tap_convs(WarpingNetwork())
+    tapped = {name for name, m in warp.named_modules() if isinstance(m, DepthTapConv3d)}
+    assert tapped == {"dense_motion_network.mask", "dense_motion_network.hourglass.decoder.up_blocks.4.conv"}
+    with pytest.raises(ValueError):
+        DepthTapConv3d(torch.nn.Conv3d(4, 4, 3, stride=2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_renderer_matches_the_autocast_graphs() -> None:
+    from ditto.backends.ditto.models import SPADEDecoder, WarpingNetwork
+    from ditto.backends.ditto.pipeline.render import FrameRenderer
+    from ditto.backends.ditto.runtime.torch_runner import TorchRunner
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    warp = TorchRunner(WarpingNetwork(), ("feature_3d", "kp_source", "kp_driving"), ("out",), device=device,
+                       autocast_fp16=True)
+    decoder = TorchRunner(SPADEDecoder(), ("feature",), ("output",), device=device, autocast_fp16=True)
+    f_s = [torch.randn(1, 32, 16, 64, 64, device=device) for _ in range(2)]
+    x_s, x_d = (torch.randn(2, 21, 3, device=device) * 0.2 for _ in range(2))
+    eager = FrameRenderer(warp, decoder, batch_sizes=(2,))(f_s, x_s, x_d).clone()
+    compiled = FrameRenderer(warp, decoder, batch_sizes=(2,), compile_min_batch=2)(f_s, x_s, x_d)
+    assert float((compiled - eager).abs().max()) < 0.02  # fp16 rounding of a (0, 1) image
