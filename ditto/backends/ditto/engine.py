@@ -142,6 +142,10 @@ class DeviceEngine:
         self._closing = False
         self._holds = 0  # paused() blocks
         self._cuda = self.device.type == "cuda"
+        if self._cuda:
+            # the fp32 networks (LMDM, HuBERT, stitching) multiply on tensor cores in TF32, as the official
+            # fp32 TensorRT engines do (TensorRT enables TF32 by default); cuDNN convolutions already do
+            torch.backends.cuda.matmul.allow_tf32 = True
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
         # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
         self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
