@@ -7,9 +7,11 @@ Two modes, chosen by ``start_streaming``:
 * file mode: the whole recording comes in ``start_streaming``; frames are rendered as
   fast as the client takes them (the writer waits, nothing is dropped), by
   :func:`~ditto.server.render.render_file`;
-* live mode (``live: true``): audio arrives in chunks; a receiver task decodes them into a
-  bounded :class:`~ditto.server.live.Inbox`, and :func:`~ditto.server.live.render_live`
-  emits each frame as soon as its audio is in, idling the face while audio is overdue.
+* live mode (``live: true``): audio arrives in chunks, in utterances; a receiver task decodes
+  and resamples them and a ticker tells the time to the session's
+  :class:`~ditto.server.conversation.Conversation` (the protocol, free of I/O), whose actions
+  this module carries out: render commands into a bounded :class:`~ditto.server.live.Inbox` for
+  :func:`~ditto.server.live.render_live`, discards and playback events on the writer.
   A client that falls behind has video frames skipped (counted).
 """
 
