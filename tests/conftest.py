@@ -36,24 +36,43 @@ class FakeAvatar:
 
 
 class FakeStream:
-    """One frame per 640 samples; each frame is the source image (so sessions are told apart by it)."""
+    """One frame per 640 samples, no look-ahead; each frame is the source image (so sessions are told
+    apart by it). Implements the whole :class:`~ditto.backends.base.AnimationStream` contract and
+    records the calls that are not ``feed`` in ``calls``."""
 
     def __init__(self, avatar: FakeAvatar, delay_s: float) -> None:
         self.avatar, self.delay_s = avatar, delay_s
         self.samples = 0
         self.emitted = 0
+        self.calls: list[tuple] = []  # ("idle", n), ("flush",), ("interrupt", next frame)
         self.closed = False
 
-    def _frames(self, upto: int) -> Iterator[VideoFrame]:
+    def _frames(self, upto: int, idle: bool = False) -> Iterator[VideoFrame]:
         while self.emitted < upto:
             if self.delay_s:
                 time.sleep(self.delay_s)
-            yield VideoFrame(self.emitted, self.avatar.image)
+            yield VideoFrame(self.emitted, self.avatar.image, idle=idle)
             self.emitted += 1
 
     def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
         self.samples += len(audio)
         return self._frames(self.samples // SAMPLES_PER_FRAME)
+
+    def idle(self, frames: int) -> Iterator[VideoFrame]:
+        assert self.samples % SAMPLES_PER_FRAME == 0, "idle() off a frame boundary"
+        self.calls.append(("idle", frames))
+        self.samples += frames * SAMPLES_PER_FRAME
+        return self._frames(self.samples // SAMPLES_PER_FRAME, idle=True)
+
+    def flush(self) -> Iterator[VideoFrame]:
+        self.calls.append(("flush",))
+        self.samples = -(-self.samples // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME  # the padded tail
+        return self._frames(self.samples // SAMPLES_PER_FRAME)
+
+    def interrupt(self) -> int:
+        self.samples = self.emitted * SAMPLES_PER_FRAME  # audio of frames not yielded is dropped
+        self.calls.append(("interrupt", self.emitted))
+        return self.emitted
 
     def finish(self) -> Iterator[VideoFrame]:
         return self._frames(-(-self.samples // SAMPLES_PER_FRAME))
@@ -100,9 +119,9 @@ class FaultyStream(FakeStream):
         super().__init__(avatar, backend.delay_s)
         self.backend = backend
 
-    def _frames(self, upto: int) -> Iterator[VideoFrame]:
+    def _frames(self, upto: int, idle: bool = False) -> Iterator[VideoFrame]:
         b = self.backend
-        for frame in super()._frames(upto):
+        for frame in super()._frames(upto, idle):
             if frame.index == b.fail_at:
                 b.rendezvous.wait(timeout=30)  # every session is mid-stream here
                 if np.array_equal(self.avatar.image, b.faulty):

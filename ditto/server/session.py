@@ -7,9 +7,11 @@ Two modes, chosen by ``start_streaming``:
 * file mode: the whole recording comes in ``start_streaming``; frames are rendered as
   fast as the client takes them (the writer waits, nothing is dropped), by
   :func:`~ditto.server.render.render_file`;
-* live mode (``live: true``): audio arrives in chunks; a receiver task decodes them into a
-  bounded :class:`~ditto.server.live.Inbox`, and :func:`~ditto.server.live.render_live`
-  emits each frame as soon as its audio is in, idling the face while audio is overdue.
+* live mode (``live: true``): audio arrives in chunks, in utterances; a receiver task decodes
+  and resamples them and a ticker tells the time to the session's
+  :class:`~ditto.server.conversation.Conversation` (the protocol, free of I/O), whose actions
+  this module carries out: render commands into a bounded :class:`~ditto.server.live.Inbox` for
+  :func:`~ditto.server.live.render_live`, discards and playback events on the writer.
   A client that falls behind has video frames skipped (counted).
 """
 
@@ -35,12 +37,14 @@ from ditto.errors import (BackendError, CloseCode, DittoError, ErrorCode, MediaE
 from ditto.media.audio import Audio, decode_audio
 from ditto.media.image import decode_image
 from ditto.media.paths import resolve_media_path
-from ditto.media.pcm import decode_pcm
+from ditto.media.pcm import StreamingResampler, decode_pcm
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import AudioChunkHeader, SampleType
 from ditto.server import LOGGER_NAME
 from ditto.server.avatars import AvatarCache
-from ditto.server.live import END_OF_AUDIO, Chunk, Inbox, render_live
+from ditto.server.conversation import (Action, Conversation, ConversationLimits, DiscardUnsentFrames,
+                                       DropQueuedAudio, Send)
+from ditto.server.live import Inbox, render_live
 from ditto.server.metrics import ServerMetrics
 from ditto.server.registry import SessionRegistry
 from ditto.server.render import render_file
@@ -50,6 +54,8 @@ from ditto.settings import Settings
 logger = logging.getLogger(LOGGER_NAME)
 
 _Result = TypeVar("_Result")
+
+_TICK_S = 0.02  # a live session's conversation is told the time this often (half a frame)
 
 CLIENT_LEFT = (WebSocketDisconnect, WebSocketDisconnected, StreamAborted, OSError)
 """What the socket side raises once the client is gone (uvicorn turns websockets' ConnectionClosed into
@@ -181,18 +187,45 @@ class Session:
     async def _stream_live(self, job: _Job, fmt: msg.AudioFormat, writer: WebSocketFrameWriter,
                            sender: asyncio.Task) -> None:
         s = self.ctx.settings
-        inbox = Inbox(asyncio.get_running_loop(), s.live_inbox_chunks)
-        render = functools.partial(
-            render_live, inbox=inbox, writer=writer, sample_rate_hz=fmt.sample_rate_hz,
-            idle_after_s=s.live_idle_after_s, max_audio_seconds=s.max_audio_seconds, metrics=self.ctx.metrics,
-            cancel=self._cancel, echo_audio=job.echo_audio)
-        result = await self._until_rendered(self._start_render(job, render, live=True),
-                                            asyncio.create_task(self._receive_live(fmt, inbox)), sender)
+        loop = asyncio.get_running_loop()
+        inbox = Inbox(loop, s.live_inbox_chunks)
+        conversation = Conversation(ConversationLimits(
+            idle_after_s=s.live_idle_after_s, idle_timeout_s=s.idle_timeout_s,
+            max_audio_seconds=s.max_audio_seconds), time.monotonic())
+        execute = functools.partial(self._execute, inbox=inbox, writer=writer)
+        writer.on_frame_sent = lambda header: self._controls(conversation.frame_sent(header.utterance, header.index))
+        writer.on_utterance_end = lambda utterance: self._controls(conversation.utterance_end_sent(utterance))
+
+        def rewound(next_frame: int) -> None:  # render thread -> event loop
+            loop.call_soon_threadsafe(lambda: execute(conversation.rewound(next_frame, time.monotonic())))
+
+        render = functools.partial(render_live, inbox=inbox, writer=writer, metrics=self.ctx.metrics,
+                                   cancel=self._cancel, echo_audio=job.echo_audio, rewound=rewound)
+        result = await self._until_rendered(
+            self._start_render(job, render, live=True),
+            asyncio.create_task(self._converse_live(conversation, fmt, inbox, writer, execute)), sender)
+        skipped = writer.frames_skipped
         await writer.send_control(msg.StreamingCompleted(
-            frames_sent=result.frames - result.skipped, frames_skipped=result.skipped,
-            idle_frames=result.idle))
-        logger.info("Live streaming completed for client %s: %d frames (%d skipped, %d idle)",
-                    self.client_id, result.frames, result.skipped, result.idle)
+            frames_sent=result.frames - writer.frames_discarded, frames_skipped=skipped, idle_frames=result.idle))
+        logger.info("Live streaming completed for client %s: %d frames (%d skipped, %d discarded, %d idle)",
+                    self.client_id, result.frames + skipped, skipped, writer.frames_discarded, result.idle)
+
+    @staticmethod
+    def _controls(actions: list[Action]) -> list:
+        return [action.message for action in actions if isinstance(action, Send)]
+
+    @staticmethod
+    def _execute(actions: list[Action], *, inbox: Inbox, writer: WebSocketFrameWriter) -> None:
+        """Carry out a :class:`Conversation`'s actions (event loop)."""
+        for action in actions:
+            if isinstance(action, Send):
+                writer.queue_control(action.message)
+            elif isinstance(action, DropQueuedAudio):
+                inbox.clear()
+            elif isinstance(action, DiscardUnsentFrames):
+                writer.discard_utterances(action.through)
+            else:
+                inbox.put(action)
 
     def _start_render(self, job: _Job, render: Callable[[AnimationStream], _Result], *, live: bool) -> asyncio.Future:
         """Run ``render`` on a new animation stream of ``job`` in the render pool (closing the
@@ -282,7 +315,7 @@ class Session:
     async def _wait_for_start(self) -> msg.StartStreaming | None:
         """The ``start_streaming`` message, or None if the client sent ``stop`` first."""
         message = msg.parse_client_message(await self._receive_text(self.ctx.settings.idle_timeout_s))
-        if isinstance(message, (msg.AudioChunk, msg.EndOfAudio)):
+        if isinstance(message, (msg.AudioChunk, msg.EndOfUtterance, msg.Interrupt, msg.EndOfAudio)):
             raise ProtocolError(f"{message.type} before start_streaming", code=ErrorCode.INVALID_STATE)
         return None if isinstance(message, msg.Stop) else message
 
@@ -293,22 +326,42 @@ class Session:
         raise ProtocolError(f"{message.type} in a file-mode session (start_streaming without live: true)",
                             code=ErrorCode.INVALID_STATE)
 
-    async def _receive_live(self, fmt: msg.AudioFormat, inbox: Inbox) -> None:
-        """Decode audio chunks into ``inbox`` until ``end_of_audio``, then watch for ``stop``.
+    async def _converse_live(self, conversation: Conversation, fmt: msg.AudioFormat, inbox: Inbox,
+                             writer: WebSocketFrameWriter, execute: Callable[[list[Action]], None]) -> None:
+        """Read the client and tick the conversation's clock until one of them ends the session
+        early (``stop``, bad input, a limit, the timeout); never returns otherwise."""
+        reader = asyncio.create_task(self._receive_live(conversation, fmt, inbox, writer, execute))
+        ticker = asyncio.create_task(self._tick_live(conversation, execute))
+        try:
+            done, _ = await asyncio.wait({reader, ticker}, return_when=asyncio.FIRST_COMPLETED)
+            done.pop().result()
+        finally:
+            reader.cancel()
+            ticker.cancel()
+            await asyncio.wait({reader, ticker})
 
-        Returns or raises when streaming must stop early: ``stop``, a bad chunk, a chunk
-        after ``end_of_audio``, nothing received for ``idle_timeout_s`` before
-        ``end_of_audio`` (``timeout``), or more than ``max_audio_seconds`` of audio.
+    @staticmethod
+    async def _tick_live(conversation: Conversation, execute: Callable[[list[Action]], None]) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)  # the conversation's clock, not synchronisation
+            execute(conversation.tick(time.monotonic()))
+
+    async def _receive_live(self, conversation: Conversation, fmt: msg.AudioFormat, inbox: Inbox,
+                            writer: WebSocketFrameWriter, execute: Callable[[list[Action]], None]) -> None:
+        """Decode each message and hand it to ``conversation``; after ``end_of_audio`` only watch for ``stop``.
+
+        Raises:
+            _ClientStopped: ``stop``.
+            DittoError: a bad message, or one the conversation refuses (after ``end_of_audio``,
+                over ``max_audio_seconds``).
         """
         s = self.ctx.settings
         expected_type = SampleType.from_name(fmt.sample_type)
-        ended = False
-        samples_in = 0
+        resampler = StreamingResampler(fmt.sample_rate_hz)
         while True:
-            message = await self._receive(None if ended else s.idle_timeout_s)
+            message = await self._receive(None)
+            now = time.monotonic()
             if isinstance(message, bytes):
-                if ended:
-                    raise ProtocolError("audio chunk after end_of_audio", code=ErrorCode.INVALID_STATE)
                 header, pcm = AudioChunkHeader.unpack(message)
                 if header.sample_type != expected_type:
                     raise ProtocolError(f"audio chunk of {header.sample_type.name.lower()} samples in a session "
@@ -318,20 +371,26 @@ class Session:
                     raise ProtocolError("message exceeds the server's upload limit", code=ErrorCode.UPLOAD_TOO_LARGE)
                 parsed = msg.parse_client_message(message)
                 self._refuse_stop_or_restart(parsed)
-                if ended:
-                    raise ProtocolError(f"{parsed.type} after end_of_audio", code=ErrorCode.INVALID_STATE)
-                if isinstance(parsed, msg.EndOfAudio):
-                    ended = True
-                    await inbox.put(END_OF_AUDIO)
+                if isinstance(parsed, msg.Interrupt):
+                    logger.info("Client %s interrupted", self.client_id)
+                    resampler = StreamingResampler(fmt.sample_rate_hz)  # its held-back input is dropped too
+                    execute(conversation.receive_interrupt(now))
+                    continue
+                if isinstance(parsed, (msg.EndOfUtterance, msg.EndOfAudio)):
+                    if not conversation.ended:
+                        execute(conversation.receive_audio(resampler.flush(), now))
+                        resampler = StreamingResampler(fmt.sample_rate_hz)
+                    execute(conversation.receive_end_of_utterance(now) if isinstance(parsed, msg.EndOfUtterance)
+                            else conversation.receive_end_of_audio(now))
                     continue
                 pcm = parsed.data
-            samples = decode_pcm(pcm, sample_type=fmt.sample_type, channels=fmt.channels)
-            samples_in += len(samples)
-            if samples_in > s.max_audio_seconds * fmt.sample_rate_hz:
-                raise MediaError(f"live audio exceeds the server's limit of {s.max_audio_seconds:.0f} s",
-                                 code=ErrorCode.AUDIO_TOO_LONG)
-            if len(samples):
-                await inbox.put(Chunk(samples, time.monotonic()))
+            if conversation.ended:  # before decoding: the state error is what the client needs to hear
+                raise ProtocolError("audio chunk after end_of_audio", code=ErrorCode.INVALID_STATE)
+            samples = resampler.push(decode_pcm(pcm, sample_type=fmt.sample_type, channels=fmt.channels))
+            if writer.stream_started_at is None and len(samples):
+                writer.stream_started_at = now  # the first-frame latency counts from the first audio
+            execute(conversation.receive_audio(samples, now))
+            await inbox.room()
 
     def _refuse_stop_or_restart(self, message: msg.ClientMessage) -> None:
         """While streaming, ``stop`` ends the stream and a second ``start_streaming`` is an error.

@@ -241,3 +241,90 @@ async def live_converse(url: str, start: str, chunks: list, *, pace_s: float = 0
             await task
             out.close_code = ws.close_code
     return out
+
+
+# --- conversations -------------------------------------------------------------------------------
+
+END_OF_UTTERANCE = json.dumps({"type": "end_of_utterance"})
+INTERRUPT = json.dumps({"type": "interrupt"})
+
+
+class LiveClient:
+    """A live session driven step by step: send messages, await what the server sent.
+
+    ``events`` holds every video frame header and control message in arrival order (echoes apart),
+    each with its arrival time (monotonic s); tests wait on it with :meth:`wait_for`, never by sleeping.
+    """
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.events: list[tuple[float, object]] = []  # (arrival, FrameHeader | server message)
+        self.close_code: int | None = None
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, url: str, start: str) -> "LiveClient":
+        client = cls(await websockets.connect(url, max_size=None))
+        await client.ws.send(start)
+        await client.wait_for(lambda c: c.of_type(msg.StreamingStarted))
+        return client
+
+    async def _read(self) -> None:
+        import time
+
+        from ditto.protocol.frames import FrameKind
+
+        try:
+            async for reply in self.ws:
+                if isinstance(reply, bytes):
+                    header, _ = FrameHeader.unpack(reply)
+                    if header.kind == FrameKind.PCM16:
+                        continue
+                    event = header
+                else:
+                    event = msg.parse_server_message(reply)
+                async with self._changed:
+                    self.events.append((time.monotonic(), event))
+                    self._changed.notify_all()
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send(self, *messages: str | bytes) -> None:
+        for m in messages:
+            await self.ws.send(m)
+
+    async def wait_for(self, condition, timeout_s: float = 10.0):
+        """Until ``condition(self)`` is truthy (returned) or the connection closed (AssertionError)."""
+        async with asyncio.timeout(timeout_s):
+            async with self._changed:
+                while not (result := condition(self)):
+                    assert not self._reader.done(), f"connection closed first: {self.controls}"
+                    await self._changed.wait()
+        return result
+
+    async def close(self) -> None:
+        """Await the server's close (after end_of_audio or an error)."""
+        await self._reader
+
+    @property
+    def frames(self) -> list[FrameHeader]:
+        return [e for _, e in self.events if isinstance(e, FrameHeader)]
+
+    @property
+    def controls(self) -> list:
+        return [e for _, e in self.events if not isinstance(e, FrameHeader)]
+
+    def of_type(self, kind: type) -> list:
+        return [m for m in self.controls if isinstance(m, kind)]
+
+    def finished(self, utterance: int):
+        """The playback_finished of ``utterance``, if it came."""
+        return next((m for m in self.of_type(msg.PlaybackFinished) if m.utterance == utterance), None)
+
+    def index_of(self, event) -> int:
+        return next(i for i, (_, e) in enumerate(self.events) if e is event)
