@@ -10,6 +10,8 @@ keeps the exchange deterministic:
 - ``interrupt`` sends one more speech frame (as if it was already in the socket when the interrupt
   arrived), ``playback_finished {interrupted: true}``, then ``idle_frames_after_interrupt`` IDLE frames;
 - ``end_of_audio`` finishes an utterance in progress, then ``streaming_completed`` and close 1000.
+
+Plain HTTP requests get the browser page and the example files, so the page can be tried against it.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import dataclasses
 import json
 import threading
 import time
+from http import HTTPStatus
 
 import websockets
 from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import AudioChunkHeader, FrameFlags, FrameHeader, pack_frame, stamp_sent
+from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, ROOT
 from tests.server.helpers import png_bytes, portrait
 
 FRAME_MS = 40
-JPEG = png_bytes(portrait(size=8))  # the payload is never decoded by the client: any bytes do
+IMAGE = png_bytes(portrait(size=8))  # the Python client never decodes it; a browser sniffs the format
+PAGE_FILES = {"/": (ROOT / "ditto" / "web" / "index.html", "text/html; charset=utf-8"),
+              "/web/app.js": (ROOT / "ditto" / "web" / "app.js", "text/javascript; charset=utf-8"),
+              "/example/image.png": (EXAMPLE_IMAGE, "image/png"), "/example/audio.wav": (EXAMPLE_AUDIO, "audio/wav")}
 
 
 @dataclasses.dataclass
@@ -50,7 +59,7 @@ class _Conversation:
                              FrameFlags.IDLE if idle else FrameFlags.NONE, utterance=0 if idle else self.utterance)
         if not idle and self.utterance_frames == 0:
             await self.send_control(msg.PlaybackStarted(utterance=self.utterance))
-        await self.ws.send(bytes(stamp_sent(pack_frame(header, JPEG), time.time_ns() // 1000)))
+        await self.ws.send(bytes(stamp_sent(pack_frame(header, IMAGE), time.time_ns() // 1000)))
         self.frames_sent += 1
         if idle:
             self.idle_frames += 1
@@ -95,6 +104,10 @@ class ContractServer:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> "ContractServer":
         ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve(ready)), daemon=True)
@@ -108,7 +121,7 @@ class ContractServer:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(self._converse, "127.0.0.1", 0) as server:
+        async with serve(self._converse, "127.0.0.1", 0, max_size=None, process_request=_serve_page) as server:
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             await self._stop.wait()
@@ -146,3 +159,16 @@ class ContractServer:
                     await ws.close()
         except websockets.exceptions.ConnectionClosed:
             pass  # the client went away: nothing is owed to it
+
+
+def _serve_page(connection: ServerConnection, request: Request) -> Response | None:
+    """A file of :data:`PAGE_FILES` for a plain GET; ``None`` lets a WebSocket upgrade through."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return None
+    name = request.path.split("?", 1)[0]
+    if name not in PAGE_FILES:
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+    path, content_type = PAGE_FILES[name]
+    body = path.read_bytes()
+    return Response(HTTPStatus.OK, "OK", Headers({"Content-Type": content_type, "Content-Length": str(len(body))}),
+                    body)
