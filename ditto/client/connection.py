@@ -199,6 +199,7 @@ async def run_live_session(
         interrupt_at_s: barge in once this much audio was sent: ``interrupt``, the rest of the audio
             is not sent, and after ``playback_finished {interrupted: true}`` the session idles for
             ``idle_after_interrupt_s`` (so the idle frames after it are measured), then ``end_of_audio``.
+            A server that never confirms the interrupt leaves the session to end by ``timeout_s``.
     """
     result = SessionResult(live=True, audio_sample_rate_hz=audio.sample_rate_hz)
     start = {"type": "start_streaming", "live": True, "source": media_ref(source_path, upload=upload),
