@@ -1,7 +1,8 @@
 """``python streaming_client.py``: stream an audio file and a portrait, report statistics.
 
 Without ``--realtime`` the audio file is uploaded whole (file mode); with it, it is sent
-live, in ``--chunk_ms`` chunks paced at real time, as a microphone or TTS engine would.
+live, in ``--chunk_ms`` chunks paced at real time, as a microphone or TTS engine would;
+``--interrupt_at`` then barges in part-way (see :func:`run_live_session`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="live session: send the audio in chunks paced at real time instead of uploading it whole")
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms (with --realtime)")
+    p.add_argument("--interrupt_at", type=float, metavar="SECONDS",
+                   help="with --realtime: send interrupt once SECONDS of audio were sent, send none of the rest, "
+                        "idle 1 s after playback_finished, then end_of_audio; reports the interrupt latency")
     p.add_argument("--require_realtime", action="store_true",
                    help="exit non-zero also when a real-time check of the statistics block fails (❌)")
     return p
@@ -80,12 +84,20 @@ def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Pat
     mux_mp4(paths, audio, output)
 
 
+def _usage_error(text: str) -> int:
+    print(f"streaming_client.py: error: {text}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.realtime and args.chunk_ms <= 0:
-        print("streaming_client.py: error: --chunk_ms must be > 0", file=sys.stderr)
-        return 2
+        return _usage_error("--chunk_ms must be > 0")
+    if args.interrupt_at is not None and not args.realtime:
+        return _usage_error("--interrupt_at needs --realtime (a live session)")
+    if args.interrupt_at is not None and args.interrupt_at <= 0:
+        return _usage_error("--interrupt_at must be > 0")
     with tempfile.TemporaryDirectory(prefix="ditto_frames_") as scratch:
         writer = None
         if args.save_frames:
@@ -95,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         on_frame = (lambda header, jpeg: writer.write(header.index, jpeg)) if writer else None
         if args.realtime:
             if not Path(args.audio_path).is_file():
-                print(f"streaming_client.py: error: --realtime needs a local audio file: {args.audio_path}",
-                      file=sys.stderr)
-                return 2
+                return _usage_error(f"--realtime needs a local audio file: {args.audio_path}")
+            audio = read_pcm(args.audio_path)
+            if args.interrupt_at is not None and args.interrupt_at >= audio.duration_s:
+                return _usage_error(f"--interrupt_at must be under the audio's {audio.duration_s:.2f} s")
             result = asyncio.run(run_live_session(
-                args.server, args.client_id, read_pcm(args.audio_path), args.source_path,
+                args.server, args.client_id, audio, args.source_path,
                 timeout_s=args.timeout, chunk_ms=args.chunk_ms, realtime=True, on_frame=on_frame,
-                upload=not args.server_paths, seed=args.seed, echo_audio=args.output is not None))
+                upload=not args.server_paths, seed=args.seed, echo_audio=args.output is not None,
+                interrupt_at_s=args.interrupt_at))
         else:
             result = asyncio.run(run_session(
                 args.server, args.client_id, args.audio_path, args.source_path, timeout_s=args.timeout,

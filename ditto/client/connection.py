@@ -3,7 +3,8 @@ frames with their arrival times, hand each frame to a callback.
 
 :func:`run_session` uploads a whole file (file mode); :func:`run_live_session` streams it
 as a live source would (``live: true``): PCM chunks of ``chunk_ms``, paced at real time
-or as fast as possible, then ``end_of_audio``, receiving frames meanwhile. Both share one
+or as fast as possible, then ``end_of_audio``, receiving frames meanwhile; it can also split
+the audio into utterances (``end_of_utterance``) and barge in (``interrupt``). Both share one
 receive loop (:func:`_converse`); what differs (log lines, the live audio sender) is a ``_Mode``.
 """
 
@@ -15,7 +16,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -29,6 +30,12 @@ from ditto.protocol.frames import AudioChunkHeader, FrameFlags, FrameHeader, Fra
 logger = logging.getLogger(LOGGER_NAME)
 
 FrameCallback = Callable[[FrameHeader, bytes], None]
+WallClockUs = Callable[[], int]
+
+
+def wall_clock_us() -> int:
+    """Microseconds since the Unix epoch: the clock the server stamps ``sent_us`` with."""
+    return time.time_ns() // 1000
 
 
 @dataclasses.dataclass(slots=True)
@@ -40,6 +47,23 @@ class ReceivedFrame:
     sample_start: int = 0  # 16 kHz audio the frame covers
     sample_count: int = 0
     idle: bool = False
+    utterance: int = 0  # live: the 1-based utterance of the frame's audio; 0 for idle frames and file mode
+    sent_us: int = 0  # server wall clock at send, µs since the epoch (0: the server did not stamp it)
+    arrival_wall_us: int = 0  # client wall clock when it arrived, µs since the epoch
+
+    @property
+    def transit_ms(self) -> float | None:
+        """Server send -> client arrival on the two wall clocks (exact on one host; across hosts it
+        includes their clock offset); ``None`` for a frame without a send time."""
+        return (self.arrival_wall_us - self.sent_us) / 1000.0 if self.sent_us else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlaybackEvent:
+    """A ``playback_started`` or ``playback_finished`` message and when it arrived."""
+
+    message: msg.PlaybackStarted | msg.PlaybackFinished
+    arrival_s: float  # clock reading when it arrived
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,6 +80,8 @@ class SessionResult:
     first_audio_sent_s: float | None = None
     chunks_sent: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # (samples so far, sent at)
     audio_echo: dict[int, bytes] = dataclasses.field(default_factory=dict)  # frame index -> 16 kHz int16 PCM
+    playback: list[PlaybackEvent] = dataclasses.field(default_factory=list)  # in arrival order
+    interrupt_sent_s: float | None = None  # clock reading when ``interrupt`` was sent
 
     @property
     def expected_frames(self) -> int | None:
@@ -88,13 +114,15 @@ async def run_session(
     upload: bool = True,
     seed: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wall_clock: WallClockUs = wall_clock_us,
     log_every: int = 25,
 ) -> SessionResult:
     """Stream one audio file over ``ws://server/ws/{client_id}`` and collect what comes back."""
     start = {"type": "start_streaming", "audio": media_ref(audio_path, upload=upload),
              "source": media_ref(source_path, upload=upload)}
     return await _converse(server, client_id, start, SessionResult(), _FileMode(audio_path, source_path),
-                           seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, log_every=log_every)
+                           seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, wall_clock=wall_clock,
+                           log_every=log_every)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,25 +179,39 @@ async def run_live_session(
     upload: bool = True,
     seed: int | None = None,
     echo_audio: bool = False,
+    utterance_ends_s: Sequence[float] = (),
+    interrupt_at_s: float | None = None,
+    idle_after_interrupt_s: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
+    wall_clock: WallClockUs = wall_clock_us,
     log_every: int = 25,
 ) -> SessionResult:
     """Stream ``audio`` live over ``ws://server/ws/{client_id}`` and collect what comes back.
 
     Audio goes in binary chunks of ``chunk_ms`` (the last may be shorter) once the server
-    answered ``streaming_started``; with ``realtime`` chunk k leaves at ``k * chunk_ms`` after
-    the first (an absolute schedule: no drift), else as fast as the socket takes them. Then
-    ``end_of_audio``. Frames are received meanwhile.
+    answered ``streaming_started``; with ``realtime`` the chunk starting at second t of the audio
+    leaves t after the first (an absolute schedule: no drift), else as fast as the socket takes
+    them. Then ``end_of_audio``. Frames are received meanwhile.
+
+    Args:
+        utterance_ends_s: positions in the audio (s) where an utterance ends: the chunk reaching
+            each is cut there and followed by ``end_of_utterance``.
+        interrupt_at_s: barge in once this much audio was sent: ``interrupt``, the rest of the audio
+            is not sent, and after ``playback_finished {interrupted: true}`` the session idles for
+            ``idle_after_interrupt_s`` (so the idle frames after it are measured), then ``end_of_audio``.
+            A server that never confirms the interrupt leaves the session to end by ``timeout_s``.
     """
     result = SessionResult(live=True, audio_sample_rate_hz=audio.sample_rate_hz)
     start = {"type": "start_streaming", "live": True, "source": media_ref(source_path, upload=upload),
              "audio_format": {"sample_rate_hz": audio.sample_rate_hz, "channels": audio.channels,
                               "sample_type": audio.sample_type},
              "echo_audio": echo_audio}
-    mode = _LiveMode(audio, source_path, result, chunk_ms=chunk_ms, realtime=realtime, clock=clock)
+    mode = _LiveMode(audio, source_path, result, chunk_ms=chunk_ms, realtime=realtime, clock=clock,
+                     utterance_ends_s=tuple(utterance_ends_s), interrupt_at_s=interrupt_at_s,
+                     idle_after_interrupt_s=idle_after_interrupt_s)
     try:
-        return await _converse(server, client_id, start, result, mode,
-                               seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, log_every=log_every)
+        return await _converse(server, client_id, start, result, mode, seed=seed, timeout_s=timeout_s,
+                               on_frame=on_frame, clock=clock, wall_clock=wall_clock, log_every=log_every)
     finally:
         await mode.stop_sending()
 
@@ -187,6 +229,8 @@ class _Mode(Protocol):
     def metadata(self, reply: msg.Metadata) -> None: ...
 
     def completed(self, reply: msg.StreamingCompleted) -> None: ...
+
+    def playback_finished(self, reply: msg.PlaybackFinished) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -206,6 +250,9 @@ class _FileMode:
     def completed(self, reply: msg.StreamingCompleted) -> None:
         logger.info("Streaming completed")
 
+    def playback_finished(self, reply: msg.PlaybackFinished) -> None:
+        pass  # utterances are a live-mode notion: nothing waits for one here
+
 
 @dataclasses.dataclass(slots=True)
 class _LiveMode:
@@ -220,7 +267,11 @@ class _LiveMode:
     chunk_ms: float
     realtime: bool
     clock: Callable[[], float]
+    utterance_ends_s: tuple[float, ...] = ()
+    interrupt_at_s: float | None = None
+    idle_after_interrupt_s: float = 1.0
     _sender: asyncio.Task | None = dataclasses.field(default=None, init=False)
+    _interrupt_finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, init=False)
 
     def start_sent(self) -> None:
         logger.info("Sent start streaming command (live, %d Hz, %d ch, %s chunks of %g ms)",
@@ -238,23 +289,56 @@ class _LiveMode:
         logger.info("Streaming completed: %d frames sent, %d skipped, %d idle",
                     reply.frames_sent, reply.frames_skipped, reply.idle_frames)
 
+    def playback_finished(self, reply: msg.PlaybackFinished) -> None:
+        if reply.interrupted:
+            self._interrupt_finished.set()
+
+    def _samples_at(self, seconds: float) -> int:
+        return min(self.audio.samples, max(0, int(round(seconds * self.audio.sample_rate_hz))))
+
+    def _chunk_ends(self, stop_at: int, utterance_ends: set[int]) -> list[int]:
+        """Where each chunk of the first ``stop_at`` samples ends: every ``chunk_ms``, and at each utterance end."""
+        chunk_samples = max(1, int(round(self.audio.sample_rate_hz * self.chunk_ms / 1000.0)))
+        return sorted({*range(chunk_samples, stop_at, chunk_samples), *(e for e in utterance_ends if e < stop_at),
+                       stop_at} - {0})
+
     async def _send_audio(self, ws: ClientConnection) -> None:
-        """The chunks, then ``end_of_audio``; with ``realtime`` chunk k leaves ``k * chunk_ms``
-        after the first was sent (an absolute schedule, so sleeps do not add up to drift)."""
+        """The chunks (an ``end_of_utterance`` after each utterance end, an ``interrupt`` after the one
+        reaching ``interrupt_at_s``), then ``end_of_audio``. With ``realtime`` the chunk starting at
+        second t of the audio leaves t after the first was sent (an absolute schedule, so sleeps do
+        not add up to drift)."""
         audio, result = self.audio, self.result
-        chunk_samples = max(1, int(round(audio.sample_rate_hz * self.chunk_ms / 1000.0)))
         sample_type = SampleType.from_name(audio.sample_type)
-        step = chunk_samples * audio.bytes_per_frame
-        for k, offset in enumerate(range(0, len(audio.pcm), step)):
+        utterance_ends = {self._samples_at(t) for t in self.utterance_ends_s}
+        stop_at = audio.samples if self.interrupt_at_s is None else self._samples_at(self.interrupt_at_s)
+        start = 0
+        for seq, end in enumerate(self._chunk_ends(stop_at, utterance_ends)):
             if self.realtime and result.first_audio_sent_s is not None:
-                await asyncio.sleep(max(0.0, result.first_audio_sent_s + k * self.chunk_ms / 1000.0 - self.clock()))
-            await ws.send(pack_audio_chunk(AudioChunkHeader(sample_type, k), audio.pcm[offset: offset + step]))
+                await asyncio.sleep(max(0.0, result.first_audio_sent_s + start / audio.sample_rate_hz - self.clock()))
+            pcm = audio.pcm[start * audio.bytes_per_frame: end * audio.bytes_per_frame]
+            await ws.send(pack_audio_chunk(AudioChunkHeader(sample_type, seq), pcm))
             now = self.clock()
             if result.first_audio_sent_s is None:
                 result.first_audio_sent_s = now
-            result.chunks_sent.append((min(len(audio.pcm), offset + step) // audio.bytes_per_frame, now))
+            result.chunks_sent.append((end, now))
+            if end in utterance_ends:
+                await ws.send(json.dumps({"type": "end_of_utterance"}))
+                logger.info("Sent end_of_utterance at %.2fs of audio", end / audio.sample_rate_hz)
+            start = end
+        if self.interrupt_at_s is not None:
+            await self._interrupt(ws, stop_at / audio.sample_rate_hz)
         await ws.send(json.dumps({"type": "end_of_audio"}))
-        logger.info("Sent %d audio chunks (%.2fs) and end_of_audio", len(result.chunks_sent), audio.duration_s)
+        logger.info("Sent %d audio chunks (%.2fs) and end_of_audio", len(result.chunks_sent),
+                    start / audio.sample_rate_hz)
+
+    async def _interrupt(self, ws: ClientConnection, position_s: float) -> None:
+        """Barge in, wait for the server to confirm (``playback_finished {interrupted: true}``),
+        then let the face idle for ``idle_after_interrupt_s``."""
+        await ws.send(json.dumps({"type": "interrupt"}))
+        self.result.interrupt_sent_s = self.clock()
+        logger.info("Sent interrupt at %.2fs of audio", position_s)
+        await self._interrupt_finished.wait()
+        await asyncio.sleep(self.idle_after_interrupt_s)
 
     async def stop_sending(self) -> None:
         """Cancel a sender still running; log why it failed if that went unreported."""
@@ -280,7 +364,7 @@ def error_from_close(close: Close | None) -> msg.Error:
 
 async def _converse(server: str, client_id: str, start: dict, result: SessionResult, mode: _Mode, *,
                     seed: int | None, timeout_s: float, on_frame: FrameCallback | None,
-                    clock: Callable[[], float], log_every: int) -> SessionResult:
+                    clock: Callable[[], float], wall_clock: WallClockUs, log_every: int) -> SessionResult:
     """Send ``start`` (with ``seed``), then fill ``result`` from what the server sends until
     ``streaming_completed``, an ``error``, ``timeout_s`` or a failed connection."""
     url = f"{server.rstrip('/')}/ws/{client_id}"
@@ -297,10 +381,15 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
                     mode.start_sent()
                 async for message in ws:
                     if isinstance(message, bytes):
-                        _receive_frame(message, result, on_frame, clock, log_every)
+                        _receive_frame(message, result, on_frame, clock, wall_clock, log_every)
                         continue
                     reply = msg.parse_server_message(message)
-                    if isinstance(reply, msg.StreamingStarted):
+                    if isinstance(reply, (msg.PlaybackStarted, msg.PlaybackFinished)):
+                        result.playback.append(PlaybackEvent(reply, clock()))
+                        logger.info("%s: utterance %d%s", reply.type, reply.utterance, _playback_detail(reply))
+                        if isinstance(reply, msg.PlaybackFinished):
+                            mode.playback_finished(reply)
+                    elif isinstance(reply, msg.StreamingStarted):
                         mode.streaming_started(ws)
                     elif isinstance(reply, msg.Metadata):
                         result.metadata = reply
@@ -326,15 +415,23 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
     return result
 
 
+def _playback_detail(reply: msg.PlaybackStarted | msg.PlaybackFinished) -> str:
+    if isinstance(reply, msg.PlaybackStarted):
+        return ""
+    return f" at {reply.position_ms} ms{' (interrupted)' if reply.interrupted else ''}"
+
+
 def _receive_frame(message: bytes, result: SessionResult, on_frame: FrameCallback | None,
-                   clock: Callable[[], float], log_every: int) -> None:
+                   clock: Callable[[], float], wall_clock: WallClockUs, log_every: int) -> None:
     """Record one binary message: a video frame (handed to ``on_frame``) or an audio echo."""
+    arrival_wall_us = wall_clock()
     header, payload = FrameHeader.unpack(message)
     if header.kind == FrameKind.PCM16:  # only sent to a client that asked for echo_audio
         result.audio_echo[header.index] = bytes(payload)
         return
-    result.frames.append(ReceivedFrame(header.index, header.pts_ms, len(message), clock(), header.sample_start,
-                                       header.sample_count, bool(header.flags & FrameFlags.IDLE)))
+    result.frames.append(ReceivedFrame(
+        header.index, header.pts_ms, len(message), clock(), header.sample_start, header.sample_count,
+        bool(header.flags & FrameFlags.IDLE), header.utterance, header.sent_us, arrival_wall_us))
     if header.index % log_every == 0:
         logger.info("Received frame %d, size: %.1fKB", header.index, len(payload) / 1024)
     if on_frame is not None:

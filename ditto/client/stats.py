@@ -10,6 +10,8 @@ import numpy as np
 
 from ditto import SAMPLE_RATE_HZ
 
+from ditto.protocol import messages as msg
+
 if TYPE_CHECKING:
     from ditto.client.connection import SessionResult
 
@@ -34,7 +36,7 @@ class IntervalStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LagStats:
-    """End-to-end lag per frame, ms: frame received - end of that frame's audio sent."""
+    """Percentiles of a per-frame delay, ms (which one: the :class:`StreamStats` field)."""
 
     count: int
     p50_ms: float
@@ -51,8 +53,10 @@ class StreamStats:
     fps: float
     total_bytes: int
     intervals: IntervalStats | None
-    lag: LagStats | None = None  # live sessions only
+    lag: LagStats | None = None  # live only: frame received - end of that frame's audio sent
     frames_skipped: int = 0  # reported by the server (live: frames not sent to a client that fell behind)
+    transit: LagStats | None = None  # frame received - the server's sent_us, on the wall clocks
+    interrupt: InterruptStats | None = None  # live sessions that sent an interrupt
 
     @property
     def average_frame_bytes(self) -> float:
@@ -109,6 +113,15 @@ def lag_stats(lags_ms: list[float]) -> LagStats | None:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class InterruptStats:
+    """How an ``interrupt`` took effect, in ms after it was sent."""
+
+    to_last_speech_frame_ms: float | None  # the last speech frame that still arrived (None: none did)
+    to_playback_finished_ms: float | None  # ``playback_finished {interrupted: true}`` (None: never came)
+    max_gap_after_ms: float | None  # idle continuity: the largest arrival interval from the frame before it on
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FrameTiming:
     """What the lag of one received frame depends on."""
 
@@ -146,8 +159,24 @@ def end_to_end_lags_ms(chunks_sent: list[tuple[int, float]], sample_rate_hz: int
     return out
 
 
+def interrupt_stats(interrupt_sent_s: float, frames: list[FrameTiming],
+                    interrupted_finished_s: float | None) -> InterruptStats:
+    """Args: the clock reading when ``interrupt`` was sent, the frames received in arrival order,
+    and when ``playback_finished {interrupted: true}`` arrived (``None``: it did not)."""
+    after = [f for f in frames if f.arrival_s >= interrupt_sent_s]
+    speech_after = [f.arrival_s for f in after if not f.idle]
+    before = [f.arrival_s for f in frames if f.arrival_s < interrupt_sent_s][-1:]
+    gaps = interval_stats(before + [f.arrival_s for f in after])
+    return InterruptStats(
+        to_last_speech_frame_ms=(speech_after[-1] - interrupt_sent_s) * 1000.0 if speech_after else None,
+        to_playback_finished_ms=(None if interrupted_finished_s is None
+                                 else (interrupted_finished_s - interrupt_sent_s) * 1000.0),
+        max_gap_after_ms=gaps.max_ms if gaps is not None else None)
+
+
 def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int], *,
-                  lags_ms: list[float] | None = None, frames_skipped: int = 0) -> StreamStats:
+                  lags_ms: list[float] | None = None, frames_skipped: int = 0,
+                  transits_ms: list[float] | None = None, interrupt: InterruptStats | None = None) -> StreamStats:
     """Statistics of one stream; times are one monotonic clock's readings in seconds."""
     frames = len(arrivals_s)
     duration = (arrivals_s[-1] - start_s) if frames else 0.0
@@ -156,31 +185,61 @@ def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int], *,
         first_frame_latency_s=(arrivals_s[0] - start_s) if frames else None,
         fps=frames / duration if duration > 0 else 0.0,
         total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s),
-        lag=lag_stats(lags_ms or []), frames_skipped=frames_skipped)
+        lag=lag_stats(lags_ms or []), frames_skipped=frames_skipped,
+        transit=lag_stats(transits_ms or []), interrupt=interrupt)
+
+
+def _frame_timings(result: "SessionResult") -> list[FrameTiming]:
+    return [FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in result.frames]
 
 
 def session_lags_ms(result: "SessionResult") -> list[float] | None:
     """Live sessions: the end-to-end lag of each speech frame received; file mode: ``None``."""
     if not result.live:
         return None
-    return end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or SAMPLE_RATE_HZ, [
-        FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in result.frames])
+    return end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or SAMPLE_RATE_HZ,
+                              _frame_timings(result))
+
+
+def session_interrupt_stats(result: "SessionResult") -> InterruptStats | None:
+    """How the session's ``interrupt`` took effect; ``None`` when it sent none."""
+    if result.interrupt_sent_s is None:
+        return None
+    finished = [e.arrival_s for e in result.playback if isinstance(e.message, msg.PlaybackFinished)
+                and e.message.interrupted and e.arrival_s >= result.interrupt_sent_s]
+    return interrupt_stats(result.interrupt_sent_s, _frame_timings(result), finished[0] if finished else None)
 
 
 def session_stats(result: "SessionResult") -> StreamStats:
     """Statistics of one client session. File mode counts from ``start_streaming``; live from
-    the first audio chunk sent (when one was), with end-to-end lags."""
+    the first audio chunk sent (when one was), with end-to-end lags (and the interrupt's effect)."""
     frames = result.frames
     start = result.start_sent_s or 0.0
     if result.live and result.first_audio_sent_s is not None:
         start = result.first_audio_sent_s
     return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames],
                          lags_ms=session_lags_ms(result),
-                         frames_skipped=result.completed.frames_skipped if result.completed else 0)
+                         frames_skipped=result.completed.frames_skipped if result.completed else 0,
+                         transits_ms=[f.transit_ms for f in frames if f.transit_ms is not None],
+                         interrupt=session_interrupt_stats(result))
 
 
 def _check(ok: bool, text: str) -> str:
     return f"{'✅' if ok else '❌'} {text}"
+
+
+def _ms(value: float | None, missing: str) -> str:
+    return f"{value:.0f} ms" if value is not None else missing
+
+
+def _interrupt_lines(interrupt: InterruptStats | None) -> list[str]:
+    if interrupt is None:
+        return []
+    return [
+        f"Interrupt Latency: last speech frame {_ms(interrupt.to_last_speech_frame_ms, 'none after it')}, "
+        f"playback_finished {_ms(interrupt.to_playback_finished_ms, 'never')}",
+        f"Idle Continuity: largest frame gap after the interrupt {_ms(interrupt.max_gap_after_ms, 'n/a')}",
+    ]
 
 
 def format_report(stats: StreamStats) -> str:
@@ -200,6 +259,10 @@ def format_report(stats: StreamStats) -> str:
         f"End-to-end Lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, "
         f"p99 {stats.lag.p99_ms:.0f} ms" if stats.lag is not None else "End-to-end Lag: n/a (file mode)",
         f"Frames Skipped: {stats.frames_skipped}",
+        f"Frame Transit: p50 {stats.transit.p50_ms:.0f} ms, p95 {stats.transit.p95_ms:.0f} ms, "
+        f"p99 {stats.transit.p99_ms:.0f} ms (server send -> received)" if stats.transit is not None
+        else "Frame Transit: n/a (no send times)",
+        *_interrupt_lines(stats.interrupt),
         "",
         "FRAME INTERVALS:",
     ]

@@ -2,6 +2,8 @@
 // Audio goes up as binary float32 chunks (8-byte "DA" header); frames come back as JPEG (kind 1)
 // with their audio echoed (kind 2, 16 kHz int16). Audio is scheduled with Web Audio at
 // anchor + pts; the canvas shows the newest frame whose pts has been reached on the same clock.
+// Conversations: Interrupt barges in (the server drops what it has not sent, the page what it has
+// not played); the conversation mode keeps the microphone open and ends an utterance at each pause.
 'use strict';
 (() => {
   const ECHO_RATE_HZ = 16000;
@@ -9,6 +11,14 @@
   const PLAYOUT_DELAY_S = 0.15;     // jitter buffer between the first audio echo and its playback
   const KIND_JPEG = 1, KIND_PCM16 = 2, FLAG_IDLE = 2;
   const FRAME_HEADER_BYTES = 36, SAMPLE_TYPE_FLOAT32 = 2;
+  // Conversation mode's VAD, tunable in the page's URL for another mic or room (?vad_rms=0.05&vad_hangover_ms=400).
+  const pageParam = (name, fallback) => {
+    const value = Number(new URLSearchParams(location.search).get(name));
+    return value > 0 ? value : fallback;
+  };
+  const VAD_THRESHOLD_RMS = pageParam('vad_rms', 0.02);        // about -34 dBFS: above a quiet room, below speech
+  const VAD_HANGOVER_MS = pageParam('vad_hangover_ms', 600);   // this long under the threshold ends an utterance
+  const MAX_PLAYBACK_EVENTS = 100;  // kept in dittoStats.playback
 
   const $ = (id) => document.getElementById(id);
   const canvas = $('video');
@@ -17,6 +27,7 @@
     state: 'idle', framesReceived: 0, framesDrawn: 0, audioChunksScheduled: 0, chunksSent: 0,
     firstFrameLatencyMs: null, lagP50Ms: null, lagP95Ms: null, fps: 0, framesSkipped: 0,
     idleFrames: 0, rebuffers: 0, audioClock: null, error: null, completed: null,
+    controlsSent: [], playback: [], interrupts: 0, framesDropped: 0, audioChunksDropped: 0,
   });
   window.dittoStats = fresh();
   let session = null;
@@ -78,6 +89,12 @@
 
   // --- sending ------------------------------------------------------------------------------
 
+  function sendControl(s, message) {
+    if (s.ws.readyState !== WebSocket.OPEN) return;
+    s.ws.send(JSON.stringify(message));
+    stats().controlsSent.push(message.type);
+  }
+
   function sendChunk(s, samples) {
     if (s.ended || s.ws.readyState !== WebSocket.OPEN) return;
     const message = new ArrayBuffer(8 + samples.length * 4);
@@ -111,10 +128,32 @@
     tick();
   }
 
+  // Conversation mode: an energy VAD on the captured PCM. A loud block starts (or continues) an
+  // utterance and is sent; VAD_HANGOVER_MS of quiet ends it with end_of_utterance. Quiet between
+  // utterances is not sent, so the server idles the face until the next one.
+  function splitOnSilence(s, samples) {
+    let energy = 0;
+    for (let i = 0; i < samples.length; i++) energy += samples[i] * samples[i];
+    const loud = Math.sqrt(energy / samples.length) >= VAD_THRESHOLD_RMS;
+    const vad = s.vad;
+    if (loud) { vad.speaking = true; vad.quietMs = 0; }
+    if (!vad.speaking) return;
+    sendChunk(s, samples);
+    if (loud) return;
+    vad.quietMs += (samples.length / s.rate) * 1000;
+    if (vad.quietMs >= VAD_HANGOVER_MS) {
+      vad.speaking = false;
+      sendControl(s, { type: 'end_of_utterance' });
+    }
+  }
+
   function startMicrophone(s) {
     const source = s.ctx.createMediaStreamSource(s.mic);
     const processor = s.ctx.createScriptProcessor(4096, 1, 1);
-    processor.onaudioprocess = (event) => sendChunk(s, event.inputBuffer.getChannelData(0));
+    processor.onaudioprocess = (event) => {
+      const samples = event.inputBuffer.getChannelData(0);
+      if (s.conversation) splitOnSilence(s, samples); else sendChunk(s, samples);
+    };
     const mute = s.ctx.createGain();
     mute.gain.value = 0;  // the processor must reach the destination to run; nothing is heard
     source.connect(processor); processor.connect(mute); mute.connect(s.ctx.destination);
@@ -127,15 +166,53 @@
     clearTimeout(s.timer);
     if (s.mic) s.mic.getTracks().forEach((track) => track.stop());
     (s.micNodes || []).forEach((node) => node.disconnect());
-    if (s.ws.readyState === WebSocket.OPEN) s.ws.send(JSON.stringify({ type: 'end_of_audio' }));
+    sendControl(s, { type: 'end_of_audio' });
+    $('interrupt').disabled = true;
     setStatus('audio ended; finishing…');
+  }
+
+  // Barge-in. File speech: the rest is not sent (the face idles until Stop); the microphone
+  // stays open, and what it hears next is the next utterance.
+  function interrupt(s) {
+    if (s.ended || s.ws.readyState !== WebSocket.OPEN) return;
+    clearTimeout(s.timer);
+    s.vad.speaking = false;
+    sendControl(s, { type: 'interrupt' });
+    stats().interrupts++;
+    dropUtterancesUpTo(s, s.lastUtterance);
+  }
+
+  // --- dropping an interrupted utterance -------------------------------------------------------
+
+  const isDropped = (s, utterance) => utterance > 0 && utterance <= s.droppedUpTo;
+
+  // Frames queued for the canvas and echo audio scheduled ahead, of utterances 1..utterance (also
+  // those still arriving: they were in flight). What follows plays from now, not after the hole.
+  function dropUtterancesUpTo(s, utterance) {
+    if (utterance <= s.droppedUpTo) return;
+    s.droppedUpTo = utterance;
+    const st = stats();
+    s.frames = s.frames.filter((frame) => {
+      if (!isDropped(s, frame.utterance)) return true;
+      frame.bitmap.close();
+      st.framesDropped++;
+      return false;
+    });
+    s.scheduled = s.scheduled.filter(({ node, utterance: u }) => {
+      if (!isDropped(s, u)) return true;
+      node.stop();
+      st.audioChunksDropped++;
+      return false;
+    });
+    s.anchor = null;
   }
 
   // --- receiving and playback ----------------------------------------------------------------
 
   const clockS = (s) => (s.audioClock ? s.ctx.currentTime : performance.now() / 1000);
 
-  function scheduleAudio(s, ptsMs, pcm) {
+  function scheduleAudio(s, ptsMs, utterance, pcm) {
+    if (isDropped(s, utterance)) { stats().audioChunksDropped++; return; }
     const now = clockS(s);
     if (s.anchor === null) s.anchor = now + PLAYOUT_DELAY_S - ptsMs / 1000;
     let at = s.anchor + ptsMs / 1000;
@@ -152,6 +229,9 @@
       node.buffer = buffer;
       node.connect(s.ctx.destination);
       node.start(at);
+      const entry = { node, utterance };
+      s.scheduled.push(entry);
+      node.onended = () => { s.scheduled = s.scheduled.filter((e) => e !== entry); };
     }
     stats().audioChunksScheduled++;
   }
@@ -169,7 +249,9 @@
     const st = stats();
     const flags = view.getUint16(4, true), pts = view.getUint32(12, true);
     const sampleStart = view.getUint32(16, true), sampleCount = view.getUint32(20, true);
+    const utterance = view.getUint32(24, true);
     st.framesReceived++;
+    s.lastUtterance = Math.max(s.lastUtterance, utterance);
     if (st.firstFrameLatencyMs === null && s.firstChunkAt !== null) st.firstFrameLatencyMs = now - s.firstChunkAt;
     s.arrivals.push(now);
     while (s.arrivals.length && s.arrivals[0] < now - 1000) s.arrivals.shift();
@@ -186,10 +268,12 @@
         st.lagP95Ms = percentile(s.lags, 95);
       }
     }
+    if (isDropped(s, utterance)) { st.framesDropped++; return; }
     if (s.anchor === null) s.anchor = clockS(s) + PLAYOUT_DELAY_S - pts / 1000;  // no echo: video only
     createImageBitmap(new Blob([new Uint8Array(data, FRAME_HEADER_BYTES)], { type: 'image/jpeg' }))
       .then((bitmap) => {
-        s.frames.push({ pts, bitmap });
+        if (isDropped(s, utterance)) { bitmap.close(); st.framesDropped++; return; }  // interrupted while decoding
+        s.frames.push({ pts, utterance, bitmap });
         s.frames.sort((a, b) => a.pts - b.pts);
       })
       .catch((error) => console.warn('undecodable frame', error));
@@ -200,7 +284,8 @@
     if (data.byteLength < FRAME_HEADER_BYTES || view.getUint8(0) !== 0x44 || view.getUint8(1) !== 0x46) return;
     const kind = view.getUint8(3);
     if (kind === KIND_PCM16) {
-      scheduleAudio(s, view.getUint32(12, true), new Int16Array(data, FRAME_HEADER_BYTES, view.getUint32(20, true)));
+      scheduleAudio(s, view.getUint32(12, true), view.getUint32(24, true),
+        new Int16Array(data, FRAME_HEADER_BYTES, view.getUint32(20, true)));
     } else if (kind === KIND_JPEG) {
       onFrame(s, data, view);
     }
@@ -212,7 +297,12 @@
       st.state = 'streaming';
       setStatus(`streaming (${message.backend})`);
       $('stop').disabled = false;
+      $('interrupt').disabled = false;
       if (speech) sendFile(s, speech); else startMicrophone(s);
+    } else if (message.type === 'playback_started' || message.type === 'playback_finished') {
+      st.playback.push({ ...message, atMs: performance.now() });
+      if (st.playback.length > MAX_PLAYBACK_EVENTS) st.playback.shift();
+      if (message.interrupted) dropUtterancesUpTo(s, message.utterance);
     } else if (message.type === 'metadata') {
       canvas.width = message.width;
       canvas.height = message.height;
@@ -245,11 +335,18 @@
     requestAnimationFrame(draw);
   }
 
+  function describePlayback(event) {
+    if (!event) return '–';
+    if (event.type === 'playback_started') return `utterance ${event.utterance} started`;
+    return `utterance ${event.utterance} finished at ${event.position_ms} ms${event.interrupted ? ' (interrupted)' : ''}`;
+  }
+
   function updatePanel() {
     const st = stats();
     const ms = (v) => (v === null ? '–' : `${Math.round(v)} ms`);
     $('panel').textContent = `FPS ${st.fps}\nfirst frame ${ms(st.firstFrameLatencyMs)}\n`
-      + `lag p50 ${ms(st.lagP50Ms)}, p95 ${ms(st.lagP95Ms)}\nskipped ${st.framesSkipped}, idle ${st.idleFrames}`;
+      + `lag p50 ${ms(st.lagP50Ms)}, p95 ${ms(st.lagP95Ms)}\nskipped ${st.framesSkipped}, idle ${st.idleFrames}\n`
+      + `playback ${describePlayback(st.playback[st.playback.length - 1])}`;
   }
 
   // --- session lifecycle ----------------------------------------------------------------------
@@ -258,6 +355,7 @@
     endAudio(s);
     $('start').disabled = false;
     $('stop').disabled = true;
+    $('interrupt').disabled = true;
   }
 
   function fail(s, text) {
@@ -268,6 +366,7 @@
     if (s) { s.ended = true; clearTimeout(s.timer); if (s.mic) s.mic.getTracks().forEach((t) => t.stop()); }
     $('start').disabled = false;
     $('stop').disabled = true;
+    $('interrupt').disabled = true;
   }
 
   async function start() {
@@ -280,7 +379,9 @@
     const s = session = {
       ctx, ws: null, seq: 0, sent: [], samplesSent: 0, firstChunkAt: null, rate: ctx.sampleRate,
       anchor: null, frames: [], arrivals: [], lags: [], idleSamples: 0, ended: false, timer: null,
-      audioClock: ctx.state === 'running', mic: null, micNodes: null,
+      audioClock: ctx.state === 'running', mic: null, micNodes: null, scheduled: [],
+      conversation: choice('audio') === 'mic' && $('conversation').checked, vad: { speaking: false, quietMs: 0 },
+      lastUtterance: 0, droppedUpTo: 0,
     };
     stats().audioClock = s.audioClock;
     try {
@@ -295,11 +396,11 @@
       const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
       const ws = s.ws = new WebSocket(`${scheme}://${location.host}/ws/web-${Math.random().toString(36).slice(2, 10)}`);
       ws.binaryType = 'arraybuffer';
-      ws.onopen = () => ws.send(JSON.stringify({
+      ws.onopen = () => sendControl(s, {
         type: 'start_streaming', live: true, echo_audio: true,
         audio_format: { sample_rate_hz: s.rate, channels: 1, sample_type: 'float32' },
         source: { kind: 'upload', filename: portrait.name, data: toBase64(portrait.bytes) },
-      }));
+      });
       ws.onmessage = (event) => {
         if (typeof event.data === 'string') onControl(s, JSON.parse(event.data), speech);
         else onBinary(s, event.data);
@@ -315,6 +416,10 @@
 
   $('start').addEventListener('click', start);
   $('stop').addEventListener('click', () => { if (session) endAudio(session); });
+  $('interrupt').addEventListener('click', () => { if (session) interrupt(session); });
+  $('conversation').addEventListener('change', (event) => {  // a conversation is over the microphone
+    if (event.target.checked) document.querySelector('input[name=audio][value=mic]').checked = true;
+  });
   setInterval(updatePanel, 250);
   requestAnimationFrame(draw);
 })();

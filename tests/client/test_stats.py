@@ -58,3 +58,39 @@ def test_live_report_lines():
     assert re.search(r"^End-to-end Lag: p50 25 ms, p95 \d+ ms, p99 \d+ ms$", report, re.M)
     assert "Frames Skipped: 3" in report.splitlines()
     assert "End-to-end Lag: n/a (file mode)" in format_report(compute_stats(0.0, [0.5], [10]))
+
+
+def test_interrupt_latency_and_idle_continuity():
+    from ditto.client.stats import FrameTiming, interrupt_stats
+
+    def frame(arrival_s, idle=False):
+        return FrameTiming(0, 640, arrival_s, idle)
+
+    frames = [frame(1.00), frame(1.04),  # interrupt sent at 1.05
+              frame(1.08),  # a speech frame that was already on its way
+              frame(1.12, idle=True), frame(1.30, idle=True), frame(1.34, idle=True)]
+    stats = interrupt_stats(1.05, frames, interrupted_finished_s=1.10)
+    assert round(stats.to_last_speech_frame_ms) == 30 and round(stats.to_playback_finished_ms) == 50
+    assert round(stats.max_gap_after_ms) == 180  # 1.12 -> 1.30: the face froze for 180 ms
+
+    quiet = interrupt_stats(1.05, [frame(1.00), frame(1.06, idle=True)], interrupted_finished_s=None)
+    assert quiet.to_last_speech_frame_ms is None and quiet.to_playback_finished_ms is None
+    assert round(quiet.max_gap_after_ms) == 60  # from the last frame before the interrupt
+
+
+def test_interrupt_report_lines():
+    from ditto.client.stats import InterruptStats
+
+    lines = format_report(compute_stats(0.0, [0.5], [10], interrupt=InterruptStats(31.6, 52.0, 180.4))).splitlines()
+    assert "Interrupt Latency: last speech frame 32 ms, playback_finished 52 ms" in lines
+    assert "Idle Continuity: largest frame gap after the interrupt 180 ms" in lines
+    lines = format_report(compute_stats(0.0, [0.5], [10], interrupt=InterruptStats(None, None, None))).splitlines()
+    assert "Interrupt Latency: last speech frame none after it, playback_finished never" in lines
+    assert not any(line.startswith("Interrupt") for line in format_report(compute_stats(0.0, [0.5], [10])).splitlines())
+
+
+def test_frame_transit_line():
+    lines = format_report(compute_stats(0.0, [0.5], [10], transits_ms=[1.0, 2.0, 3.0, 40.0])).splitlines()
+    assert any(re.fullmatch(r"Frame Transit: p50 2 ms, p95 \d+ ms, p99 \d+ ms \(server send -> received\)", line)
+               for line in lines), lines
+    assert "Frame Transit: n/a (no send times)" in format_report(compute_stats(0.0, [0.5], [10])).splitlines()
