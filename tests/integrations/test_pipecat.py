@@ -221,7 +221,7 @@ def assert_paired(frames: list[Frame]) -> None:
     (the utterance's last may cover less); images are RGB of one size."""
     for i, frame in enumerate(frames):
         if isinstance(frame, TTSAudioRawFrame):
-            assert isinstance(frames[i - 1], OutputImageRawFrame), f"audio frame {i} has no image before it"
+            assert i > 0 and isinstance(frames[i - 1], OutputImageRawFrame), f"audio frame {i} has no image before it"
             assert 0 < len(frame.audio) <= FRAME_BYTES and frame.sample_rate == TTS_RATE_HZ
     images = [f for f in frames if isinstance(f, OutputImageRawFrame)]
     assert images and {(f.format, f.size) for f in images} == {("RGB", images[0].size)}
