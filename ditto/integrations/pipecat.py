@@ -218,7 +218,7 @@ class DittoVideoService(FrameProcessor):
         seed: the server's seed for blinks and sway (reproducible video).
         connect_timeout_s: longest wait for the WebSocket to open.
         finish_timeout_s: at ``EndFrame``, longest wait for the server to send the rest.
-        keepalive_s: with no audio for this long an empty audio chunk is sent, so the server's
+        keepalive_s: with nothing to send for this long an empty audio chunk is sent, so the server's
             idle timeout (30 s without a message) does not end the session while the user talks.
 
     Raises:
