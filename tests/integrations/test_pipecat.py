@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import os
 import queue
 import re
@@ -24,9 +25,7 @@ from typing import AsyncIterator, Callable, Iterator
 import pytest
 
 SERVER_PYTHON = os.environ.get("DITTO_SERVER_PYTHON")
-try:
-    import pipecat  # noqa: F401
-except ImportError:
+if importlib.util.find_spec("pipecat") is None:
     _missing = "pipecat-ai is not installed (pip install -r requirements-pipecat.txt)"
 else:
     _missing = None if SERVER_PYTHON else "DITTO_SERVER_PYTHON (the server's Python) is not set"
