@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_ditto import bench_pkls, ensure_tree  # noqa: E402
+from bench.bench_engine import LOOKAHEAD_S  # noqa: E402
 from ditto.tools import load_test  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -70,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--max_live_sessions", type=int, help="admission override (default: the server's measure)")
     p.add_argument("--compile_min_batch", type=int, default=16)
+    p.add_argument("--lag_bound_ms", type=float,
+                   help="sustained: lag p95 within this (default 500 ms, plus Ditto's online look-ahead)")
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
+    lag_bound_ms = args.lag_bound_ms or 500.0 + (1000 * LOOKAHEAD_S if args.backend == "ditto" else 0.0)
 
     port = free_port()
     server = f"ws://127.0.0.1:{port}"
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             level_json = log.with_name(f"level{n}.json")
             cpu0, t0 = cpu_seconds(process.pid), time.monotonic()
             code = load_test.main(["--server", server, "--sessions", str(n), "--mode", args.mode, "--audio",
-                                   args.audio, "--source", args.source, "--json", str(level_json)])
+                                   args.audio, "--source", args.source, "--lag_bound_ms", str(lag_bound_ms),
+                                   "--json", str(level_json)])
             cores = (cpu_seconds(process.pid) - cpu0) / (time.monotonic() - t0)
             if code != 0:
                 raise RuntimeError(f"load test level {n} failed (exit {code}); server log: {log}")
@@ -116,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     print(load_test.format_table(reports))
     print("server CPU (cores):", ", ".join(f"{lv['sessions']}: {lv['server_cpu_cores']}" for lv in levels))
     result = {"backend": args.backend, "mode": args.mode, "max_size": args.max_size, "startup_s": round(startup_s, 1),
-              "compile_min_batch": args.compile_min_batch, "capacity": load_test.capacity(reports),
+              "compile_min_batch": args.compile_min_batch, "lag_bound_ms": lag_bound_ms, "capacity": load_test.capacity(reports),
               "health": final_health, "levels": levels, "server_log_tail": log.read_text().splitlines()[-15:]}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.plot:
-        load_test.plot_levels(reports, args.plot, lag_bound_ms=500.0,
+        load_test.plot_levels(reports, args.plot, lag_bound_ms=lag_bound_ms,
                               title=f"{args.backend} server, {args.mode}, {args.max_size}px")
     return 0
 

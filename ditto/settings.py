@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # one WebSocket message
     max_audio_seconds: float = Field(600.0, gt=0)
     max_image_pixels: int = Field(50_000_000, ge=1)  # refused before decoding (decompression bombs)
-    frame_queue_size: int = Field(8, ge=1, le=1024)  # encoded frames waiting for the socket
+    # encoded frames waiting for the socket; room for a whole engine batch (16 frames of a session come at once
+    # from the GPU), so that a live frame is skipped for a slow client, never for the burst it came in
+    frame_queue_size: int = Field(32, ge=1, le=1024)
     idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long (before start, or live) ends
     live_idle_after_s: float = Field(0.2, gt=0)  # live: audio this overdue -> the face idles (silence, IDLE frames)
     live_inbox_chunks: int = Field(64, ge=1, le=4096)  # live: audio chunks received but not yet rendered

@@ -186,11 +186,10 @@ class Conversation:
         if not unfinished:
             return []
         actions: list[Action] = [DropQueuedAudio(), DiscardUnsentFrames(through=self._latest.number)]
-        for utterance in unfinished:
+        for utterance in unfinished:  # each gets its answer, even one none of whose frames was sent yet
             utterance.ended = utterance.finished = True
-            if utterance.started:
-                actions.append(Send(msg.PlaybackFinished(utterance=utterance.number,
-                                                         position_ms=utterance.covered_ms(), interrupted=True)))
+            actions.append(Send(msg.PlaybackFinished(utterance=utterance.number,
+                                                     position_ms=utterance.covered_ms(), interrupted=True)))
         if self._rewinding:  # what came since the last interrupt never reached the render thread
             self._held.clear()
         else:

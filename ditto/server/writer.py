@@ -247,6 +247,9 @@ class WebSocketFrameWriter:
                 continue
             try:
                 data = await asyncio.wrap_future(item.pending)
+                if self._is_stale(item):  # interrupted while it was being encoded: never sent
+                    self.frames_discarded += 1
+                    continue
                 after = self.on_frame_sent(item.header)
                 await self._send_binary(data)
             finally:

@@ -1,22 +1,14 @@
-"""The conversation client (#9) end to end against the real server (FakeBackend).
-
-The server side of ``interrupt`` / ``end_of_utterance`` / playback events is being built on
-another branch; until it lands here those tests fail (today's server answers ``interrupt`` and
-``end_of_utterance`` with an error), so they are ``xfail``, not strict: once it lands they
-report XPASS and the mark should go."""
+"""The conversation client (#9) end to end against the real server (FakeBackend)."""
 
 from __future__ import annotations
 
 import asyncio
-
-import pytest
 
 from ditto.client.connection import PcmAudio, run_live_session
 from ditto.protocol import messages as msg
 from tests.conftest import FakeBackend
 from tests.server.helpers import png_bytes, portrait, speech_like
 
-NEEDS_SERVER = pytest.mark.xfail(strict=False, reason="needs the server side of #9")
 RATE_HZ = 16000
 
 
@@ -35,7 +27,7 @@ def test_frames_carry_the_server_send_time(start_server, tmp_path):
     assert all(0 <= f.transit_ms < 5000 for f in result.frames)  # one host: one wall clock
 
 
-@NEEDS_SERVER
+
 def test_interrupt_ends_the_utterance_and_the_session_stays_open(start_server, tmp_path):
     result = live(start_server(backend=FakeBackend()), tmp_path, interrupt_at_s=0.5, idle_after_interrupt_s=0.3)
     assert result.ok, result.error
@@ -44,7 +36,7 @@ def test_interrupt_ends_the_utterance_and_the_session_stays_open(start_server, t
     assert any(f.idle for f in result.frames if f.arrival_s > result.interrupt_sent_s)
 
 
-@NEEDS_SERVER
+
 def test_end_of_utterance_numbers_the_utterances(start_server, tmp_path):
     result = live(start_server(backend=FakeBackend()), tmp_path, utterance_ends_s=[0.4])
     assert result.ok, result.error

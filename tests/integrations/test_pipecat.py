@@ -57,7 +57,6 @@ PORTRAIT = REPO / "example" / "image.png"
 TTS_RATE_HZ = 24_000  # what realtime TTS engines emit; example/audio.wav is already at this rate
 FRAME_BYTES = TTS_RATE_HZ // 25 * 2  # PCM16 audio of one 40 ms video frame
 WAIT_S = 60.0  # bound on every wait for frames (a loaded 2-core machine renders slowly)
-NEEDS_SERVER_SIDE = pytest.mark.xfail(strict=False, reason="needs the server side of #9")
 
 
 def example_speech(seconds: float, offset_s: float = 0.0) -> bytes:
@@ -289,7 +288,6 @@ async def test_a_server_error_becomes_an_error_frame_and_the_audio_passes_throug
 # --- the conversation messages (#9) -------------------------------------------------------------
 
 
-@NEEDS_SERVER_SIDE
 @in_event_loop
 async def test_tts_stopped_waits_for_playback_finished_and_the_next_reply_plays_too(server_url):
     first, second = example_speech(1.0), example_speech(0.6, offset_s=2.0)
@@ -311,7 +309,6 @@ async def test_tts_stopped_waits_for_playback_finished_and_the_next_reply_plays_
     assert all(f.context_id == "reply-2" for f in frames[second_start:] if isinstance(f, TTSAudioRawFrame))
 
 
-@NEEDS_SERVER_SIDE
 @in_event_loop
 async def test_an_interruption_drops_the_held_audio_and_the_next_reply_plays(server_url):
     long_reply, next_reply = example_speech(8.0), example_speech(0.6, offset_s=9.0)

@@ -98,11 +98,13 @@ def test_interrupt_drops_queued_audio_and_frames_and_finishes_the_playing_uttera
     assert c.utterance_end_sent(1) == []
 
 
-def test_interrupt_before_the_first_frame_is_sent_finishes_silently():
+def test_interrupt_before_the_first_frame_is_sent_is_still_answered():
     c = Conversation(LIMITS, now=0.0)
     c.receive_audio(audio(5), 0.0)
     actions = c.receive_interrupt(0.01)
-    assert sends(actions) == [] and of(Interrupt, actions)
+    assert sends(actions) == [msg.PlaybackFinished(utterance=1, position_ms=0, interrupted=True)]
+    assert of(Interrupt, actions)
+    assert c.frame_sent(1, 0) == []  # a frame of it that raced the interrupt starts nothing
 
 
 def test_interrupt_after_end_of_utterance_ends_the_tail_still_playing():
@@ -131,7 +133,8 @@ def test_a_second_interrupt_while_rewinding_drops_what_was_held():
     assert of(Interrupt, c.receive_interrupt(1.0))
     c.receive_audio(audio(2), 1.001)
     second = c.receive_interrupt(1.002)
-    assert second == [DropQueuedAudio(), DiscardUnsentFrames(2)]  # no second stream.interrupt()
+    assert second == [DropQueuedAudio(), DiscardUnsentFrames(2),  # no second stream.interrupt()
+                      Send(msg.PlaybackFinished(utterance=2, position_ms=0, interrupted=True))]
     assert c.rewound(30, 1.003) == []
     assert [f.utterance for f in c.receive_audio(audio(1), 1.004)] == [3]
 

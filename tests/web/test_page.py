@@ -2,8 +2,8 @@
 selenium): it loads, streams the example files (or the fake microphone) live, receives frames,
 schedules the echoed audio, and draws a non-blank canvas; Interrupt sends ``interrupt``, and the
 conversation mode ends an utterance at a pause of Chromium's fake microphone (it beeps).
-The round trips of #9 run against :mod:`tests.client.contract_server`, which speaks that contract
-already; against the real server they need its side of #9 and are ``xfail`` until it lands.
+The round trips of #9 run both against :mod:`tests.client.contract_server` (a small server that
+speaks the contract) and against the real server.
 
 Skipped when chromium or chromedriver is missing, unless ``DITTO_REQUIRE_BROWSER=1`` (set by
 ``.ci/run``, which installs both), where a missing browser fails the test instead.
@@ -61,7 +61,6 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-NEEDS_SERVER = pytest.mark.xfail(strict=False, reason="needs the server side of #9")
 
 
 class _PageFailed(Exception):
@@ -172,7 +171,6 @@ def test_interrupt_drops_the_frames_in_flight_of_the_interrupted_utterance(brows
     assert stats["framesDropped"] >= 1  # the contract server sends one speech frame after the interrupt
 
 
-@NEEDS_SERVER
 def test_interrupt_returns_the_face_to_idle_and_the_session_stays_open(browser, lite_server):
     interrupt_round_trip(browser, lite_server)
 
@@ -206,6 +204,5 @@ def test_conversation_mode_plays_utterance_after_utterance(browser, contract_ser
     utterance_after_utterance(browser, contract_server)
 
 
-@NEEDS_SERVER
 def test_conversation_mode_plays_utterance_after_utterance_on_the_server(browser, lite_server):
     utterance_after_utterance(browser, lite_server)
