@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -39,7 +40,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ from ditto.backends.ditto.engine import (
 )
 from ditto.backends.ditto.models import RENDERER_MODELS
 from ditto.backends.ditto.pipeline.audio2motion import (
+    MotionEase,
     MotionWindowing,
     OnlineAudio2Motion,
     as_v_min_max,
@@ -484,11 +486,23 @@ FILE_SLACK_S = 1.0
 capacity live sessions leave, and (deadlines being absolute) still never starves."""
 MAX_FRAMES_IN_FLIGHT = 32
 """Frames one session may have queued in or rendered by the engine and not yet handed out."""
+INTERRUPT_EASE_FRAMES = 6
+"""Frames over which the face returns from where an interrupt left it to the new (neutral) motion."""
+
+
+class _Row(NamedTuple):
+    """The final motion of one frame, waiting to be rendered or in flight."""
+
+    index: int
+    motion: Tensor  # (265,)
+    ready_at: float  # monotonic time it became final
+    last: bool  # the last frame of an utterance or of the session: never shed
 
 
 @dataclasses.dataclass(eq=False)
 class _SessionState:
-    """Everything one session mutates (host tensors only); dropped as a whole on close."""
+    """Everything one session mutates (host tensors only); dropped as a whole on close.
+    :meth:`DittoStream.interrupt` empties the queues and restarts the recursion in place."""
 
     stitcher: MotionStitcher
     windowing: MotionWindowing
@@ -498,11 +512,14 @@ class _SessionState:
     windower: StreamingWindower | None  # online mode only
     audio: list[np.ndarray] = dataclasses.field(default_factory=list)  # offline mode: the whole clip
     pending_windows: collections.deque[np.ndarray] = dataclasses.field(default_factory=collections.deque)
-    # motion rows whose frame is not submitted yet: (frame index, row (265,), monotonic time it became final)
-    pending_rows: collections.deque[tuple[int, Tensor, float]] = dataclasses.field(default_factory=collections.deque)
+    pending_rows: collections.deque[_Row] = dataclasses.field(default_factory=collections.deque)  # not submitted
     # frames submitted to the engine, in index order
-    inflight: collections.deque[tuple[int, concurrent.futures.Future]] = dataclasses.field(
+    inflight: collections.deque[tuple[_Row, concurrent.futures.Future]] = dataclasses.field(
         default_factory=collections.deque)
+    # [start, end) frames fed by idle()
+    idle_spans: collections.deque[tuple[int, int]] = dataclasses.field(default_factory=collections.deque)
+    ease: MotionEase | None = None  # blends the motion queued next from where the face was
+    last_shown: Tensor | None = None  # motion (265,) of the last frame handed out
 
 
 class DittoStream:
@@ -515,6 +532,15 @@ class DittoStream:
     work is submitted as the returned iterator is advanced, and frames come out in order as
     soon as they are rendered (several may be in flight at once). Frames not pulled from one
     call's iterator come out of the next call's.
+
+    Conversations: :meth:`idle` feeds silence through the normal path (the LMDM idles: its head
+    motion goes on, blinks come from the stitcher), so idle frames leave with the same
+    look-ahead as speech. :meth:`flush` computes the utterance's last motion at once (the
+    look-ahead padded with silence); online, the window recursion then continues from the
+    padded run's motion, so the next utterance cross-fades in as any window does; offline, the
+    next clip's windows are conditioned on the last frame and eased in from it. :meth:`interrupt`
+    restarts the recursion from the source's neutral motion and eases the first
+    :data:`INTERRUPT_EASE_FRAMES` frames from the last frame handed out.
     """
 
     def __init__(self, *, engine: DeviceEngine, audio2motion: Audio2MotionCfg, options: SetupOptions,
@@ -533,9 +559,12 @@ class DittoStream:
         self._options = options
         self._stream_options = stream_options
         self._avatar = avatar
-        self._samples = 0
+        self._samples = 0  # session timeline: audio fed, rounded up to a frame by flush() and interrupt()
+        self._segment_start = 0  # first frame of the audio fed since the last flush() or interrupt()
+        self._next_index = 0  # the next frame handed out
         self._total_frames: int | None = None  # known once finish() is called
         self._finished = False
+        self._silence_features = silence_features
         self._state: _SessionState | None = self._new_state(audio2motion, seed, silence_features)
 
     def _new_state(self, a2m: Audio2MotionCfg, seed: int, silence_features: Tensor | None) -> _SessionState:
@@ -582,7 +611,8 @@ class DittoStream:
     def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; iterate the result for every frame now renderable.
 
-        Offline cfgs render nothing before :meth:`finish` (the whole clip is generated at once).
+        Offline cfgs render nothing before :meth:`flush` or :meth:`finish` (the whole clip is
+        generated at once).
 
         Raises:
             MediaError: not a 1-D float array.
@@ -594,13 +624,63 @@ class DittoStream:
         samples = np.asarray(audio)
         if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
             raise MediaError("the Ditto backend expects 1-D float32 16 kHz mono samples", code=ErrorCode.AUDIO_INVALID)
-        samples = samples.astype(np.float32, copy=False)
-        self._samples += samples.shape[0]
-        if state.windower is not None:
-            state.pending_windows.extend(state.windower.push(samples))
-        else:
-            state.audio.append(samples)
+        self._append(state, samples.astype(np.float32, copy=False))
         return self._guarded(self._drain())
+
+    def idle(self, frames: int) -> Iterator[VideoFrame]:
+        """Append ``frames`` frames of silence, flagged ``idle`` (a partial frame fed before is
+        completed with silence first and stays the utterance's); frames leave as :meth:`feed`'s."""
+        state = self._require_open()
+        self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32))
+        start = self._samples // SAMPLES_PER_FRAME
+        state.idle_spans.append((start, start + frames))
+        self._append(state, np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
+        return self._guarded(self._drain())
+
+    def flush(self) -> Iterator[VideoFrame]:
+        """The utterance is complete: compute the motion of all its frames now (up to
+        ``ceil(samples / 640)``, the look-ahead padded with silence) and yield them; audio fed
+        next starts at the next frame and continues the motion.
+
+        Raises:
+            BackendError: the device failed this session's work; the session is closed.
+        """
+        state = self._require_open()
+        end = frames_for_samples(self._samples)
+        if end > self._segment_start:
+            with self._device_work():
+                if state.online is not None:
+                    self._flush_online(state, end)
+                else:
+                    self._flush_offline(state, end)
+        self._samples = end * SAMPLES_PER_FRAME
+        self._segment_start = end
+        return self._guarded(self._drain())
+
+    def interrupt(self) -> int:
+        """Barge-in: drop the audio not rendered yet and every frame in flight (their engine
+        work is cancelled); the window recursion restarts from the source's neutral motion, and
+        the next frames ease from the last one handed out.
+
+        Returns:
+            The index of the next frame handed out; audio fed next starts there.
+        """
+        state = self._require_open()
+        for _, future in state.inflight:
+            future.cancel()  # the engine drops it unless it is rendering it already
+        for queue in (state.inflight, state.pending_rows, state.pending_windows, state.audio, state.idle_spans):
+            queue.clear()
+        start = self._next_index
+        state.windowing.restart(state.windowing.source_kp_cond)
+        if state.online is not None:
+            state.windower = StreamingWindower()
+            state.online = OnlineAudio2Motion(state.windowing, state.condition, self._silence_features,
+                                              v_min_max=state.v_min_max, first_frame=start)
+        state.stitcher.seek(start)
+        state.ease = None if state.last_shown is None else MotionEase(state.last_shown, start, INTERRUPT_EASE_FRAMES)
+        self._samples = start * SAMPLES_PER_FRAME
+        self._segment_start = start
+        return start
 
     def finish(self) -> Iterator[VideoFrame]:
         """No more audio: yield the remaining frames, ``ceil(samples / 640)`` in all.
@@ -614,6 +694,8 @@ class DittoStream:
             raise RuntimeError("finish() called twice")
         self._finished = True
         self._total_frames = frames_for_samples(self._samples)
+        if self._total_frames == self._segment_start:  # nothing fed since the last flush() or interrupt()
+            return self._guarded(self._drain())
         if state.windower is not None:
             state.pending_windows.extend(state.windower.flush())
             return self._guarded(self._finish_online())
@@ -633,22 +715,40 @@ class DittoStream:
             raise RuntimeError("the stream is closed")
         return self._state
 
+    def _require_open(self) -> _SessionState:
+        state = self._require_state()
+        if self._finished:
+            raise RuntimeError("the stream is finished")
+        return state
+
+    def _append(self, state: _SessionState, samples: np.ndarray) -> None:
+        self._samples += samples.shape[0]
+        if state.windower is not None:
+            state.pending_windows.extend(state.windower.push(samples))
+        else:
+            state.audio.append(samples)
+
     def _deadline(self, ready_at: float) -> float:
         """When work that became possible at ``ready_at`` is due (earliest-deadline-first in the engine)."""
         return ready_at + (LIVE_BUDGET_S if self._stream_options.live else FILE_SLACK_S)
 
-    def _guarded(self, frames: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
-        """Run ``frames`` under inference mode; a device failure closes this session."""
+    @contextlib.contextmanager
+    def _device_work(self) -> Iterator[None]:
+        """Model work under inference mode; a device failure closes this session."""
         try:
-            while True:
-                with torch.inference_mode():
-                    frame = next(frames, None)
-                if frame is None:
-                    return
-                yield frame
+            with torch.inference_mode():
+                yield
         except BackendError:
             self.close()
             raise
+
+    def _guarded(self, frames: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
+        while True:
+            with self._device_work():
+                frame = next(frames, None)
+            if frame is None:
+                return
+            yield frame
 
     def _drain(self, *, block: bool = True) -> Iterator[VideoFrame]:
         """Submit ready rows, run pending HuBERT windows (online), hand out finished frames in order.
@@ -660,57 +760,82 @@ class DittoStream:
             state = self._require_state()
             self._submit_rows(state)
             if state.inflight and state.inflight[0][1].done():
-                yield self._collect(state.inflight.popleft())
+                yield self._collect(state, state.inflight.popleft())
             elif state.pending_windows:
                 self._run_windows(state)
             elif state.inflight and (block or state.pending_rows):
-                yield self._collect(state.inflight.popleft())
+                yield self._collect(state, state.inflight.popleft())
             else:
                 return
 
-    def _run_windows(self, state: _SessionState) -> None:
-        """Every pending HuBERT window at once (they batch), then their motion, in order."""
-        assert state.online is not None
+    def _features(self, windows: Sequence[np.ndarray]) -> list[Tensor]:
+        """HuBERT features of ``windows``, submitted at once (they batch)."""
         deadline = self._deadline(self._engine.now())
-        futures = [self._engine.features(window, deadline=deadline) for window in state.pending_windows]
+        futures = [self._engine.features(window, deadline=deadline) for window in windows]
+        return [future.result() for future in futures]
+
+    def _run_windows(self, state: _SessionState) -> None:
+        """Every pending HuBERT window, then their motion, in order."""
+        assert state.online is not None
+        windows = list(state.pending_windows)
         state.pending_windows.clear()
-        for future in futures:
-            self._queue_rows(state, state.online.push(future.result()))
+        for features in self._features(windows):
+            self._queue_rows(state, state.online.push(features), self._total_frames)
+
+    def _flush_online(self, state: _SessionState, end: int) -> None:
+        assert state.online is not None and state.windower is not None
+        self._run_windows(state)
+        tail = torch.cat(self._features(state.windower.end_utterance()))  # never empty: the boundary is inside
+        self._queue_rows(state, state.online.flush(tail, end), end)
+
+    def _flush_offline(self, state: _SessionState, end: int) -> None:
+        for chunk in self._offline_motion(state, end):
+            self._queue_rows(state, chunk, end)
+        last = state.pending_rows[-1].motion
+        state.windowing.restart(last)  # the next clip's windows continue from this motion...
+        state.ease = MotionEase(last, end, INTERRUPT_EASE_FRAMES)  # ...and are eased in from it
+
+    def _offline_motion(self, state: _SessionState, end: int) -> Iterator[MotionChunk]:
+        """The motion of the clip fed since the last flush() or interrupt() (frames up to ``end``)."""
+        audio = np.concatenate(state.audio)
+        state.audio.clear()
+        first = self._segment_start
+        features = torch.cat(self._features(offline_windows(audio, self._engine.chunksize)))[:end - first]
+        if first == 0:
+            state.stitcher.set_num_frames(end)  # upstream setup_Nd: blinks end before the clip does
+        yield from iter_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max,
+                                       first_frame=first)
 
     def _finish_online(self) -> Iterator[VideoFrame]:
         yield from self._drain()
         state = self._require_state()
         assert state.online is not None
-        self._queue_rows(state, state.online.finish())
+        self._queue_rows(state, state.online.finish(), self._total_frames)
         yield from self._drain()
 
     def _finish_offline(self) -> Iterator[VideoFrame]:
         state = self._require_state()
-        num_frames = self._total_frames or 0
-        if num_frames == 0:
-            return
-        audio = np.concatenate(state.audio)
-        state.audio.clear()
-        deadline = self._deadline(self._engine.now())
-        futures = [self._engine.features(window, deadline=deadline)
-                   for window in offline_windows(audio, self._engine.chunksize)]
-        features = torch.cat([future.result() for future in futures])[:num_frames]
-        state.stitcher.set_num_frames(num_frames)  # upstream setup_Nd: blinks end before the clip does
-        for chunk in iter_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max):
-            self._queue_rows(state, chunk)
+        assert self._total_frames is not None
+        for chunk in self._offline_motion(state, self._total_frames):
+            self._queue_rows(state, chunk, self._total_frames)
             yield from self._drain(block=False)
         yield from self._drain()
 
-    def _queue_rows(self, state: _SessionState, chunk: MotionChunk) -> None:
-        """Queue a MotionChunk's rows, dropping the tail beyond the audio (known after finish)."""
+    def _queue_rows(self, state: _SessionState, chunk: MotionChunk, end: int | None) -> None:
+        """Queue a MotionChunk's rows, dropping those from frame ``end`` on (past the audio)."""
         if state.online is not None and state.online.d0 is not None and state.stitcher.d0 is None:
             state.stitcher.set_d0(state.online.d0)  # relative-driving reference: the silence frame
+        if state.ease is not None:
+            chunk = state.ease(chunk)
+            if chunk.start_frame + len(chunk) >= state.ease.start_frame + state.ease.frames:
+                state.ease = None
         now = self._engine.now()
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
-            if self._total_frames is not None and index >= self._total_frames:
+            if end is not None and index >= end:
                 break
-            state.pending_rows.append((index, chunk.motion[offset], now))
+            last = end is not None and index == end - 1
+            state.pending_rows.append(_Row(index, chunk.motion[offset], now, last))
 
     def _submit_rows(self, state: _SessionState) -> None:
         """Stitch the ready rows (host) and hand their frames to the engine, up to the in-flight cap.
@@ -722,20 +847,27 @@ class DittoStream:
         lag_bound = self._stream_options.max_lag_s if self._stream_options.live else None
         quality = self._stream_options.jpeg_quality
         while state.pending_rows and len(state.inflight) < MAX_FRAMES_IN_FLIGHT:
-            index, row, ready_at = state.pending_rows.popleft()
+            row = state.pending_rows.popleft()
+            index = row.index
             source_frame = self._avatar.source.frame_for_output(index)
-            keypoints = state.stitcher(source_frame, vector_to_motion(row),
+            keypoints = state.stitcher(source_frame, vector_to_motion(row.motion),
                                        ctrl_for_frame(self._options.ctrl_info, index))
             work = RenderWork(index=index, f_s=self._avatar.source.frames[source_frame].f_s, x_s=keypoints.x_s,
                               x_d=keypoints.x_d, stitch=self._options.flag_stitching,
                               plan=self._avatar.paste_plans[source_frame], jpeg_quality=quality)
-            last = self._total_frames is not None and index == self._total_frames - 1
-            expires = None if lag_bound is None or last else ready_at + lag_bound
-            state.inflight.append((index, self._engine.render(work, deadline=self._deadline(ready_at),
-                                                              expires=expires)))
+            expires = None if lag_bound is None or row.last else row.ready_at + lag_bound
+            state.inflight.append((row, self._engine.render(work, deadline=self._deadline(row.ready_at),
+                                                            expires=expires)))
 
-    @staticmethod
-    def _collect(entry: tuple[int, concurrent.futures.Future]) -> VideoFrame:
-        index, future = entry
+    def _collect(self, state: _SessionState, entry: tuple[_Row, concurrent.futures.Future]) -> VideoFrame:
+        row, future = entry
         frame = future.result()
-        return VideoFrame(index=index, image=None, shed=True) if frame is None else frame
+        self._next_index = row.index + 1
+        state.last_shown = row.motion
+        if frame is None:
+            frame = VideoFrame(index=row.index, image=None, shed=True)
+        while state.idle_spans and state.idle_spans[0][1] <= row.index:
+            state.idle_spans.popleft()
+        if state.idle_spans and state.idle_spans[0][0] <= row.index:
+            frame = dataclasses.replace(frame, idle=True)
+        return frame

@@ -50,7 +50,11 @@ class LiteAvatar:
 
 
 class LiteStream:
-    """One session's animation. Calls come from one thread; see :mod:`ditto.backends.base`."""
+    """One session's animation. Calls come from one thread; see :mod:`ditto.backends.base`.
+
+    :meth:`idle` and :meth:`flush` hand out their frames at once (silence needs no look-ahead);
+    :meth:`interrupt` eases the mouth shut from where the last frame left it.
+    """
 
     def __init__(self, avatar: LiteAvatar, seed: int, mouth_tuning: MouthTuning | None,
                  motion_tuning: MotionTuning | None, lookahead_frames: int) -> None:
@@ -60,11 +64,11 @@ class LiteStream:
         self._driver = MouthDriver(mouth_tuning, lookahead_frames)
         self._motion = MotionGenerator(avatar.rig, seed, motion_tuning)
         self._renderer = FrameRenderer(avatar.image, avatar.geometry, avatar.warp, avatar.style)
-        self._ready: collections.deque[MouthParams] = collections.deque()
-        self._idle_spans: list[tuple[int, int]] = []  # [start, end) sample ranges fed through idle()
+        self._ready: collections.deque[tuple[MouthParams, bool]] = collections.deque()  # (params, idle)
         self.samples_fed = 0
         self.frames_rendered = 0
         self.last_motion: FrameMotion | None = None
+        self._last_params: MouthParams | None = None
         self._finished = False
         self._closed = False
 
@@ -87,24 +91,42 @@ class LiteStream:
         return self._drain()
 
     def idle(self, n_frames: int) -> Iterator[VideoFrame]:
-        """Feed ``n_frames`` of silence (live idling); those frames come out with ``idle=True``."""
+        """Complete the audio fed so far (as :meth:`flush`), then ``n_frames`` frames of silence,
+        flagged ``idle``; all of them come out of the returned iterator."""
         self._check_open()
-        start = self.samples_fed
-        end = start + n_frames * SAMPLES_PER_FRAME
-        if self._idle_spans and self._idle_spans[-1][1] == start:
-            self._idle_spans[-1] = (self._idle_spans[-1][0], end)
-        else:
-            self._idle_spans.append((start, end))
-        self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32))
+        self._complete_utterance()
+        self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32), idle=True)
+        self._ready.extend((params, True) for params in self._driver.flush())
         return self._drain()
+
+    def flush(self) -> Iterator[VideoFrame]:
+        """The utterance is complete: its remaining frames (the last one and the look-ahead padded
+        with silence), up to ``ceil(samples / 640)``; audio fed next starts at the next frame."""
+        self._check_open()
+        self._complete_utterance()
+        return self._drain()
+
+    def interrupt(self) -> int:
+        """Drop every frame not handed out yet and the audio behind them; the frames that follow
+        ease the mouth from the last frame rendered to what the next audio asks for (silence:
+        closed) over :data:`~ditto.backends.lite.speech.SETTLE_FRAMES` frames.
+
+        Returns:
+            The index of the next frame (frames rendered so far); audio fed next starts there.
+        """
+        self._check_open()
+        self._ready.clear()
+        next_index = self.frames_rendered
+        self._analyzer = SpeechAnalyzer(first_index=next_index)
+        self._driver.interrupt(self._last_params)
+        self.samples_fed = next_index * SAMPLES_PER_FRAME
+        return next_index
 
     def finish(self) -> Iterator[VideoFrame]:
         """No more audio: the remaining frames, padded with silence, total ``ceil(samples / 640)``."""
-        self._check_open()
+        frames = self.flush()
         self._finished = True
-        self._ready.extend(self._driver.push(self._analyzer.flush()))
-        self._ready.extend(self._driver.flush())
-        return self._drain()
+        return frames
 
     def close(self) -> None:
         """Drop queued work. Safe to call twice."""
@@ -117,25 +139,25 @@ class LiteStream:
         if self._finished:
             raise RuntimeError("stream is finished: open a new stream for more audio")
 
-    def _push(self, samples: np.ndarray) -> None:
+    def _push(self, samples: np.ndarray, idle: bool = False) -> None:
         self.samples_fed += len(samples)
-        self._ready.extend(self._driver.push(self._analyzer.push(samples)))
+        self._ready.extend((params, idle) for params in self._driver.push(self._analyzer.push(samples)))
+
+    def _complete_utterance(self) -> None:
+        """Pad the last partial frame with silence and release the frames waiting for look-ahead."""
+        self._ready.extend((params, False) for params in self._driver.push(self._analyzer.flush()))
+        self._ready.extend((params, False) for params in self._driver.flush())
+        self.samples_fed = self._analyzer.frames_emitted * SAMPLES_PER_FRAME
 
     def _drain(self) -> Iterator[VideoFrame]:
         while self._ready and not self._closed:
-            params = self._ready.popleft()
+            params, idle = self._ready.popleft()
             motion = self._motion.step(params)
-            self.last_motion = motion
+            self.last_motion, self._last_params = motion, params
             target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
             image = self._renderer.render(target)
             self.frames_rendered += 1
-            yield VideoFrame(params.index, image, idle=self._is_idle(params.index))
-
-    def _is_idle(self, index: int) -> bool:
-        start, end = index * SAMPLES_PER_FRAME, (index + 1) * SAMPLES_PER_FRAME
-        while self._idle_spans and self._idle_spans[0][1] < start:
-            self._idle_spans.pop(0)
-        return any(a <= start and end <= b for a, b in self._idle_spans)
+            yield VideoFrame(params.index, image, idle=idle)
 
 
 class LiteBackend:

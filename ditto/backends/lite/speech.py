@@ -24,6 +24,10 @@ from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 LOOKAHEAD_FRAMES = 1
 """Frames of audio after frame i that must have arrived before frame i is rendered (40 ms each)."""
 
+SETTLE_FRAMES = 6
+"""After an interrupt the mouth eases from where it was to the new targets over this many frames
+(the last of them is the target)."""
+
 WINDOW_SAMPLES = 1024
 """Spectral window (64 ms) ending at the frame's last sample; the first frames see zeros before t=0."""
 
@@ -50,10 +54,10 @@ class MouthParams:
 class SpeechAnalyzer:
     """Incremental per-frame features. Call :meth:`push` with any chunk sizes, then :meth:`flush` once."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_index: int = 0) -> None:
         self._history = np.zeros(WINDOW_SAMPLES - SAMPLES_PER_FRAME, np.float32)
         self._pending = np.zeros(0, np.float32)
-        self._next_index = 0
+        self._next_index = first_index
         freqs = np.fft.rfftfreq(WINDOW_SAMPLES, 1.0 / SAMPLE_RATE_HZ)
         self._band = (freqs >= 100.0) & (freqs <= 8000.0)
         self._band_freqs = freqs[self._band]
@@ -126,6 +130,8 @@ class MouthDriver:
         self._jaw = 0.0
         self._spread = 0.0
         self._activity = 0.0
+        self._settle_from: MouthParams | None = None  # the mouth as it was at an interrupt
+        self._settle_step = 0
 
     def push(self, features: list[SpeechFeatures]) -> list[MouthParams]:
         """Add features of the next frames; return params of every frame whose look-ahead is now complete."""
@@ -142,6 +148,15 @@ class MouthDriver:
         while self._targets:
             out.append(self._emit())
         return out
+
+    def interrupt(self, shown: MouthParams | None) -> None:
+        """Drop the frames waiting for look-ahead; the next frames start from ``shown`` (the last
+        frame rendered) and ease to whatever the audio fed next asks for (silence: rest)."""
+        self._targets.clear()
+        self._jaw = self._spread = 0.0
+        self._settle_from, self._settle_step = shown, 0
+        if shown is not None:
+            self._activity = shown.activity
 
     def _raw_target(self, feat: SpeechFeatures) -> tuple[float, float]:
         tn = self.tuning
@@ -176,4 +191,13 @@ class MouthDriver:
         if abs(self._spread) < 1e-3 and spread_t == 0.0:
             self._spread = 0.0
         self._activity += tn.activity_smoothing * (jaw_t - self._activity)
-        return MouthParams(index, float(self._jaw), float(self._spread), float(self._activity))
+        jaw, spread = self._jaw, self._spread
+        if self._settle_from is not None:
+            # Cosine ease (no jump at either end) from the interrupted mouth to the driven one.
+            self._settle_step += 1
+            hold = 0.5 + 0.5 * np.cos(np.pi * self._settle_step / SETTLE_FRAMES)
+            jaw = hold * self._settle_from.jaw_open + (1.0 - hold) * jaw
+            spread = hold * self._settle_from.lip_spread + (1.0 - hold) * spread
+            if self._settle_step == SETTLE_FRAMES:
+                self._settle_from = None
+        return MouthParams(index, float(jaw), float(spread), float(self._activity))

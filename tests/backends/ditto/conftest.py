@@ -4,6 +4,7 @@
   the official layout, ~35 s and 1.5 GB under pytest's tmp dir).
 * ``pytorch_backend``: the backend built by ``from_settings`` on that tree's PyTorch
   flavour (CPU), shared by the session; ``avatar`` is the example portrait registered once.
+* ``online_backend``: the ONNX flavour's online pkl (overlap_v2 75) with the same stand-ins.
 * ``fast_backend``: the same loaded models, except that warp and decoder are replaced by
   :class:`CheapWarp` / :class:`CheapDecoder`. The real renderer costs ~1.2 TFLOP
   (≈10-20 s on two CPU cores) per frame, so tests that need many frames use these
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ditto import SAMPLE_RATE_HZ
-from ditto.backends.ditto.backend import DittoBackend
+from ditto.backends.ditto.backend import DittoBackend, DittoModels
+from ditto.backends.ditto.config import load_cfg
 from ditto.backends.ditto.runtime.loader import MODEL_IO
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 from ditto.settings import Settings
@@ -143,3 +145,13 @@ def avatar(pytorch_backend, portrait):
 def fast_backend(pytorch_backend) -> DittoBackend:
     return DittoBackend(pytorch_backend.cfg, "cpu", models=cheap_renderer_models(pytorch_backend.models),
                         setup_options=FAST_SETUP)
+
+
+@pytest.fixture(scope="session")
+def online_backend(checkpoint_tree) -> DittoBackend:
+    """The trt_online pkl pointed at ditto_onnx, with overlap_v2 75 (instead of 70) through
+    load_cfg's replace mechanism: 5 new frames per LMDM window keeps the clips short."""
+    cfg = load_cfg(checkpoint_tree.cfg_pkl("onnx_online"), checkpoint_tree.onnx,
+                   replace_cfg={"default_kwargs": {"overlap_v2": 75}})
+    models = cheap_renderer_models(DittoModels.load(cfg, "cpu"))
+    return DittoBackend(cfg, "cpu", models=models, setup_options=FAST_SETUP)

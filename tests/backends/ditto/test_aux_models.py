@@ -376,6 +376,27 @@ def test_streaming_windower_matches_whole_utterance_windows():
     assert len(w.push(np.zeros(1, np.float32))) == 1
 
 
+
+def test_after_an_utterance_ends_the_windows_go_on_with_its_last_frames_as_past():
+    rng = np.random.default_rng(1)
+    first, second = (rng.normal(size=n).astype(np.float32) for n in (3 * 3200, 10000))
+    windower = hb.StreamingWindower()
+    ended = windower.push(first) + windower.end_utterance()
+    assert len(ended) == 4 and np.all(ended[-1][1920:] == 0)  # the window past the end: its past, then silence
+    after = windower.push(second) + windower.flush()
+    # an utterance ending on the 5-frame window grid: the next windows are those of one long stream
+    expected = hb.online_windows(np.concatenate([first, second]))[3:]
+    assert len(after) == len(expected) and all(np.array_equal(a, b) for a, b in zip(after, expected))
+    # a partial last frame is completed with silence: the next audio starts at the frame boundary
+    windower = hb.StreamingWindower()
+    windower.push(first[:1000])
+    windower.end_utterance()
+    next_window = windower.push(second)[0]
+    padded = np.concatenate([np.zeros(1920, np.float32), first[:1000], np.zeros(280, np.float32)])
+    assert np.array_equal(next_window[:1920], padded[-1920:])
+    assert np.array_equal(next_window[1920:], second[:6480 - 1920])
+
+
 # --------------------------------------------------------------------------- stand-in files
 
 EXPECTED_IO = {

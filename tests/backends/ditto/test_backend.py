@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.ditto.backend import DittoBackend, DittoModels
-from ditto.backends.ditto.config import dump_cfg_pkl, load_cfg, read_cfg_dict
+from ditto.backends.ditto.backend import DittoBackend
+from ditto.backends.ditto.config import dump_cfg_pkl, read_cfg_dict
 from ditto.backends.ditto.pipeline.registration import fit_to_max_size
 from ditto.backends.ditto.runtime.onnx_runner import OnnxRunner
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
@@ -34,7 +34,6 @@ from tests.backends.ditto.conftest import (
     FAST_SETUP,
     ROOT,
     RecordingRunner,
-    cheap_renderer_models,
     render_all,
     speech_like,
 )
@@ -108,16 +107,6 @@ def test_offline_session_yields_one_frame_per_640_samples(fast_backend, avatar, 
     assert [f.index for f in after] == list(range(math.ceil(len(audio) / SAMPLES_PER_FRAME)))
     for frame in after:
         assert frame.image.shape == (512, 512, 3) and frame.image.dtype == np.uint8
-
-
-@pytest.fixture(scope="module")
-def online_backend(checkpoint_tree) -> DittoBackend:
-    """The trt_online pkl pointed at ditto_onnx, with overlap_v2 75 (instead of 70) through
-    load_cfg's replace mechanism: 5 new frames per LMDM window keeps the clips short."""
-    cfg = load_cfg(checkpoint_tree.cfg_pkl("onnx_online"), checkpoint_tree.onnx,
-                   replace_cfg={"default_kwargs": {"overlap_v2": 75}})
-    models = cheap_renderer_models(DittoModels.load(cfg, "cpu"))
-    return DittoBackend(cfg, "cpu", models=models, setup_options=FAST_SETUP)
 
 
 def test_online_cfg_runs_the_onnx_models(online_backend) -> None:

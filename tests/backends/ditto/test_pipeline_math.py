@@ -22,6 +22,7 @@ from ditto.backends.ditto.pipeline.condition import (
 from ditto.backends.ditto.pipeline.stages import (
     COND_DIM,
     MOTION_DIM,
+    MotionChunk,
     MotionInfo,
     SourceFrame,
     SourceInfo,
@@ -346,6 +347,71 @@ def test_online_total_frames(seconds, expected_audio, expected_emitted):
     assert tail.start_frame + len(tail) == expected_emitted
     with pytest.raises(RuntimeError):
         online.push(_features(5))
+
+
+def _rows(chunks) -> tuple[int, torch.Tensor]:
+    """(first frame, rows) of consecutive MotionChunks."""
+    chunks = list(chunks)
+    for a, b in zip(chunks, chunks[1:]):
+        assert a.start_frame + len(a) == b.start_frame
+    return chunks[0].start_frame, torch.cat([c.motion for c in chunks])
+
+
+def test_online_flush_on_the_window_grid_goes_on_as_one_stream():
+    """Flushed at frame 40 (a window boundary) and continued with features equal to the flush's
+    padding, the recursion gives exactly the motion of one uninterrupted stream."""
+    padding = _features(1, 39).expand(60, -1)
+    whole, _, _ = _online(70)
+    reference = [whole.push(_features(5, 5 * c)) for c in range(8)] + [whole.push(padding)]
+    flushed, _, _ = _online(70)
+    chunks = [flushed.push(_features(5, 5 * c)) for c in range(8)]
+    tail = flushed.flush(_features(5, 40), end_frame=40)  # rows of frames >= 40 are dropped
+    assert tail.start_frame + len(tail) == 40
+    chunks += [tail, flushed.push(padding)]
+    first, rows = _rows(chunks)
+    ref_first, ref_rows = _rows(reference)
+    assert first == ref_first == 0 and rows.shape[0] == ref_rows.shape[0]
+    torch.testing.assert_close(rows, ref_rows, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("overlap,end", [(70, 43), (75, 17), (70, 3)])
+def test_online_flush_emits_to_the_end_and_the_next_window_continues_there(overlap, end):
+    online, sampler, _ = _online(overlap)
+    real = _features(end)
+    chunks = [online.push(real[i:i + 5]) for i in range(0, end, 5)]
+    chunks.append(online.flush(_features(5, end), end_frame=end))
+    first, rows = _rows(chunks)
+    assert first == 0 and rows.shape[0] == end
+    calls = len(sampler.calls)
+    after = online.push(_features(40, 1000))  # the next utterance (column 0: 1000 + frame offset)
+    assert after.start_frame == end and len(after) > 0
+    # its first window: S - V - F frames of the past (the prefix's -1 before frame 0), then the new audio
+    v = 80 - overlap
+    f = min(overlap, v)
+    frames = np.arange(end - (80 - v - f), end - (80 - v - f) + 80)
+    expected = np.where(frames < 0, -1.0, np.where(frames < end, frames, 1000 + frames - end))
+    np.testing.assert_array_equal(sampler.calls[calls][1][0, :, 0].numpy(), expected)
+
+
+def test_online_first_frame_numbers_the_frames_after_an_interrupt():
+    src = _cond_source()
+    win = a2m.MotionWindowing(FakeSampler(), a2m.motion_to_vector(src.x_s_info_0), overlap=75, online=True)
+    online = a2m.OnlineAudio2Motion(win, ConditionHandler(src, 4), torch.full((75, 1024), -1.0), first_frame=30)
+    first, rows = _rows([online.push(_features(5, 5 * c)) for c in range(4)])
+    assert first == 30 and rows.shape[0] == 15  # windows 1..3: 5 frames each
+
+
+def test_motion_ease_goes_from_the_held_row_to_the_new_rows_without_a_jump():
+    ease = a2m.MotionEase(torch.zeros(265), start_frame=10, frames=6)
+    eased = ease(MotionChunk(start_frame=10, motion=torch.ones(9, 265)))
+    weights = eased.motion[:, 0]
+    assert eased.start_frame == 10
+    assert 0 < float(weights[0]) < 0.1  # the first frame after it is still almost the held one
+    assert torch.all(weights[1:] >= weights[:-1]) and float(weights.diff().max()) <= 0.26
+    assert torch.all(weights[5:] == 1)  # from start + frames - 1 on: the new motion
+    later = ease(MotionChunk(start_frame=20, motion=torch.ones(2, 265)))
+    assert torch.equal(later.motion, torch.ones(2, 265))
+    assert a2m.MotionEase(torch.zeros(265), 10, frames=0)(MotionChunk(10, torch.ones(1, 265))).motion[0, 0] == 1
 
 
 def test_online_values_match_reference_worker():

@@ -11,6 +11,7 @@ import pytest
 from ditto import SAMPLES_PER_FRAME
 from ditto.backends.lite import LOOKAHEAD_FRAMES, LiteBackend
 from ditto.backends.lite import landmarks as lm
+from ditto.backends.lite.speech import SETTLE_FRAMES
 from ditto.errors import ErrorCode, SourceError
 from tests.backends.lite.conftest import speech, vowel
 
@@ -197,6 +198,92 @@ def test_idle_frames_are_flagged_and_silent(backend, avatar):
     assert len(frames) == 10 + math.ceil(0.4 * 16000 / SAMPLES_PER_FRAME)
     assert [f.idle for f in frames[-10:]] == [True] * 10
     assert stream.last_motion.jaw_open < 0.05
+
+
+def test_flush_yields_the_utterance_and_the_stream_goes_on(backend, avatar):
+    stream = backend.open_stream(avatar, seed=0)
+    first = vowel(0.3)[:4500]  # 7.03 frames
+    frames = list(stream.feed(first)) + list(stream.flush())
+    assert [f.index for f in frames] == list(range(math.ceil(4500 / SAMPLES_PER_FRAME)))
+    assert stream.samples_fed == 8 * SAMPLES_PER_FRAME  # the next audio starts at frame 8
+    assert list(stream.flush()) == []
+    frames += list(stream.feed(vowel(0.2))) + list(stream.finish())
+    assert [f.index for f in frames] == list(range(8 + 5))
+    assert not any(f.idle for f in frames)
+
+
+def test_flush_gives_the_frames_finish_gives(backend, avatar):
+    audio = speech(1.0, seed=4)[:9000]
+    flushed = backend.open_stream(avatar, seed=3)
+    finished = backend.open_stream(avatar, seed=3)
+    a = list(flushed.feed(audio)) + list(flushed.flush())
+    b = list(finished.feed(audio)) + list(finished.finish())
+    assert len(a) == len(b) == math.ceil(9000 / SAMPLES_PER_FRAME)
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(fa.image, fb.image)
+
+
+def test_idle_completes_a_partial_frame_and_yields_every_idle_frame_at_once(backend, avatar):
+    stream = backend.open_stream(avatar, seed=0)
+    talk = list(stream.feed(vowel(0.1)[:1000]))  # 1.56 frames
+    idle = list(stream.idle(4))
+    assert [f.index for f in talk + idle] == list(range(2 + 4))
+    assert [f.idle for f in talk + idle] == [False] * 2 + [True] * 4
+    assert [f.index for f in stream.feed(vowel(0.2))] == list(range(6, 6 + 5 - LOOKAHEAD_FRAMES))
+
+
+def _open_mouth_then_interrupt(backend, avatar, taken=12):
+    """A stream fed a loud vowel, ``taken`` frames pulled, then interrupted."""
+    stream = backend.open_stream(avatar, seed=0)
+    frames = stream.feed(vowel(1.0, level=0.5))
+    shown = [next(frames) for _ in range(taken)]
+    jaw = stream.last_motion.jaw_open
+    assert stream.interrupt() == taken
+    assert list(frames) == []  # nothing stale from the interrupted utterance
+    return stream, shown, jaw
+
+
+def test_interrupt_drops_the_rest_and_eases_the_mouth_shut(still_backend, still_avatar):
+    stream, shown, jaw_before = _open_mouth_then_interrupt(still_backend, still_avatar)
+    assert jaw_before > 0.6
+    after, jaws = [], []
+    for frame in stream.idle(10):
+        after.append(frame)
+        jaws.append(stream.last_motion.jaw_open)
+    assert [f.index for f in after] == list(range(12, 22)) and all(f.idle for f in after)
+    steps = np.abs(np.diff([jaw_before] + jaws))
+    # a hard cut would close it in one frame (step = jaw_before); the ease spreads it over SETTLE_FRAMES
+    assert steps.max() < 0.3 * jaw_before
+    assert np.all(np.diff(jaws) <= 0) and jaws[SETTLE_FRAMES - 1] == 0.0 and jaws[-1] == 0.0
+    box = mouth_box(still_avatar)
+    images = [shown[-1].image[box]] + [f.image[box] for f in after]
+    cut = mean_abs_diff(images[0], images[-1])  # last open mouth vs closed: what a pop would show
+    assert cut > 5.0
+    assert max(mean_abs_diff(a, b) for a, b in zip(images, images[1:])) < 0.45 * cut
+
+
+def test_speech_after_an_interrupt_starts_at_the_returned_index(backend, avatar):
+    stream, _, _ = _open_mouth_then_interrupt(backend, avatar, taken=5)
+    frames = list(stream.feed(vowel(0.4))) + list(stream.finish())
+    assert [f.index for f in frames] == list(range(5, 15)) and not any(f.idle for f in frames)
+
+
+def test_a_conversation_is_one_timeline(backend, avatar):
+    """feed / flush / feed / interrupt / idle / feed / finish: contiguous indices, idle where idle."""
+    stream = backend.open_stream(avatar, seed=2)
+    frames = list(stream.feed(speech(0.5, seed=1))) + list(stream.flush())  # 13 frames (12.5)
+    second = stream.feed(speech(1.0, seed=2))
+    frames += [next(second) for _ in range(6)]
+    assert stream.interrupt() == 19
+    frames += list(second)
+    frames += list(stream.idle(5))
+    frames += list(stream.feed(vowel(0.2)[:2000]))
+    assert stream.samples_fed == (19 + 5) * SAMPLES_PER_FRAME + 2000
+    frames += list(stream.finish())
+    assert [f.index for f in frames] == list(range(19 + 5 + 4))
+    assert [f.idle for f in frames] == [False] * 19 + [True] * 5 + [False] * 4
+    with pytest.raises(RuntimeError):
+        stream.interrupt()
 
 
 def test_stream_rejects_use_after_finish_and_close_is_idempotent(backend, avatar):

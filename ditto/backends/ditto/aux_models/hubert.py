@@ -112,6 +112,21 @@ class StreamingWindower:
         if self._flushed:
             return []
         self._flushed = True
+        return self._remaining()
+
+    def end_utterance(self) -> list[np.ndarray]:
+        """End of an utterance: pad it with silence to the next frame boundary and return its
+        remaining windows (zero-padded at the tail, as :meth:`flush`). Audio pushed next starts
+        a new window grid at that boundary, its last ``past`` frames as the first window's past."""
+        past = SAMPLES_PER_FRAME * self.chunksize[0]
+        pushed = self._offset + self._buffer.shape[0] - past
+        out = self.push(np.zeros(-pushed % SAMPLES_PER_FRAME, np.float32))
+        out += self._remaining()
+        self._buffer = self._buffer[self._buffer.shape[0] - past:].copy()
+        self._offset = self._next_start = 0
+        return out
+
+    def _remaining(self) -> list[np.ndarray]:
         end = self._offset + self._buffer.shape[0]
         out = []
         while self._next_start < end:

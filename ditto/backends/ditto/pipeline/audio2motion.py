@@ -46,6 +46,7 @@ __all__ = [
     "iter_motion_offline",
     "offline_window_starts",
     "OnlineAudio2Motion",
+    "MotionEase",
 ]
 
 SampleWindow = Callable[[Tensor, Tensor], Tensor]
@@ -176,7 +177,14 @@ class MotionWindowing:
         fused = r1 * (1 - self._alpha) + r2 * self._alpha
         return torch.cat([res[:length - f], fused, pred[s - v:]], 0)
 
-    def _update_kp_cond(self, res: Tensor) -> None:
+    def restart(self, kp_cond: Tensor) -> None:
+        """Start a new window sequence conditioned on ``kp_cond`` (265,): the motion to continue
+        from, or :attr:`source_kp_cond` to start from the neutral face."""
+        self.kp_cond = kp_cond.reshape(1, MOTION_DIM).float()
+        self.window_index = 0
+
+    def update_kp_cond(self, res: Tensor) -> None:
+        """Condition the next window on ``res``'s frame just before it starts."""
         row = res[res.shape[0] - self.overlap - 1].unsqueeze(0)
         if self.fix_kp_cond > 0 and self.window_index % self.fix_kp_cond == 0:
             cond = self.source_kp_cond
@@ -206,7 +214,7 @@ class MotionWindowing:
             res = smooth_motion(res, self.smo_k_d, length - self.valid_len - self.fuse_len,
                                 length - self.valid_len + 1)
         self.window_index += 1
-        self._update_kp_cond(res)
+        self.update_kp_cond(res)
         return res
 
 
@@ -248,8 +256,12 @@ def iter_motion_offline(
     windowing: MotionWindowing,
     *,
     v_min_max: Tensor | None = None,
+    first_frame: int = 0,
 ) -> Iterator[MotionChunk]:
     """:func:`generate_motion_offline`, yielding each row as soon as its final value is known.
+
+    ``first_frame``: the session frame of ``aud_feat``'s first row (a later utterance of a
+    conversation), for the condition rows and the chunks' frame numbers.
 
     A later window rewrites only the last F (= overlap) rows of the running result and
     re-smooths from there, and the final whole-sequence mean filter reads one row either
@@ -261,7 +273,7 @@ def iter_motion_offline(
     num_frames = aud_feat.shape[0]
     if num_frames == 0:
         return
-    cond_all = condition(aud_feat, 0)
+    cond_all = condition(aud_feat, first_frame)
     s = windowing.seq_frames
     starts = offline_window_starts(num_frames, windowing.valid_len)
     res: Tensor | None = None
@@ -278,7 +290,7 @@ def iter_motion_offline(
             continue
         seq = res[:min(length, num_frames)]
         rows = smooth_motion(seq, windowing.smo_k_d, emitted, ready)[emitted:ready]
-        yield MotionChunk(start_frame=emitted, motion=clip_motion(rows, v_min_max))
+        yield MotionChunk(start_frame=first_frame + emitted, motion=clip_motion(rows, v_min_max))
         emitted = ready
 
 
@@ -314,13 +326,15 @@ class OnlineAudio2Motion:
         *,
         v_min_max: Tensor | None = None,
         keep_frames: int | None = None,
+        first_frame: int = 0,
     ) -> None:
         """Args:
-            windowing: fresh :class:`MotionWindowing` built with ``online=True``.
+            windowing: fresh (or restarted) :class:`MotionWindowing` built with ``online=True``.
             condition: condition handler (emo / eye rows indexed from ``-overlap``).
             prefix_features: (overlap,1024) features of ``overlap*640`` zero samples.
             v_min_max: optional (2,265) clip bounds applied to emitted rows and d0.
             keep_frames: rows of result / feature history kept (default 2*seq_frames, as upstream).
+            first_frame: session frame of the first feature row pushed (after an interrupt).
 
         Raises:
             ValueError: prefix length differs from the overlap.
@@ -337,10 +351,10 @@ class OnlineAudio2Motion:
         self._feat = prefix_features.reshape(-1, AUDIO_FEAT_DIM).float()
         self._cond_index_start = -windowing.overlap
         self._local = 0  # buffer row of the next window start
-        self._global = 0  # absolute window-start offset from buffer origin (condition index base)
+        self._global = first_frame  # the next window starts at session frame _global - overlap
         self._res: Tensor | None = None
-        self._valid_start: int | None = None
-        self._emitted = 0
+        self._valid_start: int | None = None  # row of _res holding frame _emitted
+        self._emitted = first_frame  # the next frame to emit
         self._finished = False
         self.d0: MotionInfo | None = None  # frame 0 of window 0, clipped
 
@@ -366,9 +380,57 @@ class OnlineAudio2Motion:
         self._finished = True
         return self._run(is_end=True)
 
-    def _run(self, is_end: bool) -> MotionChunk:
+    def flush(self, features: Tensor, end_frame: int) -> MotionChunk:
+        """End of an utterance at session frame ``end_frame``: append the features of its last
+        frames (rows past ``end_frame`` are dropped), emit every frame before ``end_frame`` with
+        the look-ahead padded by the last row (silence: the tail features are those of the
+        zero-padded audio), then go on at ``end_frame`` as if the audio fed next had followed.
+
+        The next window cross-fades from the padded run's motion of frames ``end_frame ..
+        end_frame + F - 1``, so the next utterance continues the current motion; frames then
+        leave with the usual look-ahead.
+        """
+        if self._finished:
+            raise RuntimeError("flush() after finish()")
         w = self.windowing
         s, v = w.seq_frames, w.valid_len
+        first = self._emitted
+        features = features.reshape(-1, AUDIO_FEAT_DIM).float()
+        keep = max(0, end_frame - self._frame_of_row(self._feat.shape[0]))
+        self._feat = torch.cat([self._feat, features[:keep]], 0)
+        out = [self._run(is_end=False).motion]
+        while self._emitted < end_frame:
+            missing = self._local + s - self._feat.shape[0]
+            if missing > 0:
+                self._feat = torch.cat([self._feat, self._feat[-1:].expand(missing, -1)], 0)
+            out.append(self._step(self._feat[self._local:self._local + s], v))
+        if self._res is not None:
+            self._continue_at(end_frame)
+        motion = torch.cat(out, 0)[:max(0, end_frame - first)]
+        return MotionChunk(start_frame=first, motion=motion)
+
+    def _frame_of_row(self, row: int) -> int:
+        """Session frame of feature buffer row ``row``."""
+        return self._global - self.windowing.overlap + row - self._local
+
+    def _continue_at(self, frame: int) -> None:
+        """Rewind the recursion to the state it has between windows when ``frame`` is the next
+        frame to emit: the result ends with the F provisional rows of frames ``frame ..
+        frame + F - 1``, and the next window starts S - V - F frames before ``frame``."""
+        assert self._res is not None and self._valid_start is not None
+        w = self.windowing
+        res_row = self._valid_start - (self._emitted - frame)
+        self._res = self._res[:res_row + w.fuse_len]
+        self._valid_start, self._emitted = res_row, frame
+        start = frame - (w.seq_frames - w.valid_len - w.fuse_len)
+        self._local += start - self._frame_of_row(self._local)
+        self._global = start + w.overlap
+        self._feat = self._feat[:self._local + frame - start]
+        w.update_kp_cond(self._res)
+        self._trim_features()
+
+    def _run(self, is_end: bool) -> MotionChunk:
+        s = self.windowing.seq_frames
         first = self._emitted
         out: list[Tensor] = []
         while True:
@@ -376,34 +438,66 @@ class OnlineAudio2Motion:
             if available <= 0 or (available < s and not is_end):
                 break
             window = self._feat[self._local:self._local + s]
-            real_valid = v
+            real_valid = self.windowing.valid_len
             if window.shape[0] < s:
                 real_valid = window.shape[0]
                 window = torch.cat([window, window[-1:].expand(s - window.shape[0], -1)], 0)
-            cond = self.condition(window, self._global + self._cond_index_start).unsqueeze(0)
-            self._res = w.step(cond, self._res)
-            if self._valid_start is None:
-                # window 0: prime only; d0 is its (silence) frame 0
-                self._valid_start = self._res.shape[0] - w.fuse_len
-                self.d0 = vector_to_motion(clip_motion(self._res[:1], self.v_min_max)[0])
-            else:
-                rows = self._res[self._valid_start:self._valid_start + real_valid]
-                out.append(clip_motion(rows, self.v_min_max))
-                self._emitted += rows.shape[0]
-                self._valid_start += real_valid
-            self._local += real_valid
-            self._global += real_valid
-            length = self._res.shape[0]
-            if length > self.keep_frames:
-                cut = length - self.keep_frames
-                self._res = self._res[cut:]
-                self._valid_start -= cut
+            out.append(self._step(window, real_valid))
             if self._local >= self._feat.shape[0]:
                 break
+        self._trim_features()
+        motion = torch.cat(out, 0) if out else self._feat.new_zeros(0, MOTION_DIM)
+        return MotionChunk(start_frame=first, motion=motion)
+
+    def _step(self, window: Tensor, real_valid: int) -> Tensor:
+        """Run one window (80 feature rows); return the rows it emits (none for window 0)."""
+        w = self.windowing
+        cond = self.condition(window, self._global + self._cond_index_start).unsqueeze(0)
+        self._res = w.step(cond, self._res)
+        rows = self._res.new_zeros(0, MOTION_DIM)
+        if self._valid_start is None:
+            # window 0: prime only; d0 is its (silence) frame 0
+            self._valid_start = self._res.shape[0] - w.fuse_len
+            self.d0 = vector_to_motion(clip_motion(self._res[:1], self.v_min_max)[0])
+        else:
+            rows = clip_motion(self._res[self._valid_start:self._valid_start + real_valid], self.v_min_max)
+            self._emitted += rows.shape[0]
+            self._valid_start += real_valid
+        self._local += real_valid
+        self._global += real_valid
+        length = self._res.shape[0]
+        if length > self.keep_frames:
+            cut = length - self.keep_frames
+            self._res = self._res[cut:]
+            self._valid_start -= cut
+        return rows
+
+    def _trim_features(self) -> None:
         length = self._feat.shape[0]
         if length > self.keep_frames:
             cut = length - self.keep_frames
             self._feat = self._feat[cut:]
             self._local -= cut
-        motion = torch.cat(out, 0) if out else self._feat.new_zeros(0, MOTION_DIM)
-        return MotionChunk(start_frame=first, motion=motion)
+
+
+EASE_FRAMES = 6
+"""Frames over which motion eases from where an interrupted utterance left it (the last is the target)."""
+
+
+class MotionEase:
+    """Cross-fade from a held motion row into newly generated rows, with a cosine ease (no jump
+    at either end): frame ``start_frame + k`` keeps ``(1 + cos(pi (k + 1) / frames)) / 2`` of
+    ``origin``, so frame ``start_frame + frames - 1`` onwards is the new motion."""
+
+    def __init__(self, origin: Tensor, start_frame: int, frames: int = EASE_FRAMES) -> None:
+        self.origin = origin.reshape(1, MOTION_DIM)
+        self.start_frame = start_frame
+        self.frames = frames
+
+    def __call__(self, chunk: MotionChunk) -> MotionChunk:
+        if self.frames <= 0:
+            return chunk
+        k = torch.arange(chunk.start_frame, chunk.start_frame + len(chunk), dtype=torch.float32) - self.start_frame
+        step = ((k + 1) / self.frames).clamp(0, 1)
+        hold = (0.5 + 0.5 * torch.cos(torch.pi * step)).unsqueeze(1)
+        return MotionChunk(start_frame=chunk.start_frame, motion=hold * self.origin + (1 - hold) * chunk.motion)

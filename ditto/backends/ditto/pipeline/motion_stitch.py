@@ -304,6 +304,11 @@ class MotionStitcher:
         """Set the relative-driving reference (online: ``OnlineAudio2Motion.d0``)."""
         self._d0 = d0.as_dict()
 
+    def seek(self, index: int) -> None:
+        """The next frame fed is output frame ``index`` (after an interrupt dropped frames that
+        were stitched but never shown), so blinks go on where the frames shown left them."""
+        self.index = index
+
     # -- per frame -------------------------------------------------------------------------
 
     def _x_s(self, src_idx: int, src: dict[str, Tensor]) -> Tensor:
