@@ -50,7 +50,7 @@ from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, windo
 from ditto.backends.ditto.pipeline.putback import PastePlan, paste_back
 from ditto.backends.ditto.pipeline.render import FrameRenderer
 from ditto.backends.ditto.pipeline.sampler import BatchedWindowSampler
-from ditto.backends.ditto.runtime.base import ModelRunner, padded_batch_size
+from ditto.backends.ditto.runtime.base import DEFAULT_BATCH_SIZES, ModelRunner, batch_sizes_up_to, padded_batch_size
 from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -96,15 +96,6 @@ class _Request:
     deadline: float
     future: concurrent.futures.Future
     expires: float | None = None  # past this the result is None (shed) instead of computed
-
-
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
-
-
-def batch_sizes_up_to(max_batch: int) -> tuple[int, ...]:
-    """The powers of two below ``max_batch``, and ``max_batch`` itself (the graph sizes)."""
-    sizes = [1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch]
-    return (*sizes, max_batch)
 
 
 class DeviceEngine:

@@ -264,3 +264,11 @@ def test_padded_batch_size_is_the_smallest_graph_that_holds_the_rows() -> None:
     sizes = (1, 2, 4, 8, 16)
     assert [padded_batch_size(n, sizes) for n in (1, 2, 3, 5, 9, 16, 40)] == [1, 2, 4, 8, 16, 16, 16]
     assert padded_batch_size(7, (1,)) == 1
+
+
+def test_batch_sizes_add_halfway_sizes_from_8_on() -> None:
+    from ditto.backends.ditto.runtime.base import batch_sizes_up_to
+
+    assert batch_sizes_up_to(16) == (1, 2, 4, 8, 12, 16)
+    assert batch_sizes_up_to(32) == (1, 2, 4, 8, 12, 16, 24, 32)
+    assert batch_sizes_up_to(10) == (1, 2, 4, 8, 10) and batch_sizes_up_to(1) == (1,)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ditto.backends.ditto.runtime.base import ModelRunner, padded_batch_size
+from ditto.backends.ditto.runtime.base import DEFAULT_BATCH_SIZES, ModelRunner, padded_batch_size
 from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 
 __all__ = ["DepthTapConv3d", "FrameRenderer", "channels_last", "depth_tap_convs", "pad_conv_channels"]
@@ -91,7 +91,7 @@ class FrameRenderer:
     """
 
     def __init__(self, warp: ModelRunner, decoder: ModelRunner, *, use_graph: bool = True,
-                 batch_sizes: Sequence[int] = (1, 2, 4, 8, 16), compile_min_batch: int | None = None,
+                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, compile_min_batch: int | None = None,
                  warmup_iters: int = 3) -> None:
         self.warp = warp
         self.decoder = decoder

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ditto.backends.ditto.runtime.base import padded_batch_size
+from ditto.backends.ditto.runtime.base import DEFAULT_BATCH_SIZES, padded_batch_size
 
 # (x_t, cond_frame, cond, time_cond) -> (pred_noise, x_start)
 DenoiseFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -300,7 +300,7 @@ class BatchedWindowSampler:
     """
 
     def __init__(self, runner: Callable[..., Mapping[str, Tensor]], *, device: torch.device | str,
-                 batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
+                 batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES) -> None:
         from ditto.backends.ditto.runtime.torch_runner import TorchRunner
 
         self.denoise_fn = denoise_fn_from_runner(runner)
