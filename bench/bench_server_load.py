@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_ditto import bench_pkls, ensure_tree  # noqa: E402
 from bench.bench_engine import LOOKAHEAD_S  # noqa: E402
+from bench.server_process import ditto_server_flags, running_server  # noqa: E402
 from ditto.tools import load_test  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -40,24 +37,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` and its waited-for children so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(server: str, process: subprocess.Popen, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} during start-up")
-        try:
-            return load_test.read_health(server, timeout_s=1.0)
-        except (OSError, ValueError):
-            time.sleep(0.2)  # polling a process that is starting: nothing to wait on but the port
-    raise RuntimeError(f"no /healthz answer within {timeout_s:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,33 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     lag_bound_ms = args.lag_bound_ms or 500.0 + (1000 * LOOKAHEAD_S if args.backend == "ditto" else 0.0)
 
-    port = free_port()
-    server = f"ws://127.0.0.1:{port}"
-    command = [sys.executable, str(ROOT / "streaming_server.py"), "--port", str(port), "--backend", args.backend,
-               "--max_size", str(args.max_size), "--max_sessions", str(max(args.sessions) + 2)]
+    flags = ["--backend", args.backend, "--max_size", str(args.max_size), "--max_sessions", str(max(args.sessions) + 2)]
     if args.backend == "ditto":
-        tree = ensure_tree(args.tree)
-        _, online = bench_pkls(tree)
-        command += ["--data_root", str(tree / "ditto_pytorch"), "--cfg_pkl", str(online), "--device", "cuda",
-                    "--compile_min_batch", str(args.compile_min_batch)]
+        flags += ditto_server_flags(args.tree, compile_min_batch=args.compile_min_batch)
     if args.max_live_sessions is not None:
-        command += ["--max_live_sessions", str(args.max_live_sessions)]
-    log = Path(tempfile.mkdtemp(prefix="ditto_server_")) / "server.log"
-    launched = time.monotonic()
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        health = wait_for_health(server, process, args.startup_timeout)
-        startup_s = time.monotonic() - launched
-        print(f"# server up in {startup_s:.1f} s: {json.dumps(health['sessions'])}", flush=True)
+        flags += ["--max_live_sessions", str(args.max_live_sessions)]
+    with running_server(flags, startup_timeout_s=args.startup_timeout) as started:
+        server, log, startup_s = started.url, started.log, started.startup_s
+        print(f"# server up in {startup_s:.1f} s: {json.dumps(started.health['sessions'])}", flush=True)
         levels = []
         for n in args.sessions:
             level_json = log.with_name(f"level{n}.json")
-            cpu0, t0 = cpu_seconds(process.pid), time.monotonic()
+            cpu0, t0 = cpu_seconds(started.process.pid), time.monotonic()
             code = load_test.main(["--server", server, "--sessions", str(n), "--mode", args.mode, "--audio",
                                    args.audio, "--source", args.source, "--lag_bound_ms", str(lag_bound_ms),
                                    "--json", str(level_json)])
-            cores = (cpu_seconds(process.pid) - cpu0) / (time.monotonic() - t0)
+            cores = (cpu_seconds(started.process.pid) - cpu0) / (time.monotonic() - t0)
             if code != 0:
                 raise RuntimeError(f"load test level {n} failed (exit {code}); server log: {log}")
             level = json.loads(level_json.read_text())["levels"][0]
@@ -113,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
             levels.append(level)
             print(f"# level {n}: server CPU {cores:.2f} cores", flush=True)
         final_health = load_test.read_health(server)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
     reports = [load_test.LevelReport(**{k: v for k, v in level.items() if k != "server_cpu_cores"})
                for level in levels]
     print(load_test.format_table(reports))
