@@ -267,7 +267,8 @@ class LiveClient:
     async def start(cls, url: str, start: str) -> "LiveClient":
         client = cls(await websockets.connect(url, max_size=None))
         await client.ws.send(start)
-        await client.wait_for(lambda c: c.of_type(msg.StreamingStarted))
+        # a real backend analyses the portrait first (face detection): slow on a loaded 2-core machine
+        await client.wait_for(lambda c: c.of_type(msg.StreamingStarted), timeout_s=60.0)
         return client
 
     async def _read(self) -> None:
