@@ -19,9 +19,9 @@ from ditto.backends.base import AnimatorBackend
 from ditto.backends.registry import create_backend
 from ditto.server.avatars import AvatarCache
 from ditto.server.metrics import ServerMetrics
-from ditto.server.registry import SessionRegistry
 from ditto.server.routes import router
 from ditto.server.session import SessionContext
+from ditto.server.sessions import SessionRegistry
 from ditto.settings import Settings
 
 logger = logging.getLogger(__name__)
