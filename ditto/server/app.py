@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from ditto.backends.base import AnimatorBackend
-from ditto.backends.registry import create_backend
+from ditto.backends.factory import create_backend
 from ditto.server.avatars import AvatarCache
 from ditto.server.metrics import ServerMetrics
 from ditto.server.routes import router
