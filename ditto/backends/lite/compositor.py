@@ -180,8 +180,8 @@ def paint_mouth(roi: np.ndarray, source_roi: np.ndarray, source: np.ndarray, tar
     return True
 
 
-class FrameRenderer:
-    """Per-stream renderer with preallocated map buffers. Not thread-safe; one per stream."""
+class FrameCompositor:
+    """Per-stream compositor with preallocated map buffers. Not thread-safe; one per stream."""
 
     def __init__(self, image_rgb: np.ndarray, geo: FaceGeometry, warp, style: MouthStyle) -> None:
         self._image = image_rgb
