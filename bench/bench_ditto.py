@@ -59,12 +59,12 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from ditto import SAMPLES_PER_FRAME  # noqa: E402
-from ditto.backends.ditto.backend import DittoBackend  # noqa: E402
-from ditto.backends.ditto.engine import RenderWork  # noqa: E402
-from ditto.backends.ditto.config import load_cfg  # noqa: E402
-from ditto.backends.ditto.pipeline.putback import make_feather_mask, paste_back  # noqa: E402
-from ditto.backends.ditto.pipeline.sampler import DDIMSampler, denoise_fn_from_runner, sample_window  # noqa: E402
-from ditto.backends.ditto.runtime.torch_runner import TorchRunner  # noqa: E402
+from ditto.backends.talkinghead.backend import DittoBackend  # noqa: E402
+from ditto.backends.talkinghead.engine import RenderWork  # noqa: E402
+from ditto.backends.talkinghead.config import load_cfg  # noqa: E402
+from ditto.backends.talkinghead.pipeline.putback import make_feather_mask, paste_back  # noqa: E402
+from ditto.backends.talkinghead.pipeline.sampler import DDIMSampler, denoise_fn_from_runner, sample_window  # noqa: E402
+from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa: E402
 
 SAMPLE_RATE = 16000
 CHUNK_MS = 200

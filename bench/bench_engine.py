@@ -50,8 +50,8 @@ import torch  # noqa: E402
 from bench.bench_ditto import bench_pkls, ensure_tree, load_portrait, read_audio  # noqa: E402
 from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME  # noqa: E402
 from ditto.backends.base import StreamOptions  # noqa: E402
-from ditto.backends.ditto.backend import DittoBackend  # noqa: E402
-from ditto.backends.ditto.config import load_cfg  # noqa: E402
+from ditto.backends.talkinghead.backend import DittoBackend  # noqa: E402
+from ditto.backends.talkinghead.config import load_cfg  # noqa: E402
 
 CHUNK_S = 0.2
 LOOKAHEAD_S = 0.885  # online overlap 70: frames need 2V frames of audio + 85 ms HuBERT context
@@ -131,8 +131,8 @@ def run_level(backend: DittoBackend, avatar, audio: np.ndarray, n: int, lag_boun
 def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
     """Per-item milliseconds of each engine stage at each batch size, the render's parts, and the
     session-side (host) cost of one frame's motion stitching."""
-    from ditto.backends.ditto.engine import RenderWork, Stage, WindowWork
-    from ditto.backends.ditto.pipeline.putback import paste_back
+    from ditto.backends.talkinghead.engine import RenderWork, Stage, WindowWork
+    from ditto.backends.talkinghead.pipeline.putback import paste_back
 
     engine, a2m, opts = backend.models.engine, backend.cfg.audio2motion, backend.options
     gen = torch.Generator().manual_seed(0)
@@ -185,7 +185,7 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
         stream = backend.open_stream(avatar, seed=0)
         state = stream._require_state()
         rows = [torch.randn(a2m.motion_feat_dim, generator=gen) * 0.02 for _ in range(8)]
-        from ditto.backends.ditto.pipeline.audio2motion import vector_to_motion
+        from ditto.backends.talkinghead.pipeline.audio2motion import vector_to_motion
 
         out["stitcher_host_ms"] = timed(lambda: [state.stitcher(0, vector_to_motion(r)) for r in rows]) / len(rows)
         stream.close()

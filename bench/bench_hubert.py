@@ -29,10 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ditto.backends.ditto.aux_models.hubert import HubertFeatureExtractor, split_len
-from ditto.backends.ditto.aux_models.hubert_torch import check_module_matches_runner, hubert_module_from_onnx
-from ditto.backends.ditto.models.hubert import export_hubert_onnx
-from ditto.backends.ditto.runtime.onnx_runner import OnnxRunner
+from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor, split_len
+from ditto.backends.talkinghead.aux_models.hubert_torch import check_module_matches_runner, hubert_module_from_onnx
+from ditto.backends.talkinghead.models.hubert import export_hubert_onnx
+from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner
 from ditto.tools.aux_test_models import build_hubert_large_stand_in
 
 

@@ -4,7 +4,7 @@ Usage::
 
     python bench/bench_renderer.py [--batch 16] [--iters 10] [--compile] [--json out.json]
 
-The official network shapes with random weights (``ditto.backends.ditto.models``), CUDA only.
+The official network shapes with random weights (``ditto.backends.talkinghead.models``), CUDA only.
 Variants, each timed with warm-up and ``torch.cuda.synchronize()`` (ms per frame) and compared
 with an fp32 eager reference (max |Δ| of the (0, 1) image):
 
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ditto.backends.ditto.models import SPADEDecoder, WarpingNetwork  # noqa: E402
-from ditto.backends.ditto.pipeline.render import channels_last  # noqa: E402
+from ditto.backends.talkinghead.models import SPADEDecoder, WarpingNetwork  # noqa: E402
+from ditto.backends.talkinghead.pipeline.render import channels_last  # noqa: E402
 
 
 def timed_ms(fn, iters: int) -> float:

@@ -16,12 +16,12 @@ from typing import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from ditto.backends.base import AnimatorBackend
-from ditto.backends.registry import create_backend
+from ditto.backends.factory import create_backend
 from ditto.server.avatars import AvatarCache
 from ditto.server.metrics import ServerMetrics
-from ditto.server.registry import SessionRegistry
 from ditto.server.routes import router
 from ditto.server.session import SessionContext
+from ditto.server.sessions import SessionRegistry
 from ditto.settings import Settings
 
 logger = logging.getLogger(__name__)

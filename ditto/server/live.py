@@ -21,8 +21,8 @@ from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frames_for_samples
 from ditto.backends.base import AnimationStream, VideoFrame
 from ditto.media.pcm import encode_pcm16
 from ditto.server.conversation import FeedAudio, Finish, Flush, Idle, Interrupt, RenderCommand
+from ditto.server.frame_loop import audio_window, timed_frames
 from ditto.server.metrics import ServerMetrics
-from ditto.server.render import audio_window, timed_frames
 from ditto.server.writer import StreamAborted, WebSocketFrameWriter
 
 

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level="DEBUG" if settings.log_level == "trace" else settings.log_level.upper())
 
-    from ditto.backends.registry import create_backend
+    from ditto.backends.factory import create_backend
     from ditto.server.app import create_app
 
     try:

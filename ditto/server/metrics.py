@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from ditto.backends.base import AnimatorBackend
 
 if TYPE_CHECKING:
-    from ditto.server.registry import SessionRegistry
+    from ditto.server.sessions import SessionRegistry
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 RENDER_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.2, 0.5)

@@ -6,7 +6,7 @@ Two modes, chosen by ``start_streaming``:
 
 * file mode: the whole recording comes in ``start_streaming``; frames are rendered as
   fast as the client takes them (the writer waits, nothing is dropped), by
-  :func:`~ditto.server.render.render_file`;
+  :func:`~ditto.server.file_mode.render_file`;
 * live mode (``live: true``): audio arrives in chunks, in utterances; a receiver task decodes
   and resamples them and a ticker tells the time to the session's
   :class:`~ditto.server.conversation.Conversation` (the protocol, free of I/O), whose actions
@@ -44,10 +44,10 @@ from ditto.server import LOGGER_NAME
 from ditto.server.avatars import AvatarCache
 from ditto.server.conversation import (Action, Conversation, ConversationLimits, DiscardUnsentFrames,
                                        DropQueuedAudio, Send)
+from ditto.server.file_mode import render_file
 from ditto.server.live import Inbox, render_live
 from ditto.server.metrics import ServerMetrics
-from ditto.server.registry import SessionRegistry
-from ditto.server.render import render_file
+from ditto.server.sessions import SessionRegistry
 from ditto.server.writer import StreamAborted, WebSocketFrameWriter
 from ditto.settings import Settings
 

@@ -17,9 +17,9 @@ deterministically on real portraits:
 * face_mesh / face_landmarker.task: a fixed 478-point template whose eyes,
   lids and irises sit at MediaPipe's indices (eye-info friendly).
 * hubert (``hubert="large"``, the default): the real architecture,
-  :class:`~ditto.backends.ditto.models.hubert.HubertLarge` (24 layers, 315 M parameters,
+  :class:`~ditto.backends.talkinghead.models.hubert.HubertLarge` (24 layers, 315 M parameters,
   a 1.26 GB file) with seeded random weights (LayerNorm gains/biases jittered so that they are
-  not all 1/0), exported by :func:`~ditto.backends.ditto.models.hubert.export_hubert_onnx`
+  not all 1/0), exported by :func:`~ditto.backends.talkinghead.models.hubert.export_hubert_onnx`
   (every initializer named ``hubert.<HF key>``), so HuBERT costs what the official one costs;
   ~25 s on two CPU cores. ``ditto_pytorch/aux_models/hubert_streaming_fix_kv.onnx`` is a hard
   link to ``ditto_onnx/hubert.onnx`` where the file system allows (same bytes either way).
@@ -56,8 +56,8 @@ import onnx
 import torch
 from torch import nn
 
-from ditto.backends.ditto.aux_models.face_detector import DITTO_OUTPUT_NAMES, FEAT_STRIDES, anchor_centers
-from ditto.backends.ditto.aux_models.face_mesh import (
+from ditto.backends.talkinghead.aux_models.face_detector import DITTO_OUTPUT_NAMES, FEAT_STRIDES, anchor_centers
+from ditto.backends.talkinghead.aux_models.face_mesh import (
     EYE_L_LIDS,
     EYE_L_WIDTH,
     EYE_R_LIDS,
@@ -66,8 +66,8 @@ from ditto.backends.ditto.aux_models.face_mesh import (
     IRIS_R,
     blaze_anchors,
 )
-from ditto.backends.ditto.aux_models.landmarks import ANCHOR_INDICES
-from ditto.backends.ditto.models.hubert import HubertLarge, export_hubert_onnx
+from ditto.backends.talkinghead.aux_models.landmarks import ANCHOR_INDICES
+from ditto.backends.talkinghead.models.hubert import HubertLarge, export_hubert_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def face_template(num_points: int, eye_a: tuple[int, ...], eye_b: tuple[int, ...
 
     ``eye_a`` / ``eye_b`` (4 indices each) average to the two eye centres,
     ``lips`` to the lip centre (the anchor sets of
-    :data:`~ditto.backends.ditto.aux_models.landmarks.ANCHOR_INDICES`).
+    :data:`~ditto.backends.talkinghead.aux_models.landmarks.ANCHOR_INDICES`).
     """
     pts = _ring(num_points, 0.5, 0.5, phase=0.37)
     pts[list(eye_a)] = _eye_quad(_EYE_A)

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ditto.backends.ditto.runtime.tensorrt_runner import PLUGIN_FILE_NAME
-from ditto.backends.ditto.runtime.trt_bindings import DYNAMIC, SHAPE_PROFILES, ShapeProfile
+from ditto.backends.talkinghead.runtime.tensorrt_runner import PLUGIN_FILE_NAME
+from ditto.backends.talkinghead.runtime.trt_bindings import DYNAMIC, SHAPE_PROFILES, ShapeProfile
 
 logger = logging.getLogger("build_engines")
 #: ONNX files the official script skips (a plugin-free warp network variant).

@@ -64,7 +64,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ditto.backends.ditto.config import (
+from ditto.backends.talkinghead.config import (
     CFG_PKL_NAMES,
     ONNX_CFG_PKL_NAMES,
     dump_cfg_pkl,
@@ -72,9 +72,9 @@ from ditto.backends.ditto.config import (
     read_cfg_dict,
     write_cfg_pkl,
 )
-from ditto.backends.ditto.models import RENDERER_MODELS, export_onnx
-from ditto.backends.ditto.models.lmdm import MotionDecoder, export_lmdm_onnx
-from ditto.backends.ditto.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
+from ditto.backends.talkinghead.models import RENDERER_MODELS, export_onnx
+from ditto.backends.talkinghead.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.talkinghead.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
 from ditto.tools.aux_test_models import HUBERT_STAND_INS, write_aux_test_models
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ are untouched::
 
 Note: the official ``ditto_onnx/warp_network.onnx`` uses a TensorRT-only
 GridSample3D plugin op, which onnxruntime cannot run; use a warp network exported
-with standard ops (``ditto.backends.ditto.models.export_onnx``) in its place.
+with standard ops (``ditto.backends.talkinghead.models.export_onnx``) in its place.
 
 Not imported by the runtime.
 """
@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ditto.backends.ditto.config import dump_cfg_pkl, onnx_cfg_dict, read_cfg_dict
+from ditto.backends.talkinghead.config import dump_cfg_pkl, onnx_cfg_dict, read_cfg_dict
 from ditto.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ face region is touched. Modules, one job each:
 * :mod:`.warp`      - exact piecewise-affine inverse warp -> dense remap table
 * :mod:`.speech`    - 25 fps speech features -> smoothed mouth parameters (look-ahead)
 * :mod:`.motion`    - rig bases, blinks, head sway -> target mesh
-* :mod:`.render`    - remap of the ROI, inner mouth, frame assembly
+* :mod:`.compositor` - remap of the ROI, inner mouth, frame assembly
 * :mod:`.backend`   - :class:`LiteBackend`, :class:`LiteAvatar`, :class:`LiteStream`
 """
 

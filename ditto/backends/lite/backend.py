@@ -3,7 +3,7 @@
 A stream is a small pipeline, each stage incremental and fed in frame order::
 
     audio -> SpeechAnalyzer -> SpeechFeatures -> MouthDriver -> MouthParams
-          -> MotionGenerator -> FrameMotion -> target_vertices -> FrameRenderer -> VideoFrame
+          -> MotionGenerator -> FrameMotion -> target_vertices -> FrameCompositor -> VideoFrame
 
 Audio is consumed eagerly when :meth:`LiteStream.feed` is called; frames are rendered
 lazily as the returned iterator is advanced. Frames not pulled from one call's iterator
@@ -22,10 +22,10 @@ import numpy as np
 
 from ditto import SAMPLES_PER_FRAME
 from ditto.backends.base import StageStats, StreamOptions, VideoFrame
+from ditto.backends.lite.compositor import FrameCompositor, MouthStyle, mouth_style
 from ditto.backends.lite.geometry import FaceGeometry, build_geometry
 from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
 from ditto.backends.lite.motion import FaceRig, FrameMotion, MotionGenerator, MotionTuning, build_rig, target_vertices
-from ditto.backends.lite.render import FrameRenderer, MouthStyle, mouth_style
 from ditto.backends.lite.speech import LOOKAHEAD_FRAMES, MouthDriver, MouthParams, MouthTuning, SpeechAnalyzer
 from ditto.backends.lite.warp import InverseWarp
 from ditto.errors import ErrorCode, MediaError
@@ -63,7 +63,7 @@ class LiteStream:
         self._analyzer = SpeechAnalyzer()
         self._driver = MouthDriver(mouth_tuning, lookahead_frames)
         self._motion = MotionGenerator(avatar.rig, seed, motion_tuning)
-        self._renderer = FrameRenderer(avatar.image, avatar.geometry, avatar.warp, avatar.style)
+        self._compositor = FrameCompositor(avatar.image, avatar.geometry, avatar.warp, avatar.style)
         self._ready: collections.deque[tuple[MouthParams, bool]] = collections.deque()  # (params, idle)
         self.samples_fed = 0
         self.frames_rendered = 0
@@ -155,7 +155,7 @@ class LiteStream:
             motion = self._motion.step(params)
             self.last_motion, self._last_params = motion, params
             target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
-            image = self._renderer.render(target)
+            image = self._compositor.render(target)
             self.frames_rendered += 1
             yield VideoFrame(params.index, image, idle=idle)
 

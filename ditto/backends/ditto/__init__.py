@@ -1,1 +1,0 @@
-"""The Ditto backend: the official checkpoints (PyTorch, ONNX, TensorRT) behind the animator interface."""

@@ -1,0 +1,452 @@
+"""The device engine: the one owner of the Ditto backend's device.
+
+Every session submits its model work here and waits on a future; one engine thread
+runs it, batching the pending work of all sessions (docs/pipeline.md §13: upstream runs each
+stage one frame at a time per session, which leaves a GPU launch-bound)::
+
+    sessions ── submit ──►  queue  ──► engine thread: pick the stage whose oldest deadline is
+                                        nearest, take up to ``max_batch`` compatible items,
+                                        run them as one batch, resolve their futures
+
+Three stages, each batched across sessions:
+
+* ``hubert``: 6480-sample windows → (5, 1024) features (host float32);
+* ``lmdm``: one whole DDIM window per item (each with its own x_T and per-step noise) →
+  (80, 265) motion (host float32); items batch when their step counts match;
+* ``render``: keypoints → stitching network → warp → decode → paste-back → the frame, as a
+  JPEG encoded on the GPU (nvjpeg) when the session asked for one and the device is CUDA,
+  else the uint8 RGB image on the host. The one device→host copy per frame is its result.
+
+Scheduling is earliest-deadline-first: a live session's frame is due when its audio is
+(plus the session's budget), file sessions give their work a later deadline, so they use
+the capacity live sessions leave and, since deadlines are absolute times, never starve.
+A batch that fails is retried item by item, so a fault (CUDA out of memory, say) fails only
+the sessions it concerns; the engine keeps serving. Cancelled futures (a session that
+left) are dropped before their batch runs.
+
+Sessions hold only host tensors and their own state; nothing but this thread touches the
+device (on CUDA it works on a stream of its own).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import enum
+import importlib.util
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ditto.backends.base import StageStats, VideoFrame
+from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor, window_features
+from ditto.backends.talkinghead.pipeline.putback import PastePlan, paste_back
+from ditto.backends.talkinghead.pipeline.render import FrameRenderer
+from ditto.backends.talkinghead.pipeline.sampler import BatchedWindowSampler
+from ditto.backends.talkinghead.runtime.base import (DEFAULT_BATCH_SIZES, ModelRunner, batch_sizes_up_to,
+                                                    padded_batch_size)
+from ditto.errors import BackendError, ErrorCode, is_out_of_memory
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork"]
+
+
+class Stage(str, enum.Enum):
+    HUBERT = "hubert"
+    LMDM = "lmdm"
+    RENDER = "render"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class WindowWork:
+    """One LMDM window of one session (host tensors; batch axis 1)."""
+
+    steps: int
+    kp_cond: Tensor  # (1,265) motion of the frame before the window
+    cond: Tensor  # (1,80,C) per-frame condition
+    x_T: Tensor  # (1,80,265) the window's starting noise
+    noise: Tensor  # (S-1,1,80,265) the session's per-step noise
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class RenderWork:
+    """One frame of one session: keypoints on the host, the avatar's tensors on the device."""
+
+    index: int
+    f_s: Tensor  # (1,32,16,64,64) the avatar's appearance volume (device)
+    x_s: Tensor  # (1,21,3) source keypoints (host)
+    x_d: Tensor  # (1,21,3) driven keypoints, before the stitching network (host)
+    stitch: bool  # run the stitching network on x_d
+    plan: PastePlan  # paste-back into the source frame (device)
+    jpeg_quality: int | None  # encode on the device (CUDA) at this quality; None: return the image
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    stage: Stage
+    key: Any  # items of one batch share it
+    work: Any
+    deadline: float
+    future: concurrent.futures.Future
+    expires: float | None = None  # past this the result is None (shed) instead of computed
+
+
+class DeviceEngine:
+    """Runs every session's HuBERT, LMDM and render work on ``device``, batched.
+
+    Args:
+        hubert: the HuBERT extractor (its runner decides where it runs).
+        lmdm: the LMDM runner.
+        stitch: the stitching network runner.
+        renderer: warp + decode (batched; CUDA graphs per batch size on CUDA).
+        device: the device the renderer and LMDM live on.
+        batch_sizes: the batch sizes graphs are captured for; larger batches are split,
+            smaller ones padded to the next size.
+        clock: monotonic seconds (injected by tests).
+
+    Call :meth:`close` to stop the thread; futures still pending then fail with
+    ``shutting_down``.
+    """
+
+    def __init__(self, *, hubert: HubertFeatureExtractor, lmdm: ModelRunner, stitch: ModelRunner,
+                 renderer: FrameRenderer, device: torch.device, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.device = torch.device(device)
+        self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
+        self.max_batch = self.batch_sizes[-1]
+        self._hubert = hubert
+        self._stitch = stitch
+        self._renderer = renderer
+        self.sampler = BatchedWindowSampler(lmdm, device=self.device, batch_sizes=self.batch_sizes)
+        self._clock = clock
+        self.stats = {stage: StageStats() for stage in Stage}
+        self.shed = 0  # frames past their session's lag bound, not rendered
+        self._pending: dict[Stage, list[_Request]] = {stage: [] for stage in Stage}
+        self._cv = threading.Condition()
+        self._closing = False
+        self._holds = 0  # paused() blocks
+        self._cuda = self.device.type == "cuda"
+        if self._cuda:
+            # the fp32 networks (LMDM, HuBERT, stitching) multiply on tensor cores in TF32, as the official
+            # fp32 TensorRT engines do (TensorRT enables TF32 by default); cuDNN convolutions already do
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
+        self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
+        module = getattr(hubert, "module", None)
+        self._hubert_graphs = (_HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes)
+                               if self._cuda and module is not None else None)
+        self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
+        self._thread.start()
+
+    # -- submitting (any thread) ------------------------------------------------------------
+
+    def features(self, window: np.ndarray, *, deadline: float) -> concurrent.futures.Future:
+        """One HuBERT window (6480 float32 samples) → future of (5, 1024) host float32 features."""
+        return self._submit(Stage.HUBERT, None, np.asarray(window, np.float32), deadline)
+
+    def sample(self, work: WindowWork, *, deadline: float) -> concurrent.futures.Future:
+        """One LMDM window → future of its (80, 265) host float32 motion."""
+        return self._submit(Stage.LMDM, work.steps, work, deadline)
+
+    def render(self, work: RenderWork, *, deadline: float, expires: float | None = None) -> concurrent.futures.Future:
+        """One frame → future of its :class:`VideoFrame` (``jpeg`` set when the work asked for it),
+        or of None when the engine reached it only after ``expires`` (shed, not rendered)."""
+        return self._submit(Stage.RENDER, None, work, deadline, expires)
+
+    @property
+    def chunksize(self) -> tuple[int, int, int]:
+        """HuBERT's (past, current, future) frames per window."""
+        return self._hubert.chunksize
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _submit(self, stage: Stage, key: Any, work: Any, deadline: float,
+                expires: float | None = None) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cv:
+            if self._closing:
+                raise BackendError("the engine is shut down", code=ErrorCode.SHUTTING_DOWN)
+            self._pending[stage].append(_Request(stage, key, work, deadline, future, expires))
+            self._cv.notify()
+        return future
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """While inside, submitted work waits (it is batched and ordered when the block exits)."""
+        with self._cv:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._holds -= 1
+                self._cv.notify()
+
+    def close(self) -> None:
+        """Stop the engine thread; pending work fails with ``shutting_down``. Safe to call twice."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def stage_stats(self) -> dict[str, StageStats]:
+        """A snapshot of every stage's counters, with the items waiting now."""
+        with self._cv:
+            return {stage.value: dataclasses.replace(self.stats[stage], queued=len(self._pending[stage]))
+                    for stage in Stage}
+
+    def capture(self, *, hubert_window: int) -> None:
+        """Capture the HuBERT graphs now (CUDA with a torch HuBERT), so that no session pays for it."""
+        if self._hubert_graphs is not None:
+            self._hubert_graphs.capture(hubert_window)
+
+    def time_batch(self, stage: Stage, works: list[Any], repeats: int = 2) -> float:
+        """Seconds one batch of ``works`` takes (the last of ``repeats`` runs, synchronised).
+
+        Runs in the calling thread: for start-up measurements, before any session submits work.
+        """
+        elapsed = 0.0
+        with self._on_device():
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self._execute(stage, works)
+                if self._cuda:
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - started
+        return elapsed
+
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Wait for work; take the batch of the stage whose earliest deadline is nearest.
+        None: closing (pending work has been failed)."""
+        with self._cv:
+            while True:
+                if self._closing:
+                    self._fail_pending()
+                    return None
+                stages = [stage for stage, items in self._pending.items() if items]
+                if stages and not self._holds:
+                    break
+                self._cv.wait()
+            stage = min(stages, key=lambda s: min(r.deadline for r in self._pending[s]))
+            queue = self._pending[stage]
+            queue.sort(key=lambda r: r.deadline)
+            key = queue[0].key
+            batch = [r for r in queue if r.key == key][: self.max_batch]
+            taken = set(map(id, batch))
+            self._pending[stage] = [r for r in queue if id(r) not in taken]
+        now = self._clock()
+        live = []
+        for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue  # its session left
+            if request.expires is not None and now > request.expires:
+                self.shed += 1
+                request.future.set_result(None)
+                continue
+            live.append(request)
+        return live
+
+    def _fail_pending(self) -> None:
+        for queue in self._pending.values():
+            for request in queue:
+                if request.future.set_running_or_notify_cancel():
+                    request.future.set_exception(
+                        BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN))
+            queue.clear()
+
+    @contextlib.contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """Inference mode, on the engine's own CUDA stream where there is one."""
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with stream, torch.inference_mode():
+            yield
+
+    def _run(self) -> None:
+        with self._on_device():
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
+                    logger.exception("engine: %s batch failed outside its stage", batch[0].stage.value)
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        stage = batch[0].stage
+        stats = self.stats[stage]
+        started = time.perf_counter()
+        try:
+            results = self._execute(stage, [r.work for r in batch])
+        except Exception as exc:
+            stats.failures += 1
+            if len(batch) > 1:  # find the items at fault: each alone
+                logger.warning("engine %s batch of %d failed (%s); retrying its items one by one",
+                               stage.value, len(batch), exc)
+                self._release_memory(exc)
+                for request in batch:
+                    self._run_batch([request])
+                return
+            self._release_memory(exc)
+            batch[0].future.set_exception(_as_backend_error(exc))
+            return
+        stats.batches += 1
+        stats.items += len(batch)
+        stats.last_batch = len(batch)
+        stats.busy_s += time.perf_counter() - started
+        for request, result in zip(batch, results):
+            request.future.set_result(result)
+
+    def _release_memory(self, exc: BaseException) -> None:
+        if self._cuda and is_out_of_memory(exc):
+            torch.cuda.empty_cache()
+
+    def _execute(self, stage: Stage, works: list[Any]) -> list[Any]:
+        run = {Stage.HUBERT: self._run_hubert, Stage.LMDM: self._run_lmdm, Stage.RENDER: self._run_render}[stage]
+        return run(works)
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _run_hubert(self, windows: list[np.ndarray]) -> list[Tensor]:
+        batch = np.stack(windows)
+        if self._hubert_graphs is None:
+            features = self._hubert.chunk_features_batch(batch)
+        else:
+            features = [window_features(e, self._hubert.chunksize) for e in self._hubert_graphs(batch)]
+        return [torch.from_numpy(f) for f in features]
+
+    def _run_lmdm(self, works: list[WindowWork]) -> list[Tensor]:
+        dev = self.device
+        kp_cond = _to_device(torch.cat([w.kp_cond for w in works]), dev)
+        cond = _to_device(torch.cat([w.cond for w in works]), dev)
+        x_T = _to_device(torch.cat([w.x_T for w in works]), dev)
+        noise = _to_device(torch.cat([w.noise for w in works], dim=1), dev)
+        out = self.sampler(works[0].steps, kp_cond, cond, x_T, noise)
+        host = out.float().cpu()  # synchronises the engine stream
+        return list(host)
+
+    def _run_render(self, works: list[RenderWork]) -> list[VideoFrame]:
+        dev = self.device
+        x_s = _to_device(torch.cat([w.x_s for w in works]), dev)
+        x_d = _to_device(torch.cat([w.x_d for w in works]), dev)
+        stitched = [i for i, w in enumerate(works) if w.stitch]
+        if stitched:
+            rows = torch.tensor(stitched, device=dev) if len(stitched) < len(works) else None
+            src, drv = (x_s, x_d) if rows is None else (x_s[rows], x_d[rows])
+            out = self._stitch(kp_source=src, kp_driving=drv)["out"].reshape(drv.shape).to(x_d.dtype)
+            if rows is None:
+                x_d = out
+            else:
+                x_d = x_d.clone()
+                x_d[rows] = out
+        renders = self._renderer([w.f_s for w in works], x_s, x_d)
+        images = [paste_back(w.plan, renders[i]) for i, w in enumerate(works)]
+        jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
+        encoded = self._encode_jpeg([images[i] for i in jpeg_rows], [works[i].jpeg_quality for i in jpeg_rows])
+        jpegs = dict(zip(jpeg_rows, encoded))
+        frames = []
+        for i, (work, image) in enumerate(zip(works, images)):
+            if i in jpegs:
+                frames.append(VideoFrame(index=work.index, image=None, jpeg=jpegs[i]))
+            else:
+                frames.append(VideoFrame(index=work.index, image=image.cpu().numpy()))
+        return frames
+
+    def _encode_jpeg(self, images: list[Tensor], qualities: list[int]) -> list[bytes]:
+        """nvjpeg through torchvision: one batched call per quality; one device→host copy in all."""
+        if not images:
+            return []
+        from torchvision.io import encode_jpeg
+
+        out: list[bytes | None] = [None] * len(images)
+        for quality in sorted(set(qualities)):
+            rows = [i for i, q in enumerate(qualities) if q == quality]
+            chw = [images[i].permute(2, 0, 1).contiguous() for i in rows]
+            encoded = encode_jpeg(chw, quality=int(quality))
+            sizes = [int(e.numel()) for e in encoded]
+            flat = torch.cat([e.reshape(-1) for e in encoded]).cpu().numpy()
+            offsets = np.cumsum([0, *sizes])
+            for row, start, end in zip(rows, offsets[:-1], offsets[1:]):
+                out[row] = flat[start:end].tobytes()
+        return out  # type: ignore[return-value]
+
+
+class _HubertGraphs:
+    """A torch HuBERT's forward replayed as one CUDA graph per batch size (a window is a few
+    hundred small kernels: launched one by one they cost ~20 ms, whatever the batch)."""
+
+    def __init__(self, module: torch.nn.Module, fp16: bool, batch_sizes: tuple[int, ...]) -> None:
+        self.module = module
+        self.fp16 = fp16
+        self.device = next(module.parameters()).device
+        self.batch_sizes = batch_sizes
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+
+    def _forward(self, windows: Tensor) -> Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.fp16):
+            return self.module(windows).float()
+
+    def _graph(self, size: int, length: int) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor]:
+        entry = self._graphs.get((size, length))
+        if entry is None:
+            static = torch.zeros((size, length), device=self.device)
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):
+                    self._forward(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=self.device),
+                                                          capture_error_mode="thread_local"):
+                out = self._forward(static)
+            entry = self._graphs[(size, length)] = (graph, static, out)
+        return entry
+
+    def capture(self, length: int) -> None:
+        for size in self.batch_sizes:
+            self._graph(size, length)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        parts = []
+        largest = self.batch_sizes[-1]
+        for start in range(0, len(windows), largest):
+            rows = torch.from_numpy(windows[start:start + largest])
+            n = rows.shape[0]
+            size = padded_batch_size(n, self.batch_sizes)
+            graph, static, out = self._graph(size, rows.shape[1])
+            static[:n].copy_(_to_device(rows, self.device))
+            graph.replay()
+            parts.append(out[:n].cpu().numpy())
+        return np.concatenate(parts)
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _as_backend_error(exc: BaseException) -> BaseException:
+    if is_out_of_memory(exc):
+        logger.warning("engine: out of device memory: %s", exc)
+        return BackendError.from_fault(exc)
+    return exc

@@ -1,0 +1,336 @@
+"""The device engine: batching across sessions, deadline order, shedding, fault isolation, shutdown.
+
+Batches are forced with ``engine.paused()`` (work submitted inside waits, then runs as one
+batch), so nothing here depends on thread timing. On the CPU a batched result must equal
+the same work alone exactly; on CUDA (``gpu`` marker) within fp16 tolerance.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ditto.backends.talkinghead.backend import DittoBackend
+from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, Stage, WindowWork
+from ditto.errors import BackendError, ErrorCode
+from tests.backends.talkinghead.conftest import RecordingRunner, render_all, speech_like
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine_like(backend: DittoBackend, clock=None) -> DeviceEngine:
+    """A second engine over ``backend``'s models (so that a test can pause it and own its clock)."""
+    return backend.models.make_engine(**({"clock": clock} if clock else {}))
+
+
+def render_works(backend: DittoBackend, avatar, n: int, seed: int = 0) -> list[RenderWork]:
+    gen = torch.Generator().manual_seed(seed)
+    frame = avatar.source.frames[0]
+    return [RenderWork(index=i, f_s=frame.f_s, x_s=torch.randn((1, 21, 3), generator=gen) * 0.1,
+                       x_d=torch.randn((1, 21, 3), generator=gen) * 0.1, stitch=i % 2 == 0,
+                       plan=avatar.paste_plans[0], jpeg_quality=None) for i in range(n)]
+
+
+def window_works(backend: DittoBackend, n: int, steps: int = 3) -> list[WindowWork]:
+    a2m = backend.cfg.audio2motion
+    gen = torch.Generator().manual_seed(5)
+    shape = (1, a2m.seq_frames, a2m.motion_feat_dim)
+    return [WindowWork(steps=steps, kp_cond=torch.randn((1, a2m.motion_feat_dim), generator=gen) * 0.1,
+                       cond=torch.randn((1, a2m.seq_frames, a2m.audio_feat_dim), generator=gen),
+                       x_T=torch.randn(shape, generator=gen), noise=torch.randn((steps - 1, *shape), generator=gen))
+            for _ in range(n)]
+
+
+def run_batched(engine: DeviceEngine, submit, works) -> list:
+    with engine.paused():
+        futures = [submit(work) for work in works]
+    return [future.result(timeout=120) for future in futures]
+
+
+@pytest.fixture(scope="module")
+def engine(fast_backend):
+    engine = engine_like(fast_backend)
+    yield engine
+    engine.close()
+
+
+def test_a_batch_of_frames_equals_each_frame_alone_exactly_on_cpu(engine, fast_backend, avatar) -> None:
+    works = render_works(fast_backend, avatar, 5)
+    before = engine.stats[Stage.RENDER].batches
+    batched = run_batched(engine, lambda w: engine.render(w, deadline=0.0), works)
+    assert engine.stats[Stage.RENDER].batches == before + 1 and engine.stats[Stage.RENDER].last_batch == 5
+    for work, frame in zip(works, batched, strict=True):
+        alone = engine.render(work, deadline=0.0).result(timeout=60)
+        assert frame.index == work.index
+        np.testing.assert_array_equal(frame.image, alone.image)
+
+
+def test_the_stitching_network_runs_on_the_rows_that_ask_for_it(fast_backend, avatar) -> None:
+    recorder = RecordingRunner(fast_backend.models.stitch)
+    models = dataclasses.replace(fast_backend.models, stitch=recorder)
+    try:
+        works = render_works(fast_backend, avatar, 5)  # rows 0, 2, 4 ask for stitching
+        run_batched(models.engine, lambda w: models.engine.render(w, deadline=0.0), works)
+        torch.testing.assert_close(recorder.rows("kp_driving"), torch.cat([works[i].x_d for i in (0, 2, 4)]))
+    finally:
+        models.engine.close()
+
+
+def test_a_batch_of_lmdm_windows_equals_each_window_alone_exactly_on_cpu(engine, fast_backend) -> None:
+    works = window_works(fast_backend, 3)
+    batched = run_batched(engine, lambda w: engine.sample(w, deadline=0.0), works)
+    assert engine.stats[Stage.LMDM].last_batch == 3
+    for work, motion in zip(works, batched, strict=True):
+        torch.testing.assert_close(motion, engine.sample(work, deadline=0.0).result(timeout=60), rtol=0, atol=0)
+    assert not torch.equal(batched[0], batched[1])  # each row kept its own noise
+
+
+def test_a_batch_of_hubert_windows_equals_each_alone(engine) -> None:
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal(6480).astype(np.float32) * 0.1 for _ in range(3)]
+    batched = run_batched(engine, lambda w: engine.features(w, deadline=0.0), windows)
+    assert engine.stats[Stage.HUBERT].last_batch == 3
+    for window, features in zip(windows, batched, strict=True):
+        assert features.shape == (5, 1024)
+        torch.testing.assert_close(features, engine.features(window, deadline=0.0).result(timeout=60),
+                                   rtol=0, atol=0)
+
+
+def test_sessions_rendered_together_equal_each_session_alone(fast_backend, avatar) -> None:
+    """Two whole sessions whose work the engine batches give what each gives alone."""
+    audio = speech_like(0.2)
+    alone = {seed: sum(render_all(fast_backend.open_stream(avatar, seed=seed), audio), []) for seed in (1, 2)}
+    batches_before = fast_backend.models.engine.stats[Stage.RENDER].batches
+    items_before = fast_backend.models.engine.stats[Stage.RENDER].items
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = dict(zip((1, 2), pool.map(
+            lambda seed: sum(render_all(fast_backend.open_stream(avatar, seed=seed), audio), []), (1, 2))))
+    stats = fast_backend.models.engine.stats[Stage.RENDER]
+    assert stats.items - items_before == 10 and stats.batches - batches_before < 10  # some frames batched
+    for seed in (1, 2):
+        assert [f.index for f in together[seed]] == list(range(5))
+        for a, b in zip(alone[seed], together[seed], strict=True):
+            np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_earliest_deadline_runs_first(fast_backend, avatar) -> None:
+    order: list[str] = []
+    with contextlib.closing(engine_like(fast_backend)) as engine:
+        with engine.paused():
+            late = engine.features(np.zeros(6480, np.float32), deadline=5.0)  # file-mode work
+            early = engine.render(render_works(fast_backend, avatar, 1)[0], deadline=1.0)  # a live frame
+            late.add_done_callback(lambda _: order.append("hubert"))
+            early.add_done_callback(lambda _: order.append("render"))
+        late.result(timeout=60), early.result(timeout=60)
+        assert order == ["render", "hubert"]
+
+
+def test_frames_past_their_lag_bound_are_shed_not_rendered(fast_backend, avatar) -> None:
+    clock = FakeClock()
+    with contextlib.closing(engine_like(fast_backend, clock)) as engine:
+        works = render_works(fast_backend, avatar, 3)
+        with engine.paused():
+            futures = [engine.render(works[0], deadline=0.0, expires=clock.now - 0.1),  # waited too long
+                       engine.render(works[1], deadline=0.0, expires=clock.now + 10),
+                       engine.render(works[2], deadline=0.0)]  # never shed (a last frame)
+        results = [f.result(timeout=60) for f in futures]
+        assert results[0] is None and results[1].index == 1 and results[2].index == 2
+        assert engine.shed == 1 and engine.stats[Stage.RENDER].items == 2
+
+
+def test_a_failing_item_fails_only_its_session_and_the_engine_keeps_serving(fast_backend, avatar) -> None:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
+        good = render_works(fast_backend, avatar, 2)
+        bad = dataclasses.replace(good[0], index=9, f_s=torch.zeros(1, 3))  # not an appearance volume
+        with engine.paused():
+            futures = [engine.render(good[0], deadline=0.0), engine.render(bad, deadline=0.0),
+                       engine.render(good[1], deadline=0.0)]
+        assert futures[0].result(timeout=60).index == 0 and futures[2].result(timeout=60).index == 1
+        with pytest.raises(RuntimeError):
+            futures[1].result(timeout=60)
+        assert engine.stats[Stage.RENDER].failures >= 1
+        assert engine.render(good[1], deadline=0.0).result(timeout=60).index == 1
+
+
+def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avatar) -> None:
+    class OutOfMemoryOnce:
+        def __init__(self, runner) -> None:
+            self.runner, self.input_names, self.output_names, self.device = (
+                runner, runner.input_names, runner.output_names, runner.device)
+
+        def __call__(self, **inputs):
+            if float(inputs["kp_driving"].abs().sum()) > 1e3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.runner(**inputs)
+
+    models = dataclasses.replace(fast_backend.models, stitch=OutOfMemoryOnce(fast_backend.models.stitch))
+    models.engine.close()  # the one replace() built; this test drives its own
+    with contextlib.closing(models.make_engine()) as engine:
+        ok, huge = render_works(fast_backend, avatar, 2)
+        huge = dataclasses.replace(huge, x_d=torch.full((1, 21, 3), 100.0), stitch=True)
+        ok = dataclasses.replace(ok, stitch=True)
+        with engine.paused():
+            futures = [engine.render(ok, deadline=0.0), engine.render(huge, deadline=0.0)]
+        assert futures[0].result(timeout=60).index == 0
+        with pytest.raises(BackendError) as info:
+            futures[1].result(timeout=60)
+        assert info.value.code == ErrorCode.OUT_OF_MEMORY
+
+
+def test_a_session_that_leaves_drops_its_queued_work(fast_backend, avatar) -> None:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
+        works = render_works(fast_backend, avatar, 3)
+        with engine.paused():
+            futures = [engine.render(w, deadline=0.0) for w in works]
+            futures[1].cancel()
+        assert futures[0].result(timeout=60).index == 0 and futures[2].result(timeout=60).index == 2
+        assert futures[1].cancelled() and engine.stats[Stage.RENDER].items == 2
+
+
+def test_close_fails_pending_work_with_shutting_down(fast_backend, avatar) -> None:
+    engine = engine_like(fast_backend)
+    with engine.paused():
+        future = engine.render(render_works(fast_backend, avatar, 1)[0], deadline=0.0)
+        engine.close()
+    with pytest.raises(BackendError) as info:
+        future.result(timeout=10)
+    assert info.value.code == ErrorCode.SHUTTING_DOWN
+    with pytest.raises(BackendError):
+        engine.render(render_works(fast_backend, avatar, 1)[0], deadline=0.0)
+
+
+def test_stage_stats_report_batches(fast_backend, avatar) -> None:
+    list(render_all(fast_backend.open_stream(avatar, seed=0), speech_like(0.12)))
+    stats = fast_backend.stage_stats()
+    assert set(stats) == {"hubert", "lmdm", "render"}
+    assert stats["render"].items >= 3 and stats["render"].mean_batch >= 1 and stats["render"].queued == 0
+
+
+def test_backend_without_capacity_measurement_on_cpu(fast_backend) -> None:
+    assert fast_backend.live_capacity is None  # only measured on CUDA (warmup)
+
+
+# -- CUDA -----------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cuda_backend(checkpoint_tree):
+    from ditto.backends.talkinghead.backend import DittoBackend
+    from tests.backends.talkinghead.test_backend import cuda_settings
+
+    backend = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
+    yield backend
+    backend.close()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_batches_equal_each_item_alone_within_fp16(cuda_backend, portrait) -> None:
+    """5 frames (padded to the batch-8 graph) vs each through the batch-1 graph; 3 LMDM windows;
+    and the JPEG encoded on the GPU decodes to the host image (within JPEG loss)."""
+    import cv2
+
+    avatar = cuda_backend.register_source(portrait)
+    engine = cuda_backend.models.engine
+    works = render_works(cuda_backend, avatar, 5)
+    batched = run_batched(engine, lambda w: engine.render(w, deadline=0.0), works)
+    assert engine.stats[Stage.RENDER].last_batch == 5
+    for work, frame in zip(works, batched, strict=True):
+        alone = engine.render(work, deadline=0.0).result(timeout=60)
+        assert np.abs(frame.image.astype(int) - alone.image.astype(int)).max() <= 2
+    windows = window_works(cuda_backend, 3, steps=cuda_backend.options.sampling_timesteps)
+    motions = run_batched(engine, lambda w: engine.sample(w, deadline=0.0), windows)
+    for work, motion in zip(windows, motions, strict=True):
+        torch.testing.assert_close(motion, engine.sample(work, deadline=0.0).result(timeout=60), rtol=0, atol=2e-3)
+    encoded = run_batched(engine, lambda w: engine.render(w, deadline=0.0),
+                          [dataclasses.replace(w, jpeg_quality=90) for w in works])
+    for frame, plain in zip(encoded, batched, strict=True):
+        assert frame.image is None and frame.jpeg[:2] == b"\xff\xd8"
+        decoded = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        mse = float(np.mean((decoded.astype(float) - plain.image.astype(float)) ** 2))
+        assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 30
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
+    from tests.backends.talkinghead.test_backend import cuda_settings
+
+    base = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
+    try:
+        online = base.with_options(online_mode=True)
+        online.warmup()
+        assert online.live_capacity is not None and online.live_capacity >= 1
+    finally:
+        base.close()
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv3d(110, 22, 3, padding=1), torch.nn.Conv3d(32, 4, 1),
+                                  torch.nn.Conv2d(5, 1, 7, padding=3, bias=False)])
+def test_padding_conv_channels_to_multiples_of_8_keeps_the_result(conv) -> None:
+    from ditto.backends.talkinghead.pipeline.render import pad_conv_channels
+
+    model = torch.nn.Sequential(conv, torch.nn.ReLU())
+    padded = pad_conv_channels(copy.deepcopy(model))
+    inner = padded[0].conv
+    assert inner.in_channels % 8 == 0 and inner.out_channels % 8 == 0
+    x = torch.randn((2, conv.in_channels) + (6,) * (conv.weight.dim() - 2))
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (torch.nn.Conv3d(142, 22, 7, padding=3), (2, 142, 5, 9, 9)),  # the mask convolution's kind; depth < kernel
+    (torch.nn.Conv3d(20, 32, 3, padding=1, bias=False), (3, 20, 4, 6, 6)),
+    (torch.nn.Conv3d(8, 5, (3, 5, 5), padding=(1, 2, 2)), (1, 8, 7, 6, 6)),
+])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_depth_tap_conv_computes_the_conv3d(conv, shape, memory_format) -> None:
+    from ditto.backends.talkinghead.pipeline.render import DepthTapConv3d
+
+    x = torch.randn(shape).contiguous(memory_format=memory_format)
+    with torch.inference_mode():
+        torch.testing.assert_close(DepthTapConv3d(conv)(x), conv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_only_narrow_stride_1_conv3d_become_depth_taps() -> None:
+    from ditto.backends.talkinghead.models import WarpingNetwork
+    from ditto.backends.talkinghead.pipeline.render import DepthTapConv3d, depth_tap_convs
+
+    warp = depth_tap_convs(WarpingNetwork())
+    tapped = {name for name, m in warp.named_modules() if isinstance(m, DepthTapConv3d)}
+    assert tapped == {"dense_motion_network.mask", "dense_motion_network.hourglass.decoder.up_blocks.4.conv"}
+    with pytest.raises(ValueError):
+        DepthTapConv3d(torch.nn.Conv3d(4, 4, 3, stride=2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_renderer_matches_the_autocast_graphs() -> None:
+    from ditto.backends.talkinghead.models import SPADEDecoder, WarpingNetwork
+    from ditto.backends.talkinghead.pipeline.render import FrameRenderer
+    from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
+
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    warp = TorchRunner(WarpingNetwork(), ("feature_3d", "kp_source", "kp_driving"), ("out",), device=device,
+                       autocast_fp16=True)
+    decoder = TorchRunner(SPADEDecoder(), ("feature",), ("output",), device=device, autocast_fp16=True)
+    f_s = [torch.randn(1, 32, 16, 64, 64, device=device) for _ in range(2)]
+    x_s, x_d = (torch.randn(2, 21, 3, device=device) * 0.2 for _ in range(2))
+    eager = FrameRenderer(warp, decoder, batch_sizes=(2,))(f_s, x_s, x_d).clone()
+    compiled = FrameRenderer(warp, decoder, batch_sizes=(2,), compile_min_batch=2)(f_s, x_s, x_d)
+    assert float((compiled - eager).abs().max()) < 0.02  # fp16 rounding of a (0, 1) image
