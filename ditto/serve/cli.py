@@ -9,7 +9,7 @@ Usage::
 Server flags are those of ``streaming_server.py`` (``--host``/``--port`` are Serve's proxy). Without
 ``--replicas`` there is one replica per GPU for the Ditto backend, one CPU replica for lite.
 SIGINT/SIGTERM stop the application: replicas end their sessions (``shutting_down``, close code
-1012) within ``--shutdown_grace_s``-like bounds, then Serve shuts down.
+1012) within ``--shutdown_grace_s``, then Serve shuts down.
 """
 
 from __future__ import annotations
