@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    server_id: str | None = None  # named in streaming_started; None: host:port (a Serve replica: its replica id)
 
     backend: Literal["auto", "lite", "ditto"] = "auto"
     data_root: Path | None = None  # Ditto checkpoint folder (ditto_pytorch/, ditto_onnx/, ditto_trt_*/)
@@ -54,6 +55,11 @@ class Settings(BaseSettings):
         if self.backend == "ditto" and self.cfg_pkl is None:
             raise ValueError("--backend ditto needs --data_root and --cfg_pkl")
         return self
+
+    @property
+    def server_name(self) -> str:
+        """What ``streaming_started`` names as ``server_id``."""
+        return self.server_id or f"{self.host}:{self.port}"
 
     @property
     def backend_name(self) -> str:

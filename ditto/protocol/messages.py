@@ -256,6 +256,7 @@ class StreamingStarted(_Message):
     audio: str  # display name of the audio (file name or server path; "live" in live mode)
     source: str
     live: bool = False
+    server_id: str | None = None  # the server (or Ray Serve replica) that serves this session
 
 
 class Metadata(_Message):

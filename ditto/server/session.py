@@ -165,7 +165,7 @@ class Session:
         job = await self._in_render_pool(functools.partial(self._prepare, start))
         await writer.send_control(msg.StreamingStarted(
             client_id=self.client_id, backend=self.ctx.backend.name, audio=job.audio_name,
-            source=job.source_name, live=start.live))
+            source=job.source_name, live=start.live, server_id=self.ctx.settings.server_name))
         audio = job.audio
         await writer.send_control(msg.Metadata(
             duration_s=None if audio is None else round(audio.duration_s, 3),

@@ -1,0 +1,5 @@
+import sys
+
+from ditto.serve.cli import main
+
+sys.exit(main())
