@@ -520,6 +520,7 @@ class _SessionState:
     idle_spans: collections.deque[tuple[int, int]] = dataclasses.field(default_factory=collections.deque)
     ease: MotionEase | None = None  # blends the motion queued next from where the face was
     last_shown: Tensor | None = None  # motion (265,) of the last frame handed out
+    resting: bool = False  # idling at the neutral motion: the next speech restarts the recursion there
 
 
 class DittoStream:
@@ -624,13 +625,26 @@ class DittoStream:
         samples = np.asarray(audio)
         if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
             raise MediaError("the Ditto backend expects 1-D float32 16 kHz mono samples", code=ErrorCode.AUDIO_INVALID)
+        if state.resting and len(samples):  # speech after idling at rest: the recursion starts here
+            self._restart_recursion(state, self._segment_start)
+            state.ease = MotionEase(state.windowing.source_kp_cond, self._segment_start, INTERRUPT_EASE_FRAMES)
+            state.resting = False
         self._append(state, samples.astype(np.float32, copy=False))
         return self._guarded(self._drain())
 
     def idle(self, frames: int) -> Iterator[VideoFrame]:
-        """Append ``frames`` frames of silence, flagged ``idle`` (a partial frame fed before is
-        completed with silence first and stays the utterance's); frames leave as :meth:`feed`'s."""
+        """Append ``frames`` frames without speech, flagged ``idle``.
+
+        Between utterances (nothing fed since :meth:`flush`, :meth:`interrupt` or the last idle
+        frames) they are made at once from the source's neutral motion, eased in from the last
+        motion queued, with blinks going on: no model work, so they leave without the look-ahead
+        and cost only their render; speech fed next restarts the window recursion there. Inside
+        an utterance (its audio is late) silence runs through the model instead (a partial frame
+        is completed with silence first and stays the utterance's), so that the frames waiting
+        for look-ahead come out; they leave as :meth:`feed`'s."""
         state = self._require_open()
+        if self._samples == self._segment_start * SAMPLES_PER_FRAME:
+            return self._guarded(self._rest(state, frames))
         self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32))
         start = self._samples // SAMPLES_PER_FRAME
         state.idle_spans.append((start, start + frames))
@@ -671,11 +685,8 @@ class DittoStream:
         for queue in (state.inflight, state.pending_rows, state.pending_windows, state.audio, state.idle_spans):
             queue.clear()
         start = self._next_index
-        state.windowing.restart(state.windowing.source_kp_cond)
-        if state.online is not None:
-            state.windower = StreamingWindower()
-            state.online = OnlineAudio2Motion(state.windowing, state.condition, self._silence_features,
-                                              v_min_max=state.v_min_max, first_frame=start)
+        self._restart_recursion(state, start)
+        state.resting = False
         state.stitcher.seek(start)
         state.ease = None if state.last_shown is None else MotionEase(state.last_shown, start, INTERRUPT_EASE_FRAMES)
         self._samples = start * SAMPLES_PER_FRAME
@@ -727,6 +738,31 @@ class DittoStream:
             state.pending_windows.extend(state.windower.push(samples))
         else:
             state.audio.append(samples)
+
+    def _restart_recursion(self, state: _SessionState, start: int) -> None:
+        """The window recursion as at session start (silence prefix, the source's neutral motion as
+        kp_cond), its first frame ``start``."""
+        state.windowing.restart(state.windowing.source_kp_cond)
+        if state.online is not None:
+            state.windower = StreamingWindower()
+            state.online = OnlineAudio2Motion(state.windowing, state.condition, self._silence_features,
+                                              v_min_max=state.v_min_max, first_frame=start)
+
+    def _rest(self, state: _SessionState, frames: int) -> Iterator[VideoFrame]:
+        """``frames`` idle frames at the neutral motion from the next frame on (see :meth:`idle`)."""
+        start = self._segment_start
+        if state.ease is None and not state.resting:
+            last = (state.pending_rows[-1].motion if state.pending_rows
+                    else state.inflight[-1][0].motion if state.inflight else state.last_shown)
+            if last is not None:
+                state.ease = MotionEase(last, start, INTERRUPT_EASE_FRAMES)
+        neutral = state.windowing.source_kp_cond.reshape(1, -1)
+        state.idle_spans.append((start, start + frames))
+        self._queue_rows(state, MotionChunk(start_frame=start, motion=neutral.expand(frames, -1)), None)
+        state.resting = True
+        self._segment_start = start + frames
+        self._samples = self._segment_start * SAMPLES_PER_FRAME
+        return self._drain()
 
     def _deadline(self, ready_at: float) -> float:
         """When work that became possible at ``ready_at`` is due (earliest-deadline-first in the engine)."""

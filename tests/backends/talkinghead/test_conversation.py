@@ -79,6 +79,23 @@ def test_interrupt_eases_the_face_back_instead_of_cutting(online_backend, avatar
         np.testing.assert_array_equal(a.image, b.image)
 
 
+def test_idle_between_utterances_comes_at_once_from_the_neutral_motion(online_backend, avatar) -> None:
+    stream = online_backend.open_stream(avatar, seed=6)
+    talk = fed(stream, speech_like(0.3)) + list(stream.flush())
+    model_work = {name: s.items for name, s in online_backend.stage_stats().items() if name != "render"}
+    idle = list(stream.idle(12))
+    assert [f.index for f in idle] == list(range(8, 20)) and all(f.idle for f in idle)  # no look-ahead wait
+    assert {name: s.items for name, s in online_backend.stage_stats().items() if name != "render"} == model_work
+    ease = ditto_backend.INTERRUPT_EASE_FRAMES
+    steps = [step(a, b) for a, b in zip([talk[-1]] + idle, idle)]
+    assert max(steps[:ease]) > 0  # eased from the utterance's last motion...
+    assert max(steps[ease:]) < 0.5 * max(steps[:ease])  # ...to the neutral face (blinks aside)
+    speech = fed(stream, speech_like(0.4, seed=6)) + list(stream.finish())  # the recursion restarts at 20
+    assert [f.index for f in speech] == list(range(20, 30)) and not any(f.idle for f in speech)
+    assert step(idle[-1], speech[0]) < 0.5 * step(talk[-1], idle[-1])  # eased in from neutral, no pop
+    stream.close()
+
+
 def test_a_conversation_is_one_timeline(online_backend, avatar) -> None:
     """feed / flush / feed / interrupt / idle / feed / finish."""
     stream = online_backend.open_stream(avatar, seed=4)
