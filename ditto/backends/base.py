@@ -57,6 +57,7 @@ class StreamOptions:
     live: bool = False  # audio arrives in real time: its frames are due as it does
     jpeg_quality: int | None = None  # the backend may return frames already encoded (``VideoFrame.jpeg``)
     max_lag_s: float | None = None  # live: a frame whose motion waited longer than this is shed, not rendered
+    total_frames: int | None = None  # file mode: frames the whole audio drives, known before the first feed
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,8 +1,10 @@
 """Audio decoding: any container (wav, flac, ogg, mp3, ...) to float32 16 kHz mono.
 
 Decoding tries libsndfile (soundfile) first and PyAV (FFmpeg) second, so every
-format either library knows is accepted. Resampling is polyphase (scipy), and the
-16 kHz length is ``ceil(n * 16000 / sr)`` so that ``ceil(len / 640)`` equals
+format either library knows is accepted. Resampling is what upstream's ``inference.py`` gets
+from ``librosa.load(path, sr=16000)`` (librosa 0.10.2: ``res_type="soxr_hq"``, length fixed to
+``ceil(n * 16000 / sr)``): libsoxr at HQ quality, zero-padded or cut to that length, so a file
+gives upstream's HuBERT features. That length also makes ``ceil(len / 640)`` equal
 ``ceil(duration * 25)``: the frame count never depends on the input rate.
 """
 
@@ -10,16 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 
 import numpy as np
-from scipy.signal import resample_poly
+import soxr
 
 from ditto import SAMPLE_RATE_HZ, frames_for_samples
 from ditto.errors import ErrorCode, MediaError
 
 SILENCE_PEAK = 1e-3
 """Peak amplitude (full scale 1.0) under which a whole recording counts as silent (-60 dBFS)."""
+
+
+SOXR_QUALITY = "HQ"
+"""libsoxr quality of librosa's default ``res_type="soxr_hq"``."""
+
+
+def resampled_length(n: int, sample_rate_hz: int) -> int:
+    """16 kHz samples for ``n`` input samples: ``ceil(n * 16000 / rate)`` (librosa's ``fix_length``;
+    its float ratio gives the same count at the usual rates)."""
+    return -(-n * SAMPLE_RATE_HZ // sample_rate_hz)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,9 +79,8 @@ def to_mono_16k(samples: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     mono = np.asarray(mono, dtype=np.float32)
     if sample_rate_hz == SAMPLE_RATE_HZ:
         return mono
-    target_len = -(-len(mono) * SAMPLE_RATE_HZ // sample_rate_hz)
-    g = math.gcd(SAMPLE_RATE_HZ, sample_rate_hz)
-    out = resample_poly(mono, SAMPLE_RATE_HZ // g, sample_rate_hz // g).astype(np.float32)
+    target_len = resampled_length(len(mono), sample_rate_hz)
+    out = soxr.resample(mono, sample_rate_hz, SAMPLE_RATE_HZ, quality=SOXR_QUALITY)
     if len(out) < target_len:
         out = np.pad(out, (0, target_len - len(out)))
     return out[:target_len]

@@ -232,7 +232,8 @@ class Session:
         stream after); ``run`` awaits the returned future on every exit."""
         s = self.ctx.settings
         options = StreamOptions(live=live, jpeg_quality=s.jpeg_quality,
-                                max_lag_s=s.live_max_lag_ms / 1000 if live else None)
+                                max_lag_s=s.live_max_lag_ms / 1000 if live else None,
+                                total_frames=None if live or job.audio is None else job.audio.total_frames)
 
         def render_and_close() -> _Result:
             with contextlib.closing(self.ctx.backend.open_stream(job.avatar, seed=job.seed, options=options)) as stream:

@@ -1,11 +1,15 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import soxr
 
 from ditto.errors import ErrorCode, MediaError
 from ditto.media.audio import decode_audio
+
+EXAMPLE_AUDIO = Path(__file__).resolve().parents[2] / "example" / "audio.wav"
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
@@ -35,6 +39,18 @@ def test_any_rate_and_channel_count(rate, channels):
 def test_compressed_formats(fmt, subtype):
     audio = decode_audio(encode(tone(2.0, 44100), 44100, fmt, subtype), max_seconds=60)
     assert abs(audio.duration_s - 2.0) < 0.1 and audio.total_frames in range(49, 54)
+
+
+def test_example_audio_is_resampled_as_upstream_librosa_load():
+    """librosa.load(path, sr=16000) = soundfile float32, channel mean, soxr HQ, length ceil(n * 16000 / sr)."""
+    data = EXAMPLE_AUDIO.read_bytes()
+    raw, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    assert rate == 24000  # the resampled case
+    expected = soxr.resample(raw.mean(axis=1).astype(np.float32), rate, 16000, quality="HQ")
+    assert len(expected) == -(-len(raw) * 16000 // rate)
+    audio = decode_audio(data, max_seconds=60)
+    np.testing.assert_array_equal(audio.samples, np.clip(expected, -1.0, 1.0))
+    assert audio.total_frames == -(-len(raw) * 25 // rate)
 
 
 def test_frame_count_is_ceil_of_duration():

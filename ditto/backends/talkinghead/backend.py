@@ -554,7 +554,8 @@ class DittoStream:
             avatar: what to animate.
             seed: seeds the DDIM noise and the blink gaps.
             silence_features: online mode: HuBERT features of ``overlap_v2`` silent frames (host).
-            stream_options: live or file, JPEG on the device, the live lag bound.
+            stream_options: live or file, JPEG on the device, the live lag bound, the clip length
+                when known up front (file mode: the blink schedule is drawn for it, as upstream's).
         """
         self._engine = engine
         self._options = options
@@ -567,6 +568,9 @@ class DittoStream:
         self._finished = False
         self._silence_features = silence_features
         self._state: _SessionState | None = self._new_state(audio2motion, seed, silence_features)
+        if stream_options.total_frames is not None:
+            # upstream run(): setup_Nd(num_f) redraws the blink schedule for the clip, from the same RNG
+            self._state.stitcher.set_num_frames(stream_options.total_frames)
 
     def _new_state(self, a2m: Audio2MotionCfg, seed: int, silence_features: Tensor | None) -> _SessionState:
         opts, avatar, host = self._options, self._avatar, torch.device("cpu")

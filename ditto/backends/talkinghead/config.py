@@ -4,6 +4,7 @@ A cfg pkl (``ditto_cfg/v0.4_hubert_cfg_*.pkl``) is a pickled dict with three
 top-level keys (docs/pipeline.md §3.1)::
 
     base_cfg          {section: {model_path, device, [force_ori_type]}}   one per model
+                      (force_ori_type: aux models only; upstream's renderer wrappers reject it)
                       landmark478_cfg = {blaze_face_model_path, face_mesh_model_path,
                                          task_path, device, force_ori_type}
     audio2motion_cfg  {model_path, device, motion_feat_dim, audio_feat_dim, seq_frames,
@@ -551,7 +552,7 @@ CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType({
     "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
 })
 
-# (section, trt engine name, pytorch-layout path, force_ori_type in the pytorch layout)
+# (section, trt engine name, pytorch-layout path, force_ori_type in the pytorch layout (aux sections only))
 _MODEL_FILES: tuple[tuple[str, str, str, bool], ...] = (
     ("insightface_det_cfg", "insightface_det_fp16.engine", "aux_models/det_10g.onnx", True),
     ("landmark106_cfg", "landmark106_fp16.engine", "aux_models/2d106det.onnx", True),
@@ -616,6 +617,9 @@ def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
       (``*_fp16.engine`` / ``*_fp32.engine``), resolved against that data_root.
     * ``pytorch``: ``models/*.pth`` for the renderer and LMDM, ``aux_models/*``
       with ``force_ori_type`` for the aux models, resolved against ``ditto_pytorch``.
+    * Only the aux sections (:data:`AUX_SECTIONS`) carry ``force_ori_type``; the renderer
+      sections hold ``model_path`` and ``device`` alone, the two arguments upstream's
+      renderer wrappers accept, so the pkls load in the official pipeline unchanged.
     * ``trt_online`` carries the streaming options of docs/pipeline.md §3.2 (overlap_v2 70,
       10 DDIM steps, …); every flavour carries generated emo (600, 8),
       delta_eye_arr (15, 63), v_min_max_for_clip (4, 265) and ch_info.
@@ -627,10 +631,10 @@ def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
     pytorch = flavor == "pytorch"
     base: dict[str, Any] = {}
     for section, engine_name, torch_name, ori in _MODEL_FILES:
-        if pytorch:
-            base[section] = {"model_path": torch_name, "device": device, "force_ori_type": ori}
-        else:
-            base[section] = {"model_path": engine_name, "device": device, "force_ori_type": False}
+        base[section] = {"model_path": torch_name if pytorch else engine_name, "device": device}
+        # upstream's renderer wrappers take (model_path, device) only: the key would be a TypeError there
+        if section in AUX_SECTIONS:
+            base[section]["force_ori_type"] = ori and pytorch
     if pytorch:
         base["landmark478_cfg"] = {"blaze_face_model_path": "", "face_mesh_model_path": "",
                                    "task_path": "aux_models/face_landmarker.task",

@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import math
 import pickle
+import random
 import subprocess
 import sys
 import wave
@@ -141,6 +142,39 @@ def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(onlin
     relaxed = render_all(online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=True, max_lag_s=60)),
                          audio, chunk=1000)
     assert not any(f.shed for f in relaxed[0] + relaxed[1])
+
+
+def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
+    """Upstream's blink rule with random gaps (delta_eye_open_n 0; docs/pipeline.md §3.3): draw the
+    first gap, then the end guard, then one gap after each blink, all ``randint(60, 100)``; a blink
+    is template rows 0..14; none starts within the last max(end guard, 15) frames."""
+    rows = [0] * n_frames
+    start, end_guard = rng.randint(60, 100), rng.randint(60, 100)
+    while start < n_frames - max(end_guard, blink_len):
+        rows[start:start + blink_len] = range(blink_len)
+        start += blink_len + rng.randint(60, 100)
+    return rows
+
+
+@pytest.mark.parametrize("backend_name", ["fast_backend", "online_backend"])
+def test_a_file_session_draws_the_blinks_for_its_length_as_upstream_run(request, avatar, backend_name) -> None:
+    """Upstream setup() draws a 3000-frame schedule (N_d -1), then run() calls setup_Nd(num_f),
+    which draws again for the clip from the same RNG; a live session keeps the first draw."""
+    from ditto.backends.base import StreamOptions
+
+    backend, seed, frames = request.getfixturevalue(backend_name), 5, 400
+    rng = random.Random(seed)
+    first_draw = upstream_blink_rows(3000, rng)
+    for_the_clip = upstream_blink_rows(frames, rng)
+    assert for_the_clip != first_draw[:frames]  # the redraw moves the blinks
+    file_stream = backend.open_stream(avatar, seed=seed, options=StreamOptions(total_frames=frames))
+    live_stream = backend.open_stream(avatar, seed=seed, options=StreamOptions(live=True))
+    try:
+        assert file_stream._state.stitcher.blink_rows == for_the_clip
+        assert live_stream._state.stitcher.blink_rows == first_draw
+    finally:
+        file_stream.close()
+        live_stream.close()
 
 
 def test_same_seed_same_frames_other_seed_or_emo_differs(fast_backend, avatar) -> None:
