@@ -17,8 +17,16 @@ The checks, in order (each one only if the cfg selects ``.engine``/``.trt`` file
    ``*Ampere_Plus*`` build (docs/pipeline.md §2: ``--hardware-compatibility-level=Ampere_Plus``);
 5. the GridSample3D plugin is found (``--trt_plugin``, next to the engines, or
    ``ditto_onnx/`` beside them) and loads;
-6. the smallest engine deserializes on this GPU and has the expected tensors
-   (TensorRT version / hardware mismatches are explained by the runner).
+6. the smallest engine deserializes on this GPU and has the expected tensors.
+
+Every diagnosis of why an engine cannot run here is written in this module.
+The runner (:mod:`~ditto.backends.talkinghead.runtime.tensorrt_runner`) only
+states facts: it raises :class:`~ditto.backends.talkinghead.runtime.tensorrt_runner.TensorRTUnusable`
+carrying one of the dataclasses of ``TrtFailure`` (TensorRT missing or too old,
+no CUDA device, plugin missing or not loadable, the engine refused with
+TensorRT's log lines, IO that does not fit the model), and its message is
+:func:`diagnose` of that: what, why, and the command that fixes it — also when
+the backend loads the other engines after these checks.
 
 With ``--fallback``, :func:`fallback_tree` picks the ``ditto_pytorch`` (else
 ``ditto_onnx``) tree beside the engine folder and writes a cfg pkl for it that
@@ -31,9 +39,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -46,12 +56,21 @@ from ditto.backends.talkinghead.config import (
     read_cfg_dict,
 )
 from ditto.backends.talkinghead.runtime.tensorrt_runner import (
+    MIN_TRT_VERSION,
     PLUGIN_FILE_NAME,
+    EngineMismatch,
+    EngineRejected,
+    NoCudaDevice,
+    PluginMissing,
+    PluginUnloadable,
     TensorRTEngine,
+    TensorRTMissing,
+    TensorRTTooOld,
+    TrtFailure,
     check_tensorrt_version,
+    gpu_description,
     import_tensorrt,
     load_plugin_library,
-    rebuild_hint,
 )
 from ditto.backends.talkinghead.runtime.trt_bindings import model_for_file
 from ditto.errors import ConfigError
@@ -62,6 +81,10 @@ logger = logging.getLogger(__name__)
 AMPERE = (8, 0)
 PYTORCH_DIR = "ditto_pytorch"
 ONNX_DIR = "ditto_onnx"
+#: TensorRT version the shipped ``ditto_trt_Ampere_Plus`` engines were built with (docs/pipeline.md §2).
+OFFICIAL_ENGINE_TRT = "8.6.1"
+#: Folder name suggested for engines rebuilt on this machine.
+LOCAL_ENGINE_DIR = "ditto_trt_local"
 
 
 class TrtSettings(Protocol):
@@ -126,6 +149,108 @@ def _lmdm_dims(cfg: DittoCfg) -> tuple[int, int, int]:
     return (a2m.seq_frames, a2m.motion_feat_dim, a2m.audio_feat_dim)
 
 
+# -- why an engine cannot run here: the words ---------------------------------------------------
+
+
+def rebuild_command(engine_dir: str | os.PathLike[str]) -> str:
+    """The shell command that rebuilds this engine folder's engines for the local GPU and TensorRT."""
+    parent = Path(os.fspath(engine_dir)).parent
+    return (f"python -m ditto.tools.build_engines --onnx_dir {parent / 'ditto_onnx'} "
+            f"--out_dir {parent / LOCAL_ENGINE_DIR}")
+
+
+def rebuild_hint(engine_dir: str | os.PathLike[str]) -> str:
+    """The fix for engines that do not fit: rebuild, then serve from the rebuilt folder (same cfg pkl:
+    the builder writes the official file names), or fall back."""
+    parent = Path(os.fspath(engine_dir)).parent
+    return (f"rebuild the engines for this GPU and TensorRT with `{rebuild_command(engine_dir)}` and start the "
+            f"server with --data_root {parent / LOCAL_ENGINE_DIR} (same --cfg_pkl), or add --fallback to serve "
+            "the PyTorch/ONNX checkpoints")
+
+
+FailureKind = Literal["plugin", "hardware", "version", "unknown"]
+
+_FAILURE_PATTERNS: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
+    ("plugin", re.compile(r"plugin|IPluginCreator|GridSample", re.I)),
+    ("hardware", re.compile(r"incompatible device|expecting compute|compute capability|\bSM\b|"
+                            r"hardware compat|not supported on this (GPU|device)", re.I)),
+    ("version", re.compile(r"version|magic ?tag|serialization assertion|kPLAN_MAGIC|plan file", re.I)),
+)
+
+
+def classify_deserialize_failure(messages: Sequence[str]) -> FailureKind:
+    """Why TensorRT refused an engine, from its log lines (first matching cause in order
+    plugin, hardware, version; a plugin message mentions a plugin *version*, hence the order)."""
+    text = "\n".join(messages)
+    for kind, pattern in _FAILURE_PATTERNS:
+        if pattern.search(text):
+            return kind
+    return "unknown"
+
+
+def explain_deserialize_failure(path: str | os.PathLike[str], messages: Sequence[str], *, trt_version: str,
+                                gpu: str) -> str:
+    """The message for an engine TensorRT would not deserialize: what, why, the fix."""
+    p = Path(os.fspath(path))
+    kind = classify_deserialize_failure(messages)
+    detail = "; ".join(m.strip() for m in messages[-3:]) or "no message from TensorRT"
+    what = f"TensorRT {trt_version} cannot deserialize {p} on {gpu}"
+    if kind == "plugin":
+        why = (f"a plugin it uses is not registered: the warp network needs the GridSample3D plugin "
+               f"({PLUGIN_FILE_NAME}) loaded first")
+        fix = (f"Fix: put {PLUGIN_FILE_NAME} (from ditto_onnx/) next to the engines or pass --trt_plugin PATH; "
+               f"if it is there, it does not match this TensorRT: {rebuild_hint(p.parent)}")
+    elif kind == "hardware":
+        why = "it was built for another GPU (compute capability / hardware-compatibility level)"
+        fix = f"Fix: {rebuild_hint(p.parent)}"
+    elif kind == "version":
+        why = (f"it was built with another TensorRT version (the shipped Ditto engines are TensorRT "
+               f"{OFFICIAL_ENGINE_TRT}), or the file is not a TensorRT engine")
+        fix = (f"Fix: {rebuild_hint(p.parent)}; or install TensorRT {OFFICIAL_ENGINE_TRT} for the shipped engines "
+               "(pip install -r requirements-trt.txt)")
+    else:
+        why = "the file is damaged, or it was built for another TensorRT version or GPU"
+        fix = f"Fix: {rebuild_hint(p.parent)}"
+    return f"{what}: {why} (TensorRT said: {detail}). {fix}."
+
+
+def diagnose(failure: TrtFailure) -> str:
+    """The user-facing message for a runner's :data:`~ditto.backends.talkinghead.runtime.tensorrt_runner.TrtFailure`:
+    what is wrong, why, and the command that fixes it (the message of ``TensorRTUnusable``)."""
+    match failure:
+        case TensorRTMissing(detail=detail):
+            return ("TensorRT engines (.engine/.trt) need the 'tensorrt' Python package, which is not importable "
+                    f"here ({detail}). Fix: pip install -r requirements-trt.txt (TensorRT {OFFICIAL_ENGINE_TRT} for "
+                    "the shipped engines) on a machine with an NVIDIA GPU, or serve the PyTorch/ONNX checkpoints "
+                    "instead (add --fallback, or pass --data_root ../checkpoints/ditto_pytorch "
+                    "--cfg_pkl ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl).")
+        case TensorRTTooOld(version=version):
+            have = ".".join(map(str, version))
+            return (f"TensorRT {have} is too old: Ditto engines need TensorRT >= "
+                    f"{MIN_TRT_VERSION[0]}.{MIN_TRT_VERSION[1]} (the shipped engines are TensorRT "
+                    f"{OFFICIAL_ENGINE_TRT}). Fix: pip install -r requirements-trt.txt.")
+        case NoCudaDevice(path=path, device=device, gpu_visible=True):
+            return f"TensorRT engine {path} needs a CUDA device, got {device}"
+        case NoCudaDevice(path=path):
+            return (f"TensorRT engine {path} needs a CUDA GPU, but torch sees none "
+                    "(a CPU-only torch build, or no NVIDIA driver)")
+        case PluginMissing(path=path):
+            return (f"TensorRT plugin library not found: {path}. The warp network engine needs the GridSample3D "
+                    f"plugin ({PLUGIN_FILE_NAME}, shipped in ditto_onnx/). Fix: copy it next to the engines or pass "
+                    "--trt_plugin PATH.")
+        case PluginUnloadable(path=path, detail=detail):
+            return (f"cannot load the TensorRT plugin library {path}: {detail}. It must be built for the installed "
+                    f"TensorRT and CUDA (the shipped one is for TensorRT {OFFICIAL_ENGINE_TRT}, libnvinfer.so.8). "
+                    "Fix: install that TensorRT (pip install -r requirements-trt.txt), or rebuild the plugin for "
+                    "this TensorRT and pass it with --trt_plugin PATH.")
+        case EngineRejected(path=path, trt_version=trt_version, gpu=gpu, messages=messages):
+            return explain_deserialize_failure(path, messages, trt_version=trt_version, gpu=gpu)
+        case EngineMismatch(path=path, model=model, problems=problems):
+            return (f"TensorRT engine {path} does not fit the Ditto {model!r} model: {'; '.join(problems)}. "
+                    f"Fix: {rebuild_hint(Path(path).parent)}.")
+    raise TypeError(f"not a TensorRT failure: {failure!r}")
+
+
 # -- the checks ---------------------------------------------------------------------------------
 
 
@@ -173,7 +298,7 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
     if gpu.index is None:
         gpu = torch.device("cuda", torch.cuda.current_device())
     cc = torch.cuda.get_device_capability(gpu)
-    gpu_name = f"{torch.cuda.get_device_name(gpu)} (sm_{cc[0]}{cc[1]})"
+    gpu_name = gpu_description(gpu)
     if is_hardware_compatible_tree(engine_dir) and tuple(cc) < AMPERE:
         raise ConfigError(
             f"{where}, built for Ampere or newer GPUs (hardware-compatibility level Ampere_Plus, compute "
@@ -281,6 +406,8 @@ def load_checked_cfg(settings: TrtSettings) -> DittoCfg:
 
 
 __all__ = [
-    "AMPERE", "check_trt_tree", "fallback_tree", "find_trt_plugin", "is_hardware_compatible_tree",
-    "load_checked_cfg", "plugin_candidates", "trt_model_files", "trt_plugin_paths", "uses_tensorrt",
+    "AMPERE", "LOCAL_ENGINE_DIR", "OFFICIAL_ENGINE_TRT", "check_trt_tree", "classify_deserialize_failure",
+    "diagnose", "explain_deserialize_failure", "fallback_tree", "find_trt_plugin", "is_hardware_compatible_tree",
+    "load_checked_cfg", "plugin_candidates", "rebuild_command", "rebuild_hint", "trt_model_files",
+    "trt_plugin_paths", "uses_tensorrt",
 ]

@@ -438,9 +438,9 @@ def test_versions_pick_the_api() -> None:
     (["something else"], "unknown"),
 ])
 def test_deserialize_failures_are_explained(messages, kind) -> None:
-    assert tr.classify_deserialize_failure(messages) == kind
-    text = tr.explain_deserialize_failure("/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", messages,
-                                          trt_version="10.3.0", gpu="Fake GPU (sm_89)")
+    assert preflight.classify_deserialize_failure(messages) == kind
+    text = preflight.explain_deserialize_failure("/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", messages,
+                                                 trt_version="10.3.0", gpu="Fake GPU (sm_89)")
     assert "/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine" in text and "Fake GPU" in text
     assert "python -m ditto.tools.build_engines --onnx_dir /ck/ditto_onnx --out_dir /ck/ditto_trt_local" in text
     if kind == "plugin":

@@ -27,13 +27,26 @@ An execution context holds the activation memory of one inference at a time:
 never share one between two CUDA streams. Each runner has one; the device
 engine is its only caller (every session's rows go through it, batched).
 
+The API generation is chosen once, when the engine is loaded (:data:`TRT_APIS`,
+keyed by :func:`api_flavor`): :class:`BindingsApi` and :class:`TensorsApi` are the
+only code that differs between the two, behind the small :class:`TrtApi`
+interface (read the IO table; set an input shape, read an output shape, bind an
+address, execute). The runner's per-call code does not look at the version.
+
 Engines that use the GridSample3D plugin (``warp_network``) need the plugin
 library loaded (``ctypes``, ``RTLD_GLOBAL``) before they are deserialized:
-pass it in ``plugin_paths``. A failed deserialization is explained (other
-TensorRT version, other GPU, missing plugin) with the command that fixes it.
+pass it in ``plugin_paths``.
+
+When this machine cannot run an engine (no or too old ``tensorrt``, no CUDA
+device, plugin missing or not loadable, TensorRT refused the file, IO that does
+not fit the model), this module raises :class:`TensorRTUnusable`: a
+:class:`~ditto.errors.ConfigError` whose ``failure`` holds the facts (one of the
+dataclasses of :data:`TrtFailure`). The words — why, and the command that fixes
+it — are :func:`ditto.backends.talkinghead.preflight.diagnose`'s; this module
+writes none.
 
 ``tensorrt`` is imported lazily; without it :class:`TensorRTRunner` raises
-:class:`~ditto.errors.ConfigError`.
+:class:`TensorRTUnusable` (:class:`TensorRTMissing`).
 """
 
 from __future__ import annotations
@@ -44,10 +57,11 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import torch
 from torch import Tensor
@@ -63,33 +77,102 @@ from ditto.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-#: TensorRT version the shipped ``ditto_trt_Ampere_Plus`` engines were built with (docs/pipeline.md §2).
-OFFICIAL_ENGINE_TRT = "8.6.1"
 #: Oldest TensorRT this runner accepts (hardware-compatible engines and plugin serialization).
 MIN_TRT_VERSION = (8, 6)
 #: File name of the grid-sample plugin in ``ditto_onnx`` (and next to locally built engines).
 PLUGIN_FILE_NAME = "libgrid_sample_3d_plugin.so"
-#: Folder name suggested for engines rebuilt on this machine.
-LOCAL_ENGINE_DIR = "ditto_trt_local"
 
 ApiFlavor = Literal["bindings", "tensors"]
+
+
+# -- why an engine cannot run here: the facts (preflight.diagnose words them) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRTMissing:
+    """``import tensorrt`` failed."""
+
+    detail: str  # the ImportError's text
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRTTooOld:
+    """The installed TensorRT is older than :data:`MIN_TRT_VERSION`."""
+
+    version: tuple[int, ...]  # the installed one, see tensorrt_version()
+
+
+@dataclass(frozen=True, slots=True)
+class NoCudaDevice:
+    """The engine was asked to run on a non-CUDA device, or torch sees no CUDA GPU."""
+
+    path: str  # the engine file
+    device: str  # the device asked for, e.g. "cpu"
+    gpu_visible: bool  # False: torch.cuda.is_available() is False
+
+
+@dataclass(frozen=True, slots=True)
+class PluginMissing:
+    """A plugin library to load is not a file."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PluginUnloadable:
+    """dlopen refused a plugin library (usually built for another TensorRT/CUDA major version)."""
+
+    path: str
+    detail: str  # the OSError's text
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRejected:
+    """TensorRT would not deserialize an engine file."""
+
+    path: str
+    trt_version: str  # the installed TensorRT, dotted
+    gpu: str  # gpu_description() of the device
+    messages: tuple[str, ...]  # TensorRT's warnings/errors while loading, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMismatch:
+    """An engine's IO tensors are not those of the Ditto model its file name says it is."""
+
+    path: str
+    model: str  # see trt_bindings.model_for_file()
+    problems: tuple[str, ...]  # trt_bindings.binding_problems(..., shapes=False)
+
+
+TrtFailure: TypeAlias = (TensorRTMissing | TensorRTTooOld | NoCudaDevice | PluginMissing | PluginUnloadable
+                         | EngineRejected | EngineMismatch)
+
+
+class TensorRTUnusable(ConfigError):
+    """This machine cannot run a TensorRT engine. ``failure`` says why (facts only); the message is
+    :func:`ditto.backends.talkinghead.preflight.diagnose` of it: what, why, the fix.
+
+    Being a :class:`~ditto.errors.ConfigError`, it ends startup with that message.
+    """
+
+    def __init__(self, failure: TrtFailure) -> None:
+        # preflight imports this module, so it is imported here, when something has failed.
+        from ditto.backends.talkinghead.preflight import diagnose
+
+        super().__init__(diagnose(failure))
+        self.failure = failure
 
 
 # -- tensorrt module ----------------------------------------------------------------------------
 
 
 def import_tensorrt() -> Any:
-    """``import tensorrt``, or a :class:`ConfigError` that says how to install it."""
+    """``import tensorrt``, or :class:`TensorRTUnusable` (:class:`TensorRTMissing`)."""
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise ConfigError(
-            "TensorRT engines (.engine/.trt) need the 'tensorrt' Python package, which is not importable "
-            f"here ({exc}). Fix: pip install -r requirements-trt.txt (TensorRT {OFFICIAL_ENGINE_TRT} for the "
-            "shipped engines) on a machine with an NVIDIA GPU, or serve the PyTorch/ONNX checkpoints instead "
-            "(add --fallback, or pass --data_root ../checkpoints/ditto_pytorch "
-            "--cfg_pkl ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl)."
-        ) from None
+        raise TensorRTUnusable(TensorRTMissing(str(exc))) from None
     return trt
 
 
@@ -110,14 +193,11 @@ def api_flavor(version: tuple[int, ...]) -> ApiFlavor:
 
 
 def check_tensorrt_version(trt: Any) -> tuple[int, ...]:
-    """Raise ConfigError for a TensorRT older than :data:`MIN_TRT_VERSION`; return the version."""
+    """The installed version; :class:`TensorRTUnusable` (:class:`TensorRTTooOld`) below
+    :data:`MIN_TRT_VERSION`."""
     version = tensorrt_version(trt)
     if version[:2] < MIN_TRT_VERSION:
-        have = ".".join(map(str, version))
-        raise ConfigError(
-            f"TensorRT {have} is too old: Ditto engines need TensorRT >= {MIN_TRT_VERSION[0]}.{MIN_TRT_VERSION[1]} "
-            f"(the shipped engines are TensorRT {OFFICIAL_ENGINE_TRT}). Fix: pip install -r requirements-trt.txt."
-        )
+        raise TensorRTUnusable(TensorRTTooOld(version))
     return version
 
 
@@ -140,7 +220,7 @@ def torch_dtype(name: str) -> torch.dtype:
             "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool, "bfloat16": torch.bfloat16}[name]
 
 
-# -- plugins and failure explanations -----------------------------------------------------------
+# -- plugins, TensorRT's log, the GPU -----------------------------------------------------------
 
 
 def load_plugin_library(path: str | os.PathLike[str]) -> None:
@@ -149,92 +229,22 @@ def load_plugin_library(path: str | os.PathLike[str]) -> None:
     Loading the same file twice is harmless (the dynamic loader keeps one copy).
 
     Raises:
-        ConfigError: missing file, or a library that does not load (usually
-            built against another TensorRT/CUDA major version).
+        TensorRTUnusable: missing file (:class:`PluginMissing`), or a library that
+            does not load (:class:`PluginUnloadable`).
     """
     p = os.fspath(path)
     if not os.path.isfile(p):
-        raise ConfigError(
-            f"TensorRT plugin library not found: {p}. The warp network engine needs the GridSample3D plugin "
-            f"({PLUGIN_FILE_NAME}, shipped in ditto_onnx/). Fix: copy it next to the engines or pass "
-            "--trt_plugin PATH."
-        )
+        raise TensorRTUnusable(PluginMissing(p))
     try:
         ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot load the TensorRT plugin library {p}: {exc}. It must be built for the installed TensorRT "
-            f"and CUDA (the shipped one is for TensorRT {OFFICIAL_ENGINE_TRT}, libnvinfer.so.8). Fix: install "
-            "that TensorRT (pip install -r requirements-trt.txt), or rebuild the plugin for this TensorRT and "
-            "pass it with --trt_plugin PATH."
-        ) from None
+        raise TensorRTUnusable(PluginUnloadable(p, str(exc))) from None
     logger.debug("loaded TensorRT plugin library %s", p)
 
 
-def rebuild_command(engine_dir: str | os.PathLike[str]) -> str:
-    """The shell command that rebuilds this engine folder's engines for the local GPU and TensorRT."""
-    parent = Path(os.fspath(engine_dir)).parent
-    return (f"python -m ditto.tools.build_engines --onnx_dir {parent / 'ditto_onnx'} "
-            f"--out_dir {parent / LOCAL_ENGINE_DIR}")
-
-
-def rebuild_hint(engine_dir: str | os.PathLike[str]) -> str:
-    """The fix for engines that do not fit: rebuild, then serve from the rebuilt folder (same cfg pkl:
-    the builder writes the official file names), or fall back."""
-    parent = Path(os.fspath(engine_dir)).parent
-    return (f"rebuild the engines for this GPU and TensorRT with `{rebuild_command(engine_dir)}` and start the "
-            f"server with --data_root {parent / LOCAL_ENGINE_DIR} (same --cfg_pkl), or add --fallback to serve "
-            "the PyTorch/ONNX checkpoints")
-
-
-FailureKind = Literal["plugin", "hardware", "version", "unknown"]
-
-_FAILURE_PATTERNS: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
-    ("plugin", re.compile(r"plugin|IPluginCreator|GridSample", re.I)),
-    ("hardware", re.compile(r"incompatible device|expecting compute|compute capability|\bSM\b|"
-                            r"hardware compat|not supported on this (GPU|device)", re.I)),
-    ("version", re.compile(r"version|magic ?tag|serialization assertion|kPLAN_MAGIC|plan file", re.I)),
-)
-
-
-def classify_deserialize_failure(messages: Sequence[str]) -> FailureKind:
-    """Why TensorRT refused an engine, from its log lines (first matching cause in order
-    plugin, hardware, version; a plugin message mentions a plugin *version*, hence the order)."""
-    text = "\n".join(messages)
-    for kind, pattern in _FAILURE_PATTERNS:
-        if pattern.search(text):
-            return kind
-    return "unknown"
-
-
-def explain_deserialize_failure(path: str | os.PathLike[str], messages: Sequence[str], *, trt_version: str,
-                                gpu: str) -> str:
-    """A ConfigError message for an engine TensorRT would not deserialize: what, why, the fix."""
-    p = Path(os.fspath(path))
-    kind = classify_deserialize_failure(messages)
-    detail = "; ".join(m.strip() for m in messages[-3:]) or "no message from TensorRT"
-    what = f"TensorRT {trt_version} cannot deserialize {p} on {gpu}"
-    if kind == "plugin":
-        why = (f"a plugin it uses is not registered: the warp network needs the GridSample3D plugin "
-               f"({PLUGIN_FILE_NAME}) loaded first")
-        fix = (f"Fix: put {PLUGIN_FILE_NAME} (from ditto_onnx/) next to the engines or pass --trt_plugin PATH; "
-               f"if it is there, it does not match this TensorRT: {rebuild_hint(p.parent)}")
-    elif kind == "hardware":
-        why = "it was built for another GPU (compute capability / hardware-compatibility level)"
-        fix = f"Fix: {rebuild_hint(p.parent)}"
-    elif kind == "version":
-        why = (f"it was built with another TensorRT version (the shipped Ditto engines are TensorRT "
-               f"{OFFICIAL_ENGINE_TRT}), or the file is not a TensorRT engine")
-        fix = (f"Fix: {rebuild_hint(p.parent)}; or install TensorRT {OFFICIAL_ENGINE_TRT} for the shipped engines "
-               "(pip install -r requirements-trt.txt)")
-    else:
-        why = "the file is damaged, or it was built for another TensorRT version or GPU"
-        fix = f"Fix: {rebuild_hint(p.parent)}"
-    return f"{what}: {why} (TensorRT said: {detail}). {fix}."
-
-
 def _capturing_logger(trt: Any, level: Any) -> Any:
-    """A ``trt.ILogger`` that keeps warnings/errors (for explanations) and forwards them to logging."""
+    """A ``trt.ILogger`` that keeps warnings/errors (the facts of :class:`EngineRejected`) and
+    forwards them to logging."""
 
     class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
@@ -249,7 +259,8 @@ def _capturing_logger(trt: Any, level: Any) -> Any:
     return _Logger()
 
 
-def _gpu_description(device: torch.device) -> str:
+def gpu_description(device: torch.device) -> str:
+    """``"NVIDIA H200 (sm_90)"``: the device's name and compute capability (else ``str(device)``)."""
     try:
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
@@ -257,7 +268,7 @@ def _gpu_description(device: torch.device) -> str:
         return str(device)
 
 
-# -- engine -------------------------------------------------------------------------------------
+# -- the two API generations ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,34 +279,126 @@ class _Binding:
     profile: ShapeProfile | None  # profile 0 of a dynamic input
 
 
-def read_io_table(engine: Any, trt: Any, flavor: ApiFlavor) -> tuple[_Binding, ...]:
-    """The engine's IO tensors (profile 0), through the API generation ``flavor``."""
-    out: list[_Binding] = []
-    if flavor == "bindings":
+def _binding(trt: Any, index: int, name: str, is_input: bool, shape: Sequence[int], trt_dtype: Any,
+             profile_shapes: Callable[[], Sequence[Sequence[int]]]) -> _Binding:
+    """One IO tensor; ``profile_shapes()`` (min, opt, max of profile 0) is asked for dynamic inputs only."""
+    shape = tuple(int(d) for d in shape)
+    dt = dtype_name(trt, trt_dtype)
+    profile = None
+    if is_input and any(d < 0 for d in shape):
+        lo, opt, hi = profile_shapes()
+        profile = ShapeProfile(tuple(lo), tuple(opt), tuple(hi))
+    return _Binding(TensorSpec(name, is_input, shape, dt), index, torch_dtype(dt), profile)
+
+
+class TrtApi(ABC):
+    """One TensorRT API generation, over ONE execution context.
+
+    The runner's per-call sequence, the same for every generation: for each input
+    whose shape changed, :meth:`set_input_shape`; :meth:`bind` each input's
+    address; for each output, :meth:`output_shape` (valid once every input shape
+    is set), allocate, :meth:`bind`; then :meth:`execute` on a CUDA stream.
+    Memory is the caller's (torch's) throughout.
+    """
+
+    #: Key of this generation in :data:`TRT_APIS` (what :func:`api_flavor` returns).
+    flavor: ClassVar[ApiFlavor]
+
+    def __init__(self, context: Any, bindings: Sequence[_Binding]) -> None:
+        self.context = context
+
+    @classmethod
+    @abstractmethod
+    def io_table(cls, engine: Any, trt: Any) -> list[_Binding]:
+        """The engine's IO tensors (optimization profile 0), in engine order."""
+
+    @abstractmethod
+    def set_input_shape(self, b: _Binding, shape: tuple[int, ...]) -> bool:
+        """Set an input's shape on the context; False: TensorRT refused it."""
+
+    @abstractmethod
+    def output_shape(self, b: _Binding) -> tuple[int, ...]:
+        """An output's shape for the input shapes set (-1 on an axis: data-dependent)."""
+
+    @abstractmethod
+    def bind(self, b: _Binding, address: int) -> None:
+        """Give a tensor's device address for the next :meth:`execute`."""
+
+    @abstractmethod
+    def execute(self, stream_handle: int) -> bool:
+        """Queue one inference on the stream; False: TensorRT failed."""
+
+
+class BindingsApi(TrtApi):
+    """TensorRT 8.x: binding indices; addresses go to ``execute_async_v2`` as one pointer list."""
+
+    flavor = "bindings"
+
+    def __init__(self, context: Any, bindings: Sequence[_Binding]) -> None:
+        super().__init__(context, bindings)
+        self._addresses = [0] * (1 + max((b.index for b in bindings), default=-1))
+
+    @classmethod
+    def io_table(cls, engine: Any, trt: Any) -> list[_Binding]:
         per_profile = engine.num_bindings // max(1, int(getattr(engine, "num_optimization_profiles", 1)))
-        for i in range(per_profile):
-            name = engine.get_binding_name(i)
-            is_input = bool(engine.binding_is_input(i))
-            shape = tuple(int(d) for d in engine.get_binding_shape(i))
-            dt = dtype_name(trt, engine.get_binding_dtype(i))
-            profile = None
-            if is_input and any(d < 0 for d in shape):
-                lo, opt, hi = engine.get_profile_shape(0, i)
-                profile = ShapeProfile(tuple(lo), tuple(opt), tuple(hi))
-            out.append(_Binding(TensorSpec(name, is_input, shape, dt), i, torch_dtype(dt), profile))
-    else:
+        return [_binding(trt, i, engine.get_binding_name(i), bool(engine.binding_is_input(i)),
+                         engine.get_binding_shape(i), engine.get_binding_dtype(i),
+                         lambda i=i: engine.get_profile_shape(0, i))
+                for i in range(per_profile)]
+
+    def set_input_shape(self, b: _Binding, shape: tuple[int, ...]) -> bool:
+        return bool(self.context.set_binding_shape(b.index, shape))
+
+    def output_shape(self, b: _Binding) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.context.get_binding_shape(b.index))
+
+    def bind(self, b: _Binding, address: int) -> None:
+        self._addresses[b.index] = address
+
+    def execute(self, stream_handle: int) -> bool:
+        return bool(self.context.execute_async_v2(bindings=self._addresses, stream_handle=stream_handle))
+
+
+class TensorsApi(TrtApi):
+    """TensorRT ≥ 10: named tensors; addresses set on the context, ``execute_async_v3``."""
+
+    flavor = "tensors"
+
+    @classmethod
+    def io_table(cls, engine: Any, trt: Any) -> list[_Binding]:
+        out = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-            dt = dtype_name(trt, engine.get_tensor_dtype(name))
-            profile = None
-            if is_input and any(d < 0 for d in shape):
-                lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
-                profile = ShapeProfile(tuple(lo), tuple(opt), tuple(hi))
-            out.append(_Binding(TensorSpec(name, is_input, shape, dt), i, torch_dtype(dt), profile))
-    # Inputs first, then outputs, each in engine order.
+            out.append(_binding(trt, i, name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                                engine.get_tensor_shape(name), engine.get_tensor_dtype(name),
+                                lambda name=name: engine.get_tensor_profile_shape(name, 0)))
+        return out
+
+    def set_input_shape(self, b: _Binding, shape: tuple[int, ...]) -> bool:
+        return bool(self.context.set_input_shape(b.spec.name, shape))
+
+    def output_shape(self, b: _Binding) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.context.get_tensor_shape(b.spec.name))
+
+    def bind(self, b: _Binding, address: int) -> None:
+        self.context.set_tensor_address(b.spec.name, address)
+
+    def execute(self, stream_handle: int) -> bool:
+        return bool(self.context.execute_async_v3(stream_handle))
+
+
+#: API generation → its adapter (see :func:`api_flavor`).
+TRT_APIS: Mapping[ApiFlavor, type[TrtApi]] = MappingProxyType({"bindings": BindingsApi, "tensors": TensorsApi})
+
+
+def read_io_table(engine: Any, trt: Any, flavor: ApiFlavor) -> tuple[_Binding, ...]:
+    """The engine's IO tensors (profile 0), through the API generation ``flavor``: inputs first,
+    then outputs, each in engine order."""
+    out = TRT_APIS[flavor].io_table(engine, trt)
     return tuple([b for b in out if b.spec.is_input] + [b for b in out if not b.spec.is_input])
+
+
+# -- engine -------------------------------------------------------------------------------------
 
 
 class TensorRTEngine:
@@ -311,8 +414,10 @@ class TensorRTEngine:
         lmdm_dims: LMDM (seq_frames, motion_feat_dim, audio_feat_dim) for the check.
 
     Raises:
-        ConfigError: tensorrt missing or too old, not a CUDA device, unreadable
-            or incompatible engine (explained), IO that does not fit the model.
+        TensorRTUnusable: tensorrt missing or too old, not a CUDA device, a
+            plugin that does not load, an engine TensorRT refuses, IO that does
+            not fit the model (see :data:`TrtFailure`).
+        ConfigError: an unreadable file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cuda",
@@ -322,13 +427,14 @@ class TensorRTEngine:
         self.trt = trt
         self.version = check_tensorrt_version(trt)
         self.flavor: ApiFlavor = api_flavor(self.version)
+        #: The adapter every runner of this engine drives its context through.
+        self.api: type[TrtApi] = TRT_APIS[self.flavor]
         self.path = os.fspath(path)
         self.device = torch.device(device)
         if self.device.type != "cuda":
-            raise ConfigError(f"TensorRT engine {self.path} needs a CUDA device, got {self.device}")
+            raise TensorRTUnusable(NoCudaDevice(self.path, str(self.device), gpu_visible=True))
         if not torch.cuda.is_available():
-            raise ConfigError(f"TensorRT engine {self.path} needs a CUDA GPU, but torch sees none "
-                              "(a CPU-only torch build, or no NVIDIA driver)")
+            raise TensorRTUnusable(NoCudaDevice(self.path, str(self.device), gpu_visible=False))
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         for lib in plugin_paths:
@@ -349,9 +455,9 @@ class TensorRTEngine:
                 engine = None
         del blob
         if engine is None:
-            raise ConfigError(explain_deserialize_failure(
-                self.path, self._logger.messages, trt_version=".".join(map(str, self.version)),
-                gpu=_gpu_description(self.device)))
+            raise TensorRTUnusable(EngineRejected(
+                self.path, ".".join(map(str, self.version)), gpu_description(self.device),
+                tuple(self._logger.messages)))
         self.engine = engine
         self.bindings = read_io_table(engine, trt, self.flavor)
         self.model = model if model is not None else model_for_file(self.path)
@@ -366,9 +472,7 @@ class TensorRTEngine:
         specs = self.specs
         problems = binding_problems(self.model, specs, lmdm_dims=lmdm_dims, shapes=False)
         if problems:
-            raise ConfigError(
-                f"TensorRT engine {self.path} does not fit the Ditto {self.model!r} model: "
-                f"{'; '.join(problems)}. Fix: {rebuild_hint(Path(self.path).parent)}.")
+            raise TensorRTUnusable(EngineMismatch(self.path, self.model, tuple(problems)))
         if self.model == "lmdm" and lmdm_dims is None:
             return  # window/condition sizes come from the cfg pkl; not given here
         for problem in binding_problems(self.model, specs, lmdm_dims=lmdm_dims):
@@ -406,9 +510,10 @@ class TensorRTRunner:
         plugin_paths: plugin libraries to load (RTLD_GLOBAL) before
             deserializing, e.g. the GridSample3D plugin of ``warp_network``.
         engine: an already deserialized engine to make a new context on
-            (what :meth:`fork` does); anything with ``path``, ``device``,
-            ``flavor``, ``bindings`` and ``create_context()`` (tests pass a
-            double on the CPU).
+            (each runner has its own context); anything with ``path``,
+            ``device``, ``flavor``, ``bindings`` and ``create_context()`` (tests
+            pass a double on the CPU). ``flavor`` picks the :class:`TrtApi`
+            adapter, once.
 
     Raises:
         ConfigError: see :class:`TensorRTEngine`.
@@ -424,11 +529,11 @@ class TensorRTRunner:
         self.path = engine.path
         self.device = engine.device
         self.context = engine.create_context()
+        self._api: TrtApi = TRT_APIS[engine.flavor](self.context, engine.bindings)
         self._inputs = tuple(b for b in engine.bindings if b.spec.is_input)
         self._outputs = tuple(b for b in engine.bindings if not b.spec.is_input)
         self.input_names: tuple[str, ...] = tuple(b.spec.name for b in self._inputs)
         self.output_names: tuple[str, ...] = tuple(b.spec.name for b in self._outputs)
-        self._n_bindings = 1 + max((b.index for b in engine.bindings), default=-1)
         #: Rows one engine call takes: axis 0 of a fixed input, or its profile's maximum.
         self.max_batch: int | None = leading_batch_limit(
             {b.spec.name: _batch_bound(b) for b in self._inputs if b.spec.shape})
@@ -441,7 +546,7 @@ class TensorRTRunner:
 
     @property
     def api(self) -> ApiFlavor:
-        return self._engine.flavor
+        return self._api.flavor
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({os.path.basename(self.path)!r}, device={self.device}, api={self.api})"
@@ -475,42 +580,30 @@ class TensorRTRunner:
         on_gpu = self.device.type == "cuda"  # always, except for test doubles of the engine
         guard = torch.cuda.device(self.device) if on_gpu else contextlib.nullcontext()
         with self._lock, guard:
-            ctx = self.context
+            api = self._api
             keep: list[Tensor] = []
             for b in self._inputs:
                 t = inputs[b.spec.name].detach().to(self.device, b.torch_dtype).contiguous()
                 shape = tuple(t.shape)
                 if self._shapes.get(b.spec.name) != shape:
                     self._check_shape(b, shape)
-                    ok = (ctx.set_binding_shape(b.index, shape) if self.api == "bindings"
-                          else ctx.set_input_shape(b.spec.name, shape))
-                    if not ok:
+                    if not api.set_input_shape(b, shape):
                         raise ValueError(f"{self!r}: TensorRT refused shape {shape} for input {b.spec.name!r}")
                     self._shapes[b.spec.name] = shape
                 keep.append(t)
             out: dict[str, Tensor] = {}
             for b in self._outputs:
-                shape = tuple(int(d) for d in (ctx.get_binding_shape(b.index) if self.api == "bindings"
-                                               else ctx.get_tensor_shape(b.spec.name)))
+                shape = api.output_shape(b)
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"{self!r}: output {b.spec.name!r} has a data-dependent shape {shape} "
                                        "(unsupported)")
                 out[b.spec.name] = torch.empty(shape, dtype=b.torch_dtype, device=self.device)
+            for b, t in zip(self._inputs, keep, strict=True):
+                api.bind(b, t.data_ptr())
+            for b in self._outputs:
+                api.bind(b, out[b.spec.name].data_ptr())
             stream = torch.cuda.current_stream(self.device).cuda_stream if on_gpu else 0
-            if self.api == "bindings":
-                ptrs = [0] * self._n_bindings
-                for b, t in zip(self._inputs, keep, strict=True):
-                    ptrs[b.index] = t.data_ptr()
-                for b in self._outputs:
-                    ptrs[b.index] = out[b.spec.name].data_ptr()
-                ok = ctx.execute_async_v2(bindings=ptrs, stream_handle=stream)
-            else:
-                for b, t in zip(self._inputs, keep, strict=True):
-                    ctx.set_tensor_address(b.spec.name, t.data_ptr())
-                for b in self._outputs:
-                    ctx.set_tensor_address(b.spec.name, out[b.spec.name].data_ptr())
-                ok = ctx.execute_async_v3(stream)
-            if not ok:
+            if not api.execute(stream):
                 raise RuntimeError(f"{self!r}: TensorRT execution failed")
             # Temporaries in `keep` were allocated on this stream: the caching allocator hands
             # their memory only to work queued after this launch.
@@ -519,8 +612,9 @@ class TensorRTRunner:
 
 
 __all__ = [
-    "LOCAL_ENGINE_DIR", "MIN_TRT_VERSION", "OFFICIAL_ENGINE_TRT", "PLUGIN_FILE_NAME", "TensorRTEngine",
-    "TensorRTRunner", "api_flavor", "check_tensorrt_version", "classify_deserialize_failure", "dtype_name",
-    "explain_deserialize_failure", "import_tensorrt", "load_plugin_library", "read_io_table",
-    "rebuild_command", "rebuild_hint", "tensorrt_version",
+    "MIN_TRT_VERSION", "PLUGIN_FILE_NAME", "TRT_APIS", "BindingsApi", "EngineMismatch", "EngineRejected",
+    "NoCudaDevice", "PluginMissing", "PluginUnloadable", "TensorRTEngine", "TensorRTMissing", "TensorRTRunner",
+    "TensorRTTooOld", "TensorRTUnusable", "TensorsApi", "TrtApi", "TrtFailure", "api_flavor",
+    "check_tensorrt_version", "dtype_name", "gpu_description", "import_tensorrt", "load_plugin_library",
+    "read_io_table", "tensorrt_version",
 ]
