@@ -333,6 +333,7 @@ def _fake_engine(api, *, batch: build_engines.BatchRange | None = None):
 def test_runner_wires_buffers_and_casts_time_cond(api) -> None:
     engine, contexts = _fake_engine(api)
     runner = tr.TensorRTRunner(engine=engine)
+    assert type(runner._api) is tr.TRT_APIS[api] and runner._api.flavor == runner.api == api  # picked once
     assert runner.input_names == ("x", "cond_frame", "cond", "time_cond")
     assert runner.output_names == ("pred_noise", "x_start")
     g = torch.Generator().manual_seed(0)
@@ -447,11 +448,44 @@ def test_deserialize_failures_are_explained(messages, kind) -> None:
         assert "--trt_plugin" in text
 
 
+def test_failures_are_facts_worded_by_preflight(tmp_path, monkeypatch) -> None:
+    """The runner raises TensorRTUnusable with the facts; its message is preflight.diagnose's."""
+    with pytest.raises(tr.TensorRTUnusable) as info:
+        tr.check_tensorrt_version(SimpleNamespace(__version__="8.5.3"))
+    assert info.value.failure == tr.TensorRTTooOld((8, 5, 3))
+    assert str(info.value) == preflight.diagnose(info.value.failure) and "TensorRT >= 8.6" in str(info.value)
+    with pytest.raises(tr.TensorRTUnusable) as info:
+        tr.load_plugin_library(tmp_path / "absent.so")
+    assert info.value.failure == tr.PluginMissing(str(tmp_path / "absent.so"))
+    (tmp_path / "bad.so").write_bytes(b"not a library")
+    with pytest.raises(tr.TensorRTUnusable, match="cannot load the TensorRT plugin library") as info:
+        tr.load_plugin_library(tmp_path / "bad.so")
+    assert isinstance(info.value.failure, tr.PluginUnloadable) and info.value.failure.detail
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="10.3.0"))
+    with pytest.raises(tr.TensorRTUnusable, match="needs a CUDA device, got cpu") as info:
+        tr.TensorRTEngine(tmp_path / "decoder_fp16.engine", device="cpu")
+    assert info.value.failure == tr.NoCudaDevice(str(tmp_path / "decoder_fp16.engine"), "cpu", gpu_visible=True)
+    rejected = tr.EngineRejected("/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", "10.3.0", "Fake GPU (sm_89)",
+                                 ("getPluginCreator could not find plugin: GridSample3D version: 1",))
+    assert preflight.diagnose(rejected) == preflight.explain_deserialize_failure(
+        rejected.path, rejected.messages, trt_version="10.3.0", gpu="Fake GPU (sm_89)")
+    engine = object.__new__(tr.TensorRTEngine)
+    engine.path, engine.model = "/ck/ditto_trt_x/lmdm_v0.4_hubert_fp32.engine", "lmdm"
+    bad = [TensorSpec("t", True, (1,), "int32") if s.name == "time_cond" else s for s in _engine_specs("lmdm")]
+    engine.bindings = tr.read_io_table(FakeEngine86(bad), FAKE_TRT, "bindings")
+    with pytest.raises(tr.TensorRTUnusable) as info:
+        engine._check_bindings(None)
+    assert info.value.failure.model == "lmdm" and "missing tensors ['time_cond']" in info.value.failure.problems
+    with pytest.raises(TypeError, match="not a TensorRT failure"):
+        preflight.diagnose("nope")
+
+
 def test_loader_without_tensorrt(tmp_path, no_tensorrt) -> None:
     engine = tmp_path / "decoder_fp16.engine"
     engine.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="requirements-trt.txt"):
+    with pytest.raises(ConfigError, match="requirements-trt.txt") as info:
         load_runner("decoder", engine, device="cuda")
+    assert isinstance(info.value.failure, tr.TensorRTMissing)
 
 
 # -- preflight ----------------------------------------------------------------------------------
