@@ -370,7 +370,10 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
     url = f"{server.rstrip('/')}/ws/{client_id}"
     try:
         async with asyncio.timeout(timeout_s):
-            async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30)) as ws:
+            # no permessage-deflate: frames are JPEG, which it cannot shrink, and a server or proxy that
+            # accepts it (Ray Serve's does) would spend milliseconds of CPU per frame on both ends
+            async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30),
+                                          compression=None) as ws:
                 logger.info("Connected to server as client %s", client_id)
                 try:
                     await ws.send(json.dumps(start if seed is None else {**start, "seed": seed}))

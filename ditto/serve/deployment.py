@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ditto.backends.registry import create_backend
+from ditto.backends.factory import create_backend
 from ditto.serve.board import ReplicaReport, SessionBoard
 from ditto.serve.health import load_probe_avatar, probe_backend
 from ditto.serve.options import ServeOptions
