@@ -70,9 +70,19 @@ def test_sessions_spread_over_replicas_and_get_only_their_own_frames(serve_app) 
     levels = [float(cv2.cvtColor(s, cv2.COLOR_RGB2GRAY).mean()) for s in sources]
     audio = wav_bytes(speech_like(1.0))
 
+    answered = [asyncio.Event() for _ in sources]
+
+    async def session(i: int, source: np.ndarray):
+        # each connects once the one before was answered, then all 8 stream at once: Serve's router
+        # places a session by the replicas' ongoing counts, which a burst of simultaneous handshakes
+        # outruns (docs/scaling.md)
+        if i:
+            await answered[i - 1].wait()
+        return await converse(serve_app.ws(f"spread-{i}"), start_message(audio, png_bytes(source)), timeout_s=90,
+                              answered=answered[i])
+
     async def main():
-        return await asyncio.gather(*(converse(serve_app.ws(f"spread-{i}"), start_message(audio, png_bytes(s)),
-                                               timeout_s=90) for i, s in enumerate(sources)))
+        return await asyncio.gather(*(session(i, s) for i, s in enumerate(sources)))
 
     transcripts = asyncio.run(main())
     per_replica = collections.Counter()

@@ -63,8 +63,9 @@ def start_message(audio: bytes, image: bytes, **extra) -> str:
 
 
 async def converse(url: str, *messages: str | bytes, timeout_s: float = 30.0,
-                   close_after: int | None = None) -> Transcript:
-    """Send ``messages``, then read until the server closes (or ``close_after`` frames arrived)."""
+                   close_after: int | None = None, answered: asyncio.Event | None = None) -> Transcript:
+    """Send ``messages``, then read until the server closes (or ``close_after`` frames arrived);
+    ``answered`` is set once the server's first control message is in."""
     out = Transcript()
     async with asyncio.timeout(timeout_s):
         async with websockets.connect(url, max_size=None) as ws:
@@ -82,6 +83,8 @@ async def converse(url: str, *messages: str | bytes, timeout_s: float = 30.0,
                             break
                     else:
                         out.controls.append(msg.parse_server_message(reply))
+                        if answered is not None:
+                            answered.set()
             except websockets.exceptions.ConnectionClosed:
                 pass
             out.close_code = ws.close_code
