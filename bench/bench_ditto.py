@@ -59,7 +59,7 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 
 from ditto import SAMPLES_PER_FRAME  # noqa: E402
-from ditto.backends.talkinghead.stream import DittoBackend  # noqa: E402
+from ditto.backends.talkinghead.backend import DittoBackend  # noqa: E402
 from ditto.backends.talkinghead.engine import RenderWork  # noqa: E402
 from ditto.backends.talkinghead.config import load_cfg  # noqa: E402
 from ditto.backends.talkinghead.pipeline.putback import make_feather_mask, paste_back  # noqa: E402

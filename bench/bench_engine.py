@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from bench.bench_ditto import bench_pkls, ensure_tree, load_portrait, read_audio  # noqa: E402
 from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME  # noqa: E402
 from ditto.backends.base import StreamOptions  # noqa: E402
-from ditto.backends.talkinghead.stream import DittoBackend  # noqa: E402
+from ditto.backends.talkinghead.backend import DittoBackend  # noqa: E402
 from ditto.backends.talkinghead.config import load_cfg  # noqa: E402
 
 CHUNK_S = 0.2

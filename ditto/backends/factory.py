@@ -15,7 +15,7 @@ def _lite(settings: Settings) -> AnimatorBackend:
 
 
 def _ditto(settings: Settings) -> AnimatorBackend:
-    from ditto.backends.talkinghead.stream import DittoBackend
+    from ditto.backends.talkinghead.backend import DittoBackend
 
     return DittoBackend.from_settings(settings)
 

@@ -1,14 +1,9 @@
-"""The Ditto backend: the official checkpoints (PyTorch, ONNX or TensorRT) behind
-:class:`~ditto.backends.base.AnimatorBackend`.
+"""One session's animation: :class:`DittoStream`, opened by
+:meth:`~ditto.backends.talkinghead.backend.DittoBackend.open_stream`.
 
-Loading (once per server, :class:`~ditto.backends.talkinghead.loading.DittoModels`):
-the cfg pkl names every model file; each is opened by the engine its suffix selects and
-checked up front, so a missing, truncated or mismatched file ends startup with a
-:class:`ConfigError` that names it. Registration (:meth:`DittoBackend.register_source`) runs
-:mod:`~ditto.backends.talkinghead.pipeline.registration` once per avatar. Each session
-(:class:`DittoStream`) owns the mutable state — the DDIM noise drawn from a
-generator seeded with the session seed, the blink schedule's RNG, the LMDM window
-recursion and the relative-driving references — and shares the models::
+Each session owns the mutable state — the DDIM noise drawn from a generator seeded with the
+session seed, the blink schedule's RNG, the LMDM window recursion and the relative-driving
+references — and shares the models and the avatar::
 
     audio ─ HuBERT windows ─ ConditionHandler ─ LMDM windows (DDIM) ─ motion rows (265)
           ─ MotionStitcher (+ stitching net) ─ warp ─ decode ─ paste back ─ VideoFrame
@@ -18,14 +13,13 @@ like upstream's offline SDK; online cfgs cut the audio into the streaming HuBERT
 windows as it arrives and render frames as soon as their LMDM window is done
 (docs/pipeline.md §10.3). Either way a session yields exactly ``ceil(samples / 640)`` frames.
 
-Sessions keep their state on the host and never touch the device: every model call goes
-to the models' one :class:`~ditto.backends.talkinghead.engine.DeviceEngine`, which batches the
-HuBERT windows, LMDM windows and frames of all sessions (on CUDA: warp + decode and the
-whole DDIM loop replayed as CUDA graphs captured per batch size at :meth:`DittoBackend.warmup`,
-the PyTorch renderer under fp16 autocast as upstream's PyTorch path, the JPEG encoded on the
-GPU when the server asks for it). Offline sessions emit each frame as soon as the window
-recursion has fixed its motion (:func:`~ditto.backends.talkinghead.pipeline.audio2motion.iter_motion_offline`),
-not after the last window.
+Sessions keep their state on the host (tensors included) and never touch the device: every
+model call (HuBERT windows, LMDM windows, the stitching network and the render) is submitted to
+the models' one :class:`~ditto.backends.talkinghead.engine.DeviceEngine`, which batches it with
+the other sessions' work on its own thread (and, on CUDA, its one CUDA stream). Offline sessions
+emit each frame as soon as the window recursion has fixed its motion
+(:func:`~ditto.backends.talkinghead.pipeline.audio2motion.iter_motion_offline`), not after the
+last window.
 """
 
 from __future__ import annotations
@@ -34,31 +28,20 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import logging
-import math
 import random
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ditto import FPS, SAMPLES_PER_FRAME, frames_for_samples
-from ditto.backends.base import StageStats, StreamOptions, VideoFrame
-from ditto.backends.talkinghead.aux_models.hubert import StreamingWindower, offline_windows, split_len
-from ditto.backends.talkinghead.config import Audio2MotionCfg, DittoCfg, SetupOptions
-from ditto.backends.talkinghead.engine import (
-    DEFAULT_BATCH_SIZES,
-    DeviceEngine,
-    RenderWork,
-    Stage,
-    WindowWork,
-    batch_sizes_up_to,
-)
-from ditto.backends.talkinghead.loading import DittoModels, resolve_device
+from ditto import SAMPLES_PER_FRAME, frames_for_samples
+from ditto.backends.base import StreamOptions, VideoFrame
+from ditto.backends.talkinghead.aux_models.hubert import StreamingWindower, offline_windows
+from ditto.backends.talkinghead.avatar import DittoAvatar
+from ditto.backends.talkinghead.config import Audio2MotionCfg, SetupOptions
+from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, WindowWork
 from ditto.backends.talkinghead.pipeline.audio2motion import (
     MotionEase,
     MotionWindowing,
@@ -71,236 +54,16 @@ from ditto.backends.talkinghead.pipeline.audio2motion import (
 from ditto.backends.talkinghead.pipeline.blink import ctrl_for_frame
 from ditto.backends.talkinghead.pipeline.condition import (
     ConditionHandler,
-    cond_width,
     condition_source_from_ch_info,
     condition_source_from_source,
 )
 from ditto.backends.talkinghead.pipeline.motion_stitch import MotionStitcher
-from ditto.backends.talkinghead.pipeline.putback import CROP_SIZE, PastePlan, build_paste_plan
-from ditto.backends.talkinghead.pipeline.registration import CropOptions, fit_to_max_size
 from ditto.backends.talkinghead.pipeline.sampler import DDIMSampler
-from ditto.backends.talkinghead.pipeline.stages import MotionChunk, MotionInfo, SourceInfo
-from ditto.backends.talkinghead.preflight import load_checked_cfg, trt_plugin_paths
-from ditto.backends.talkinghead.runtime.base import padded_batch_size
-from ditto.errors import BackendError, ConfigError, ErrorCode, MediaError
-from ditto.settings import Settings
+from ditto.backends.talkinghead.pipeline.stages import MotionChunk
+from ditto.errors import BackendError, ErrorCode, MediaError
 
-logger = logging.getLogger(__name__)
+__all__ = ["DittoStream"]
 
-__all__ = ["DittoAvatar", "DittoBackend", "DittoStream"]
-
-
-# -- backend --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)
-class DittoAvatar:
-    """A registered portrait; read-only, shared by every session that animates it."""
-
-    width: int
-    height: int
-    source: SourceInfo  # motion, appearance volume, eye condition (on the device)
-    paste_plans: tuple[PastePlan, ...]  # paste-back of each source frame, precomputed
-    host_source: SourceInfo  # ``source`` with motion and eye condition on the host (sessions' own math)
-
-
-def _motion_to(info: MotionInfo, device: torch.device) -> MotionInfo:
-    return MotionInfo(**{f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
-                         for f in dataclasses.fields(info)})
-
-
-def _host_copy(source: SourceInfo) -> SourceInfo:
-    """Motion and eye condition on the host; the appearance volumes and images stay where they are."""
-    host = torch.device("cpu")
-    frames = tuple(dataclasses.replace(frame, x_s_info=_motion_to(frame.x_s_info, host),
-                                       eye_open=frame.eye_open.to(host), eye_ball=frame.eye_ball.to(host))
-                   for frame in source.frames)
-    return dataclasses.replace(source, frames=frames, sc=source.sc.to(host))
-
-
-class DittoBackend:
-    """Ditto behind the animator interface.
-
-    Args:
-        cfg: the parsed cfg pkl (:func:`~ditto.backends.talkinghead.config.load_cfg`).
-        device: where every model and tensor lives.
-        models: already loaded models to share (default: load ``cfg``'s files).
-        max_size: the server's cap on the output's longest side; the cfg's own
-            ``max_size`` option applies too (the smaller wins).
-        setup_options: setup options that override the pkl's ``default_kwargs``
-            (upstream's setup kwargs, e.g. ``{"emo": 3}``).
-        trt_plugins: plugin libraries for a TensorRT warp network (when loading ``cfg``).
-
-    Raises:
-        ConfigError: a model file or a setup option does not fit.
-    """
-
-    name = "ditto"
-    live_capacity: int | None = None  # measured by warmup() on CUDA
-
-    def __init__(self, cfg: DittoCfg, device: torch.device | str = "cpu", *, models: DittoModels | None = None,
-                 max_size: int | None = None, setup_options: Mapping[str, Any] | None = None,
-                 trt_plugins: Sequence[Path] = (), batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
-                 compile_min_batch: int | None = None) -> None:
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self._setup_overrides = dict(setup_options or {})
-        self.options: SetupOptions = cfg.setup_options(**self._setup_overrides)
-        self._server_max_size = max_size
-        self.max_size = self.options.max_size if max_size is None else min(max_size, self.options.max_size)
-        self._check_options()
-        self._owns_models = models is None
-        self.models = models if models is not None else DittoModels.load(
-            cfg, self.device, trt_plugins=trt_plugins, batch_sizes=batch_sizes, compile_min_batch=compile_min_batch)
-        self._registration_lock = threading.Lock()
-        # Online mode starts every session with the features of overlap_v2 frames of silence.
-        self._silence_features: Tensor | None = None
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each conv once
-        if self.options.online_mode:
-            silence = np.zeros(self.options.overlap_v2 * SAMPLES_PER_FRAME, np.float32)
-            self._silence_features = torch.from_numpy(self.models.hubert.offline_features(silence))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DittoBackend:
-        """The backend the server settings describe (``--data_root``, ``--cfg_pkl``, ``--device``, ``--max_size``).
-
-        Raises:
-            ConfigError: a clear one-line reason (bad pkl, missing/mismatched model file, no CUDA,
-                TensorRT unusable here without ``--fallback``).
-        """
-        if settings.cfg_pkl is None or settings.data_root is None:
-            raise ConfigError("the Ditto backend needs --data_root and --cfg_pkl")
-        device = resolve_device(settings.device)
-        cfg = load_checked_cfg(settings)  # a TensorRT tree is checked first (and --fallback applied)
-        logger.info("Loading Ditto models from %s (%s) on %s", cfg.data_root, cfg.path.name, device)
-        backend = cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings),
-                      batch_sizes=batch_sizes_up_to(settings.max_batch),
-                      compile_min_batch=settings.compile_min_batch or None)
-        backend.warmup()
-        return backend
-
-    def warmup(self) -> None:
-        """On CUDA: capture the engine's warp+decode and LMDM graphs (every batch size, this
-        backend's ``sampling_timesteps``) now, so that no session pays for it (cuDNN autotuning
-        included). Nothing to do on the CPU."""
-        if self.device.type != "cuda":
-            return
-        a2m = self.cfg.audio2motion
-        with torch.inference_mode():
-            self.models.renderer.capture()
-            self.models.engine.sampler.capture(self.options.sampling_timesteps,
-                                               (a2m.seq_frames, a2m.motion_feat_dim), a2m.audio_feat_dim)
-            self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
-        torch.cuda.synchronize(self.device)
-        if self.options.online_mode:
-            self.live_capacity = self._measure_live_capacity()
-
-    def _measure_live_capacity(self) -> int:
-        """How many live sessions the engine keeps real time, from its own batch costs.
-
-        Each stage is timed on synthetic work at every batch size (a frame of the server's
-        ``max_size``, JPEG on the GPU). A live session asks per second for 25 frames, 25/V LMDM
-        windows (V = 80 − overlap_v2) and 5 HuBERT windows. Its frames become ready V at a time
-        (one LMDM window); the sessions' windows arrive spread out, so a third of the N sessions
-        is counted as overlapping: render batches of min(max batch, V·⌈N/3⌉) frames, LMDM and
-        HuBERT batches of ⌈N/3⌉. The capacity is the largest N whose device time per second stays
-        under ``TARGET_UTILIZATION``.
-        """
-        engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        side = self.max_size
-        frame = torch.zeros((side, side, 3), dtype=torch.uint8, device=self.device)
-        scale = side / (2 * CROP_SIZE)  # the face crop covers the middle half of the frame
-        plan = build_paste_plan(frame, np.array([[scale, 0, side / 4], [0, scale, side / 4], [0, 0, 1]]))
-        f_s = torch.randn((1, 32, 16, 64, 64), generator=gen).to(self.device)
-        steps = opts.sampling_timesteps
-
-        def works(stage: Stage, n: int) -> list[Any]:
-            if stage is Stage.HUBERT:
-                return [np.zeros(split_len(engine.chunksize), np.float32)] * n
-            if stage is Stage.LMDM:
-                return [WindowWork(steps=steps, kp_cond=torch.zeros(1, a2m.motion_feat_dim),
-                                   cond=torch.zeros(1, a2m.seq_frames, a2m.audio_feat_dim),
-                                   x_T=torch.randn((1, a2m.seq_frames, a2m.motion_feat_dim), generator=gen),
-                                   noise=torch.randn((steps - 1, 1, a2m.seq_frames, a2m.motion_feat_dim),
-                                                     generator=gen))] * n
-            return [RenderWork(index=0, f_s=f_s, x_s=torch.randn((1, 21, 3), generator=gen) * 0.2,
-                               x_d=torch.randn((1, 21, 3), generator=gen) * 0.2, stitch=opts.flag_stitching,
-                               plan=plan, jpeg_quality=85)] * n
-
-        per_item = {stage: {b: engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes}
-                    for stage in Stage}
-
-        def cost(stage: Stage, batch: float) -> float:
-            """Per-item cost at the graph size a batch of ``batch`` items is padded to."""
-            return per_item[stage][padded_batch_size(math.ceil(batch), engine.batch_sizes)]
-
-        valid = a2m.seq_frames - opts.overlap_v2
-        # (stage, items per second per session, items that batch together per overlapping session)
-        demand = ((Stage.RENDER, FPS, valid), (Stage.LMDM, FPS / valid, 1), (Stage.HUBERT, FPS / 5, 1))
-        capacity = 0
-        for n in range(1, 257):
-            overlapping = math.ceil(n / 3)
-            load = sum(rate * n * cost(stage, min(per * overlapping, engine.max_batch))
-                       for stage, rate, per in demand)
-            if load > TARGET_UTILIZATION:
-                break
-            capacity = n
-        logger.info("Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
-                    "HuBERT %.1f/%.1f ms)", capacity, engine.max_batch,
-                    *(1000 * per_item[stage][b] for stage in Stage for b in (1, engine.max_batch)))
-        return max(1, capacity)
-
-    def with_options(self, **setup_options: Any) -> DittoBackend:
-        """A backend sharing these models, with more setup options overridden (e.g. ``emo=3``).
-
-        Avatars registered by either backend work in both unless a ``crop_*`` or
-        ``max_size`` option differs.
-        """
-        return DittoBackend(self.cfg, self.device, models=self.models, max_size=self._server_max_size,
-                            setup_options={**self._setup_overrides, **setup_options})
-
-    def _check_options(self) -> None:
-        opts, a2m = self.options, self.cfg.audio2motion
-        if not 0 <= opts.overlap_v2 < a2m.seq_frames:
-            raise ConfigError(f"{self.cfg.path}: overlap_v2={opts.overlap_v2} must be in [0, {a2m.seq_frames})")
-        layout = cond_width(use_emo=a2m.use_emo, use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball,
-                            use_sc=a2m.use_sc)
-        if layout != a2m.audio_feat_dim:
-            raise ConfigError(f"{self.cfg.path}: the use_* flags give a {layout}-wide condition, "
-                              f"but audio_feat_dim is {a2m.audio_feat_dim}")
-
-    def register_source(self, image_rgb: np.ndarray) -> DittoAvatar:
-        """Analyse a portrait (RGB uint8) once: crop, motion, appearance, eye condition, paste plan.
-
-        Raises:
-            SourceError: no face found (code ``no_face``).
-        """
-        image = fit_to_max_size(np.ascontiguousarray(image_rgb), self.max_size)
-        with self._registration_lock, torch.inference_mode():
-            registered = self.models.registrar.register_image(image, CropOptions.from_setup(self.options))
-        height, width = image.shape[:2]
-        return DittoAvatar(width=width, height=height, source=registered.source, paste_plans=registered.paste_plans,
-                           host_source=_host_copy(registered.source))
-
-    def open_stream(self, avatar: DittoAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> DittoStream:
-        """Start a session; ``seed`` fixes its diffusion noise and blink timing."""
-        return DittoStream(engine=self.models.engine, audio2motion=self.cfg.audio2motion, options=self.options,
-                           avatar=avatar, seed=seed, silence_features=self._silence_features, stream_options=options)
-
-    def stage_stats(self) -> dict[str, StageStats]:
-        return self.models.engine.stage_stats()
-
-    def close(self) -> None:
-        if self._owns_models:
-            self.models.close()
-
-
-# -- sessions -------------------------------------------------------------------------------------
-
-TARGET_UTILIZATION = 0.8
-"""Device time per second the measured live capacity may fill (headroom for bursts and file sessions)."""
 LIVE_BUDGET_S = 0.04
 """A live session's work is due this long after it became possible (one frame period)."""
 FILE_SLACK_S = 1.0

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.talkinghead.stream import DittoBackend
+from ditto.backends.talkinghead.backend import DittoBackend
 from ditto.backends.talkinghead.config import dump_cfg_pkl, read_cfg_dict
 from ditto.backends.talkinghead.pipeline.registration import fit_to_max_size
 from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditto.backends.talkinghead.stream import DittoBackend
+from ditto.backends.talkinghead.backend import DittoBackend
 from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, Stage, WindowWork
 from ditto.errors import BackendError, ErrorCode
 from tests.backends.talkinghead.conftest import RecordingRunner, render_all, speech_like
@@ -229,7 +229,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.fixture(scope="module")
 def cuda_backend(checkpoint_tree):
-    from ditto.backends.talkinghead.stream import DittoBackend
+    from ditto.backends.talkinghead.backend import DittoBackend
     from tests.backends.talkinghead.test_backend import cuda_settings
 
     backend = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
