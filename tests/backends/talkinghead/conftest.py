@@ -25,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from ditto import SAMPLE_RATE_HZ
-from ditto.backends.talkinghead.backend import DittoBackend, DittoModels
+from ditto.backends.talkinghead.backend import DittoBackend
 from ditto.backends.talkinghead.config import load_cfg
+from ditto.backends.talkinghead.loading import DittoModels
 from ditto.backends.talkinghead.runtime.loader import MODEL_IO
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 from ditto.settings import Settings

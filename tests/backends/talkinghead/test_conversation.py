@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.talkinghead import backend as ditto_backend
+from ditto.backends.talkinghead import stream as ditto_stream
 from tests.backends.talkinghead.conftest import speech_like
 
 
@@ -64,9 +64,9 @@ def _interrupted(backend, avatar, shown: int = 6):
 
 
 def test_interrupt_eases_the_face_back_instead_of_cutting(online_backend, avatar, monkeypatch) -> None:
-    ease = ditto_backend.INTERRUPT_EASE_FRAMES
+    ease = ditto_stream.INTERRUPT_EASE_FRAMES
     before, eased = _interrupted(online_backend, avatar)
-    monkeypatch.setattr(ditto_backend, "INTERRUPT_EASE_FRAMES", 0)
+    monkeypatch.setattr(ditto_stream, "INTERRUPT_EASE_FRAMES", 0)
     _, cut = _interrupted(online_backend, avatar)
     assert [f.index for f in eased] == [f.index for f in cut] == list(range(6, 26))
     assert all(f.idle for f in eased)
@@ -86,7 +86,7 @@ def test_idle_between_utterances_comes_at_once_from_the_neutral_motion(online_ba
     idle = list(stream.idle(12))
     assert [f.index for f in idle] == list(range(8, 20)) and all(f.idle for f in idle)  # no look-ahead wait
     assert {name: s.items for name, s in online_backend.stage_stats().items() if name != "render"} == model_work
-    ease = ditto_backend.INTERRUPT_EASE_FRAMES
+    ease = ditto_stream.INTERRUPT_EASE_FRAMES
     steps = [step(a, b) for a, b in zip([talk[-1]] + idle, idle)]
     assert max(steps[:ease]) > 0  # eased from the utterance's last motion...
     assert max(steps[ease:]) < 0.5 * max(steps[:ease])  # ...to the neutral face (blinks aside)
