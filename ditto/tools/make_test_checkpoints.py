@@ -73,9 +73,10 @@ from ditto.backends.talkinghead.config import (
     write_cfg_pkl,
 )
 from ditto.backends.talkinghead.models import RENDERER_MODELS, export_onnx
-from ditto.backends.talkinghead.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.talkinghead.models.lmdm import MotionDecoder
 from ditto.backends.talkinghead.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
 from ditto.tools.aux_test_models import HUBERT_STAND_INS, write_aux_test_models
+from ditto.tools.onnx_export import export_lmdm_onnx
 
 logger = logging.getLogger(__name__)
 
