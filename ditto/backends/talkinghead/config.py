@@ -17,7 +17,8 @@ official loader (a path that is not an existing file is joined to
 ``default_kwargs`` verbatim (arrays and the ``ch_info`` dict are NOT rebuilt).
 :meth:`DittoCfg.setup_options` merges the setup options — caller kwargs win,
 then the pkl's ``default_kwargs``, then the code defaults of docs/pipeline.md §3.2 — into a
-typed :class:`SetupOptions`.
+typed :class:`~ditto.backends.talkinghead.options.SetupOptions` (that model and the
+merge live in :mod:`ditto.backends.talkinghead.options`).
 
 :func:`write_cfg_pkl` writes pkls in the same structure for the generated
 test checkpoints (``ditto/tools/make_test_checkpoints.py``).
@@ -30,13 +31,14 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
 
+from ditto.backends.talkinghead.options import SetupOptions, merge_setup_options
 from ditto.errors import ConfigError
 
 EngineKind = Literal["torch", "onnx", "tensorrt", "ori"]
@@ -138,47 +140,6 @@ class Audio2MotionCfg:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class SetupOptions:
-    """Setup options of the streaming SDK (docs/pipeline.md §3.2), defaults = official code defaults.
-
-    Arrays and dicts are kept as given (the same objects as in the pkl).
-    """
-
-    online_mode: bool = False  # streaming windowing; needs hubert
-    max_size: int = 1920  # source longest side cap (px)
-    template_n_frames: int = -1  # max source-video frames (-1: all)
-    crop_scale: float = 2.3  # 512-crop side = square lmk203 bbox × scale
-    crop_vx_ratio: float = 0.0  # ignored upstream (never forwarded)
-    crop_vy_ratio: float = -0.125  # vertical crop shift × size
-    crop_flag_do_rot: bool = True  # rotate crop upright
-    smo_k_s: int = 13  # mean-filter width over source motion (video)
-    emo: Any = 4  # int | list[int] | list[list[int]] | ndarray (m, 8)
-    eye_f0_mode: bool = False  # video: frame-0 eye info everywhere
-    ch_info: Mapping[str, Any] | None = None  # stored reference identity (dict), verbatim
-    overlap_v2: int = 10  # overlap frames between 80-frame windows
-    fix_kp_cond: int = 0  # every k-th window reset cond_frame to source (0: never)
-    fix_kp_cond_dim: tuple[int, int] | None = None  # dims [start, end) kept on reset
-    sampling_timesteps: int = 50  # DDIM steps per window
-    v_min_max_for_clip: np.ndarray | None = None  # (4, 265): rows 0/1 = min/max clip
-    smo_k_d: int = 3  # mean-filter width over generated dims 0..201
-    N_d: int = -1  # number of output frames (-1: unknown)
-    use_d_keys: Any = None  # None | sequence of keys | {key: weight}
-    relative_d: bool = True  # x_d = x_s + (d − d0)·w
-    drive_eye: bool | None = None  # None: True for images, False for videos
-    delta_eye_arr: np.ndarray | None = None  # (15, 63) blink template
-    delta_eye_open_n: Any = 0  # -1 none, 0 random 60–100, >0 fixed, list cyclic
-    fade_type: str = ""  # "" | "d0" | "s"
-    fade_out_keys: tuple[str, ...] = ("exp",)
-    flag_stitching: bool = True
-    ctrl_info: Any = field(default_factory=dict)  # {frame: ctrl kwargs} or list
-    overall_ctrl_info: Mapping[str, Any] = field(default_factory=dict)  # merged into every frame
-    extra: Mapping[str, Any] = field(default_factory=dict)  # pkl keys this code does not know, verbatim
-
-
-SETUP_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SetupOptions) if f.name != "extra")
-
-
-@dataclass(frozen=True, slots=True, eq=False)
 class DittoCfg:
     """A parsed cfg pkl. ``default_kwargs`` is the pkl's dict, read-only view, values verbatim."""
 
@@ -221,7 +182,7 @@ class DittoCfg:
         return merge_setup_options(caller_kwargs, self.default_kwargs, pkl_name=str(self.path))
 
 
-# -- setup options ------------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------
 
 
 def _is_int(v: Any) -> bool:
@@ -230,113 +191,6 @@ def _is_int(v: Any) -> bool:
 
 def _is_bool(v: Any) -> bool:
     return isinstance(v, (bool, np.bool_))
-
-
-def _is_number(v: Any) -> bool:
-    return _is_int(v) or isinstance(v, (float, np.floating))
-
-
-def _check_option(name: str, value: Any, where: str) -> Any:
-    """Validate one setup option and normalise scalars to Python types."""
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{where}: setup option {name!r} must be {expected}, got {type(value).__name__} {value!r:.80}"
-        )
-
-    if name in ("online_mode", "crop_flag_do_rot", "eye_f0_mode", "relative_d", "flag_stitching"):
-        if not _is_bool(value):
-            raise bad("a bool")
-        return bool(value)
-    if name in ("max_size", "template_n_frames", "smo_k_s", "overlap_v2", "fix_kp_cond", "smo_k_d", "N_d"):
-        if not _is_int(value):
-            raise bad("an int")
-        value = int(value)
-        if name in ("overlap_v2", "fix_kp_cond") and value < 0:
-            raise bad("a non-negative int")
-        return value
-    if name == "sampling_timesteps":
-        if not _is_int(value) or not 1 <= int(value) <= 1000:
-            raise bad("an int in [1, 1000]")
-        return int(value)
-    if name in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio"):
-        if not _is_number(value):
-            raise bad("a number")
-        return float(value)
-    if name == "emo":
-        if not (_is_int(value) or isinstance(value, (list, tuple, np.ndarray))):
-            raise bad("an int, a list of labels or an (m, 8) array")
-        return value
-    if name == "ch_info":
-        if value is not None and not isinstance(value, Mapping):
-            raise bad("a dict or None")
-        return value
-    if name == "fix_kp_cond_dim":
-        if value is None:
-            return None
-        seq = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
-        if seq is None or len(seq) != 2 or not all(_is_int(v) for v in seq):
-            raise bad("None or [start, end]")
-        return (int(seq[0]), int(seq[1]))
-    if name in ("v_min_max_for_clip", "delta_eye_arr"):
-        if value is not None and not (isinstance(value, np.ndarray) and value.ndim == 2):
-            raise bad("None or a 2-D numpy array")
-        return value
-    if name == "drive_eye":
-        if value is not None and not _is_bool(value):
-            raise bad("None or a bool")
-        return None if value is None else bool(value)
-    if name == "delta_eye_open_n":
-        if not (_is_int(value) or isinstance(value, (list, tuple))):
-            raise bad("an int or a list of ints")
-        return int(value) if _is_int(value) else value
-    if name == "fade_type":
-        if value not in ("", "d0", "s"):
-            raise bad('one of "", "d0", "s"')
-        return str(value)
-    if name == "fade_out_keys":
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
-            raise bad("a list of key names")
-        return tuple(value)
-    if name in ("overall_ctrl_info",):
-        if not isinstance(value, Mapping):
-            raise bad("a dict")
-        return value
-    if name == "ctrl_info":
-        if not isinstance(value, (Mapping, list, tuple)):
-            raise bad("a dict or a list")
-        return value
-    if name == "use_d_keys":
-        if value is not None and not isinstance(value, (Mapping, list, tuple)):
-            raise bad("None, a list of keys or a {key: weight} dict")
-        return value
-    raise AssertionError(f"unhandled option {name}")  # pragma: no cover
-
-
-def merge_setup_options(caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[str, Any], *,
-                        pkl_name: str = "cfg pkl") -> SetupOptions:
-    """Caller kwargs win, then the pkl's default_kwargs, then the code defaults.
-
-    Unknown keys in the pkl are kept in ``extra``; unknown caller keys are an
-    error (a typo would otherwise be silently ignored).
-
-    Raises:
-        ConfigError: an unknown caller option, or an option of the wrong type.
-    """
-    unknown = sorted(set(caller_kwargs) - set(SETUP_OPTION_NAMES))
-    if unknown:
-        raise ConfigError(f"unknown setup option(s) {unknown}; known: {', '.join(SETUP_OPTION_NAMES)}")
-    values: dict[str, Any] = {}
-    for name in SETUP_OPTION_NAMES:
-        if name in caller_kwargs:
-            values[name] = _check_option(name, caller_kwargs[name], "caller setup kwargs")
-        elif name in pkl_defaults:
-            values[name] = _check_option(name, pkl_defaults[name], f"{pkl_name} default_kwargs")
-    extra = {k: v for k, v in pkl_defaults.items() if k not in SETUP_OPTION_NAMES}
-    return SetupOptions(**values, extra=MappingProxyType(extra))
-
-
-# -- reading ----------------------------------------------------------------------------------
 
 
 def _resolve(p: str, data_root: Path) -> Path:
