@@ -64,18 +64,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ditto.backends.talkinghead.config import (
-    CFG_PKL_NAMES,
-    ONNX_CFG_PKL_NAMES,
-    dump_cfg_pkl,
-    onnx_cfg_dict,
-    read_cfg_dict,
-    write_cfg_pkl,
-)
+from ditto.backends.talkinghead.config import CFG_PKL_NAMES, dump_cfg_pkl, onnx_cfg_dict, read_cfg_dict
 from ditto.backends.talkinghead.models import RENDERER_MODELS, export_onnx
-from ditto.backends.talkinghead.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.talkinghead.models.lmdm import MotionDecoder
 from ditto.backends.talkinghead.runtime.trt_bindings import BATCH_AXIS_MODELS, model_for_file
 from ditto.tools.aux_test_models import HUBERT_STAND_INS, write_aux_test_models
+from ditto.tools.cfg_writers import ONNX_CFG_PKL_NAMES, write_cfg_pkl
+from ditto.tools.onnx_export import export_lmdm_onnx
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from ditto import FPS, SAMPLES_PER_FRAME
 from ditto.backends.base import StageStats, StreamOptions
 from ditto.backends.talkinghead.aux_models.hubert import split_len
 from ditto.backends.talkinghead.avatar import DittoAvatar, host_copy
-from ditto.backends.talkinghead.config import DittoCfg, SetupOptions
+from ditto.backends.talkinghead.config import DittoCfg
+from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.engine import (
     DEFAULT_BATCH_SIZES,
     RenderWork,

@@ -17,10 +17,13 @@ official loader (a path that is not an existing file is joined to
 ``default_kwargs`` verbatim (arrays and the ``ch_info`` dict are NOT rebuilt).
 :meth:`DittoCfg.setup_options` merges the setup options — caller kwargs win,
 then the pkl's ``default_kwargs``, then the code defaults of docs/pipeline.md §3.2 — into a
-typed :class:`SetupOptions`.
+typed :class:`~ditto.backends.talkinghead.options.SetupOptions` (that model and the
+merge live in :mod:`ditto.backends.talkinghead.options`).
 
-:func:`write_cfg_pkl` writes pkls in the same structure for the generated
-test checkpoints (``ditto/tools/make_test_checkpoints.py``).
+Deriving a pkl from another is here too, since the runtime's preflight does it for its
+fallbacks: :func:`onnx_cfg_dict` re-points a TensorRT cfg at ``ditto_onnx`` and
+:func:`dump_cfg_pkl` writes a cfg dict. Pkls with generated contents, for test
+checkpoints, are written by :mod:`ditto.tools.cfg_writers`.
 
 This module builds no models and chooses no device.
 """
@@ -30,13 +33,14 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
 
+from ditto.backends.talkinghead.options import SetupOptions, merge_setup_options
 from ditto.errors import ConfigError
 
 EngineKind = Literal["torch", "onnx", "tensorrt", "ori"]
@@ -73,6 +77,15 @@ AUDIO2MOTION_KEYS: tuple[str, ...] = (
     "use_emo", "use_sc", "use_eye_open", "use_eye_ball", "w2f_type",
 )
 TOP_LEVEL_KEYS: tuple[str, ...] = ("base_cfg", "audio2motion_cfg", "default_kwargs")
+
+CfgFlavor = Literal["pytorch", "trt", "trt_online"]
+
+#: File name of each flavour, as shipped in ``ditto_cfg/``.
+CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType({
+    "pytorch": "v0.4_hubert_cfg_pytorch.pkl",
+    "trt": "v0.4_hubert_cfg_trt.pkl",
+    "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
+})
 
 
 def engine_kind_for(path: str | os.PathLike[str], *, force_ori_type: bool = False) -> EngineKind:
@@ -138,47 +151,6 @@ class Audio2MotionCfg:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class SetupOptions:
-    """Setup options of the streaming SDK (docs/pipeline.md §3.2), defaults = official code defaults.
-
-    Arrays and dicts are kept as given (the same objects as in the pkl).
-    """
-
-    online_mode: bool = False  # streaming windowing; needs hubert
-    max_size: int = 1920  # source longest side cap (px)
-    template_n_frames: int = -1  # max source-video frames (-1: all)
-    crop_scale: float = 2.3  # 512-crop side = square lmk203 bbox × scale
-    crop_vx_ratio: float = 0.0  # ignored upstream (never forwarded)
-    crop_vy_ratio: float = -0.125  # vertical crop shift × size
-    crop_flag_do_rot: bool = True  # rotate crop upright
-    smo_k_s: int = 13  # mean-filter width over source motion (video)
-    emo: Any = 4  # int | list[int] | list[list[int]] | ndarray (m, 8)
-    eye_f0_mode: bool = False  # video: frame-0 eye info everywhere
-    ch_info: Mapping[str, Any] | None = None  # stored reference identity (dict), verbatim
-    overlap_v2: int = 10  # overlap frames between 80-frame windows
-    fix_kp_cond: int = 0  # every k-th window reset cond_frame to source (0: never)
-    fix_kp_cond_dim: tuple[int, int] | None = None  # dims [start, end) kept on reset
-    sampling_timesteps: int = 50  # DDIM steps per window
-    v_min_max_for_clip: np.ndarray | None = None  # (4, 265): rows 0/1 = min/max clip
-    smo_k_d: int = 3  # mean-filter width over generated dims 0..201
-    N_d: int = -1  # number of output frames (-1: unknown)
-    use_d_keys: Any = None  # None | sequence of keys | {key: weight}
-    relative_d: bool = True  # x_d = x_s + (d − d0)·w
-    drive_eye: bool | None = None  # None: True for images, False for videos
-    delta_eye_arr: np.ndarray | None = None  # (15, 63) blink template
-    delta_eye_open_n: Any = 0  # -1 none, 0 random 60–100, >0 fixed, list cyclic
-    fade_type: str = ""  # "" | "d0" | "s"
-    fade_out_keys: tuple[str, ...] = ("exp",)
-    flag_stitching: bool = True
-    ctrl_info: Any = field(default_factory=dict)  # {frame: ctrl kwargs} or list
-    overall_ctrl_info: Mapping[str, Any] = field(default_factory=dict)  # merged into every frame
-    extra: Mapping[str, Any] = field(default_factory=dict)  # pkl keys this code does not know, verbatim
-
-
-SETUP_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SetupOptions) if f.name != "extra")
-
-
-@dataclass(frozen=True, slots=True, eq=False)
 class DittoCfg:
     """A parsed cfg pkl. ``default_kwargs`` is the pkl's dict, read-only view, values verbatim."""
 
@@ -221,7 +193,7 @@ class DittoCfg:
         return merge_setup_options(caller_kwargs, self.default_kwargs, pkl_name=str(self.path))
 
 
-# -- setup options ------------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------
 
 
 def _is_int(v: Any) -> bool:
@@ -230,113 +202,6 @@ def _is_int(v: Any) -> bool:
 
 def _is_bool(v: Any) -> bool:
     return isinstance(v, (bool, np.bool_))
-
-
-def _is_number(v: Any) -> bool:
-    return _is_int(v) or isinstance(v, (float, np.floating))
-
-
-def _check_option(name: str, value: Any, where: str) -> Any:
-    """Validate one setup option and normalise scalars to Python types."""
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{where}: setup option {name!r} must be {expected}, got {type(value).__name__} {value!r:.80}"
-        )
-
-    if name in ("online_mode", "crop_flag_do_rot", "eye_f0_mode", "relative_d", "flag_stitching"):
-        if not _is_bool(value):
-            raise bad("a bool")
-        return bool(value)
-    if name in ("max_size", "template_n_frames", "smo_k_s", "overlap_v2", "fix_kp_cond", "smo_k_d", "N_d"):
-        if not _is_int(value):
-            raise bad("an int")
-        value = int(value)
-        if name in ("overlap_v2", "fix_kp_cond") and value < 0:
-            raise bad("a non-negative int")
-        return value
-    if name == "sampling_timesteps":
-        if not _is_int(value) or not 1 <= int(value) <= 1000:
-            raise bad("an int in [1, 1000]")
-        return int(value)
-    if name in ("crop_scale", "crop_vx_ratio", "crop_vy_ratio"):
-        if not _is_number(value):
-            raise bad("a number")
-        return float(value)
-    if name == "emo":
-        if not (_is_int(value) or isinstance(value, (list, tuple, np.ndarray))):
-            raise bad("an int, a list of labels or an (m, 8) array")
-        return value
-    if name == "ch_info":
-        if value is not None and not isinstance(value, Mapping):
-            raise bad("a dict or None")
-        return value
-    if name == "fix_kp_cond_dim":
-        if value is None:
-            return None
-        seq = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
-        if seq is None or len(seq) != 2 or not all(_is_int(v) for v in seq):
-            raise bad("None or [start, end]")
-        return (int(seq[0]), int(seq[1]))
-    if name in ("v_min_max_for_clip", "delta_eye_arr"):
-        if value is not None and not (isinstance(value, np.ndarray) and value.ndim == 2):
-            raise bad("None or a 2-D numpy array")
-        return value
-    if name == "drive_eye":
-        if value is not None and not _is_bool(value):
-            raise bad("None or a bool")
-        return None if value is None else bool(value)
-    if name == "delta_eye_open_n":
-        if not (_is_int(value) or isinstance(value, (list, tuple))):
-            raise bad("an int or a list of ints")
-        return int(value) if _is_int(value) else value
-    if name == "fade_type":
-        if value not in ("", "d0", "s"):
-            raise bad('one of "", "d0", "s"')
-        return str(value)
-    if name == "fade_out_keys":
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(k, str) for k in value):
-            raise bad("a list of key names")
-        return tuple(value)
-    if name in ("overall_ctrl_info",):
-        if not isinstance(value, Mapping):
-            raise bad("a dict")
-        return value
-    if name == "ctrl_info":
-        if not isinstance(value, (Mapping, list, tuple)):
-            raise bad("a dict or a list")
-        return value
-    if name == "use_d_keys":
-        if value is not None and not isinstance(value, (Mapping, list, tuple)):
-            raise bad("None, a list of keys or a {key: weight} dict")
-        return value
-    raise AssertionError(f"unhandled option {name}")  # pragma: no cover
-
-
-def merge_setup_options(caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[str, Any], *,
-                        pkl_name: str = "cfg pkl") -> SetupOptions:
-    """Caller kwargs win, then the pkl's default_kwargs, then the code defaults.
-
-    Unknown keys in the pkl are kept in ``extra``; unknown caller keys are an
-    error (a typo would otherwise be silently ignored).
-
-    Raises:
-        ConfigError: an unknown caller option, or an option of the wrong type.
-    """
-    unknown = sorted(set(caller_kwargs) - set(SETUP_OPTION_NAMES))
-    if unknown:
-        raise ConfigError(f"unknown setup option(s) {unknown}; known: {', '.join(SETUP_OPTION_NAMES)}")
-    values: dict[str, Any] = {}
-    for name in SETUP_OPTION_NAMES:
-        if name in caller_kwargs:
-            values[name] = _check_option(name, caller_kwargs[name], "caller setup kwargs")
-        elif name in pkl_defaults:
-            values[name] = _check_option(name, pkl_defaults[name], f"{pkl_name} default_kwargs")
-    extra = {k: v for k, v in pkl_defaults.items() if k not in SETUP_OPTION_NAMES}
-    return SetupOptions(**values, extra=MappingProxyType(extra))
-
-
-# -- reading ----------------------------------------------------------------------------------
 
 
 def _resolve(p: str, data_root: Path) -> Path:
@@ -541,150 +406,7 @@ def load_cfg(cfg_pkl: str | os.PathLike[str], data_root: str | os.PathLike[str],
     )
 
 
-# -- writing (test checkpoints) -------------------------------------------------------------------
-
-CfgFlavor = Literal["pytorch", "trt", "trt_online"]
-
-#: File name of each flavour, as shipped in ``ditto_cfg/``.
-CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType({
-    "pytorch": "v0.4_hubert_cfg_pytorch.pkl",
-    "trt": "v0.4_hubert_cfg_trt.pkl",
-    "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
-})
-
-# (section, trt engine name, pytorch-layout path, force_ori_type in the pytorch layout (aux sections only))
-_MODEL_FILES: tuple[tuple[str, str, str, bool], ...] = (
-    ("insightface_det_cfg", "insightface_det_fp16.engine", "aux_models/det_10g.onnx", True),
-    ("landmark106_cfg", "landmark106_fp16.engine", "aux_models/2d106det.onnx", True),
-    ("landmark203_cfg", "landmark203_fp16.engine", "aux_models/landmark203.onnx", True),
-    ("appearance_extractor_cfg", "appearance_extractor_fp16.engine", "models/appearance_extractor.pth", False),
-    ("motion_extractor_cfg", "motion_extractor_fp32.engine", "models/motion_extractor.pth", False),
-    ("stitch_network_cfg", "stitch_network_fp16.engine", "models/stitch_network.pth", False),
-    ("warp_network_cfg", "warp_network_fp16.engine", "models/warp_network.pth", False),
-    ("decoder_cfg", "decoder_fp16.engine", "models/decoder.pth", False),
-    ("hubert_cfg", "hubert_fp32.engine", "aux_models/hubert_streaming_fix_kv.onnx", True),
-)
-LMDM_FILES: Mapping[str, str] = MappingProxyType({
-    "trt": "lmdm_v0.4_hubert_fp32.engine",
-    "pytorch": "models/lmdm_v0.4_hubert.pth",
-})
-
-
-def _synthetic_arrays(seed: int) -> dict[str, Any]:
-    """Plausible stand-ins for the pkl's stored arrays and reference identity (same shapes/keys)."""
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(0.0, 1.0, (600, 8)).astype(np.float32)
-    logits[:, 4] += 6.0  # mostly "neutral"
-    emo = np.exp(logits - logits.max(1, keepdims=True))
-    emo = (emo / emo.sum(1, keepdims=True)).astype(np.float32)
-    delta_eye = np.zeros((15, 63), dtype=np.float32)
-    profile = np.sin(np.linspace(0.0, np.pi, 15, dtype=np.float32))  # close then reopen
-    eye_dims = [3 * k + j for k in (11, 13, 15, 16, 18) for j in (1,)]  # y of eye keypoints
-    delta_eye[:, eye_dims] = 0.01 * profile[:, None]
-    v_lo = rng.uniform(-3.0, -1.0, 265).astype(np.float32)
-    v_hi = rng.uniform(1.0, 3.0, 265).astype(np.float32)
-    v_mean = ((v_lo + v_hi) / 2).astype(np.float32)
-    v_std = ((v_hi - v_lo) / 4).astype(np.float32)
-    v_min_max = np.stack([v_lo, v_hi, v_mean, v_std], 0)
-
-    def bins() -> np.ndarray:
-        x = np.zeros((1, 66), dtype=np.float32)
-        x[0, 32:34] = 4.0
-        return x + rng.normal(0, 0.1, (1, 66)).astype(np.float32)
-
-    kp = rng.normal(0.0, 0.2, (1, 63)).astype(np.float32)
-    x_s_info = {
-        "pitch": bins(), "yaw": bins(), "roll": bins(),
-        "t": rng.normal(0.0, 0.01, (1, 3)).astype(np.float32),
-        "exp": rng.normal(0.0, 0.01, (1, 63)).astype(np.float32),
-        "scale": np.full((1, 1), 1.5, dtype=np.float32),
-        "kp": kp,
-    }
-    ch_info = {
-        "x_s_info_lst": [x_s_info],
-        "sc": kp.reshape(63).copy(),
-        "eye_open_lst": [np.full((1, 2), 0.3, dtype=np.float32)],
-        "eye_ball_lst": [np.zeros((1, 6), dtype=np.float32)],
-    }
-    return {"emo": emo, "delta_eye_arr": delta_eye, "v_min_max_for_clip": v_min_max, "ch_info": ch_info}
-
-
-def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
-                   default_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A cfg dict in the official structure for one shipped flavour.
-
-    * ``trt`` / ``trt_online``: bare engine names of ``ditto_trt_Ampere_Plus``
-      (``*_fp16.engine`` / ``*_fp32.engine``), resolved against that data_root.
-    * ``pytorch``: ``models/*.pth`` for the renderer and LMDM, ``aux_models/*``
-      with ``force_ori_type`` for the aux models, resolved against ``ditto_pytorch``.
-    * Only the aux sections (:data:`AUX_SECTIONS`) carry ``force_ori_type``; the renderer
-      sections hold ``model_path`` and ``device`` alone, the two arguments upstream's
-      renderer wrappers accept, so the pkls load in the official pipeline unchanged.
-    * ``trt_online`` carries the streaming options of docs/pipeline.md §3.2 (overlap_v2 70,
-      10 DDIM steps, …); every flavour carries generated emo (600, 8),
-      delta_eye_arr (15, 63), v_min_max_for_clip (4, 265) and ch_info.
-
-    ``default_kwargs`` entries replace the generated ones.
-    """
-    if flavor not in CFG_PKL_NAMES:
-        raise ValueError(f"unknown cfg flavour {flavor!r}; expected one of {', '.join(CFG_PKL_NAMES)}")
-    pytorch = flavor == "pytorch"
-    base: dict[str, Any] = {}
-    for section, engine_name, torch_name, ori in _MODEL_FILES:
-        base[section] = {"model_path": torch_name if pytorch else engine_name, "device": device}
-        # upstream's renderer wrappers take (model_path, device) only: the key would be a TypeError there
-        if section in AUX_SECTIONS:
-            base[section]["force_ori_type"] = ori and pytorch
-    if pytorch:
-        base["landmark478_cfg"] = {"blaze_face_model_path": "", "face_mesh_model_path": "",
-                                   "task_path": "aux_models/face_landmarker.task",
-                                   "device": device, "force_ori_type": True}
-    else:
-        base["landmark478_cfg"] = {"blaze_face_model_path": "blaze_face_fp16.engine",
-                                   "face_mesh_model_path": "face_mesh_fp16.engine",
-                                   "task_path": "", "device": device, "force_ori_type": False}
-    audio2motion = {
-        "model_path": LMDM_FILES["pytorch" if pytorch else "trt"],
-        "device": device,
-        "motion_feat_dim": 265,
-        "audio_feat_dim": 1024 + 8 + 2 + 6 + 63,
-        "seq_frames": 80,
-        "use_emo": True,
-        "use_sc": True,
-        "use_eye_open": True,
-        "use_eye_ball": True,
-        "w2f_type": "hubert",
-    }
-    kwargs: dict[str, Any] = _synthetic_arrays(seed)
-    if flavor == "trt_online":
-        kwargs.update({
-            "online_mode": True, "overlap_v2": 70, "sampling_timesteps": 10, "fix_kp_cond": 1,
-            "fix_kp_cond_dim": [0, 202], "smo_k_d": 3, "fade_type": "d0", "fade_out_keys": ["exp"],
-            "overall_ctrl_info": {"delta_pitch": 2}, "max_size": 1920, "template_n_frames": -1,
-            "crop_scale": 2.3, "crop_vx_ratio": 0, "crop_vy_ratio": -0.125, "crop_flag_do_rot": True,
-            "smo_k_s": 13, "eye_f0_mode": False, "N_d": -1, "use_d_keys": None, "relative_d": True,
-            "drive_eye": None, "delta_eye_open_n": 0, "flag_stitching": True,
-        })
-    else:
-        kwargs.update({"online_mode": False, "overlap_v2": 10, "sampling_timesteps": 50, "fix_kp_cond": 0,
-                       "smo_k_d": 3, "fade_type": "", "overall_ctrl_info": {}})
-    kwargs.update(default_kwargs or {})
-    return {"base_cfg": base, "audio2motion_cfg": audio2motion, "default_kwargs": kwargs}
-
-
-def write_cfg_pkl(path: str | os.PathLike[str], flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
-                  default_kwargs: Mapping[str, Any] | None = None) -> Path:
-    """Write :func:`build_cfg_dict` ``(flavor, …)`` as a pickle at ``path``.
-
-    ``path`` may be a folder (an existing directory, or any path not ending
-    in ``.pkl``; it is created), in which case the official file name of the
-    flavour (:data:`CFG_PKL_NAMES`) is used. Returns the file written.
-    """
-    out = Path(os.fspath(path))
-    if out.is_dir() or out.suffix != ".pkl":
-        out = out / CFG_PKL_NAMES[flavor]
-    return dump_cfg_pkl(out, build_cfg_dict(flavor, device=device, seed=seed, default_kwargs=default_kwargs))
-
+# -- deriving pkls (preflight fallbacks, tools) ------------------------------------------------------
 
 def dump_cfg_pkl(path: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
     """Pickle a cfg dict at ``path`` (parent folders created, replaced atomically)."""
@@ -697,13 +419,6 @@ def dump_cfg_pkl(path: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
     return out
 
 
-# -- ONNX flavour -----------------------------------------------------------------------------------
-
-#: Our file names for cfg pkls that use ``ditto_onnx`` (upstream ships none; see :func:`onnx_cfg_dict`).
-ONNX_CFG_PKL_NAMES: Mapping[str, str] = MappingProxyType({
-    "onnx": "v0.4_hubert_cfg_onnx.pkl",
-    "onnx_online": "v0.4_hubert_cfg_onnx_online.pkl",
-})
 #: Precision tags of engine file names (``decoder_fp16.engine``, ``hubert_fp32.engine``).
 ENGINE_PRECISION_TAGS: tuple[str, ...] = ("_fp16", "_fp32")
 

@@ -1,8 +1,11 @@
-"""cfg pkl parsing: structure, path resolution, engines, option precedence, every error case."""
+"""cfg pkl parsing: structure, path resolution, engines, option precedence, every error case.
+
+The setup-option model on its own is tested in test_options.py, the pkl writers in
+tests/tools/test_cfg_writers.py.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 from pathlib import Path
 
@@ -11,19 +14,15 @@ import pytest
 
 from ditto.backends.talkinghead.config import (
     CFG_PKL_NAMES,
-    SETUP_OPTION_NAMES,
     DittoCfg,
-    SetupOptions,
-    build_cfg_dict,
     dump_cfg_pkl,
     engine_kind_for,
     load_cfg,
-    merge_setup_options,
-    onnx_cfg_dict,
     read_cfg_dict,
-    write_cfg_pkl,
 )
+from ditto.backends.talkinghead.options import SETUP_OPTION_NAMES, merge_setup_options
 from ditto.errors import ConfigError
+from ditto.tools.cfg_writers import build_cfg_dict, write_cfg_pkl
 
 
 def _touch_models(cfg: dict, root: Path) -> None:
@@ -46,71 +45,6 @@ def tree(tmp_path: Path):
     _touch_models(build_cfg_dict("trt"), trt_root)
     _touch_models(build_cfg_dict("pytorch"), pt_root)
     return pkls, trt_root, pt_root
-
-
-def test_writer_produces_the_official_structure(tree) -> None:
-    pkls, _, _ = tree
-    assert {p.name for p in pkls.values()} == {
-        "v0.4_hubert_cfg_pytorch.pkl", "v0.4_hubert_cfg_trt.pkl", "v0.4_hubert_cfg_trt_online.pkl"}
-    raw = pickle.loads(pkls["trt_online"].read_bytes())
-    assert set(raw) == {"base_cfg", "audio2motion_cfg", "default_kwargs"}
-    assert raw["base_cfg"]["decoder_cfg"] == {"model_path": "decoder_fp16.engine", "device": "cuda"}
-    assert raw["base_cfg"]["motion_extractor_cfg"]["model_path"] == "motion_extractor_fp32.engine"
-    assert raw["audio2motion_cfg"]["model_path"] == "lmdm_v0.4_hubert_fp32.engine"
-    assert raw["audio2motion_cfg"]["audio_feat_dim"] == 1103
-    dk = raw["default_kwargs"]
-    assert dk["emo"].shape == (600, 8) and dk["delta_eye_arr"].shape == (15, 63)
-    assert dk["v_min_max_for_clip"].shape == (4, 265)
-    assert set(dk["ch_info"]) >= {"x_s_info_lst", "sc", "eye_open_lst", "eye_ball_lst"}
-    pt = pickle.loads(pkls["pytorch"].read_bytes())
-    assert pt["base_cfg"]["decoder_cfg"]["model_path"] == "models/decoder.pth"
-    assert pt["base_cfg"]["hubert_cfg"] == {"model_path": "aux_models/hubert_streaming_fix_kv.onnx",
-                                            "device": "cuda", "force_ori_type": True}
-    assert pt["base_cfg"]["landmark478_cfg"]["task_path"] == "aux_models/face_landmarker.task"
-
-
-# What upstream's parse_cfg and constructors accept, per section (docs/pipeline.md §3.1; upstream
-# core/atomic_components/cfg.py and the wrapper classes): (keys that must be there, keys allowed).
-# The renderer wrappers are ``Wrapper(model_path, device)``; the aux wrappers take ``**kwargs`` that
-# reach the "ori" module only through force_ori_type; Landmark478 has no model_path (parse_cfg
-# resolves only its three path keys, and a model_path would reach load_model twice).
-_RENDERER_KEYS = ({"model_path"}, {"model_path", "device"})
-_AUX_KEYS = ({"model_path"}, {"model_path", "device", "force_ori_type"})
-OFFICIAL_SECTION_KEYS: dict[str, tuple[set[str], set[str]]] = {
-    "insightface_det_cfg": _AUX_KEYS,
-    "landmark106_cfg": _AUX_KEYS,
-    "landmark203_cfg": _AUX_KEYS,
-    "hubert_cfg": _AUX_KEYS,
-    "landmark478_cfg": (set(), {"blaze_face_model_path", "face_mesh_model_path", "task_path", "device",
-                                "force_ori_type"}),
-    "appearance_extractor_cfg": _RENDERER_KEYS,
-    "motion_extractor_cfg": _RENDERER_KEYS,
-    "stitch_network_cfg": _RENDERER_KEYS,
-    "warp_network_cfg": _RENDERER_KEYS,
-    "decoder_cfg": _RENDERER_KEYS,
-}
-#: parse_cfg indexes every one of these (a missing one is a KeyError upstream); others are ignored.
-OFFICIAL_AUDIO2MOTION_KEYS = {"model_path", "device", "motion_feat_dim", "audio_feat_dim", "seq_frames",
-                              "use_emo", "use_sc", "use_eye_open", "use_eye_ball", "w2f_type"}
-
-
-@pytest.mark.parametrize("flavor", [*CFG_PKL_NAMES, "onnx", "onnx_online"])
-def test_written_pkls_fit_the_official_parser_and_constructors(tmp_path, flavor) -> None:
-    if flavor.startswith("onnx"):
-        trt = build_cfg_dict("trt_online" if flavor == "onnx_online" else "trt")
-        raw = pickle.loads(dump_cfg_pkl(tmp_path / "cfg.pkl", onnx_cfg_dict(trt)).read_bytes())
-    else:
-        raw = pickle.loads(write_cfg_pkl(tmp_path, flavor).read_bytes())
-    assert set(raw) == {"base_cfg", "audio2motion_cfg", "default_kwargs"}
-    assert set(raw["base_cfg"]) == set(OFFICIAL_SECTION_KEYS)
-    for section, values in raw["base_cfg"].items():
-        required, allowed = OFFICIAL_SECTION_KEYS[section]
-        assert required <= set(values) <= allowed, (section, sorted(values))
-    lmk478 = raw["base_cfg"]["landmark478_cfg"]
-    needed = ["task_path"] if lmk478.get("force_ori_type") else ["blaze_face_model_path", "face_mesh_model_path"]
-    assert all(lmk478.get(key) for key in needed)
-    assert OFFICIAL_AUDIO2MOTION_KEYS <= set(raw["audio2motion_cfg"])
-    assert isinstance(raw["default_kwargs"], dict)
 
 
 def test_loader_needs_no_force_ori_type(tree) -> None:
@@ -193,34 +127,6 @@ def test_option_precedence(tree) -> None:
     assert bare.fade_out_keys == ("exp",) and bare.fix_kp_cond_dim is None
     extra = merge_setup_options({}, {"some_new_key": 1, "N_d": np.int64(7)})
     assert extra.extra == {"some_new_key": 1} and extra.N_d == 7 and type(extra.N_d) is int
-
-
-def test_every_option_is_a_field() -> None:
-    expected = {"online_mode", "max_size", "template_n_frames", "crop_scale", "crop_vx_ratio", "crop_vy_ratio",
-                "crop_flag_do_rot", "smo_k_s", "emo", "eye_f0_mode", "ch_info", "overlap_v2", "fix_kp_cond",
-                "fix_kp_cond_dim", "sampling_timesteps", "v_min_max_for_clip", "smo_k_d", "N_d", "use_d_keys",
-                "relative_d", "drive_eye", "delta_eye_arr", "delta_eye_open_n", "fade_type", "fade_out_keys",
-                "flag_stitching", "ctrl_info", "overall_ctrl_info"}
-    assert set(SETUP_OPTION_NAMES) == expected
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        SetupOptions().overlap_v2 = 3  # frozen
-
-
-@pytest.mark.parametrize(("name", "value"), [
-    ("sampling_timesteps", "10"), ("sampling_timesteps", 0), ("overlap_v2", 1.5), ("online_mode", 1),
-    ("fade_type", "x"), ("fix_kp_cond_dim", [0]), ("emo", "happy"), ("ch_info", [1]),
-    ("v_min_max_for_clip", np.zeros(3)), ("fade_out_keys", "exp"), ("crop_scale", "2"),
-])
-def test_bad_option_types(name, value) -> None:
-    with pytest.raises(ConfigError, match=name):
-        merge_setup_options({name: value}, {})
-    with pytest.raises(ConfigError, match="my.pkl"):
-        merge_setup_options({}, {name: value}, pkl_name="my.pkl")
-
-
-def test_unknown_caller_option() -> None:
-    with pytest.raises(ConfigError, match="overlap_v3"):
-        merge_setup_options({"overlap_v3": 1}, {})
 
 
 @pytest.mark.parametrize(("suffix", "kind"), [

@@ -14,12 +14,12 @@ from ditto.backends.talkinghead.models.lmdm import (
     ONNX_OUTPUT_NAMES,
     MotionDecoder,
     RotaryEmbedding,
-    _cosine_alphas_cumprod,
-    export_lmdm_onnx,
     lmdm_from_checkpoint,
 )
-from ditto.backends.talkinghead.pipeline.sampler import cosine_alphas_cumprod
+from ditto.backends.talkinghead.pipeline.sampler import DDIMSampler
+from ditto.backends.talkinghead.pipeline.schedule import cosine_alphas_cumprod
 from ditto.errors import ConfigError
+from ditto.tools.onnx_export import export_lmdm_onnx
 
 # Official lmdm_v0.4_hubert MotionDecoder (docs/pipeline.md §4.2).
 OFFICIAL_KEYS = 249
@@ -236,8 +236,12 @@ def test_batched_cfg_equals_separate_branches(model: MotionDecoder, inputs) -> N
     torch.testing.assert_close(x_start, u + (c - u) * 2.0, rtol=1e-5, atol=1e-4)
 
 
-def test_schedule_table_matches_sampler() -> None:
-    assert torch.equal(_cosine_alphas_cumprod(), cosine_alphas_cumprod())
+def test_schedule_table_matches_sampler(model: MotionDecoder) -> None:
+    """The model's pred_noise tables and the sampler come from the one cosine schedule."""
+    ac = cosine_alphas_cumprod()
+    assert torch.equal(model.sqrt_recip_one_minus_ac, torch.sqrt(1.0 / (1.0 - ac)))
+    assert torch.equal(model.sqrt_recip_ac_minus_one, torch.sqrt(1.0 / ac - 1.0))
+    assert torch.equal(DDIMSampler().alphas_cumprod, ac)
 
 
 def test_onnx_twin_agrees_with_onnxruntime(model: MotionDecoder, inputs, tmp_path) -> None:

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from ditto.backends.talkinghead.models.lmdm import MotionDecoder, export_lmdm_onnx
+from ditto.backends.talkinghead.models.lmdm import MotionDecoder
 from ditto.backends.talkinghead.runtime.base import leading_batch_limit, run_in_batches
 from ditto.backends.talkinghead.runtime.loader import MODEL_IO, load_runner, read_torch_state_dict
 from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 from ditto.errors import ConfigError
+from ditto.tools.onnx_export import export_lmdm_onnx
 
 LMDM_NAMES = ("x", "cond_frame", "cond", "time_cond")
 

@@ -10,11 +10,11 @@ from ditto.backends.talkinghead.models.lmdm import MotionDecoder
 from ditto.backends.talkinghead.pipeline.sampler import (
     CudaGraphSampler,
     DDIMSampler,
-    cosine_alphas_cumprod,
     ddim_time_pairs,
     denoise_fn_from_runner,
     sample_window,
 )
+from ditto.backends.talkinghead.pipeline.schedule import cosine_alphas_cumprod
 
 SHAPE = (1, 80, 265)
 

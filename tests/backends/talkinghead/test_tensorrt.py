@@ -18,14 +18,7 @@ import pytest
 import torch
 
 from ditto.backends.talkinghead import preflight
-from ditto.backends.talkinghead.config import (
-    CFG_PKL_NAMES,
-    build_cfg_dict,
-    load_cfg,
-    onnx_model_name,
-    read_cfg_dict,
-    write_cfg_pkl,
-)
+from ditto.backends.talkinghead.config import CFG_PKL_NAMES, load_cfg, onnx_model_name, read_cfg_dict
 from ditto.backends.talkinghead.runtime import tensorrt_runner as tr
 from ditto.backends.talkinghead.runtime.loader import load_runner
 from ditto.backends.talkinghead.runtime.trt_bindings import (
@@ -40,6 +33,7 @@ from ditto.backends.talkinghead.runtime.trt_bindings import (
 )
 from ditto.errors import ConfigError
 from ditto.tools import build_engines
+from ditto.tools.cfg_writers import build_cfg_dict, write_cfg_pkl
 from tests.conftest import ROOT
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None

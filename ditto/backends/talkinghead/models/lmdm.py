@@ -24,13 +24,14 @@ time tokens). The unconditional branch swaps the encoded condition tokens for
 ``null_cond_embed`` and the pooled condition for ``null_cond_hidden``.
 
 The module loads no files and picks no device: build it, load a state dict
-(:func:`lmdm_from_checkpoint` does both for a checkpoint dict), move it.
+(:func:`lmdm_from_checkpoint` does both for a checkpoint dict), move it. The ONNX
+export with the official IO names (:data:`ONNX_INPUT_NAMES`, :data:`ONNX_OUTPUT_NAMES`)
+lives with the tools that write checkpoints (:mod:`ditto.tools.onnx_export`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,31 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ditto.backends.talkinghead.models.export import export_torch_onnx
+from ditto.backends.talkinghead.pipeline.schedule import N_TRAIN_STEPS, cosine_alphas_cumprod
 from ditto.errors import ConfigError
 
+#: IO names of the official ONNX/TensorRT ``lmdm`` model, in binding order.
 ONNX_INPUT_NAMES: tuple[str, ...] = ("x", "cond_frame", "cond", "time_cond")
 ONNX_OUTPUT_NAMES: tuple[str, ...] = ("pred_noise", "x_start")
-
-# Number of diffusion steps the model was trained with (official LMDM n_timestep).
-N_TRAIN_STEPS = 1000
-# Cosine schedule offset s (Nichol & Dhariwal 2021), official default.
-COSINE_S = 0.008
-
-
-def _cosine_alphas_cumprod(n_steps: int = N_TRAIN_STEPS, s: float = COSINE_S) -> Tensor:
-    """ᾱ_t of the cosine schedule, float32, shape (n_steps,).
-
-    Betas are formed in float64, clipped to [0, 0.999], cast to float32, and the
-    cumulative product is taken in float32 — the order the official code uses,
-    so the table matches it bit for bit. The sampler
-    (``pipeline/sampler.py``) holds the same function; a test keeps them equal.
-    """
-    steps = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps + s
-    f = torch.cos(steps / (1.0 + s) * (math.pi / 2.0)) ** 2
-    f = f / f[0]
-    betas = (1.0 - f[1:] / f[:-1]).clamp(0.0, 0.999).to(torch.float32)
-    return torch.cumprod(1.0 - betas, dim=0)
 
 
 class RotaryEmbedding(nn.Module):
@@ -340,7 +322,7 @@ class MotionDecoder(nn.Module):
         self.final_layer = nn.Linear(latent_dim, nfeats)
 
         # Noise-schedule tables for pred_noise; derived, so not in the state dict.
-        alphas_cumprod = _cosine_alphas_cumprod(n_train_steps)
+        alphas_cumprod = cosine_alphas_cumprod(n_train_steps)
         self.register_buffer("sqrt_recip_one_minus_ac", torch.sqrt(1.0 / (1.0 - alphas_cumprod)), persistent=False)
         self.register_buffer("sqrt_recip_ac_minus_one", torch.sqrt(1.0 / alphas_cumprod - 1.0), persistent=False)
 
@@ -497,28 +479,3 @@ def lmdm_from_checkpoint(obj: Mapping[str, Any], **overrides: Any) -> MotionDeco
     except RuntimeError as exc:
         raise ConfigError(f"LMDM checkpoint does not match MotionDecoder: {exc}") from exc
     return model.eval()
-
-
-def export_lmdm_onnx(model: MotionDecoder, path: str | os.PathLike[str], *, batch_size: int = 1,
-                     opset_version: int = 20, dynamic_batch: bool = False) -> None:
-    """Export ``model`` to ONNX with the official IO names and static shapes.
-
-    Inputs ``x``, ``cond_frame``, ``cond``, ``time_cond`` (int64); outputs
-    ``pred_noise``, ``x_start``. Uses the TorchScript-based exporter (no
-    onnxscript dependency). With ``dynamic_batch`` axis 0 of every tensor is
-    the symbolic ``batch`` (see :mod:`.export`).
-    """
-    p = next(model.parameters())
-    args = (
-        torch.zeros(batch_size, model.seq_len, model.nfeats, dtype=p.dtype, device=p.device),
-        torch.zeros(batch_size, model.nfeats, dtype=p.dtype, device=p.device),
-        torch.zeros(batch_size, model.seq_len, model.cond_feature_dim, dtype=p.dtype, device=p.device),
-        torch.full((batch_size,), 999, dtype=torch.int64, device=p.device),
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        export_torch_onnx(model, args, path, input_names=ONNX_INPUT_NAMES, output_names=ONNX_OUTPUT_NAMES,
-                          opset_version=opset_version, dynamic_batch=dynamic_batch)
-    finally:
-        model.train(was_training)

@@ -29,7 +29,7 @@ import torch
 from ditto.backends.talkinghead.aux_models.face_detector import FaceDetector, largest_face
 from ditto.backends.talkinghead.aux_models.face_mesh import eye_info
 from ditto.backends.talkinghead.aux_models.landmarks import Landmark106, Landmark203, crop_by_landmarks
-from ditto.backends.talkinghead.config import SetupOptions
+from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.pipeline.putback import CROP_SIZE, PastePlan, build_paste_plan
 from ditto.backends.talkinghead.pipeline.stages import MotionInfo, SourceFrame, SourceInfo
 from ditto.backends.talkinghead.runtime.base import ModelRunner

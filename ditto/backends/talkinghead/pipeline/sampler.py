@@ -10,7 +10,9 @@ the ONNX/TensorRT ``lmdm`` model wrapped by :func:`denoise_fn_from_runner`).
 Numerics follow the official LMDM (docs/pipeline.md §5):
 
 * 1000-step cosine schedule (s = 0.008); betas formed in float64, clipped to
-  [0, 0.999], cast to float32; ᾱ = cumprod(1 − β) in float32.
+  [0, 0.999], cast to float32; ᾱ = cumprod(1 − β) in float32
+  (:func:`~ditto.backends.talkinghead.pipeline.schedule.cosine_alphas_cumprod`, shared
+  with the torch LMDM).
 * time steps ``linspace(-1, 999, S+1)`` truncated to int, reversed, taken in
   consecutive pairs (t, t_next): S=10 → (999, 899) … (99, −1).
 * DDIM with eta = 1 on x0-predictions:
@@ -26,32 +28,17 @@ whole S-step loop in one CUDA graph (eager fallback on the CPU).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ditto.backends.talkinghead.pipeline.schedule import N_TRAIN_STEPS, cosine_alphas_cumprod
 from ditto.backends.talkinghead.runtime.base import DEFAULT_BATCH_SIZES, padded_batch_size
 
 # (x_t, cond_frame, cond, time_cond) -> (pred_noise, x_start)
 DenoiseFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
-N_TRAIN_STEPS = 1000  # official LMDM n_timestep
-COSINE_S = 0.008  # official cosine schedule offset
-
-
-def cosine_alphas_cumprod(n_steps: int = N_TRAIN_STEPS, s: float = COSINE_S) -> Tensor:
-    """ᾱ_t, t = 0..n_steps−1, of the cosine schedule as float32 on the CPU.
-
-    ᾱ[0] ≈ 0.99996, ᾱ[499] ≈ 0.4938, ᾱ[999] ≈ 2.4e−9.
-    """
-    steps = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps + s
-    f = torch.cos(steps / (1.0 + s) * (math.pi / 2.0)) ** 2
-    f = f / f[0]
-    betas = (1.0 - f[1:] / f[:-1]).clamp(0.0, 0.999).to(torch.float32)
-    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def ddim_time_pairs(sampling_timesteps: int, n_train_steps: int = N_TRAIN_STEPS) -> list[tuple[int, int]]:
