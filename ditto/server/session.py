@@ -157,10 +157,9 @@ class Session:
         """Prepare the job, announce it, then render it while listening to the client."""
         if start.live:
             self.ctx.registry.start_live(self)  # busy past the live sessions the backend keeps real time
-            writer.live = True  # its stream clock starts with the first audio chunk (render_live)
             logger.info("Starting live streaming for client %s", self.client_id)
         else:
-            writer.stream_started_at = time.monotonic()
+            writer.begin_file(time.monotonic())
             logger.info("Starting streaming for client %s", self.client_id)
         job = await self._in_render_pool(functools.partial(self._prepare, start))
         await writer.send_control(msg.StreamingStarted(
@@ -193,8 +192,9 @@ class Session:
             idle_after_s=s.live_idle_after_s, idle_timeout_s=s.idle_timeout_s,
             max_audio_seconds=s.max_audio_seconds), time.monotonic())
         execute = functools.partial(self._execute, inbox=inbox, writer=writer)
-        writer.on_frame_sent = lambda header: self._controls(conversation.frame_sent(header.utterance, header.index))
-        writer.on_utterance_end = lambda utterance: self._controls(conversation.utterance_end_sent(utterance))
+        writer.begin_live(
+            on_frame_sent=lambda header: self._controls(conversation.frame_sent(header.utterance, header.index)),
+            on_utterance_end=lambda utterance: self._controls(conversation.utterance_end_sent(utterance)))
 
         def rewound(next_frame: int) -> None:  # render thread -> event loop
             loop.call_soon_threadsafe(lambda: execute(conversation.rewound(next_frame, time.monotonic())))
@@ -388,8 +388,8 @@ class Session:
             if conversation.ended:  # before decoding: the state error is what the client needs to hear
                 raise ProtocolError("audio chunk after end_of_audio", code=ErrorCode.INVALID_STATE)
             samples = resampler.push(decode_pcm(pcm, sample_type=fmt.sample_type, channels=fmt.channels))
-            if writer.stream_started_at is None and len(samples):
-                writer.stream_started_at = now  # the first-frame latency counts from the first audio
+            if len(samples):
+                writer.start_clock(now)  # the first-frame latency counts from the first audio
             execute(conversation.receive_audio(samples, now))
             await inbox.room()
 

@@ -7,9 +7,9 @@ encoder pool, so rendering frame k+1 overlaps encoding frame k. Consumer side
 video frames are in flight (queued, encoding or being sent), so memory stays
 bounded. The overflow policy says what happens when they are all taken:
 
-* file mode (``live=False``): the producer waits; no frame is ever dropped for a
+* file mode (:meth:`begin_file`): the producer waits; no frame is ever dropped for a
   slow client;
-* live mode (``live=True``): the producer waits only until the frame is due (its
+* live mode (:meth:`begin_live`): the producer waits only until the frame is due (its
   ``deadline``, from the session's media clock); a frame still without a slot then is
   skipped (not encoded, not sent) and counted in :attr:`frames_skipped`. A client that
   keeps up never loses a frame to a burst (audio sent ahead of real time), and a stalled
@@ -22,9 +22,9 @@ session's length is capped by ``max_audio_seconds``), except on a live session's
 :meth:`discard_utterances` drops the unsent frames and echoes of the interrupted utterances, the
 queued ones and any the producer writes later, and frees their slots.
 
-Live sessions learn what was sent through two hooks, called on the event loop: ``on_frame_sent``
-when a frame is handed to the socket, ``on_utterance_end`` when the writer reaches the end mark
-the producer put after an utterance's frames; what they return is sent right after.
+Live sessions learn what was sent through two hooks given to :meth:`begin_live`, called on the event
+loop: one when a frame is handed to the socket, one when the writer reaches the end mark the producer
+put after an utterance's frames; what they return is sent right after.
 """
 
 from __future__ import annotations
@@ -82,7 +82,6 @@ class WebSocketFrameWriter:
         jpeg_quality: int,
         queue_size: int,
         metrics: ServerMetrics,
-        live: bool = False,
     ) -> None:
         self._ws = websocket
         self._loop = loop
@@ -92,16 +91,35 @@ class WebSocketFrameWriter:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded by the frame slots below
         self._frame_slots = threading.Semaphore(queue_size)
         self._aborted = False
-        self.live = live
+        self.live = False  # set once by begin_file / begin_live, at start_streaming
         self._discarded_through = 0  # live: frames of utterances 1..this are dropped (interrupted)
-        self.on_frame_sent: Callable[[FrameHeader], Iterable[BaseModel]] = lambda header: ()
-        self.on_utterance_end: Callable[[int], Iterable[BaseModel]] = lambda utterance: ()
+        self._on_frame_sent: Callable[[FrameHeader], Iterable[BaseModel]] = lambda header: ()
+        self._on_utterance_end: Callable[[int], Iterable[BaseModel]] = lambda utterance: ()
         self.frames_sent = 0
         self.frames_skipped = 0
         self.frames_discarded = 0  # queued, then dropped by an interrupt
         self.bytes_sent = 0
         self.stream_started_at: float | None = None  # monotonic time of start_streaming (live: first audio)
         self.first_frame_sent_at: float | None = None
+
+    # --- the session's mode, set once at start_streaming (errors may be sent before it) ----------
+
+    def begin_file(self, started_at: float) -> None:
+        """File mode: no frame is ever skipped; the first-frame latency counts from ``started_at``."""
+        self.stream_started_at = started_at
+
+    def begin_live(self, on_frame_sent: Callable[[FrameHeader], Iterable[BaseModel]],
+                   on_utterance_end: Callable[[int], Iterable[BaseModel]]) -> None:
+        """Live mode: late frames are skipped for a slow client; the hooks (called on the event loop)
+        return what to send right after a frame / an utterance's end mark; the clock starts with
+        :meth:`start_clock`."""
+        self.live = True
+        self._on_frame_sent, self._on_utterance_end = on_frame_sent, on_utterance_end
+
+    def start_clock(self, at: float) -> None:
+        """Live: the first audio arrived at ``at``; the first-frame latency counts from there."""
+        if self.stream_started_at is None:
+            self.stream_started_at = at
 
     # --- producer side (any thread but the event loop's) ------------------------------------
 
@@ -238,7 +256,7 @@ class WebSocketFrameWriter:
                 self._drop(item)
                 continue
             if isinstance(item, _UtteranceEnd):
-                await self._send_controls(self.on_utterance_end(item.utterance))
+                await self._send_controls(self._on_utterance_end(item.utterance))
                 continue
             if isinstance(item, _Echo):
                 await self._send_binary(item.message)
@@ -250,7 +268,7 @@ class WebSocketFrameWriter:
                 if self._is_stale(item):  # interrupted while it was being encoded: never sent
                     self.frames_discarded += 1
                     continue
-                after = self.on_frame_sent(item.header)
+                after = self._on_frame_sent(item.header)
                 await self._send_binary(data)
             finally:
                 self._frame_slots.release()
