@@ -60,8 +60,8 @@ import torch  # noqa: E402
 
 from ditto import SAMPLES_PER_FRAME  # noqa: E402
 from ditto.backends.talkinghead.backend import DittoBackend  # noqa: E402
-from ditto.backends.talkinghead.engine import RenderWork  # noqa: E402
 from ditto.backends.talkinghead.config import load_cfg  # noqa: E402
+from ditto.backends.talkinghead.engine import RenderWork  # noqa: E402
 from ditto.backends.talkinghead.pipeline.putback import make_feather_mask, paste_back  # noqa: E402
 from ditto.backends.talkinghead.pipeline.sampler import DDIMSampler, denoise_fn_from_runner, sample_window  # noqa: E402
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa: E402

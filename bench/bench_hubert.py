@@ -29,11 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor, split_len
-from ditto.backends.talkinghead.aux_models.hubert_torch import check_module_matches_runner, hubert_module_from_onnx
-from ditto.backends.talkinghead.models.hubert import export_hubert_onnx
-from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner
-from ditto.tools.aux_test_models import build_hubert_large_stand_in
+from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor, split_len  # noqa: E402
+from ditto.backends.talkinghead.aux_models.hubert_torch import check_module_matches_runner, hubert_module_from_onnx  # noqa: E402
+from ditto.backends.talkinghead.models.hubert import export_hubert_onnx  # noqa: E402
+from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner  # noqa: E402
+from ditto.tools.aux_test_models import build_hubert_large_stand_in  # noqa: E402
 
 
 def timed(fn, reps: int, device: torch.device) -> float:

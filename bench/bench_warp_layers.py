@@ -34,8 +34,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ditto.backends.talkinghead.models import SPADEDecoder, WarpingNetwork  # noqa: E402
-from ditto.backends.talkinghead.pipeline.render import (DepthTapConv3d, _PaddedConv, channels_last,  # noqa: E402
-                                                        depth_tap_convs, pad_conv_channels)
+from ditto.backends.talkinghead.pipeline.render import (  # noqa: E402
+    DepthTapConv3d,
+    _PaddedConv,
+    channels_last,
+    depth_tap_convs,
+    pad_conv_channels,
+)
 
 
 def timed_ms(fn, iters: int, device: torch.device) -> float:

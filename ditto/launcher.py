@@ -21,7 +21,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ditto.client.cli import build_parser as client_parser
-from ditto.server.main import build_parser as server_parser, settings_from_args
+from ditto.server.main import build_parser as server_parser
+from ditto.server.main import settings_from_args
 
 logger = logging.getLogger("run_streaming_test")
 ROOT = Path(__file__).resolve().parent.parent

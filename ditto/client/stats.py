@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ditto import SAMPLE_RATE_HZ
-
 from ditto.protocol import messages as msg
 
 if TYPE_CHECKING:

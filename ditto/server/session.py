@@ -32,8 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from ditto import FPS
 from ditto.backends.base import AnimationStream, AnimatorBackend, Avatar, StreamOptions
-from ditto.errors import (BackendError, CloseCode, DittoError, ErrorCode, MediaError, ProtocolError,
-                          SessionTimeout)
+from ditto.errors import BackendError, CloseCode, DittoError, ErrorCode, MediaError, ProtocolError, SessionTimeout
 from ditto.media.audio import Audio, decode_audio
 from ditto.media.image import decode_image
 from ditto.media.paths import resolve_media_path
@@ -42,8 +41,14 @@ from ditto.protocol import messages as msg
 from ditto.protocol.frames import AudioChunkHeader, SampleType
 from ditto.server import LOGGER_NAME
 from ditto.server.avatars import AvatarCache
-from ditto.server.conversation import (Action, Conversation, ConversationLimits, DiscardUnsentFrames,
-                                       DropQueuedAudio, Send)
+from ditto.server.conversation import (
+    Action,
+    Conversation,
+    ConversationLimits,
+    DiscardUnsentFrames,
+    DropQueuedAudio,
+    Send,
+)
 from ditto.server.file_mode import render_file
 from ditto.server.live import Inbox, render_live
 from ditto.server.metrics import ServerMetrics

@@ -414,8 +414,10 @@ def _tflite_mesh_model(template: np.ndarray) -> bytes:
     image preprocessing requires for float inputs.
     """
     import flatbuffers
-    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer  # noqa: I001
-    from mediapipe.tasks.metadata import schema_py_generated as fb
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
+
+    # isort: split
+    from mediapipe.tasks.metadata import schema_py_generated as fb  # kept after metadata_writers, as first written
 
     buffers = [fb.BufferT()]
     tensors: list = []

@@ -5,7 +5,14 @@ import pytest
 from ditto.errors import ErrorCode, ProtocolError
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import (
-    AUDIO_HEADER_SIZE, AudioChunkHeader, FrameHeader, FrameKind, SampleType, pack_audio_chunk, pack_frame)
+    AUDIO_HEADER_SIZE,
+    AudioChunkHeader,
+    FrameHeader,
+    FrameKind,
+    SampleType,
+    pack_audio_chunk,
+    pack_frame,
+)
 
 
 def test_audio_chunk_header_round_trip():

@@ -20,8 +20,17 @@ from ditto.errors import ErrorCode  # noqa: E402
 from ditto.protocol import messages as msg  # noqa: E402
 from ditto.serve.deployment import STREAMING_DEPLOYMENT, build_app  # noqa: E402
 from tests.conftest import astronaut, free_port  # noqa: E402
-from tests.server.helpers import (END_OF_AUDIO, LiveClient, converse, live_start, png_bytes,  # noqa: E402
-                                  speech_like, start_message, wait_until, wav_bytes)
+from tests.server.helpers import (  # noqa: E402
+    END_OF_AUDIO,
+    LiveClient,
+    converse,
+    live_start,
+    png_bytes,
+    speech_like,
+    start_message,
+    wait_until,
+    wav_bytes,
+)
 
 APP = "ditto-test"
 SESSIONS_PER_REPLICA = 5

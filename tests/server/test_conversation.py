@@ -8,8 +8,18 @@ import pytest
 
 from ditto.errors import ErrorCode, MediaError, ProtocolError, SessionTimeout
 from ditto.protocol import messages as msg
-from ditto.server.conversation import (Conversation, ConversationLimits, DiscardUnsentFrames, DropQueuedAudio,
-                                       FeedAudio, Finish, Flush, Idle, Interrupt, Send)
+from ditto.server.conversation import (
+    Conversation,
+    ConversationLimits,
+    DiscardUnsentFrames,
+    DropQueuedAudio,
+    FeedAudio,
+    Finish,
+    Flush,
+    Idle,
+    Interrupt,
+    Send,
+)
 
 LIMITS = ConversationLimits(idle_after_s=0.2, idle_timeout_s=30.0, max_audio_seconds=600.0)
 FRAME = 640

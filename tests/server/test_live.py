@@ -17,8 +17,18 @@ from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
 from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, FakeBackend, FaultyBackend, run
 from tests.server.helpers import (
-    END_OF_AUDIO, binary_chunk, json_chunk, live_converse, live_start, metric_values, pcm_bytes, png_bytes,
-    portrait, speech_like, split_chunks)
+    END_OF_AUDIO,
+    binary_chunk,
+    json_chunk,
+    live_converse,
+    live_start,
+    metric_values,
+    pcm_bytes,
+    png_bytes,
+    portrait,
+    speech_like,
+    split_chunks,
+)
 from tests.server.test_session import BACKEND_FAULTS, assert_still_serving, healthz
 
 

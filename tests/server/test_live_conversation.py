@@ -14,8 +14,23 @@ from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags, FrameHeader
 from tests.conftest import EXAMPLE_IMAGE, FakeBackend, run
 from tests.server.helpers import (
-    END_OF_AUDIO, END_OF_UTTERANCE, INTERRUPT, LiveClient, binary_chunk, converse, json_chunk, live_converse,
-    live_start, pcm_bytes, png_bytes, portrait, speech_like, split_chunks, start_message, wav_bytes)
+    END_OF_AUDIO,
+    END_OF_UTTERANCE,
+    INTERRUPT,
+    LiveClient,
+    binary_chunk,
+    converse,
+    json_chunk,
+    live_converse,
+    live_start,
+    pcm_bytes,
+    png_bytes,
+    portrait,
+    speech_like,
+    split_chunks,
+    start_message,
+    wav_bytes,
+)
 from tests.server.test_session import assert_still_serving
 
 RATE = 24000  # 24 kHz PCM16: what speech APIs send

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 import threading
 import zlib
-import struct
 
 import cv2
 import httpx
@@ -19,8 +19,18 @@ from ditto.errors import BackendError, ErrorCode
 from ditto.protocol import messages as msg
 from ditto.protocol.frames import FrameFlags
 from tests.conftest import FakeBackend, FaultyBackend, GatedRegistration, run
-from tests.server.helpers import (converse, live_start, metric_values, png_bytes, portrait, speech_like,
-                                  start_message, stream_then, wait_until, wav_bytes)
+from tests.server.helpers import (
+    converse,
+    live_start,
+    metric_values,
+    png_bytes,
+    portrait,
+    speech_like,
+    start_message,
+    stream_then,
+    wait_until,
+    wav_bytes,
+)
 
 
 def good_start(seconds: float = 1.0, seed: int = 0) -> str:

@@ -11,8 +11,16 @@ import pytest
 from ditto.client.connection import ReceivedFrame, SessionResult
 from ditto.protocol import messages as msg
 from ditto.tools.load_test import (
-    CLIENT_TIMEOUT, LevelReport, SessionOutcome, capacity, format_table, main, parse_levels, session_outcome,
-    summarize_level)
+    CLIENT_TIMEOUT,
+    LevelReport,
+    SessionOutcome,
+    capacity,
+    format_table,
+    main,
+    parse_levels,
+    session_outcome,
+    summarize_level,
+)
 from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -40,7 +40,6 @@ from ditto.backends.base import StageStats, StreamOptions
 from ditto.backends.talkinghead.aux_models.hubert import split_len
 from ditto.backends.talkinghead.avatar import DittoAvatar, host_copy
 from ditto.backends.talkinghead.config import DittoCfg
-from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.engine import (
     DEFAULT_BATCH_SIZES,
     RenderWork,
@@ -49,6 +48,7 @@ from ditto.backends.talkinghead.engine import (
     batch_sizes_up_to,
 )
 from ditto.backends.talkinghead.loading import DittoModels, resolve_device
+from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.pipeline.condition import cond_width
 from ditto.backends.talkinghead.pipeline.putback import CROP_SIZE, build_paste_plan
 from ditto.backends.talkinghead.pipeline.registration import CropOptions, fit_to_max_size

@@ -50,8 +50,12 @@ from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor,
 from ditto.backends.talkinghead.pipeline.putback import PastePlan, paste_back
 from ditto.backends.talkinghead.pipeline.render import FrameRenderer
 from ditto.backends.talkinghead.pipeline.sampler import BatchedWindowSampler
-from ditto.backends.talkinghead.runtime.base import (DEFAULT_BATCH_SIZES, ModelRunner, batch_sizes_up_to,
-                                                    padded_batch_size)
+from ditto.backends.talkinghead.runtime.base import (
+    DEFAULT_BATCH_SIZES,
+    ModelRunner,
+    batch_sizes_up_to,
+    padded_batch_size,
+)
 from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 
 logger = logging.getLogger(__name__)

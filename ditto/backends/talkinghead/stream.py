@@ -41,8 +41,8 @@ from ditto.backends.base import StreamOptions, VideoFrame
 from ditto.backends.talkinghead.aux_models.hubert import StreamingWindower, offline_windows
 from ditto.backends.talkinghead.avatar import DittoAvatar
 from ditto.backends.talkinghead.config import Audio2MotionCfg
-from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, WindowWork
+from ditto.backends.talkinghead.options import SetupOptions
 from ditto.backends.talkinghead.pipeline.audio2motion import (
     MotionEase,
     MotionWindowing,

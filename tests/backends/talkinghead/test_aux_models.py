@@ -16,8 +16,8 @@ from ditto.backends.talkinghead.aux_models import face_mesh as fm
 from ditto.backends.talkinghead.aux_models import hubert as hb
 from ditto.backends.talkinghead.aux_models import landmarks as lm
 from ditto.errors import ErrorCode, SourceError
-from tests.conftest import astronaut
 from ditto.tools.aux_test_models import write_aux_test_models
+from tests.conftest import astronaut
 
 
 class OrtRunner:

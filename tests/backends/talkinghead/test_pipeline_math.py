@@ -575,8 +575,10 @@ def test_motion_stitch_composition_image():
                            rng=random.Random(0), d0=d0)
     kps = st(0, d1, {})
     # reconstruct by hand
-    lip = np.zeros((21, 3)); lip[list(ms.LIP_KPS)] = 1
-    eye = np.zeros((21, 3)); eye[list(ms.EYE_KPS)] = 1
+    lip = np.zeros((21, 3))
+    lip[list(ms.LIP_KPS)] = 1
+    eye = np.zeros((21, 3))
+    eye[list(ms.EYE_KPS)] = 1
     lip, eye = lip.reshape(1, 63), eye.reshape(1, 63)
     s, a, b = src.as_dict(), d1.as_dict(), d0.as_dict()
     mixed = {k: s[k] + (a[k] - b[k]) for k in ("pitch", "yaw", "roll", "t", "exp")}

@@ -27,11 +27,9 @@ from torch import Tensor, nn
 
 from ditto.backends.talkinghead.config import engine_kind_for
 from ditto.backends.talkinghead.models import ONNX_IO
-from ditto.backends.talkinghead.models.lmdm import (
-    ONNX_INPUT_NAMES as LMDM_INPUT_NAMES,
-    ONNX_OUTPUT_NAMES as LMDM_OUTPUT_NAMES,
-    lmdm_for_state_dict,
-)
+from ditto.backends.talkinghead.models.lmdm import ONNX_INPUT_NAMES as LMDM_INPUT_NAMES
+from ditto.backends.talkinghead.models.lmdm import ONNX_OUTPUT_NAMES as LMDM_OUTPUT_NAMES
+from ditto.backends.talkinghead.models.lmdm import lmdm_for_state_dict
 from ditto.backends.talkinghead.runtime.base import ModelRunner
 from ditto.errors import ConfigError
 
