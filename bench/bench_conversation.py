@@ -131,21 +131,29 @@ async def send_speech(ws, pcm: bytes, starts_at_s: float, seq: Iterator[int]) ->
     first_sent_s = math.nan
     for offset in range(0, len(pcm), chunk_bytes):
         await asyncio.sleep(max(0.0, starts_at_s + offset / speech_bytes(1.0) - time.time()))
-        await ws.send(pack_audio_chunk(AudioChunkHeader(SampleType.INT16, next(seq)), pcm[offset:offset + chunk_bytes]))
+        await ws.send(
+            pack_audio_chunk(AudioChunkHeader(SampleType.INT16, next(seq)), pcm[offset : offset + chunk_bytes])
+        )
         if math.isnan(first_sent_s):
             first_sent_s = time.time()
     return first_sent_s
 
 
-async def send_script(ws, speech: bytes, script: Script, seen: Conversation, streaming_started: asyncio.Event,
-                      interrupt_confirmed: asyncio.Event) -> None:
+async def send_script(
+    ws,
+    speech: bytes,
+    script: Script,
+    seen: Conversation,
+    streaming_started: asyncio.Event,
+    interrupt_confirmed: asyncio.Event,
+) -> None:
     await streaming_started.wait()
     utterance_bytes, seq = speech_bytes(script.utterance_s), itertools.count()
     schedule_s = time.time()  # pacing and measuring share the wall clock the server stamps sent_us with
     seen.first_chunk_s[1] = await send_speech(ws, speech[:utterance_bytes], schedule_s, seq)
     await ws.send(json.dumps({"type": "end_of_utterance"}))
     seen.end_of_utterance_s = time.time()
-    first_half = speech[utterance_bytes:utterance_bytes + speech_bytes(script.utterance_s / 2)]
+    first_half = speech[utterance_bytes : utterance_bytes + speech_bytes(script.utterance_s / 2)]
     seen.first_chunk_s[2] = await send_speech(ws, first_half, schedule_s + script.utterance_s + script.pause_s, seq)
     await ws.send(json.dumps({"type": "interrupt"}))
     seen.interrupt_s = time.time()
@@ -177,8 +185,12 @@ async def receive(ws, seen: Conversation, streaming_started: asyncio.Event, inte
 async def converse(server: str, client_id: str, speech: bytes, source: str, script: Script) -> Conversation:
     """One live session of ``script``. Raises on a server error or after a generous timeout."""
     seen, streaming_started, interrupt_confirmed = Conversation(), asyncio.Event(), asyncio.Event()
-    start = {"type": "start_streaming", "live": True, "source": media_ref(source, upload=True),
-             "audio_format": {"sample_rate_hz": SPEECH_RATE_HZ, "channels": 1, "sample_type": "int16"}}
+    start = {
+        "type": "start_streaming",
+        "live": True,
+        "source": media_ref(source, upload=True),
+        "audio_format": {"sample_rate_hz": SPEECH_RATE_HZ, "channels": 1, "sample_type": "int16"},
+    }
     async with asyncio.timeout(2 * script.utterance_s + script.pause_s + script.idle_s + 60):
         async with websockets.connect(f"{server}/ws/{client_id}", max_size=None) as ws:
             await ws.send(json.dumps(start))
@@ -192,17 +204,22 @@ async def converse(server: str, client_id: str, speech: bytes, source: str, scri
 
 def measure(seen: Conversation, script: Script) -> dict[str, float | None]:
     """The metrics of one conversation (ms, ``None`` where there was nothing to measure)."""
+
     def ms(later_s: float | None, earlier_s: float) -> float | None:
         return None if later_s is None else round(1000 * (later_s - earlier_s), 1)
 
     def event_s(kind: type, utterance: int) -> float | None:
-        return next((e.arrival_s for e in seen.playback
-                     if isinstance(e.message, kind) and e.message.utterance == utterance), None)
+        return next(
+            (e.arrival_s for e in seen.playback if isinstance(e.message, kind) and e.message.utterance == utterance),
+            None,
+        )
 
     sent_s = {u: [f.sent_s for f in seen.frames if f.utterance == u] for u in (1, 2)}
     # from the interrupt on (not the frame before it: speech frames come in bursts, one per chunk)
-    idling_s = [seen.interrupt_s, *(f.sent_s for f in seen.frames
-                                    if seen.interrupt_s < f.sent_s <= seen.interrupt_s + script.idle_s)]
+    idling_s = [
+        seen.interrupt_s,
+        *(f.sent_s for f in seen.frames if seen.interrupt_s < f.sent_s <= seen.interrupt_s + script.idle_s),
+    ]
     gaps_s = [later - earlier for earlier, later in zip(idling_s, idling_s[1:])]
     return {
         "utterance1_first_frame_ms": ms(min(sent_s[1], default=None), seen.first_chunk_s[1]),
@@ -225,9 +242,12 @@ def summarize(repetitions: list[dict[str, float | None]], targets_ms: dict[str, 
         values = [r[name] for r in repetitions if r[name] is not None]
         complete = len(values) == len(repetitions)
         worst = max(values, default=None)
-        summary[name] = {"median_ms": statistics.median(values) if values else None, "max_ms": worst,
-                         "target_ms": target_ms,
-                         "met": None if target_ms is None else complete and worst is not None and worst <= target_ms}
+        summary[name] = {
+            "median_ms": statistics.median(values) if values else None,
+            "max_ms": worst,
+            "target_ms": target_ms,
+            "met": None if target_ms is None else complete and worst is not None and worst <= target_ms,
+        }
     return summary
 
 
@@ -239,14 +259,17 @@ def format_table(summary: dict[str, dict]) -> str:
     for name, s in summary.items():
         verdict = {True: "✅", False: "❌", None: ""}[s["met"]]
         target = "—" if s["target_ms"] is None else f"≤ {s['target_ms']:.0f}"
-        rows.append(f"{METRICS[name].label:<46} {number(s['median_ms']):>7} {number(s['max_ms']):>7} {target:>7}  {verdict}")
+        rows.append(
+            f"{METRICS[name].label:<46} {number(s['median_ms']):>7} {number(s['max_ms']):>7} {target:>7}  {verdict}"
+        )
     return "\n".join(rows)
 
 
-async def run_conversations(server: str, speech: bytes, source: str, script: Script,
-                            repeats: int) -> list[Conversation]:
+async def run_conversations(
+    server: str, speech: bytes, source: str, script: Script, repeats: int
+) -> list[Conversation]:
     # the portrait registered (and cached by the server) first, so the repetitions measure streaming only
-    warmup = PcmAudio(speech[:speech_bytes(1.0)], SPEECH_RATE_HZ, 1)
+    warmup = PcmAudio(speech[: speech_bytes(1.0)], SPEECH_RATE_HZ, 1)
     warmed = await run_live_session(server, "warmup", warmup, source, timeout_s=600, realtime=False, log_every=10**9)
     if not warmed.ok:
         raise RuntimeError(f"warm-up session failed: {warmed.error}")
@@ -288,15 +311,27 @@ def main(argv: list[str] | None = None) -> int:
         conversations = asyncio.run(run_conversations(started.url, speech, args.source, script, repeats))
     repetitions = [measure(c, script) for c in conversations]
     summary = summarize(repetitions, targets_ms)
-    print(f"{args.backend}, {max_size} px, {repeats} repetitions: utterances of {script.utterance_s:g} s "
-          f"(the second interrupted in its middle), {script.pause_s:g} s pause, {script.idle_s:g} s idle; "
-          f"{CHUNK_S * 1000:.0f} ms chunks of {SPEECH_RATE_HZ // 1000} kHz PCM16 at real time")
+    print(
+        f"{args.backend}, {max_size} px, {repeats} repetitions: utterances of {script.utterance_s:g} s "
+        f"(the second interrupted in its middle), {script.pause_s:g} s pause, {script.idle_s:g} s idle; "
+        f"{CHUNK_S * 1000:.0f} ms chunks of {SPEECH_RATE_HZ // 1000} kHz PCM16 at real time"
+    )
     print(format_table(summary))
-    result = {"backend": args.backend, "max_size": max_size, "repeats": repeats, "script": dataclasses.asdict(script),
-              "chunk_ms": CHUNK_S * 1000, "sample_rate_hz": SPEECH_RATE_HZ, "startup_s": round(started.startup_s, 1),
-              "load_average_start": load_average_start, "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
-              "summary": summary, "repetitions": repetitions,
-              "completed": [c.completed.model_dump() for c in conversations]}
+    result = {
+        "backend": args.backend,
+        "max_size": max_size,
+        "repeats": repeats,
+        "script": dataclasses.asdict(script),
+        "chunk_ms": CHUNK_S * 1000,
+        "sample_rate_hz": SPEECH_RATE_HZ,
+        "startup_s": round(started.startup_s, 1),
+        "load_average_start": load_average_start,
+        "load_average_end": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "summary": summary,
+        "repetitions": repetitions,
+        "completed": [c.completed.model_dump() for c in conversations],
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0 if all(s["met"] is not False for s in summary.values()) else 1

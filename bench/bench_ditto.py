@@ -69,8 +69,7 @@ from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa:
 SAMPLE_RATE = 16000
 CHUNK_MS = 200
 LOOKAHEAD_MS_V10 = 885.0  # docs/pipeline.md §10.3: (2V)·40 ms + 85 ms HuBERT future context, V = 10
-TARGETS = {"fps": 60.0, "lmdm_window_ms": 80.0, "file_first_frame_ms": 300.0, "speedup": 2.0,
-           "live_compute_ms": 150.0}
+TARGETS = {"fps": 60.0, "lmdm_window_ms": 80.0, "file_first_frame_ms": 300.0, "speedup": 2.0, "live_compute_ms": 150.0}
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -102,8 +101,7 @@ class Timer:
 
 def stats(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
-    return {"median": statistics.median(s), "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "min": s[0],
-            "n": len(s)}
+    return {"median": statistics.median(s), "p90": s[min(len(s) - 1, int(0.9 * len(s)))], "min": s[0], "n": len(s)}
 
 
 def read_audio(seconds: float) -> np.ndarray:
@@ -125,8 +123,12 @@ def ensure_tree(tree: Path | None) -> Path:
         return tree
     out = tree or Path(tempfile.mkdtemp(prefix="ditto_bench_tree_"))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ditto.tools.make_test_checkpoints", str(out), "--skip_onnx"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ditto.tools.make_test_checkpoints", str(out), "--skip_onnx"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print(f"# generated test tree in {out} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
@@ -141,6 +143,7 @@ def bench_pkls(tree: Path) -> tuple[Path, Path]:
     task = tree / "ditto_pytorch" / "aux_models" / "face_landmarker.task"
     try:
         import mediapipe  # noqa: F401
+
         have_mp = task.is_file()
     except ImportError:
         have_mp = False
@@ -148,7 +151,10 @@ def bench_pkls(tree: Path) -> tuple[Path, Path]:
         base["base_cfg"]["landmark478_cfg"] = {
             "blaze_face_model_path": str(tree / "ditto_onnx" / "blaze_face.onnx"),
             "face_mesh_model_path": str(tree / "ditto_onnx" / "face_mesh.onnx"),
-            "task_path": "", "device": "cuda", "force_ori_type": False}
+            "task_path": "",
+            "device": "cuda",
+            "force_ori_type": False,
+        }
     offline = cfg_dir / "bench_pytorch.pkl"
     online = cfg_dir / "bench_pytorch_online.pkl"
     with open(offline, "wb") as fh:
@@ -246,8 +252,13 @@ def run_file_session(backend: DittoBackend, avatar, audio: np.ndarray, seed: int
     t_end = time.perf_counter()
     stream.close()
     assert first.index == 0
-    return {"first_frame_ms": (t_first - t0) * 1e3, "frames": n, "total_s": t_end - t0,
-            "fps": n / (t_end - t0), "render_fps": (n - 1) / max(t_end - t_first, 1e-9)}
+    return {
+        "first_frame_ms": (t_first - t0) * 1e3,
+        "frames": n,
+        "total_s": t_end - t0,
+        "fps": n / (t_end - t0),
+        "render_fps": (n - 1) / max(t_end - t_first, 1e-9),
+    }
 
 
 def run_online_fast(backend: DittoBackend, avatar, audio: np.ndarray, seed: int) -> dict[str, float]:
@@ -259,7 +270,7 @@ def run_online_fast(backend: DittoBackend, avatar, audio: np.ndarray, seed: int)
     t0 = time.perf_counter()
     n = 0
     for start in range(0, len(audio), step):
-        n += sum(1 for _ in stream.feed(audio[start:start + step]))
+        n += sum(1 for _ in stream.feed(audio[start : start + step]))
     n += sum(1 for _ in stream.finish())
     dt = time.perf_counter() - t0
     stream.close()
@@ -278,11 +289,16 @@ def run_live(backend: DittoBackend, avatar, audio: np.ndarray, seed: int) -> dic
         while (now := time.perf_counter()) < due:
             time.sleep(min(0.002, due - now))
         arrivals.append(time.perf_counter())
-        for frame in stream.feed(audio[start:start + step]):
+        for frame in stream.feed(audio[start : start + step]):
             if first is None:
                 t = time.perf_counter()
-                first = {"chunk": k, "audio_ms_at_chunk": (k + 1) * CHUNK_MS, "since_chunk_ms": (t - arrivals[-1]) * 1e3,
-                         "since_start_ms": (t - t0) * 1e3, "frame_index": frame.index}
+                first = {
+                    "chunk": k,
+                    "audio_ms_at_chunk": (k + 1) * CHUNK_MS,
+                    "since_chunk_ms": (t - arrivals[-1]) * 1e3,
+                    "since_start_ms": (t - t0) * 1e3,
+                    "frame_index": frame.index,
+                }
         if first is not None:
             break
     stream.close()
@@ -307,7 +323,7 @@ def sync_audit(backend: DittoBackend, avatar, audio: np.ndarray) -> dict[str, An
         try:
             n = 0
             for start in range(0, len(audio), step):
-                n += sum(1 for _ in stream.feed(audio[start:start + step]))
+                n += sum(1 for _ in stream.feed(audio[start : start + step]))
             n += sum(1 for _ in stream.finish())
         finally:
             torch.cuda.set_sync_debug_mode("default")
@@ -330,12 +346,14 @@ def renderer_variants(backend: DittoBackend, avatar, timer: Timer, iters: int, w
     x_d = x_s + torch.randn(1, 21, 3, generator=gen, device=dev) * 0.01
     out: dict[str, Any] = {}
     with torch.inference_mode():
-        out["eager_fp16_ms"] = stats(timer.time_ms(lambda: models.renderer.eager(f_s, x_s, x_d), iters=iters,
-                                                   warmup=warmup))
+        out["eager_fp16_ms"] = stats(
+            timer.time_ms(lambda: models.renderer.eager(f_s, x_s, x_d), iters=iters, warmup=warmup)
+        )
         ref = models.renderer.eager(f_s, x_s, x_d).float()
         if models.renderer.use_graph:
-            out["graph_fp16_ms"] = stats(timer.time_ms(lambda: models.renderer([f_s], x_s, x_d), iters=iters,
-                                                       warmup=warmup))
+            out["graph_fp16_ms"] = stats(
+                timer.time_ms(lambda: models.renderer([f_s], x_s, x_d), iters=iters, warmup=warmup)
+            )
             got = models.renderer([f_s], x_s, x_d).float()
             out["graph_vs_eager_max_abs"] = float((got - ref).abs().max())
         if dev.type == "cuda" and isinstance(models.warp, TorchRunner):
@@ -368,8 +386,9 @@ def renderer_variants(backend: DittoBackend, avatar, timer: Timer, iters: int, w
     return out
 
 
-def lmdm_measure(backend: DittoBackend, ref: ReferenceStyle, timer: Timer, steps: int, iters: int,
-                 warmup: int) -> dict[str, Any]:
+def lmdm_measure(
+    backend: DittoBackend, ref: ReferenceStyle, timer: Timer, steps: int, iters: int, warmup: int
+) -> dict[str, Any]:
     """One LMDM window: (a) eager with host copies, (b) the engine's batched sampler at batch 1."""
     a2m = backend.cfg.audio2motion
     dev = backend.device
@@ -387,8 +406,7 @@ def lmdm_measure(backend: DittoBackend, ref: ReferenceStyle, timer: Timer, steps
     noise = sampler._require_schedule().noise
     with torch.inference_mode():
         eager = sample_window(denoise_fn_from_runner(backend.models.lmdm), kp_t, cond_t, sampler, x_T=x_T)
-        out["b_ms"] = stats(timer.time_ms(lambda: batched(steps, kp_t, cond_t, x_T, noise), iters=iters,
-                                          warmup=warmup))
+        out["b_ms"] = stats(timer.time_ms(lambda: batched(steps, kp_t, cond_t, x_T, noise), iters=iters, warmup=warmup))
         out["graph_vs_eager_max_abs"] = float((batched(steps, kp_t, cond_t, x_T, noise) - eager).abs().max())
     return out
 
@@ -403,8 +421,9 @@ def project_frame(backend: DittoBackend, avatar, timer: Timer, iters: int, warmu
     def one() -> None:
         x_s, x_d = pairs[i[0] % 4]
         i[0] += 1
-        work = RenderWork(index=0, f_s=frame.f_s, x_s=x_s, x_d=x_d, stitch=True, plan=avatar.paste_plans[0],
-                          jpeg_quality=None)
+        work = RenderWork(
+            index=0, f_s=frame.f_s, x_s=x_s, x_d=x_d, stitch=True, plan=avatar.paste_plans[0], jpeg_quality=None
+        )
         engine.render(work, deadline=0.0).result()
 
     return {"frame_ms": stats(timer.time_ms(one, iters=iters, warmup=warmup))}
@@ -440,9 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     timer = Timer(dev)
     warm = 0 if args.quick else 3
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor()
-                              or "cpu", "torch": torch.__version__, "python": platform.python_version(),
-                              "seconds": args.seconds, "max_size": args.max_size}
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "seconds": args.seconds,
+        "max_size": args.max_size,
+    }
     print(f"# device {report['device']}, torch {torch.__version__}", flush=True)
 
     tree = ensure_tree(args.tree)
@@ -463,8 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     steps_file = offline.options.sampling_timesteps
     quick_opts = {"sampling_timesteps": 2} if args.quick else {}
     offline10 = offline.with_options(**{"sampling_timesteps": 10, **quick_opts})
-    online = DittoBackend(load_cfg(online_pkl, data_root=tree / "ditto_pytorch"), dev, models=offline.models,
-                          setup_options=quick_opts)
+    online = DittoBackend(
+        load_cfg(online_pkl, data_root=tree / "ditto_pytorch"), dev, models=offline.models, setup_options=quick_opts
+    )
     online.warmup()
     steps_window = 2 if args.quick else 10
     audio = read_audio(args.seconds)
@@ -476,23 +500,33 @@ def main(argv: list[str] | None = None) -> int:
     it = iter(range(10**9))
     a_frame = stats(timer.time_ms(lambda: ref.frame(*kps[next(it) % len(kps)]), iters=args.iters, warmup=warm))
     a_wd = stats(timer.time_ms(lambda: _ref_warp_decode(ref, *kps[0]), iters=args.iters, warmup=warm))
-    hubert_ms = stats(timer.time_ms(lambda: offline.models.hubert.offline_features(audio), iters=3 if not args.quick
-                                    else 1, warmup=1 if not args.quick else 0))
+    hubert_ms = stats(
+        timer.time_ms(
+            lambda: offline.models.hubert.offline_features(audio),
+            iters=3 if not args.quick else 1,
+            warmup=1 if not args.quick else 0,
+        )
+    )
     lm = lmdm_measure(offline, ref, timer, steps_window, iters=max(3, args.iters // 2), warmup=warm)
-    lm_file = lmdm_measure(offline, ref, timer, 2 if args.quick else steps_file, iters=max(3, args.iters // 4),
-                           warmup=min(warm, 1))
+    lm_file = lmdm_measure(
+        offline, ref, timer, 2 if args.quick else steps_file, iters=max(3, args.iters // 4), warmup=min(warm, 1)
+    )
     n_frames = math.ceil(len(audio) / SAMPLES_PER_FRAME)
     v_off = offline.cfg.audio2motion.seq_frames - offline.options.overlap_v2
     n_windows = len(range(0, n_frames, v_off))
     v_on = online.cfg.audio2motion.seq_frames - online.options.overlap_v2
     n_windows_online = 1 + math.ceil(n_frames / v_on)
     a_total_file = hubert_ms["median"] + n_windows * lm_file["a_ms"]["median"] + n_frames * a_frame["median"]
-    a_total_online = (hubert_ms["median"] + n_windows_online * lm["a_ms"]["median"] + n_frames * a_frame["median"])
+    a_total_online = hubert_ms["median"] + n_windows_online * lm["a_ms"]["median"] + n_frames * a_frame["median"]
     report["a"] = {
-        "frame_ms": a_frame, "warp_decode_ms": a_wd, "hubert_clip_ms": hubert_ms,
-        "lmdm_window_ms": lm["a_ms"], f"lmdm_window_{lm_file['steps']}steps_ms": lm_file["a_ms"],
+        "frame_ms": a_frame,
+        "warp_decode_ms": a_wd,
+        "hubert_clip_ms": hubert_ms,
+        "lmdm_window_ms": lm["a_ms"],
+        f"lmdm_window_{lm_file['steps']}steps_ms": lm_file["a_ms"],
         "first_frame_file_ms": hubert_ms["median"] + n_windows * lm_file["a_ms"]["median"] + a_frame["median"],
-        "fps_file": n_frames / (a_total_file / 1e3), "fps_online": n_frames / (a_total_online / 1e3),
+        "fps_file": n_frames / (a_total_file / 1e3),
+        "fps_online": n_frames / (a_total_online / 1e3),
         "fps_render_only": 1e3 / a_frame["median"],
         "how": "components timed, clip totals = HuBERT + windows x LMDM + frames x frame (serial, one frame at a time)",
     }
@@ -508,13 +542,18 @@ def main(argv: list[str] | None = None) -> int:
     live = run_live(online, avatar, read_audio(max(args.live_seconds, 1.2)), seed=4)
     audit = sync_audit(online, avatar, read_audio(min(args.seconds, 2.0)))
     report["b"] = {
-        "warp_decode_ms": variants.get("graph_fp16_ms", variants["eager_fp16_ms"]), "renderer_variants": variants,
-        "frame_ms": frame_b["frame_ms"], "lmdm_window_ms": lm["b_ms"],
+        "warp_decode_ms": variants.get("graph_fp16_ms", variants["eager_fp16_ms"]),
+        "renderer_variants": variants,
+        "frame_ms": frame_b["frame_ms"],
+        "lmdm_window_ms": lm["b_ms"],
         f"lmdm_window_{lm_file['steps']}steps_ms": lm_file["b_ms"],
         "lmdm_graph_vs_eager_max_abs": lm.get("graph_vs_eager_max_abs"),
         "hubert_clip_ms": hubert_ms,
-        "file_pkl_steps": {"steps": steps_file, **file_pkl}, "file_10_steps": file_10,
-        "online_fast": online_fast, "live": live, "sync_audit": audit,
+        "file_pkl_steps": {"steps": steps_file, **file_pkl},
+        "file_10_steps": file_10,
+        "online_fast": online_fast,
+        "live": live,
+        "sync_audit": audit,
         "putback_vs_cv2": putback_check(ref, avatar),
     }
     b = report["b"]
@@ -523,15 +562,23 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = {
         "single_stream_fps>=60": {"value": fps_b, "online_value": online_fast["fps"], "met": fps_b >= 60},
         "lmdm_10step_window_ms<=80": {"value": lm["b_ms"]["median"], "met": lm["b_ms"]["median"] <= 80},
-        "file_first_frame_ms<=300": {"value": file_10["first_frame_ms"], "pkl_steps_value": file_pkl["first_frame_ms"],
-                                     "met": file_10["first_frame_ms"] <= 300},
-        "throughput>=2x(a)": {"value": fps_b / a["fps_file"], "online_value": online_fast["fps"] / a["fps_online"],
-                              "met": fps_b / a["fps_file"] >= 2},
-        "live_first_frame<=lookahead+150ms": {"compute_after_lookahead_ms": live["since_chunk_ms"],
-                                              "since_start_ms": live["since_start_ms"],
-                                              "lookahead_complete_at_ms": live["lookahead_complete_at_ms"],
-                                              "met": live["since_chunk_ms"] <= TARGETS["live_compute_ms"]
-                                              and live["audio_ms_at_chunk"] == live["lookahead_complete_at_ms"]},
+        "file_first_frame_ms<=300": {
+            "value": file_10["first_frame_ms"],
+            "pkl_steps_value": file_pkl["first_frame_ms"],
+            "met": file_10["first_frame_ms"] <= 300,
+        },
+        "throughput>=2x(a)": {
+            "value": fps_b / a["fps_file"],
+            "online_value": online_fast["fps"] / a["fps_online"],
+            "met": fps_b / a["fps_file"] >= 2,
+        },
+        "live_first_frame<=lookahead+150ms": {
+            "compute_after_lookahead_ms": live["since_chunk_ms"],
+            "since_start_ms": live["since_start_ms"],
+            "lookahead_complete_at_ms": live["lookahead_complete_at_ms"],
+            "met": live["since_chunk_ms"] <= TARGETS["live_compute_ms"]
+            and live["audio_ms_at_chunk"] == live["lookahead_complete_at_ms"],
+        },
     }
 
     rows = [
@@ -540,11 +587,17 @@ def main(argv: list[str] | None = None) -> int:
         (f"LMDM window, {steps_window} steps (ms)", lm["a_ms"]["median"], lm["b_ms"]["median"]),
         (f"LMDM window, {lm_file['steps']} steps (ms)", lm_file["a_ms"]["median"], lm_file["b_ms"]["median"]),
         ("HuBERT, whole clip (ms, onnxruntime)", hubert_ms["median"], hubert_ms["median"]),
-        ("first frame, file, 10 steps (ms)", hubert_ms["median"] + n_windows * lm["a_ms"]["median"]
-         + a_frame["median"], file_10["first_frame_ms"]),
+        (
+            "first frame, file, 10 steps (ms)",
+            hubert_ms["median"] + n_windows * lm["a_ms"]["median"] + a_frame["median"],
+            file_10["first_frame_ms"],
+        ),
         (f"first frame, file, pkl {steps_file} steps (ms)", a["first_frame_file_ms"], file_pkl["first_frame_ms"]),
-        ("single-stream FPS, file, 10 steps", n_frames / ((hubert_ms["median"] + n_windows * lm["a_ms"]["median"]
-                                                           + n_frames * a_frame["median"]) / 1e3), file_10["fps"]),
+        (
+            "single-stream FPS, file, 10 steps",
+            n_frames / ((hubert_ms["median"] + n_windows * lm["a_ms"]["median"] + n_frames * a_frame["median"]) / 1e3),
+            file_10["fps"],
+        ),
         (f"single-stream FPS, file, {steps_file} steps", a["fps_file"], file_pkl["fps"]),
         ("single-stream FPS, online (70/10, 10 steps)", a["fps_online"], online_fast["fps"]),
         ("live: chunk completing look-ahead -> frame (ms)", float("nan"), live["since_chunk_ms"]),
@@ -554,20 +607,28 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"]["throughput>=2x(a)"]["value"] = fps_b / rows[7][1]
     report["targets"]["throughput>=2x(a)"]["met"] = fps_b / rows[7][1] >= 2
     print()
-    print(f"Ditto on {report['device']} — {args.seconds:g} s clip ({n_frames} frames, {w}x{h} output), "
-          f"test tree (random weights)")
+    print(
+        f"Ditto on {report['device']} — {args.seconds:g} s clip ({n_frames} frames, {w}x{h} output), "
+        f"test tree (random weights)"
+    )
     print(f"{'':50s} {'(a) reference':>14s} {'(b) project':>12s} {'(b)/(a)':>8s}")
     for name, va, vb in rows:
         ratio = (vb / va if "FPS" in name else va / vb) if va == va and vb else float("nan")
         print(f"{name:50s} {va:14.1f} {vb:12.1f} {ratio:7.2f}x")
     print()
-    print(f"LMDM graph vs eager max|d| {b['lmdm_graph_vs_eager_max_abs']}, renderer variants: "
-          + ", ".join(f"{k} {v['median']:.2f}" if isinstance(v, dict) else f"{k} {v}" for k, v in variants.items()))
-    print(f"paste-back GPU vs cv2: {b['putback_vs_cv2']}; host syncs in an online session: "
-          f"{audit.get('sync_warnings')} {audit.get('by_site', '')}")
+    print(
+        f"LMDM graph vs eager max|d| {b['lmdm_graph_vs_eager_max_abs']}, renderer variants: "
+        + ", ".join(f"{k} {v['median']:.2f}" if isinstance(v, dict) else f"{k} {v}" for k, v in variants.items())
+    )
+    print(
+        f"paste-back GPU vs cv2: {b['putback_vs_cv2']}; host syncs in an online session: "
+        f"{audit.get('sync_warnings')} {audit.get('by_site', '')}"
+    )
     print(f"live first frame: {live}")
     for name, t in report["targets"].items():
-        print(f"target {name:36s} {'MET ' if t['met'] else 'MISS'} {json.dumps({k: v for k, v in t.items() if k != 'met'})}")
+        print(
+            f"target {name:36s} {'MET ' if t['met'] else 'MISS'} {json.dumps({k: v for k, v in t.items() if k != 'met'})}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=float))

@@ -61,8 +61,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def live_session(backend: DittoBackend, avatar, audio: np.ndarray, seed: int, start_at: float,
-                 options: StreamOptions) -> dict[str, Any]:
+def live_session(
+    backend: DittoBackend, avatar, audio: np.ndarray, seed: int, start_at: float, options: StreamOptions
+) -> dict[str, Any]:
     """One session fed at real time from ``start_at``: per-frame lags (s) and shed frames."""
     stream = backend.open_stream(avatar, seed=seed, options=options)
     step = int(SAMPLE_RATE_HZ * CHUNK_S)
@@ -85,11 +86,10 @@ def live_session(backend: DittoBackend, avatar, audio: np.ndarray, seed: int, st
         due = start_at + (k + 1) * CHUNK_S  # the chunk is complete once its last sample was spoken
         while (now := time.perf_counter()) < due:
             time.sleep(min(0.005, due - now))
-        take(stream.feed(audio[begin:begin + step]))
+        take(stream.feed(audio[begin : begin + step]))
     take(stream.finish())
     stream.close()
-    return {"lags_s": lags, "shed": shed, "first_frame_s": first,
-            "frames": len(lags) + shed}
+    return {"lags_s": lags, "shed": shed, "first_frame_s": first, "frames": len(lags) + shed}
 
 
 def file_session(backend: DittoBackend, avatar, audio: np.ndarray, seed: int, options: StreamOptions) -> int:
@@ -99,8 +99,9 @@ def file_session(backend: DittoBackend, avatar, audio: np.ndarray, seed: int, op
     return n
 
 
-def run_level(backend: DittoBackend, avatar, audio: np.ndarray, n: int, lag_bound_s: float,
-              jpeg_quality: int) -> dict[str, Any]:
+def run_level(
+    backend: DittoBackend, avatar, audio: np.ndarray, n: int, lag_bound_s: float, jpeg_quality: int
+) -> dict[str, Any]:
     expected = math.ceil(len(audio) / SAMPLES_PER_FRAME)
     live_opts = StreamOptions(live=True, jpeg_quality=jpeg_quality, max_lag_s=0.5)
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -144,18 +145,36 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
         if stage is Stage.HUBERT:
             return [np.zeros(6480, np.float32)] * n
         if stage is Stage.LMDM:
-            return [WindowWork(steps, torch.zeros(1, a2m.motion_feat_dim), torch.zeros(1, a2m.seq_frames,
-                               a2m.audio_feat_dim), torch.randn(shape, generator=gen),
-                               torch.randn((steps - 1, *shape), generator=gen))] * n
-        return [RenderWork(0, frame.f_s, torch.randn((1, 21, 3), generator=gen) * 0.2,
-                           torch.randn((1, 21, 3), generator=gen) * 0.2, True, avatar.paste_plans[0], jpeg)] * n
+            return [
+                WindowWork(
+                    steps,
+                    torch.zeros(1, a2m.motion_feat_dim),
+                    torch.zeros(1, a2m.seq_frames, a2m.audio_feat_dim),
+                    torch.randn(shape, generator=gen),
+                    torch.randn((steps - 1, *shape), generator=gen),
+                )
+            ] * n
+        return [
+            RenderWork(
+                0,
+                frame.f_s,
+                torch.randn((1, 21, 3), generator=gen) * 0.2,
+                torch.randn((1, 21, 3), generator=gen) * 0.2,
+                True,
+                avatar.paste_plans[0],
+                jpeg,
+            )
+        ] * n
 
     out: dict[str, Any] = {}
     for stage in Stage:
-        out[stage.value] = {b: 1000 * engine.time_batch(stage, works(stage, b), repeats=3) / b
-                            for b in engine.batch_sizes}
-    out["render_no_jpeg"] = {b: 1000 * engine.time_batch(Stage.RENDER, works(Stage.RENDER, b, None), repeats=3) / b
-                             for b in engine.batch_sizes}
+        out[stage.value] = {
+            b: 1000 * engine.time_batch(stage, works(stage, b), repeats=3) / b for b in engine.batch_sizes
+        }
+    out["render_no_jpeg"] = {
+        b: 1000 * engine.time_batch(Stage.RENDER, works(Stage.RENDER, b, None), repeats=3) / b
+        for b in engine.batch_sizes
+    }
     dev = backend.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     renderer = backend.models.renderer
@@ -171,8 +190,9 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
         return 1000 * (time.perf_counter() - t0) / repeats
 
     with torch.inference_mode():
-        out["warp_decode"] = {b: timed(lambda b=b: renderer([frame.f_s] * b, x[:b], x[:b])) / b
-                              for b in engine.batch_sizes}
+        out["warp_decode"] = {
+            b: timed(lambda b=b: renderer([frame.f_s] * b, x[:b], x[:b])) / b for b in engine.batch_sizes
+        }
         render = torch.rand((1, 3, 512, 512), device=dev)
         out["paste_back_ms"] = timed(lambda: paste_back(avatar.paste_plans[0], render))
         image = paste_back(avatar.paste_plans[0], render)
@@ -180,8 +200,9 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
             from torchvision.io import encode_jpeg
 
             chw = image.permute(2, 0, 1).contiguous()
-            out["nvjpeg_ms"] = {b: timed(lambda b=b: [e.cpu() for e in encode_jpeg([chw] * b, quality=85)]) / b
-                                for b in (1, 16)}
+            out["nvjpeg_ms"] = {
+                b: timed(lambda b=b: [e.cpu() for e in encode_jpeg([chw] * b, quality=85)]) / b for b in (1, 16)
+            }
         stream = backend.open_stream(avatar, seed=0)
         state = stream._require_state()
         rows = [torch.randn(a2m.motion_feat_dim, generator=gen) * 0.02 for _ in range(8)]
@@ -215,21 +236,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.sessions, args.seconds = "1,2", 1.0
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     tree = ensure_tree(args.tree)
     _, online_pkl = bench_pkls(tree)
     cfg = load_cfg(online_pkl, data_root=tree / "ditto_pytorch")
     audio = read_audio(args.seconds)
     levels = [int(n) for n in args.sessions.split(",")]
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
-                               "seconds": args.seconds, "max_size": args.max_size, "levels": {}}
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "seconds": args.seconds,
+        "max_size": args.max_size,
+        "levels": {},
+    }
     batched = DittoBackend(cfg, device, max_size=args.max_size, compile_min_batch=args.compile_min_batch or None)
     variants = {"batched": batched}
     if not args.skip_alone:
-        variants["alone"] = DittoBackend(cfg, device, max_size=args.max_size,
-                                         models=dataclasses.replace(batched.models, batch_sizes=(1,),
-                                                                    compile_min_batch=None))
+        variants["alone"] = DittoBackend(
+            cfg,
+            device,
+            max_size=args.max_size,
+            models=dataclasses.replace(batched.models, batch_sizes=(1,), compile_min_batch=None),
+        )
     for name, backend in variants.items():
         t0 = time.perf_counter()
         backend.warmup()
@@ -239,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stages:
             results[f"{name}_stages"] = costs = stage_costs(backend, avatar)
             print(f"[{name}] stage costs (ms per item): {json.dumps(costs)}", flush=True)
-        results["levels"][name] = [run_level(backend, avatar, audio, n, args.lag_bound_ms / 1000, args.jpeg_quality)
-                                   for n in levels]
+        results["levels"][name] = [
+            run_level(backend, avatar, audio, n, args.lag_bound_ms / 1000, args.jpeg_quality) for n in levels
+        ]
         print(f"[{name}] measured capacity {backend.live_capacity}", flush=True)
         for row in results["levels"][name]:
             print(f"[{name}] {json.dumps(row)}", flush=True)
@@ -264,8 +298,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
         fps_ax.plot(sessions, [r["file_fps_aggregate"] for r in rows], marker="o", label=name)
         lag_ax.plot(sessions, [r["live_lag_p95_ms"] for r in rows], marker="o", label=name)
         ok = [r for r in rows if r["live_sustained"]]
-        lag_ax.scatter([r["sessions"] for r in ok], [r["live_lag_p95_ms"] for r in ok], s=120, facecolors="none",
-                       edgecolors="green")
+        lag_ax.scatter(
+            [r["sessions"] for r in ok],
+            [r["live_lag_p95_ms"] for r in ok],
+            s=120,
+            facecolors="none",
+            edgecolors="green",
+        )
     fps_ax.axhline(250, color="grey", linestyle=":", label="target 250 FPS")
     fps_ax.set(xlabel="sessions", ylabel="file mode: frames/s, all sessions", title="throughput")
     lag_ax.set(xlabel="sessions", ylabel="live: lag p95 (ms)", title="live (circled: sustained)")
@@ -282,7 +321,8 @@ def print_table(results: dict[str, Any], levels: list[int]) -> None:
     names = list(results["levels"])
     print(f"\n{results['device']}, {results['seconds']:.0f} s of speech per session, {results['max_size']} px")
     header = f"{'sessions':>8} | " + " | ".join(
-        f"{n + ': live p95 lag, shed, ok':>30} | {n + ' file FPS':>16}" for n in names)
+        f"{n + ': live p95 lag, shed, ok':>30} | {n + ' file FPS':>16}" for n in names
+    )
     if len(names) == 2:
         header += " | file FPS ratio"
     print(header)
@@ -291,8 +331,10 @@ def print_table(results: dict[str, Any], levels: list[int]) -> None:
         for name in names:
             r = results["levels"][name][i]
             lag = "-" if r["live_lag_p95_ms"] is None else f"{r['live_lag_p95_ms']:.0f} ms"
-            cells.append(f"{lag + ', ' + str(r['live_shed']) + ', ' + ('yes' if r['live_sustained'] else 'no'):>30} | "
-                         f"{r['file_fps_aggregate']:16.1f}")
+            cells.append(
+                f"{lag + ', ' + str(r['live_shed']) + ', ' + ('yes' if r['live_sustained'] else 'no'):>30} | "
+                f"{r['file_fps_aggregate']:16.1f}"
+            )
         line = f"{level:>8} | " + " | ".join(cells)
         if len(names) == 2:
             a, b = (results["levels"][n][i]["file_fps_aggregate"] for n in names)
@@ -300,8 +342,10 @@ def print_table(results: dict[str, Any], levels: list[int]) -> None:
         print(line)
     for name in names:
         sustained = [r["sessions"] for r in results["levels"][name] if r["live_sustained"]]
-        print(f"{name}: live sessions sustained up to {max(sustained) if sustained else 0}; "
-              f"measured capacity {results.get(name + '_live_capacity')}")
+        print(
+            f"{name}: live sessions sustained up to {max(sustained) if sustained else 0}; "
+            f"measured capacity {results.get(name + '_live_capacity')}"
+        )
 
 
 if __name__ == "__main__":

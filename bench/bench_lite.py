@@ -40,8 +40,13 @@ from ditto.backends.lite import LiteBackend  # noqa: E402
 from ditto.media.jpeg import encode_jpeg  # noqa: E402
 
 JPEG_QUALITY = 85
-VOWEL_FORMANTS_HZ = {"a": (750, 1200, 2600), "e": (500, 1900, 2600), "i": (300, 2300, 3000),
-                     "o": (500, 900, 2500), "u": (320, 800, 2400)}
+VOWEL_FORMANTS_HZ = {
+    "a": (750, 1200, 2600),
+    "e": (500, 1900, 2600),
+    "i": (300, 2300, 3000),
+    "o": (500, 900, 2500),
+    "u": (320, 800, 2400),
+}
 
 
 def synth_speech(seconds: float, seed: int = 0, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -73,7 +78,9 @@ def synth_speech(seconds: float, seed: int = 0, sample_rate_hz: int = SAMPLE_RAT
                 fl = int(0.06 * sample_rate_hz)
                 noise = np.diff(rng.standard_normal(fl + 1)) * np.hanning(fl) * 0.25
                 syllable[:fl] = syllable[:fl] * np.linspace(0, 1, fl) + noise * np.abs(wave).max()
-            out[start:start + length] += (syllable / (np.abs(syllable).max() + 1e-9) * rng.uniform(0.25, 0.6)).astype(np.float32)
+            out[start : start + length] += (syllable / (np.abs(syllable).max() + 1e-9) * rng.uniform(0.25, 0.6)).astype(
+                np.float32
+            )
             t += dur + float(rng.uniform(0.0, 0.06))
         t += float(rng.uniform(0.4, 1.0))  # pause between phrases
     return np.clip(out, -1, 1)
@@ -125,12 +132,19 @@ def bench_frames(backend: LiteBackend, size: int, framing: str, audio: np.ndarra
             jpeg_s.append(t2 - t1)
     stream.close()
     roi = avatar.geometry.roi
-    return {"size": size, "framing": framing, "roi": [roi.width, roi.height], "frames": len(render_s),
-            "render_ms": stats_ms(render_s), "jpeg_ms": stats_ms(jpeg_s)}
+    return {
+        "size": size,
+        "framing": framing,
+        "roi": [roi.width, roi.height],
+        "frames": len(render_s),
+        "render_ms": stats_ms(render_s),
+        "jpeg_ms": stats_ms(jpeg_s),
+    }
 
 
-def run_session(backend: LiteBackend, avatar, audio: np.ndarray, seed: int, barrier: threading.Barrier,
-                result: dict) -> None:
+def run_session(
+    backend: LiteBackend, avatar, audio: np.ndarray, seed: int, barrier: threading.Barrier, result: dict
+) -> None:
     stream = backend.open_stream(avatar, seed=seed)
     barrier.wait()
     t0 = time.perf_counter()
@@ -151,8 +165,9 @@ def bench_sessions(backend: LiteBackend, size: int, framing: str, audio: np.ndar
     for n in range(1, max_sessions + 1):
         result: dict = {}
         barrier = threading.Barrier(n)
-        threads = [threading.Thread(target=run_session, args=(backend, avatar, audio, s, barrier, result))
-                   for s in range(n)]
+        threads = [
+            threading.Thread(target=run_session, args=(backend, avatar, audio, s, barrier, result)) for s in range(n)
+        ]
         t0 = time.perf_counter()
         for th in threads:
             th.start()
@@ -206,8 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = LiteBackend()
     audio = load_audio(args.seconds)
     short = audio[: int(min(args.seconds, 6.0) * SAMPLE_RATE_HZ)]
-    results = {"cpu_count": os.cpu_count(), "opencv_threads": cv2.getNumThreads(),
-               "seconds": args.seconds, "frames": [], "sessions": [], "pipelined": []}
+    results = {
+        "cpu_count": os.cpu_count(),
+        "opencv_threads": cv2.getNumThreads(),
+        "seconds": args.seconds,
+        "frames": [],
+        "sessions": [],
+        "pipelined": [],
+    }
     for framing in ("example", "closeup"):
         for size in (512, 1432):
             results["frames"].append(bench_frames(backend, size, framing, short))
@@ -216,22 +237,32 @@ def main(argv: list[str] | None = None) -> int:
         results["pipelined"].append(bench_pipelined(backend, 1432, framing, short))
 
     print(f"lite backend, {results['cpu_count']} CPUs, OpenCV threads {results['opencv_threads']}")
-    print(f"{'portrait':>9} {'size':>9} {'face roi':>9} {'render ms mean/p50/p95':>24} {'jpeg q85 ms mean/p50/p95':>26}")
+    print(
+        f"{'portrait':>9} {'size':>9} {'face roi':>9} {'render ms mean/p50/p95':>24} {'jpeg q85 ms mean/p50/p95':>26}"
+    )
     for row in results["frames"]:
         r, j = row["render_ms"], row["jpeg_ms"]
-        print(f"{row['framing']:>9} {row['size']:>4}x{row['size']:<4} {row['roi'][0]:>4}x{row['roi'][1]:<4} "
-              f"{r['mean']:>8.2f} {r['p50']:>7.2f} {r['p95']:>7.2f}  {j['mean']:>8.2f} {j['p50']:>7.2f} {j['p95']:>7.2f}")
+        print(
+            f"{row['framing']:>9} {row['size']:>4}x{row['size']:<4} {row['roi'][0]:>4}x{row['roi'][1]:<4} "
+            f"{r['mean']:>8.2f} {r['p50']:>7.2f} {r['p95']:>7.2f}  {j['mean']:>8.2f} {j['p50']:>7.2f} {j['p95']:>7.2f}"
+        )
     for sess in results["sessions"]:
-        print(f"\nconcurrent 25 fps sessions at 512x512, {sess['framing']} portrait (render + JPEG per thread, "
-              f"{args.seconds:.0f} s clip each):")
+        print(
+            f"\nconcurrent 25 fps sessions at 512x512, {sess['framing']} portrait (render + JPEG per thread, "
+            f"{args.seconds:.0f} s clip each):"
+        )
         for row in sess["runs"]:
-            print(f"  N={row['sessions']}: aggregate {row['aggregate_fps']:7.1f} fps, slowest session "
-                  f"{row['min_session_fps']:6.1f} fps -> {'sustained' if row['sustained'] else 'NOT sustained'}")
+            print(
+                f"  N={row['sessions']}: aggregate {row['aggregate_fps']:7.1f} fps, slowest session "
+                f"{row['min_session_fps']:6.1f} fps -> {'sustained' if row['sustained'] else 'NOT sustained'}"
+            )
         print(f"  largest N sustained: {sess['max_sessions']}")
     print()
     for p in results["pipelined"]:
-        print(f"1432x1432 {p['framing']} portrait, render and JPEG on two threads: {p['fps']:.1f} fps "
-              f"over {p['frames']} frames")
+        print(
+            f"1432x1432 {p['framing']} portrait, render and JPEG on two threads: {p['fps']:.1f} fps "
+            f"over {p['frames']} frames"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -70,18 +70,49 @@ def main() -> int:
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "streaming_server.py"), "--port", str(port), "--log-level", "warning",
-         "--max_size", str(args.max_size), *args.server_arg],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            str(ROOT / "streaming_server.py"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--max_size",
+            str(args.max_size),
+            *args.server_arg,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
         audio = read_pcm(args.audio)
         # warm-up: register the portrait once (cached by the server), so the run measures streaming
-        asyncio.run(run_live_session(f"ws://127.0.0.1:{port}", "warmup", read_pcm(args.audio), args.image,
-                                     timeout_s=120, chunk_ms=1000, realtime=False, log_every=10**9))
-        result = asyncio.run(run_live_session(
-            f"ws://127.0.0.1:{port}", "bench", audio, args.image, timeout_s=audio.duration_s + 60,
-            chunk_ms=args.chunk_ms, realtime=True, log_every=10**9))
+        asyncio.run(
+            run_live_session(
+                f"ws://127.0.0.1:{port}",
+                "warmup",
+                read_pcm(args.audio),
+                args.image,
+                timeout_s=120,
+                chunk_ms=1000,
+                realtime=False,
+                log_every=10**9,
+            )
+        )
+        result = asyncio.run(
+            run_live_session(
+                f"ws://127.0.0.1:{port}",
+                "bench",
+                audio,
+                args.image,
+                timeout_s=audio.duration_s + 60,
+                chunk_ms=args.chunk_ms,
+                realtime=True,
+                log_every=10**9,
+            )
+        )
     finally:
         server.terminate()
         server.wait(30)
@@ -90,10 +121,18 @@ def main() -> int:
         print(f"stream failed: {result.error}", file=sys.stderr)
         return 1
     frames = result.frames
-    lags = end_to_end_lags_ms(result.chunks_sent, audio.sample_rate_hz,
-                              [FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames])
-    stats = compute_stats(result.first_audio_sent_s, [f.arrival_s for f in frames], [f.size for f in frames],
-                          lags_ms=lags, frames_skipped=result.completed.frames_skipped)
+    lags = end_to_end_lags_ms(
+        result.chunks_sent,
+        audio.sample_rate_hz,
+        [FrameTiming(f.sample_start, f.sample_count, f.arrival_s, f.idle) for f in frames],
+    )
+    stats = compute_stats(
+        result.first_audio_sent_s,
+        [f.arrival_s for f in frames],
+        [f.size for f in frames],
+        lags_ms=lags,
+        frames_skipped=result.completed.frames_skipped,
+    )
     expected = -(-audio.samples * 25 // audio.sample_rate_hz)
     checks = {
         "first_frame": stats.first_frame_latency_s is not None and stats.first_frame_latency_s <= FIRST_FRAME_TARGET_S,
@@ -101,18 +140,37 @@ def main() -> int:
         "frame_count": len(frames) == expected and result.completed.frames_skipped == 0,
     }
     mark = {True: "✅", False: "❌"}
-    print(f"live session: {audio.duration_s:.2f} s of {audio.sample_rate_hz} Hz audio in {args.chunk_ms:g} ms "
-          f"chunks at real time, portrait {Path(args.image).name}, max_size {args.max_size}")
-    print(f"{mark[checks['first_frame']]} first-frame latency: {stats.first_frame_latency_s * 1000:.0f} ms "
-          f"after the first audio chunk (target <= {FIRST_FRAME_TARGET_S * 1000:.0f} ms)")
-    print(f"{mark[checks['lag_p95']]} end-to-end lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, "
-          f"p99 {stats.lag.p99_ms:.0f} ms, max {stats.lag.max_ms:.0f} ms (target p95 <= {LAG_P95_TARGET_MS:.0f} ms)")
-    print(f"{mark[checks['frame_count']]} frames: {len(frames)} received of {expected}, "
-          f"{result.completed.frames_skipped} skipped, {result.completed.idle_frames} idle")
-    print(f"   fps {stats.fps:.1f}, {stats.total_bytes / 2**20:.1f} MB, mean frame {stats.average_frame_bytes / 1024:.0f} KB")
+    print(
+        f"live session: {audio.duration_s:.2f} s of {audio.sample_rate_hz} Hz audio in {args.chunk_ms:g} ms "
+        f"chunks at real time, portrait {Path(args.image).name}, max_size {args.max_size}"
+    )
+    print(
+        f"{mark[checks['first_frame']]} first-frame latency: {stats.first_frame_latency_s * 1000:.0f} ms "
+        f"after the first audio chunk (target <= {FIRST_FRAME_TARGET_S * 1000:.0f} ms)"
+    )
+    print(
+        f"{mark[checks['lag_p95']]} end-to-end lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, "
+        f"p99 {stats.lag.p99_ms:.0f} ms, max {stats.lag.max_ms:.0f} ms (target p95 <= {LAG_P95_TARGET_MS:.0f} ms)"
+    )
+    print(
+        f"{mark[checks['frame_count']]} frames: {len(frames)} received of {expected}, "
+        f"{result.completed.frames_skipped} skipped, {result.completed.idle_frames} idle"
+    )
+    print(
+        f"   fps {stats.fps:.1f}, {stats.total_bytes / 2**20:.1f} MB, mean frame {stats.average_frame_bytes / 1024:.0f} KB"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"stats": stats.to_dict(), "expected_frames": expected,
-                                         "idle_frames": result.completed.idle_frames, "checks": checks}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "stats": stats.to_dict(),
+                    "expected_frames": expected,
+                    "idle_frames": result.completed.idle_frames,
+                    "checks": checks,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(checks.values()) else 1
 
 

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         def run() -> torch.Tensor:
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
                 return d(w(f, x_s.to(f.dtype), x_d.to(f.dtype)))
+
         return run
 
     with torch.inference_mode():
@@ -116,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     timings = {k: v["ms_per_frame"] for k, v in results["variants"].items() if "ms_per_frame" in v}
     best = min(timings, key=timings.get)
     results["best"] = best
-    print(f"best: {best} {timings[best]:.2f} ms/frame vs autocast {timings['autocast']:.2f} "
-          f"({timings['autocast'] / timings[best]:.2f}x)")
+    print(
+        f"best: {best} {timings[best]:.2f} ms/frame vs autocast {timings['autocast']:.2f} "
+        f"({timings['autocast'] / timings[best]:.2f}x)"
+    )
     for name in dict.fromkeys(["autocast", best]):
         print(f"--- top kernels: {name}")
         print("\n".join(top_kernels(variants[name])))

@@ -38,7 +38,18 @@ from tests.conftest import free_port  # noqa: E402
 
 FIRST_FRAME_BUDGET_MS = 50.0
 LAG_BUDGET_MS = 10.0
-SERVER_FLAGS = ["--backend", "lite", "--max_sessions", "4", "--max_size", "256", "--host", "127.0.0.1", "--log-level", "warning"]
+SERVER_FLAGS = [
+    "--backend",
+    "lite",
+    "--max_sessions",
+    "4",
+    "--max_size",
+    "256",
+    "--host",
+    "127.0.0.1",
+    "--log-level",
+    "warning",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +63,12 @@ class PathFigures:
         def stats(values: list[float]) -> dict:
             return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)), "n": len(values)}
 
-        return {"startup_s": round(self.startup_s, 1), "first_frame_ms": stats(self.first_frame_ms),
-                "lag_ms": stats(self.lag_ms), "incomplete_sessions": self.incomplete}
+        return {
+            "startup_s": round(self.startup_s, 1),
+            "first_frame_ms": stats(self.first_frame_ms),
+            "lag_ms": stats(self.lag_ms),
+            "incomplete_sessions": self.incomplete,
+        }
 
 
 def wait_healthy(server: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -75,9 +90,17 @@ def measure(command: list[str], plan: load_test.LoadPlan, sessions: int, rounds:
     try:
         wait_healthy(plan.server, process, timeout_s=180)
         startup_s = time.monotonic() - started
-        warmup = asyncio.run(run_live_session(plan.server, "warmup", load_test.warmup_audio(plan.audio),
-                                              plan.source_path, timeout_s=60, realtime=False,
-                                              log_every=load_test.NO_LOGGING))
+        warmup = asyncio.run(
+            run_live_session(
+                plan.server,
+                "warmup",
+                load_test.warmup_audio(plan.audio),
+                plan.source_path,
+                timeout_s=60,
+                realtime=False,
+                log_every=load_test.NO_LOGGING,
+            )
+        )
         assert warmup.ok, warmup.error
         outcomes = []
         for _ in range(rounds):
@@ -87,8 +110,12 @@ def measure(command: list[str], plan: load_test.LoadPlan, sessions: int, rounds:
         process.send_signal(signal.SIGTERM)
         exit_code = process.wait(120)
     assert exit_code == 0, f"{command} exited {exit_code}"
-    return PathFigures(startup_s, [1000 * o.first_frame_s for o in outcomes if o.first_frame_s is not None],
-                       [lag for o in outcomes for lag in o.lags_ms], sum(not o.complete for o in outcomes))
+    return PathFigures(
+        startup_s,
+        [1000 * o.first_frame_s for o in outcomes if o.first_frame_s is not None],
+        [lag for o in outcomes for lag in o.lags_ms],
+        sum(not o.complete for o in outcomes),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,32 +129,59 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     server = f"ws://127.0.0.1:{port}"
     audio = read_pcm(str(ROOT / "example" / "audio.wav"))
-    audio = dataclasses.replace(audio, pcm=audio.pcm[: int(args.audio_s * audio.sample_rate_hz) * audio.bytes_per_frame])
+    audio = dataclasses.replace(
+        audio, pcm=audio.pcm[: int(args.audio_s * audio.sample_rate_hz) * audio.bytes_per_frame]
+    )
     plan = load_test.LoadPlan(server, True, "", audio, str(ROOT / "example" / "image.png"), 200.0, 120.0)
     flags = [*SERVER_FLAGS, "--port", str(port)]
     paths = {
         "plain": measure([sys.executable, "streaming_server.py", *flags], plan, args.sessions, args.rounds),
-        "serve": measure([sys.executable, "-m", "ditto.serve", "--replicas", "1", *flags], plan, args.sessions,
-                         args.rounds),
+        "serve": measure(
+            [sys.executable, "-m", "ditto.serve", "--replicas", "1", *flags], plan, args.sessions, args.rounds
+        ),
     }
     figures = {name: f.summary() for name, f in paths.items()}
-    deltas = {f"{metric}_{stat}_ms": figures["serve"][metric][stat] - figures["plain"][metric][stat]
-              for metric in ("first_frame_ms", "lag_ms") for stat in ("median", "p95")}
-    passed = (deltas["first_frame_ms_median_ms"] <= FIRST_FRAME_BUDGET_MS and deltas["lag_ms_median_ms"] <= LAG_BUDGET_MS
-              and not any(f.incomplete for f in paths.values()))
+    deltas = {
+        f"{metric}_{stat}_ms": figures["serve"][metric][stat] - figures["plain"][metric][stat]
+        for metric in ("first_frame_ms", "lag_ms")
+        for stat in ("median", "p95")
+    }
+    passed = (
+        deltas["first_frame_ms_median_ms"] <= FIRST_FRAME_BUDGET_MS
+        and deltas["lag_ms_median_ms"] <= LAG_BUDGET_MS
+        and not any(f.incomplete for f in paths.values())
+    )
     for name, f in figures.items():
-        print(f"{name:>5}: start-up {f['startup_s']:5.1f} s | first frame median {f['first_frame_ms']['median']:6.1f} "
-              f"p95 {f['first_frame_ms']['p95']:6.1f} ms | lag median {f['lag_ms']['median']:6.1f} "
-              f"p95 {f['lag_ms']['p95']:6.1f} ms | incomplete {f['incomplete_sessions']}")
+        print(
+            f"{name:>5}: start-up {f['startup_s']:5.1f} s | first frame median {f['first_frame_ms']['median']:6.1f} "
+            f"p95 {f['first_frame_ms']['p95']:6.1f} ms | lag median {f['lag_ms']['median']:6.1f} "
+            f"p95 {f['lag_ms']['p95']:6.1f} ms | incomplete {f['incomplete_sessions']}"
+        )
     print("delta: " + ", ".join(f"{k} {v:+.1f}" for k, v in deltas.items()))
-    print(f"target (medians): first frame <= +{FIRST_FRAME_BUDGET_MS:g} ms, lag <= +{LAG_BUDGET_MS:g} ms: "
-          f"{'PASS' if passed else 'FAIL'}")
+    print(
+        f"target (medians): first frame <= +{FIRST_FRAME_BUDGET_MS:g} ms, lag <= +{LAG_BUDGET_MS:g} ms: "
+        f"{'PASS' if passed else 'FAIL'}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "backend": "lite", "mode": "live", "sessions": args.sessions, "rounds": args.rounds,
-            "audio_s": args.audio_s, "chunk_ms": 200, "cpu_cores": os.cpu_count(), "paths": figures,
-            "deltas": deltas, "budget_ms": {"first_frame": FIRST_FRAME_BUDGET_MS, "lag": LAG_BUDGET_MS},
-            "passed": passed}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "backend": "lite",
+                    "mode": "live",
+                    "sessions": args.sessions,
+                    "rounds": args.rounds,
+                    "audio_s": args.audio_s,
+                    "chunk_ms": 200,
+                    "cpu_cores": os.cpu_count(),
+                    "paths": figures,
+                    "deltas": deltas,
+                    "budget_ms": {"first_frame": FIRST_FRAME_BUDGET_MS, "lag": LAG_BUDGET_MS},
+                    "passed": passed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if passed else 1
 
 

@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--max_live_sessions", type=int, help="admission override (default: the server's measure)")
     p.add_argument("--compile_min_batch", type=int, default=16)
-    p.add_argument("--lag_bound_ms", type=float,
-                   help="sustained: lag p95 within this (default 500 ms, plus Ditto's online look-ahead)")
+    p.add_argument(
+        "--lag_bound_ms",
+        type=float,
+        help="sustained: lag p95 within this (default 500 ms, plus Ditto's online look-ahead)",
+    )
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
@@ -70,9 +73,24 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sessions:
             level_json = log.with_name(f"level{n}.json")
             cpu0, t0 = cpu_seconds(started.process.pid), time.monotonic()
-            code = load_test.main(["--server", server, "--sessions", str(n), "--mode", args.mode, "--audio",
-                                   args.audio, "--source", args.source, "--lag_bound_ms", str(lag_bound_ms),
-                                   "--json", str(level_json)])
+            code = load_test.main(
+                [
+                    "--server",
+                    server,
+                    "--sessions",
+                    str(n),
+                    "--mode",
+                    args.mode,
+                    "--audio",
+                    args.audio,
+                    "--source",
+                    args.source,
+                    "--lag_bound_ms",
+                    str(lag_bound_ms),
+                    "--json",
+                    str(level_json),
+                ]
+            )
             cores = (cpu_seconds(started.process.pid) - cpu0) / (time.monotonic() - t0)
             if code != 0:
                 raise RuntimeError(f"load test level {n} failed (exit {code}); server log: {log}")
@@ -81,18 +99,30 @@ def main(argv: list[str] | None = None) -> int:
             levels.append(level)
             print(f"# level {n}: server CPU {cores:.2f} cores", flush=True)
         final_health = load_test.read_health(server)
-    reports = [load_test.LevelReport(**{k: v for k, v in level.items() if k != "server_cpu_cores"})
-               for level in levels]
+    reports = [load_test.LevelReport(**{k: v for k, v in level.items() if k != "server_cpu_cores"}) for level in levels]
     print(load_test.format_table(reports))
     print("server CPU (cores):", ", ".join(f"{lv['sessions']}: {lv['server_cpu_cores']}" for lv in levels))
-    result = {"backend": args.backend, "mode": args.mode, "max_size": args.max_size, "startup_s": round(startup_s, 1),
-              "compile_min_batch": args.compile_min_batch, "lag_bound_ms": lag_bound_ms, "capacity": load_test.capacity(reports),
-              "health": final_health, "levels": levels, "server_log_tail": log.read_text().splitlines()[-15:]}
+    result = {
+        "backend": args.backend,
+        "mode": args.mode,
+        "max_size": args.max_size,
+        "startup_s": round(startup_s, 1),
+        "compile_min_batch": args.compile_min_batch,
+        "lag_bound_ms": lag_bound_ms,
+        "capacity": load_test.capacity(reports),
+        "health": final_health,
+        "levels": levels,
+        "server_log_tail": log.read_text().splitlines()[-15:],
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.plot:
-        load_test.plot_levels(reports, args.plot, lag_bound_ms=lag_bound_ms,
-                              title=f"{args.backend} server, {args.mode}, {args.max_size}px")
+        load_test.plot_levels(
+            reports,
+            args.plot,
+            lag_bound_ms=lag_bound_ms,
+            title=f"{args.backend} server, {args.mode}, {args.max_size}px",
+        )
     return 0
 
 

@@ -113,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, module in variants.items():
             module = channels_last(module.to(dtype))
             out = module(xh)
-            mask[name] = {"max_abs_diff": float((out.float() - reference).abs().max()),
-                          "ms": timed_ms(lambda: module(xh), args.iters, device)}
+            mask[name] = {
+                "max_abs_diff": float((out.float() - reference).abs().max()),
+                "ms": timed_ms(lambda: module(xh), args.iters, device),
+            }
             print(f"mask conv {name:14s} {mask[name]['ms']:8.2f} ms/batch  max|Δ| {mask[name]['max_abs_diff']:.2e}")
-        flop = 2 * 142 * 22 * 343 * args.depth * args.size ** 2 * args.batch
+        flop = 2 * 142 * 22 * 343 * args.depth * args.size**2 * args.batch
         for name in mask:
             mask[name]["tflops"] = flop / mask[name]["ms"] / 1e9
         report["mask_conv"] = mask
@@ -131,14 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     x_s = (torch.randn(args.batch, 21, 3, device=device) * 0.2).half()
     x_d = (torch.randn(args.batch, 21, 3, device=device) * 0.2).half()
     with torch.inference_mode():
+
         def run():
             return decoder(warp(f_s, x_s, x_d))
+
         total = timed_ms(run, args.iters, device)
         layers = layer_times({"warp": warp, "decoder": decoder}, run, args.iters)
     report["total_ms"] = total
     report["layers_ms"] = dict(sorted(layers.items(), key=lambda kv: -kv[1]))
-    print(f"\nwarp + decode, eager fp16 channels-last, batch {args.batch}: {total:.2f} ms "
-          f"({total / args.batch:.2f} ms/frame); convolutions {sum(layers.values()):.2f} ms")
+    print(
+        f"\nwarp + decode, eager fp16 channels-last, batch {args.batch}: {total:.2f} ms "
+        f"({total / args.batch:.2f} ms/frame); convolutions {sum(layers.values()):.2f} ms"
+    )
     for name, ms in list(report["layers_ms"].items())[:20]:
         print(f"  {ms:8.2f} ms  {100 * ms / total:5.1f} %  {name}")
 
@@ -158,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             w, d = prepared(warp, max_out), prepared(decoder, None)
             out = d(w(f_s, x_s, x_d)).float()
             baseline = out if baseline is None else baseline
-            whole[name] = {"ms_per_frame": timed_ms(lambda: d(w(f_s, x_s, x_d)), args.iters, device) / args.batch,
-                           "max_abs_diff_vs_today": float((out - baseline).abs().max())}
-            print(f"eager {name:16s} {whole[name]['ms_per_frame']:6.2f} ms/frame  "
-                  f"max|Δ| {whole[name]['max_abs_diff_vs_today']:.2e}")
+            whole[name] = {
+                "ms_per_frame": timed_ms(lambda: d(w(f_s, x_s, x_d)), args.iters, device) / args.batch,
+                "max_abs_diff_vs_today": float((out - baseline).abs().max()),
+            }
+            print(
+                f"eager {name:16s} {whole[name]['ms_per_frame']:6.2f} ms/frame  "
+                f"max|Δ| {whole[name]['max_abs_diff_vs_today']:.2e}"
+            )
         if args.compile:
             best = min((n for n in variants if variants[n] is not None), key=lambda n: whole[n]["ms_per_frame"])
             for name in ("padded (today)", best):
@@ -172,14 +182,19 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
                 compile_s = time.perf_counter() - t0
                 ms = timed_ms(lambda: d(w(f_s, x_s, x_d)), args.iters, device) / args.batch
-                whole[f"compiled {name}"] = {"ms_per_frame": ms, "compile_s": compile_s,
-                                             "max_abs_diff_vs_today": float((w_out - baseline).abs().max())}
+                whole[f"compiled {name}"] = {
+                    "ms_per_frame": ms,
+                    "compile_s": compile_s,
+                    "max_abs_diff_vs_today": float((w_out - baseline).abs().max()),
+                }
                 print(f"compiled {name:16s} {ms:6.2f} ms/frame  (compile {compile_s:.0f} s)")
     report["renderer"] = whole
     today, new = whole.get("compiled padded (today)"), [v for k, v in whole.items() if k.startswith("compiled taps")]
     if today and new:
-        print(f"compiled renderer: {today['ms_per_frame']:.2f} -> {new[0]['ms_per_frame']:.2f} ms/frame "
-              f"({today['ms_per_frame'] / new[0]['ms_per_frame']:.2f}x)")
+        print(
+            f"compiled renderer: {today['ms_per_frame']:.2f} -> {new[0]['ms_per_frame']:.2f} ms/frame "
+            f"({today['ms_per_frame'] / new[0]['ms_per_frame']:.2f}x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

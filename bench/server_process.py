@@ -55,8 +55,16 @@ def ditto_server_flags(tree: Path | None, *, compile_min_batch: int) -> list[str
 
     tree = ensure_tree(tree)
     _, online = bench_pkls(tree)
-    return ["--data_root", str(tree / "ditto_pytorch"), "--cfg_pkl", str(online), "--device", "cuda",
-            "--compile_min_batch", str(compile_min_batch)]
+    return [
+        "--data_root",
+        str(tree / "ditto_pytorch"),
+        "--cfg_pkl",
+        str(online),
+        "--device",
+        "cuda",
+        "--compile_min_batch",
+        str(compile_min_batch),
+    ]
 
 
 @contextlib.contextmanager
@@ -71,8 +79,12 @@ def running_server(flags: list[str], *, startup_timeout_s: float) -> Iterator[Se
     log = Path(tempfile.mkdtemp(prefix="ditto_server_")) / "server.log"
     launched = time.monotonic()
     with open(log, "w") as log_file:
-        process = subprocess.Popen([sys.executable, str(ROOT / "streaming_server.py"), "--port", str(port), *flags],
-                                   cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "streaming_server.py"), "--port", str(port), *flags],
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         health = wait_for_health(url, process, startup_timeout_s)
         yield ServerProcess(process, url, log, time.monotonic() - launched, health)

@@ -149,19 +149,32 @@ def portrait_png(size: int = 128) -> bytes:
 
 
 def file_start(pcm: np.ndarray, image: bytes) -> str:
-    return json.dumps({"type": "start_streaming", "audio": msg.encode_upload("a.wav", wav_bytes(pcm)),
-                       "source": msg.encode_upload("s.png", image)})
+    return json.dumps(
+        {
+            "type": "start_streaming",
+            "audio": msg.encode_upload("a.wav", wav_bytes(pcm)),
+            "source": msg.encode_upload("s.png", image),
+        }
+    )
 
 
 def live_start(image: bytes) -> str:
-    return json.dumps({"type": "start_streaming", "live": True, "source": msg.encode_upload("s.png", image),
-                       "audio_format": {"sample_rate_hz": RATE_HZ, "channels": 1, "sample_type": "int16"}})
+    return json.dumps(
+        {
+            "type": "start_streaming",
+            "live": True,
+            "source": msg.encode_upload("s.png", image),
+            "audio_format": {"sample_rate_hz": RATE_HZ, "channels": 1, "sample_type": "int16"},
+        }
+    )
 
 
 def live_chunks(pcm: np.ndarray, chunk_ms: int = 100) -> list[bytes]:
     step = RATE_HZ * chunk_ms // 1000
-    return [pack_audio_chunk(AudioChunkHeader(SampleType.INT16, k), pcm[i:i + step].tobytes())
-            for k, i in enumerate(range(0, len(pcm), step))]
+    return [
+        pack_audio_chunk(AudioChunkHeader(SampleType.INT16, k), pcm[i : i + step].tobytes())
+        for k, i in enumerate(range(0, len(pcm), step))
+    ]
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -179,14 +192,29 @@ class Outcome:
     @property
     def ok(self) -> bool:
         c = self.completed
-        return (self.failure is None and not self.errors and c is not None
-                and self.frames == c.frames_sent and c.frames_sent > 0)
+        return (
+            self.failure is None
+            and not self.errors
+            and c is not None
+            and self.frames == c.frames_sent
+            and c.frames_sent > 0
+        )
 
 
-async def session(ws_url: str, client_id: str, pcm: np.ndarray, image: bytes, *, live: bool,
-                  kill_after: int | None = None, stall_after: int | None = None, stall_s: float = 0.0,
-                  pace_s: float = 0.0, first_frame: asyncio.Event | None = None,
-                  timeout_s: float = 60.0) -> Outcome:
+async def session(
+    ws_url: str,
+    client_id: str,
+    pcm: np.ndarray,
+    image: bytes,
+    *,
+    live: bool,
+    kill_after: int | None = None,
+    stall_after: int | None = None,
+    stall_s: float = 0.0,
+    pace_s: float = 0.0,
+    first_frame: asyncio.Event | None = None,
+    timeout_s: float = 60.0,
+) -> Outcome:
     """One session. ``kill_after``: abort the TCP connection (reset, no close frame) once that many
     frames arrived. ``stall_after``: stop reading for ``stall_s`` once that many frames arrived.
     Live audio goes in 100 ms chunks once ``streaming_started`` came, ``pace_s`` apart."""
@@ -209,9 +237,13 @@ async def session(ws_url: str, client_id: str, pcm: np.ndarray, image: bytes, *,
             # max_queue 1: a consumer that stops reading stops the TCP reads too (backpressure)
             # a stalled reader stops websockets' keepalive too (pongs wait behind the unread frames),
             # so the stalled consumer sends no pings of its own: the server's pings are what is tested
-            async with websockets.connect(f"{ws_url}/ws/{client_id}", max_size=None, max_queue=1,
-                                          compression=None,
-                                          ping_interval=None if stall_after is not None else 20) as ws:
+            async with websockets.connect(
+                f"{ws_url}/ws/{client_id}",
+                max_size=None,
+                max_queue=1,
+                compression=None,
+                ping_interval=None if stall_after is not None else 20,
+            ) as ws:
                 await ws.send(live_start(image) if live else file_start(pcm, image))
                 if kill_after == 0:
                     ws.transport.abort()
@@ -289,12 +321,13 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
         """A 0.4 s cut that holds speech (peak above -30 dBFS): the server refuses silence (audio_silent)."""
         while True:
             start = rng.randrange(0, len(audio) - clip)
-            if np.abs(audio[start:start + clip]).max() > 1000:
-                return audio[start:start + clip]
+            if np.abs(audio[start : start + clip]).max() > 1000:
+                return audio[start : start + clip]
 
     # warm-up: sessions at once, file and live, so the portrait is cached and the worker threads exist
-    warm = await asyncio.gather(*(session(ws_url, f"warm-{i}", cut(), image, live=bool(i % 2))
-                                  for i in range(args.warmup)))
+    warm = await asyncio.gather(
+        *(session(ws_url, f"warm-{i}", cut(), image, live=bool(i % 2)) for i in range(args.warmup))
+    )
     report["warmup_ok"] = sum(o.ok for o in warm)
     poll_until(lambda: metric(http, "ditto_sessions_active") == 0, 10)
     start = read_proc(pid)
@@ -313,8 +346,18 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
     for i in range(args.sessions):
         if i == stall_at and args.stall_s > 0:
             stall_began = time.monotonic()
-            stall_task = asyncio.create_task(session(ws_url, "stalled", audio, image, live=False, stall_after=5,
-                                                     stall_s=args.stall_s, timeout_s=args.stall_s + 120))
+            stall_task = asyncio.create_task(
+                session(
+                    ws_url,
+                    "stalled",
+                    audio,
+                    image,
+                    live=False,
+                    stall_after=5,
+                    stall_s=args.stall_s,
+                    timeout_s=args.stall_s + 120,
+                )
+            )
         live = args.live_every > 0 and i % args.live_every == args.live_every - 1
         kill_after = rng.randrange(0, CLIP_FRAMES) if i in killed else None
         outcomes.append(await session(ws_url, f"soak-{i}", cut(), image, live=live, kill_after=kill_after))
@@ -337,37 +380,60 @@ async def soak(args, ws_url: str, http: str, pid: int, port: int, report: dict) 
     rss_first = float(np.mean([s.rss_kb for s in samples[:window]]))
     rss_last = float(np.mean([s.rss_kb for s in samples[-window:]]))
     not_killed = [o for i, o in enumerate(outcomes) if i not in killed]
-    failed = [(i, o.failure or o.errors or "incomplete") for i, o in enumerate(outcomes)
-              if i not in killed and not o.ok]
-    report.update({
-        "sessions": args.sessions, "killed": len(killed), "live": sum(
-            1 for i in range(args.sessions) if args.live_every > 0 and i % args.live_every == args.live_every - 1),
-        "sessions_ok": sum(o.ok for o in not_killed), "sessions_failed": failed[:10],
-        "killed_errors": sorted({e for i in killed for e in outcomes[i].errors}),
-        "rss_window": window, "rss_first_kb": rss_first, "rss_last_kb": rss_last,
-        "rss_growth": rss_last / rss_first - 1,
-        "max_during": dataclasses.asdict(Sample(max(s.rss_kb for s in samples), max(s.threads for s in samples),
-                                                max(s.fds for s in samples))),
-        "half_open_end": dataclasses.asdict(open_end), "end": dataclasses.asdict(end),
-        "stall": None if stall is None else {"stall_s": args.stall_s, "ok": stall.ok, "frames": stall.frames,
-                                             "errors": stall.errors, "failure": stall.failure,
-                                             "close_code": stall.close_code, "completed": stall.completed is not None,
-                                             "sessions_during_stall": during_stall},
-        "sessions_active_end": metric(http, "ditto_sessions_active"),
-        "sessions_total": metric(http, "ditto_sessions_total"),
-    })
+    failed = [
+        (i, o.failure or o.errors or "incomplete") for i, o in enumerate(outcomes) if i not in killed and not o.ok
+    ]
+    report.update(
+        {
+            "sessions": args.sessions,
+            "killed": len(killed),
+            "live": sum(
+                1 for i in range(args.sessions) if args.live_every > 0 and i % args.live_every == args.live_every - 1
+            ),
+            "sessions_ok": sum(o.ok for o in not_killed),
+            "sessions_failed": failed[:10],
+            "killed_errors": sorted({e for i in killed for e in outcomes[i].errors}),
+            "rss_window": window,
+            "rss_first_kb": rss_first,
+            "rss_last_kb": rss_last,
+            "rss_growth": rss_last / rss_first - 1,
+            "max_during": dataclasses.asdict(
+                Sample(max(s.rss_kb for s in samples), max(s.threads for s in samples), max(s.fds for s in samples))
+            ),
+            "half_open_end": dataclasses.asdict(open_end),
+            "end": dataclasses.asdict(end),
+            "stall": None
+            if stall is None
+            else {
+                "stall_s": args.stall_s,
+                "ok": stall.ok,
+                "frames": stall.frames,
+                "errors": stall.errors,
+                "failure": stall.failure,
+                "close_code": stall.close_code,
+                "completed": stall.completed is not None,
+                "sessions_during_stall": during_stall,
+            },
+            "sessions_active_end": metric(http, "ditto_sessions_active"),
+            "sessions_total": metric(http, "ditto_sessions_total"),
+        }
+    )
 
     # SIGTERM while sessions stream (live, real-time pace: they would run 15 s)
     first_frames = [asyncio.Event() for _ in range(args.under_load)]
-    streams = [asyncio.create_task(session(ws_url, f"load-{i}", audio, image, live=True, pace_s=0.1,
-                                           first_frame=first_frames[i], timeout_s=60))
-               for i in range(args.under_load)]
+    streams = [
+        asyncio.create_task(
+            session(ws_url, f"load-{i}", audio, image, live=True, pace_s=0.1, first_frame=first_frames[i], timeout_s=60)
+        )
+        for i in range(args.under_load)
+    ]
     async with asyncio.timeout(30):
         await asyncio.gather(*(e.wait() for e in first_frames))
     os.kill(pid, signal.SIGTERM)
     loaded = await asyncio.gather(*streams)
-    report["sigterm_clients"] = [{"errors": o.errors, "close_code": o.close_code, "frames": o.frames,
-                                  "failure": o.failure} for o in loaded]
+    report["sigterm_clients"] = [
+        {"errors": o.errors, "close_code": o.close_code, "frames": o.frames, "failure": o.failure} for o in loaded
+    ]
 
 
 def main() -> int:
@@ -390,12 +456,29 @@ def main() -> int:
     began = time.monotonic()
     with tempfile.TemporaryFile("w+") as stderr:
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "streaming_server.py"), "--backend", "lite", "--port", str(port),
-             "--log-level", "warning", "--max_sessions", "8", "--max_size", "256"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+            [
+                sys.executable,
+                str(ROOT / "streaming_server.py"),
+                "--backend",
+                "lite",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--max_sessions",
+                "8",
+                "--max_size",
+                "256",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         try:
-            if not poll_until(lambda: server.poll() is not None or healthy(f"{http}/healthz"), 120, 0.2) \
-                    or server.poll() is not None:
+            if (
+                not poll_until(lambda: server.poll() is not None or healthy(f"{http}/healthz"), 120, 0.2)
+                or server.poll() is not None
+            ):
                 print(f"server did not become healthy (exit code {server.poll()})", file=sys.stderr)
                 return 1
             asyncio.run(soak(args, ws_url, http, server.pid, port, report))
@@ -408,8 +491,9 @@ def main() -> int:
             log = stderr.read()
     report["tracebacks"] = log.count("Traceback")
     lines = log.splitlines()
-    report["traceback_excerpts"] = ["\n".join(lines[max(0, i - 2):i + 12])
-                                    for i, line in enumerate(lines) if "Traceback" in line][:5]
+    report["traceback_excerpts"] = [
+        "\n".join(lines[max(0, i - 2) : i + 12]) for i, line in enumerate(lines) if "Traceback" in line
+    ][:5]
     if args.server_log:
         args.server_log.write_text(log)
     report["stderr_tail"] = log[-2000:]
@@ -426,39 +510,61 @@ def main() -> int:
         "fds_after": end["fds"] <= start["fds"],
         "threads": end["threads"] <= start["threads"],
         "sessions_ok": report["sessions_ok"] == args.sessions - report["killed"]
-                       and (report["stall"] is None or report["stall"]["ok"]),
+        and (report["stall"] is None or report["stall"]["ok"]),
         "sessions_active_0": report["sessions_active_end"] == 0,
         "sigterm": all(c["errors"] == ["shutting_down"] and c["close_code"] == 1012 for c in report["sigterm_clients"])
-                   and report["exit_code"] == 0,
+        and report["exit_code"] == 0,
         "no_traceback": report["tracebacks"] == 0,
     }
     report["checks"] = checks
     mark = {True: "✅", False: "❌"}
     stall = report["stall"]
     rows = [
-        ("rss_growth", f"first {report['rss_window']} sessions {report['rss_first_kb'] / 1024:.1f} MiB -> last "
-                       f"{report['rss_window']} {report['rss_last_kb'] / 1024:.1f} MiB: "
-                       f"{report['rss_growth'] * 100:+.2f} % (max {top['rss_kb'] / 1024:.1f} MiB)", "< 5 %"),
-        ("fds_while_half_open", f"start {start['fds']}, {report['half_open_fds_held']} held by {held} half-open, "
-                                f"max {top['fds']}, end of run {open_end['fds']}; server dropped "
-                                f"{report['half_open_dropped_by_server']}/{held}",
-         f"end of run <= {start['fds'] + held}, max <= {start['fds'] + held + 2}"),
+        (
+            "rss_growth",
+            f"first {report['rss_window']} sessions {report['rss_first_kb'] / 1024:.1f} MiB -> last "
+            f"{report['rss_window']} {report['rss_last_kb'] / 1024:.1f} MiB: "
+            f"{report['rss_growth'] * 100:+.2f} % (max {top['rss_kb'] / 1024:.1f} MiB)",
+            "< 5 %",
+        ),
+        (
+            "fds_while_half_open",
+            f"start {start['fds']}, {report['half_open_fds_held']} held by {held} half-open, "
+            f"max {top['fds']}, end of run {open_end['fds']}; server dropped "
+            f"{report['half_open_dropped_by_server']}/{held}",
+            f"end of run <= {start['fds'] + held}, max <= {start['fds'] + held + 2}",
+        ),
         ("fds_after", f"{end['fds']} after the half-open sockets closed", f"<= {start['fds']}"),
-        ("threads", f"start {start['threads']}, max {top['threads']}, end {end['threads']}",
-         f"<= {start['threads']}"),
-        ("sessions_ok", f"{report['sessions_ok']}/{args.sessions - report['killed']} completed "
-                        f"({report['live']} live), {report['killed']} killed; stalled consumer "
-                        + ("none" if stall is None else f"{'ok' if stall['ok'] else 'FAILED'}, {stall['frames']} "
-                           f"frames, {stall['sessions_during_stall']} sessions during its {stall['stall_s']:g} s"),
-         "all"),
-        ("sessions_active_0", f"ditto_sessions_active {report['sessions_active_end']:g} "
-                              f"(sessions_total {report['sessions_total']:g})", "0"),
-        ("sigterm", f"clients {[(c['errors'], c['close_code']) for c in report['sigterm_clients']]}, "
-                    f"exit code {report['exit_code']}", "shutting_down, 1012, exit 0"),
+        ("threads", f"start {start['threads']}, max {top['threads']}, end {end['threads']}", f"<= {start['threads']}"),
+        (
+            "sessions_ok",
+            f"{report['sessions_ok']}/{args.sessions - report['killed']} completed "
+            f"({report['live']} live), {report['killed']} killed; stalled consumer "
+            + (
+                "none"
+                if stall is None
+                else f"{'ok' if stall['ok'] else 'FAILED'}, {stall['frames']} "
+                f"frames, {stall['sessions_during_stall']} sessions during its {stall['stall_s']:g} s"
+            ),
+            "all",
+        ),
+        (
+            "sessions_active_0",
+            f"ditto_sessions_active {report['sessions_active_end']:g} (sessions_total {report['sessions_total']:g})",
+            "0",
+        ),
+        (
+            "sigterm",
+            f"clients {[(c['errors'], c['close_code']) for c in report['sigterm_clients']]}, "
+            f"exit code {report['exit_code']}",
+            "shutting_down, 1012, exit 0",
+        ),
         ("no_traceback", f"{report['tracebacks']} in stderr", "0"),
     ]
-    print(f"soak: {args.sessions} sessions in {report['wall_s']:.0f} s, {report['cpus']} CPUs, load average "
-          f"{report['load_average_start'][0]:.2f} at start, {report['load_average_end'][0]:.2f} at end")
+    print(
+        f"soak: {args.sessions} sessions in {report['wall_s']:.0f} s, {report['cpus']} CPUs, load average "
+        f"{report['load_average_start'][0]:.2f} at start, {report['load_average_end'][0]:.2f} at end"
+    )
     width = max(len(r[0]) for r in rows)
     for name, seen, target in rows:
         print(f"{mark[checks[name]]} {name:<{width}}  {seen}  (target {target})")

@@ -131,16 +131,22 @@ class BackendError(DittoError):
         """What the client is told of ``exc``, raised inside a backend (torch, onnxruntime, TensorRT,
         the backend's own code): ``out_of_memory`` when the device or host ran out, else ``backend_failed``."""
         if is_out_of_memory(exc):
-            return cls("the backend ran out of memory for this session; retry later or with fewer sessions",
-                       code=ErrorCode.OUT_OF_MEMORY)
+            return cls(
+                "the backend ran out of memory for this session; retry later or with fewer sessions",
+                code=ErrorCode.OUT_OF_MEMORY,
+            )
         return cls(f"the backend failed: {type(exc).__name__}")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch.OutOfMemoryError (matched by name: this module does not import torch), and the device
     allocation failures onnxruntime and TensorRT report as plain RuntimeErrors that say so."""
-    return (isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
-            or isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    return (
+        isinstance(exc, MemoryError)
+        or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+        or isinstance(exc, RuntimeError)
+        and "out of memory" in str(exc).lower()
+    )
 
 
 class ConfigError(Exception):

@@ -39,7 +39,7 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
             action = parser._option_string_actions.get(name)
             if action is not None:
                 takes_value = action.nargs != 0 and "=" not in token
-                out.extend(argv[i:i + 2] if takes_value else [token])
+                out.extend(argv[i : i + 2] if takes_value else [token])
                 i += 2 if takes_value else 1
                 break
         else:
@@ -79,12 +79,18 @@ def stop(server: subprocess.Popen, timeout_s: float = 15.0) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="run_streaming_test.py", description=__doc__.split("\n\n")[0],
+        prog="run_streaming_test.py",
+        description=__doc__.split("\n\n")[0],
         epilog="Any flag of streaming_server.py or streaming_client.py may follow; each goes to its program "
-               "(see their --help).")
+        "(see their --help).",
+    )
     parser.add_argument("--mode", choices=["both", "server", "client"], default="both")
-    parser.add_argument("--startup_timeout", type=float, default=300.0,
-                        help="seconds to wait for the server's /healthz (model loading included)")
+    parser.add_argument(
+        "--startup_timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the server's /healthz (model loading included)",
+    )
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO)
     server_argv, client_argv = split_flags(rest)

@@ -17,8 +17,13 @@ from bench.bench_conversation import METRICS  # noqa: E402
 
 def test_quick_conversation_reports_every_metric(tmp_path: Path) -> None:
     out = tmp_path / "conversation.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_conversation.py"), "--quick", "--json", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_conversation.py"), "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.is_file(), run.stdout + run.stderr
     report = json.loads(out.read_text())
     assert report["backend"] == "lite" and report["repeats"] == 1

@@ -35,20 +35,37 @@ def test_demo_streams_the_example_in_real_time(tmp_path):
     frames_dir = tmp_path / "frames"
     stats_json = tmp_path / "stats.json"
     out = subprocess.run(
-        [PY, "run_streaming_test.py", "--mode", "both", "--save_frames", "--frames_dir", str(frames_dir),
-         "--json", str(stats_json), "--seed", "3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            PY,
+            "run_streaming_test.py",
+            "--mode",
+            "both",
+            "--save_frames",
+            "--frames_dir",
+            str(frames_dir),
+            "--json",
+            str(stats_json),
+            "--seed",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stderr
-    for line in ("INFO:streaming_client:Connected to server as client test_client",
-                 "INFO:streaming_client:Sent start streaming command",
-                 "INFO:streaming_client:Streaming started: ./example/audio.wav -> ./example/image.png",
-                 "INFO:streaming_client:Metadata: 15.75s, 394 frames",
-                 "INFO:streaming_client:Received frame 0, size: ",
-                 "INFO:streaming_client:Streaming completed",
-                 "INFO:streaming_client:Writer closed. Total frames: 394",
-                 "INFO:streaming_server:Client test_client connected",
-                 "INFO:streaming_server:Starting streaming for client test_client"):
+    for line in (
+        "INFO:streaming_client:Connected to server as client test_client",
+        "INFO:streaming_client:Sent start streaming command",
+        "INFO:streaming_client:Streaming started: ./example/audio.wav -> ./example/image.png",
+        "INFO:streaming_client:Metadata: 15.75s, 394 frames",
+        "INFO:streaming_client:Received frame 0, size: ",
+        "INFO:streaming_client:Streaming completed",
+        "INFO:streaming_client:Writer closed. Total frames: 394",
+        "INFO:streaming_server:Client test_client connected",
+        "INFO:streaming_server:Starting streaming for client test_client",
+    ):
         assert line in log, line
     assert "Total Frames Received: 394" in out.stdout
     assert len(re.findall(r"^✅ ", out.stdout, re.M)) == 3, out.stdout
@@ -58,10 +75,24 @@ def test_demo_streams_the_example_in_real_time(tmp_path):
 
 
 def test_demo_saves_nothing_unless_asked(tmp_path):
-    out = subprocess.run([PY, str(ROOT / "run_streaming_test.py"), "--mode", "both",
-                          "--audio_path", str(EXAMPLE_AUDIO), "--source_path", str(EXAMPLE_IMAGE),
-                          "--max_size", "256"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            PY,
+            str(ROOT / "run_streaming_test.py"),
+            "--mode",
+            "both",
+            "--audio_path",
+            str(EXAMPLE_AUDIO),
+            "--source_path",
+            str(EXAMPLE_IMAGE),
+            "--max_size",
+            "256",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []
 
@@ -70,8 +101,13 @@ def test_client_writes_mp4_with_audio(tmp_path):
     import av
 
     output = tmp_path / "out.mp4"
-    out = subprocess.run([PY, "run_streaming_test.py", "--mode", "both", "--max_size", "256",
-                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [PY, "run_streaming_test.py", "--mode", "both", "--max_size", "256", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     with av.open(str(output)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
@@ -83,12 +119,21 @@ def test_client_writes_mp4_with_audio(tmp_path):
 def test_server_exits_zero_on_sigterm_and_sigint():
     for sig in (signal.SIGTERM, signal.SIGINT):
         port = free_port()
-        proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [PY, "streaming_server.py", "--port", str(port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             health = wait_healthy(port, proc)
-            assert health == {"status": "ok", "backend": "lite", "engine": {},
-                              "sessions": {"active": 0, "max": 4, "live": 0, "live_max": 4}}
+            assert health == {
+                "status": "ok",
+                "backend": "lite",
+                "engine": {},
+                "sessions": {"active": 0, "max": 4, "live": 0, "live_max": 4},
+            }
             proc.send_signal(sig)
             assert proc.wait(30) == 0
         finally:
@@ -99,8 +144,14 @@ def test_server_reads_ditto_variables_and_flags_win():
     """DITTO_MAX_SESSIONS applies (no flag); --port wins over DITTO_PORT."""
     port = free_port()
     env = {**os.environ, "DITTO_MAX_SESSIONS": "2", "DITTO_PORT": str(free_port())}
-    proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "streaming_server.py", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_healthy(port, proc)["sessions"]["max"] == 2
         proc.send_signal(signal.SIGTERM)
@@ -119,8 +170,13 @@ def test_sigterm_mid_session_sends_shutting_down_then_closes_1012():
     from tests.server.helpers import start_message, stream_then
 
     port = free_port()
-    proc = subprocess.Popen([PY, "streaming_server.py", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "streaming_server.py", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_healthy(port, proc)
 
@@ -136,17 +192,25 @@ def test_sigterm_mid_session_sends_shutting_down_then_closes_1012():
         proc.kill()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--data_root", "x"], "--data_root and --cfg_pkl go together"),
-    (["--backend", "ditto"], "--backend ditto needs --data_root and --cfg_pkl"),
-    (["--jpeg_quality", "0"], "jpeg_quality"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--data_root", "x"], "--data_root and --cfg_pkl go together"),
+        (["--backend", "ditto"], "--backend ditto needs --data_root and --cfg_pkl"),
+        (["--jpeg_quality", "0"], "jpeg_quality"),
+    ],
+)
 def test_server_flag_errors_are_one_line(argv, message):
     out = subprocess.run([PY, "streaming_server.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_client_fails_nonzero_when_no_server():
-    out = subprocess.run([PY, "streaming_client.py", "--server", f"ws://127.0.0.1:{free_port()}", "--timeout", "5"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [PY, "streaming_client.py", "--server", f"ws://127.0.0.1:{free_port()}", "--timeout", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "Total Frames Received: 0" in out.stdout and "❌" in out.stdout

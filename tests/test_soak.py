@@ -17,9 +17,25 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_short_soak_meets_every_target(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--sessions", "40", "--killed", "5", "--stall_s", "3",
-         "--half_open", "5", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "soak.py"),
+            "--sessions",
+            "40",
+            "--killed",
+            "5",
+            "--stall_s",
+            "3",
+            "--half_open",
+            "5",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     failed = [name for name, ok in report["checks"].items() if not ok]
     assert not failed, f"{failed}\n{run.stdout}\n{report['stderr_tail']}"

@@ -33,18 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames_dir", type=Path, default=Path("received_frames"))
     p.add_argument("--output", type=Path, help="write an MP4 of the frames with the original audio")
     p.add_argument("--json", type=Path, help="write the statistics as JSON")
-    p.add_argument("--server_paths", action="store_true",
-                   help="send --audio_path/--source_path as paths inside the server's --media_root "
-                        "instead of uploading the files")
+    p.add_argument(
+        "--server_paths",
+        action="store_true",
+        help="send --audio_path/--source_path as paths inside the server's --media_root instead of uploading the files",
+    )
     p.add_argument("--seed", type=int, help="animation seed (reproducible blinks and head motion)")
-    p.add_argument("--realtime", action="store_true",
-                   help="live session: send the audio in chunks paced at real time instead of uploading it whole")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="live session: send the audio in chunks paced at real time instead of uploading it whole",
+    )
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms (with --realtime)")
-    p.add_argument("--interrupt_at", type=float, metavar="SECONDS",
-                   help="with --realtime: send interrupt once SECONDS of audio were sent, send none of the rest, "
-                        "idle 1 s after playback_finished, then end_of_audio; reports the interrupt latency")
-    p.add_argument("--require_realtime", action="store_true",
-                   help="exit non-zero also when a real-time check of the statistics block fails (❌)")
+    p.add_argument(
+        "--interrupt_at",
+        type=float,
+        metavar="SECONDS",
+        help="with --realtime: send interrupt once SECONDS of audio were sent, send none of the rest, "
+        "idle 1 s after playback_finished, then end_of_audio; reports the interrupt latency",
+    )
+    p.add_argument(
+        "--require_realtime",
+        action="store_true",
+        help="exit non-zero also when a real-time check of the statistics block fails (❌)",
+    )
     return p
 
 
@@ -62,8 +74,7 @@ def exit_code(result: SessionResult, stats: StreamStats, *, require_realtime: bo
     return 0
 
 
-def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path,
-               scratch: Path) -> None:
+def _write_mp4(result: SessionResult, writer: FrameFolderWriter, audio_path: Path, output: Path, scratch: Path) -> None:
     """File mode: the received frames with the original audio. Live: every frame slot
     (a skipped frame repeats the previous one) with the echoed audio, so idle stretches stay in sync."""
     indices = sorted(f.index for f in result.frames)
@@ -111,15 +122,35 @@ def main(argv: list[str] | None = None) -> int:
             audio = read_pcm(args.audio_path)
             if args.interrupt_at is not None and args.interrupt_at >= audio.duration_s:
                 return _usage_error(f"--interrupt_at must be under the audio's {audio.duration_s:.2f} s")
-            result = asyncio.run(run_live_session(
-                args.server, args.client_id, audio, args.source_path,
-                timeout_s=args.timeout, chunk_ms=args.chunk_ms, realtime=True, on_frame=on_frame,
-                upload=not args.server_paths, seed=args.seed, echo_audio=args.output is not None,
-                interrupt_at_s=args.interrupt_at))
+            result = asyncio.run(
+                run_live_session(
+                    args.server,
+                    args.client_id,
+                    audio,
+                    args.source_path,
+                    timeout_s=args.timeout,
+                    chunk_ms=args.chunk_ms,
+                    realtime=True,
+                    on_frame=on_frame,
+                    upload=not args.server_paths,
+                    seed=args.seed,
+                    echo_audio=args.output is not None,
+                    interrupt_at_s=args.interrupt_at,
+                )
+            )
         else:
-            result = asyncio.run(run_session(
-                args.server, args.client_id, args.audio_path, args.source_path, timeout_s=args.timeout,
-                on_frame=on_frame, upload=not args.server_paths, seed=args.seed))
+            result = asyncio.run(
+                run_session(
+                    args.server,
+                    args.client_id,
+                    args.audio_path,
+                    args.source_path,
+                    timeout_s=args.timeout,
+                    on_frame=on_frame,
+                    upload=not args.server_paths,
+                    seed=args.seed,
+                )
+            )
         logger.info("Writer closed. Total frames: %d", len(result.frames))
         if args.output and writer is not None and writer.count:
             _write_mp4(result, writer, Path(args.audio_path), args.output, Path(scratch))
@@ -127,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     stats = session_stats(result)
     print("\n" + format_report(stats), flush=True)
     if args.json:
-        report = {"ok": result.ok, "live": result.live, "stats": stats.to_dict(),
-                  "error": result.error.model_dump(mode="json") if result.error else None,
-                  "timed_out": result.timed_out,
-                  "expected_frames": result.expected_frames}
+        report = {
+            "ok": result.ok,
+            "live": result.live,
+            "stats": stats.to_dict(),
+            "error": result.error.model_dump(mode="json") if result.error else None,
+            "timed_out": result.timed_out,
+            "expected_frames": result.expected_frames,
+        }
         write_json(args.json, report)
     return exit_code(result, stats, require_realtime=args.require_realtime)

@@ -91,8 +91,12 @@ class SessionResult:
 
     @property
     def ok(self) -> bool:
-        return (self.error is None and not self.timed_out and self.completed is not None
-                and len(self.frames) == self.expected_frames)
+        return (
+            self.error is None
+            and not self.timed_out
+            and self.completed is not None
+            and len(self.frames) == self.expected_frames
+        )
 
 
 def media_ref(path: str, *, upload: bool) -> dict:
@@ -118,11 +122,24 @@ async def run_session(
     log_every: int = 25,
 ) -> SessionResult:
     """Stream one audio file over ``ws://server/ws/{client_id}`` and collect what comes back."""
-    start = {"type": "start_streaming", "audio": media_ref(audio_path, upload=upload),
-             "source": media_ref(source_path, upload=upload)}
-    return await _converse(server, client_id, start, SessionResult(), _FileMode(audio_path, source_path),
-                           seed=seed, timeout_s=timeout_s, on_frame=on_frame, clock=clock, wall_clock=wall_clock,
-                           log_every=log_every)
+    start = {
+        "type": "start_streaming",
+        "audio": media_ref(audio_path, upload=upload),
+        "source": media_ref(source_path, upload=upload),
+    }
+    return await _converse(
+        server,
+        client_id,
+        start,
+        SessionResult(),
+        _FileMode(audio_path, source_path),
+        seed=seed,
+        timeout_s=timeout_s,
+        on_frame=on_frame,
+        clock=clock,
+        wall_clock=wall_clock,
+        log_every=log_every,
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,21 +219,48 @@ async def run_live_session(
             A server that never confirms the interrupt leaves the session to end by ``timeout_s``.
     """
     result = SessionResult(live=True, audio_sample_rate_hz=audio.sample_rate_hz)
-    start = {"type": "start_streaming", "live": True, "source": media_ref(source_path, upload=upload),
-             "audio_format": {"sample_rate_hz": audio.sample_rate_hz, "channels": audio.channels,
-                              "sample_type": audio.sample_type},
-             "echo_audio": echo_audio}
-    mode = _LiveMode(audio, source_path, result, chunk_ms=chunk_ms, realtime=realtime, clock=clock,
-                     utterance_ends_s=tuple(utterance_ends_s), interrupt_at_s=interrupt_at_s,
-                     idle_after_interrupt_s=idle_after_interrupt_s)
+    start = {
+        "type": "start_streaming",
+        "live": True,
+        "source": media_ref(source_path, upload=upload),
+        "audio_format": {
+            "sample_rate_hz": audio.sample_rate_hz,
+            "channels": audio.channels,
+            "sample_type": audio.sample_type,
+        },
+        "echo_audio": echo_audio,
+    }
+    mode = _LiveMode(
+        audio,
+        source_path,
+        result,
+        chunk_ms=chunk_ms,
+        realtime=realtime,
+        clock=clock,
+        utterance_ends_s=tuple(utterance_ends_s),
+        interrupt_at_s=interrupt_at_s,
+        idle_after_interrupt_s=idle_after_interrupt_s,
+    )
     try:
-        return await _converse(server, client_id, start, result, mode, seed=seed, timeout_s=timeout_s,
-                               on_frame=on_frame, clock=clock, wall_clock=wall_clock, log_every=log_every)
+        return await _converse(
+            server,
+            client_id,
+            start,
+            result,
+            mode,
+            seed=seed,
+            timeout_s=timeout_s,
+            on_frame=on_frame,
+            clock=clock,
+            wall_clock=wall_clock,
+            log_every=log_every,
+        )
     finally:
         await mode.stop_sending()
 
 
 # --- the receive loop both modes share ----------------------------------------------------------
+
 
 class _Mode(Protocol):
     """What differs between file and live sessions around :func:`_converse`: the log lines,
@@ -274,9 +318,13 @@ class _LiveMode:
     _interrupt_finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, init=False)
 
     def start_sent(self) -> None:
-        logger.info("Sent start streaming command (live, %d Hz, %d ch, %s chunks of %g ms)",
-                    self.audio.sample_rate_hz, self.audio.channels, "real-time" if self.realtime else "fast",
-                    self.chunk_ms)
+        logger.info(
+            "Sent start streaming command (live, %d Hz, %d ch, %s chunks of %g ms)",
+            self.audio.sample_rate_hz,
+            self.audio.channels,
+            "real-time" if self.realtime else "fast",
+            self.chunk_ms,
+        )
 
     def streaming_started(self, ws: ClientConnection) -> None:
         logger.info("Streaming started (live): %s", self.source_path)
@@ -286,8 +334,12 @@ class _LiveMode:
         logger.info("Metadata: live, %dx%d at %d fps", reply.width, reply.height, reply.fps)
 
     def completed(self, reply: msg.StreamingCompleted) -> None:
-        logger.info("Streaming completed: %d frames sent, %d skipped, %d idle",
-                    reply.frames_sent, reply.frames_skipped, reply.idle_frames)
+        logger.info(
+            "Streaming completed: %d frames sent, %d skipped, %d idle",
+            reply.frames_sent,
+            reply.frames_skipped,
+            reply.idle_frames,
+        )
 
     def playback_finished(self, reply: msg.PlaybackFinished) -> None:
         if reply.interrupted:
@@ -299,8 +351,9 @@ class _LiveMode:
     def _chunk_ends(self, stop_at: int, utterance_ends: set[int]) -> list[int]:
         """Where each chunk of the first ``stop_at`` samples ends: every ``chunk_ms``, and at each utterance end."""
         chunk_samples = max(1, int(round(self.audio.sample_rate_hz * self.chunk_ms / 1000.0)))
-        return sorted({*range(chunk_samples, stop_at, chunk_samples), *(e for e in utterance_ends if e < stop_at),
-                       stop_at} - {0})
+        return sorted(
+            {*range(chunk_samples, stop_at, chunk_samples), *(e for e in utterance_ends if e < stop_at), stop_at} - {0}
+        )
 
     async def _send_audio(self, ws: ClientConnection) -> None:
         """The chunks (an ``end_of_utterance`` after each utterance end, an ``interrupt`` after the one
@@ -315,7 +368,7 @@ class _LiveMode:
         for seq, end in enumerate(self._chunk_ends(stop_at, utterance_ends)):
             if self.realtime and result.first_audio_sent_s is not None:
                 await asyncio.sleep(max(0.0, result.first_audio_sent_s + start / audio.sample_rate_hz - self.clock()))
-            pcm = audio.pcm[start * audio.bytes_per_frame: end * audio.bytes_per_frame]
+            pcm = audio.pcm[start * audio.bytes_per_frame : end * audio.bytes_per_frame]
             await ws.send(pack_audio_chunk(AudioChunkHeader(sample_type, seq), pcm))
             now = self.clock()
             if result.first_audio_sent_s is None:
@@ -328,8 +381,9 @@ class _LiveMode:
         if self.interrupt_at_s is not None:
             await self._interrupt(ws, stop_at / audio.sample_rate_hz)
         await ws.send(json.dumps({"type": "end_of_audio"}))
-        logger.info("Sent %d audio chunks (%.2fs) and end_of_audio", len(result.chunks_sent),
-                    start / audio.sample_rate_hz)
+        logger.info(
+            "Sent %d audio chunks (%.2fs) and end_of_audio", len(result.chunks_sent), start / audio.sample_rate_hz
+        )
 
     async def _interrupt(self, ws: ClientConnection, position_s: float) -> None:
         """Barge in, wait for the server to confirm (``playback_finished {interrupted: true}``),
@@ -358,13 +412,26 @@ def error_from_close(close: Close | None) -> msg.Error:
     if close is None:
         return msg.Error(code=ErrorCode.INTERNAL, message="the connection was lost without a close frame")
     reason = f": {close.reason}" if close.reason else ""
-    return msg.Error(code=_ERRORS_BY_CLOSE_CODE.get(close.code, ErrorCode.INTERNAL),
-                     message=f"server closed the connection ({close.code}{reason})")
+    return msg.Error(
+        code=_ERRORS_BY_CLOSE_CODE.get(close.code, ErrorCode.INTERNAL),
+        message=f"server closed the connection ({close.code}{reason})",
+    )
 
 
-async def _converse(server: str, client_id: str, start: dict, result: SessionResult, mode: _Mode, *,
-                    seed: int | None, timeout_s: float, on_frame: FrameCallback | None,
-                    clock: Callable[[], float], wall_clock: WallClockUs, log_every: int) -> SessionResult:
+async def _converse(
+    server: str,
+    client_id: str,
+    start: dict,
+    result: SessionResult,
+    mode: _Mode,
+    *,
+    seed: int | None,
+    timeout_s: float,
+    on_frame: FrameCallback | None,
+    clock: Callable[[], float],
+    wall_clock: WallClockUs,
+    log_every: int,
+) -> SessionResult:
     """Send ``start`` (with ``seed``), then fill ``result`` from what the server sends until
     ``streaming_completed``, an ``error``, ``timeout_s`` or a failed connection."""
     url = f"{server.rstrip('/')}/ws/{client_id}"
@@ -372,8 +439,7 @@ async def _converse(server: str, client_id: str, start: dict, result: SessionRes
         async with asyncio.timeout(timeout_s):
             # no permessage-deflate: frames are JPEG, which it cannot shrink, and a server or proxy that
             # accepts it (Ray Serve's does) would spend milliseconds of CPU per frame on both ends
-            async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30),
-                                          compression=None) as ws:
+            async with websockets.connect(url, max_size=None, open_timeout=min(timeout_s, 30), compression=None) as ws:
                 logger.info("Connected to server as client %s", client_id)
                 try:
                     await ws.send(json.dumps(start if seed is None else {**start, "seed": seed}))
@@ -424,17 +490,34 @@ def _playback_detail(reply: msg.PlaybackStarted | msg.PlaybackFinished) -> str:
     return f" at {reply.position_ms} ms{' (interrupted)' if reply.interrupted else ''}"
 
 
-def _receive_frame(message: bytes, result: SessionResult, on_frame: FrameCallback | None,
-                   clock: Callable[[], float], wall_clock: WallClockUs, log_every: int) -> None:
+def _receive_frame(
+    message: bytes,
+    result: SessionResult,
+    on_frame: FrameCallback | None,
+    clock: Callable[[], float],
+    wall_clock: WallClockUs,
+    log_every: int,
+) -> None:
     """Record one binary message: a video frame (handed to ``on_frame``) or an audio echo."""
     arrival_wall_us = wall_clock()
     header, payload = FrameHeader.unpack(message)
     if header.kind == FrameKind.PCM16:  # only sent to a client that asked for echo_audio
         result.audio_echo[header.index] = bytes(payload)
         return
-    result.frames.append(ReceivedFrame(
-        header.index, header.pts_ms, len(message), clock(), header.sample_start, header.sample_count,
-        bool(header.flags & FrameFlags.IDLE), header.utterance, header.sent_us, arrival_wall_us))
+    result.frames.append(
+        ReceivedFrame(
+            header.index,
+            header.pts_ms,
+            len(message),
+            clock(),
+            header.sample_start,
+            header.sample_count,
+            bool(header.flags & FrameFlags.IDLE),
+            header.utterance,
+            header.sent_us,
+            arrival_wall_us,
+        )
+    )
     if header.index % log_every == 0:
         logger.info("Received frame %d, size: %.1fKB", header.index, len(payload) / 1024)
     if on_frame is not None:

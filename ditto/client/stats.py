@@ -88,8 +88,9 @@ class StreamStats:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out.update(average_frame_bytes=self.average_frame_bytes, bandwidth_mbps=self.bandwidth_mbps,
-                   realtime=self.checks)
+        out.update(
+            average_frame_bytes=self.average_frame_bytes, bandwidth_mbps=self.bandwidth_mbps, realtime=self.checks
+        )
         return out
 
 
@@ -98,17 +99,28 @@ def interval_stats(arrivals_s: list[float]) -> IntervalStats | None:
         return None
     ms = np.diff(np.asarray(arrivals_s, dtype=np.float64)) * 1000.0
     return IntervalStats(
-        count=len(ms), mean_ms=float(ms.mean()), median_ms=float(np.median(ms)), std_ms=float(ms.std()),
-        min_ms=float(ms.min()), max_ms=float(ms.max()),
-        p95_ms=float(np.percentile(ms, 95)), p99_ms=float(np.percentile(ms, 99)))
+        count=len(ms),
+        mean_ms=float(ms.mean()),
+        median_ms=float(np.median(ms)),
+        std_ms=float(ms.std()),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        p95_ms=float(np.percentile(ms, 95)),
+        p99_ms=float(np.percentile(ms, 99)),
+    )
 
 
 def lag_stats(lags_ms: list[float]) -> LagStats | None:
     if not lags_ms:
         return None
     ms = np.asarray(lags_ms, dtype=np.float64)
-    return LagStats(count=len(ms), p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),
-                    p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()))
+    return LagStats(
+        count=len(ms),
+        p50_ms=float(np.percentile(ms, 50)),
+        p95_ms=float(np.percentile(ms, 95)),
+        p99_ms=float(np.percentile(ms, 99)),
+        max_ms=float(ms.max()),
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,8 +142,9 @@ class FrameTiming:
     idle: bool  # IDLE frames have no audio that was sent: they get no lag
 
 
-def end_to_end_lags_ms(chunks_sent: list[tuple[int, float]], sample_rate_hz: int,
-                       frames: list[FrameTiming]) -> list[float]:
+def end_to_end_lags_ms(
+    chunks_sent: list[tuple[int, float]], sample_rate_hz: int, frames: list[FrameTiming]
+) -> list[float]:
     """Per speech frame: its arrival minus the wall time its audio's last sample was sent.
 
     Args:
@@ -158,8 +171,9 @@ def end_to_end_lags_ms(chunks_sent: list[tuple[int, float]], sample_rate_hz: int
     return out
 
 
-def interrupt_stats(interrupt_sent_s: float, frames: list[FrameTiming],
-                    interrupted_finished_s: float | None) -> InterruptStats:
+def interrupt_stats(
+    interrupt_sent_s: float, frames: list[FrameTiming], interrupted_finished_s: float | None
+) -> InterruptStats:
     """Args: the clock reading when ``interrupt`` was sent, the frames received in arrival order,
     and when ``playback_finished {interrupted: true}`` arrived (``None``: it did not)."""
     after = [f for f in frames if f.arrival_s >= interrupt_sent_s]
@@ -168,24 +182,38 @@ def interrupt_stats(interrupt_sent_s: float, frames: list[FrameTiming],
     gaps = interval_stats(before + [f.arrival_s for f in after])
     return InterruptStats(
         to_last_speech_frame_ms=(speech_after[-1] - interrupt_sent_s) * 1000.0 if speech_after else None,
-        to_playback_finished_ms=(None if interrupted_finished_s is None
-                                 else (interrupted_finished_s - interrupt_sent_s) * 1000.0),
-        max_gap_after_ms=gaps.max_ms if gaps is not None else None)
+        to_playback_finished_ms=(
+            None if interrupted_finished_s is None else (interrupted_finished_s - interrupt_sent_s) * 1000.0
+        ),
+        max_gap_after_ms=gaps.max_ms if gaps is not None else None,
+    )
 
 
-def compute_stats(start_s: float, arrivals_s: list[float], sizes: list[int], *,
-                  lags_ms: list[float] | None = None, frames_skipped: int = 0,
-                  transits_ms: list[float] | None = None, interrupt: InterruptStats | None = None) -> StreamStats:
+def compute_stats(
+    start_s: float,
+    arrivals_s: list[float],
+    sizes: list[int],
+    *,
+    lags_ms: list[float] | None = None,
+    frames_skipped: int = 0,
+    transits_ms: list[float] | None = None,
+    interrupt: InterruptStats | None = None,
+) -> StreamStats:
     """Statistics of one stream; times are one monotonic clock's readings in seconds."""
     frames = len(arrivals_s)
     duration = (arrivals_s[-1] - start_s) if frames else 0.0
     return StreamStats(
-        frames=frames, duration_s=duration,
+        frames=frames,
+        duration_s=duration,
         first_frame_latency_s=(arrivals_s[0] - start_s) if frames else None,
         fps=frames / duration if duration > 0 else 0.0,
-        total_bytes=int(sum(sizes)), intervals=interval_stats(arrivals_s),
-        lag=lag_stats(lags_ms or []), frames_skipped=frames_skipped,
-        transit=lag_stats(transits_ms or []), interrupt=interrupt)
+        total_bytes=int(sum(sizes)),
+        intervals=interval_stats(arrivals_s),
+        lag=lag_stats(lags_ms or []),
+        frames_skipped=frames_skipped,
+        transit=lag_stats(transits_ms or []),
+        interrupt=interrupt,
+    )
 
 
 def _frame_timings(result: "SessionResult") -> list[FrameTiming]:
@@ -196,16 +224,20 @@ def session_lags_ms(result: "SessionResult") -> list[float] | None:
     """Live sessions: the end-to-end lag of each speech frame received; file mode: ``None``."""
     if not result.live:
         return None
-    return end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or SAMPLE_RATE_HZ,
-                              _frame_timings(result))
+    return end_to_end_lags_ms(result.chunks_sent, result.audio_sample_rate_hz or SAMPLE_RATE_HZ, _frame_timings(result))
 
 
 def session_interrupt_stats(result: "SessionResult") -> InterruptStats | None:
     """How the session's ``interrupt`` took effect; ``None`` when it sent none."""
     if result.interrupt_sent_s is None:
         return None
-    finished = [e.arrival_s for e in result.playback if isinstance(e.message, msg.PlaybackFinished)
-                and e.message.interrupted and e.arrival_s >= result.interrupt_sent_s]
+    finished = [
+        e.arrival_s
+        for e in result.playback
+        if isinstance(e.message, msg.PlaybackFinished)
+        and e.message.interrupted
+        and e.arrival_s >= result.interrupt_sent_s
+    ]
     return interrupt_stats(result.interrupt_sent_s, _frame_timings(result), finished[0] if finished else None)
 
 
@@ -216,11 +248,15 @@ def session_stats(result: "SessionResult") -> StreamStats:
     start = result.start_sent_s or 0.0
     if result.live and result.first_audio_sent_s is not None:
         start = result.first_audio_sent_s
-    return compute_stats(start, [f.arrival_s for f in frames], [f.size for f in frames],
-                         lags_ms=session_lags_ms(result),
-                         frames_skipped=result.completed.frames_skipped if result.completed else 0,
-                         transits_ms=[f.transit_ms for f in frames if f.transit_ms is not None],
-                         interrupt=session_interrupt_stats(result))
+    return compute_stats(
+        start,
+        [f.arrival_s for f in frames],
+        [f.size for f in frames],
+        lags_ms=session_lags_ms(result),
+        frames_skipped=result.completed.frames_skipped if result.completed else 0,
+        transits_ms=[f.transit_ms for f in frames if f.transit_ms is not None],
+        interrupt=session_interrupt_stats(result),
+    )
 
 
 def _check(ok: bool, text: str) -> str:
@@ -246,20 +282,25 @@ def format_report(stats: StreamStats) -> str:
     rule = "=" * 70
     latency = stats.first_frame_latency_s
     lines = [
-        rule, "STREAMING CLIENT STATISTICS", rule,
+        rule,
+        "STREAMING CLIENT STATISTICS",
+        rule,
         f"Total Frames Received: {stats.frames}",
         f"Total Duration: {stats.duration_s:.2f}s",
-        f"Streaming Latency: {latency:.2f}s (time to first frame)" if latency is not None
+        f"Streaming Latency: {latency:.2f}s (time to first frame)"
+        if latency is not None
         else "Streaming Latency: n/a (no frame received)",
         f"Average FPS: {stats.fps:.1f}",
         f"Total Data: {stats.total_bytes / MB:.1f} MB",
         f"Average Frame Size: {stats.average_frame_bytes / KB:.1f} KB",
         f"Bandwidth: {stats.bandwidth_mbps:.1f} Mbps",
-        f"End-to-end Lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, "
-        f"p99 {stats.lag.p99_ms:.0f} ms" if stats.lag is not None else "End-to-end Lag: n/a (file mode)",
+        f"End-to-end Lag: p50 {stats.lag.p50_ms:.0f} ms, p95 {stats.lag.p95_ms:.0f} ms, p99 {stats.lag.p99_ms:.0f} ms"
+        if stats.lag is not None
+        else "End-to-end Lag: n/a (file mode)",
         f"Frames Skipped: {stats.frames_skipped}",
         f"Frame Transit: p50 {stats.transit.p50_ms:.0f} ms, p95 {stats.transit.p95_ms:.0f} ms, "
-        f"p99 {stats.transit.p99_ms:.0f} ms (server send -> received)" if stats.transit is not None
+        f"p99 {stats.transit.p99_ms:.0f} ms (server send -> received)"
+        if stats.transit is not None
         else "Frame Transit: n/a (no send times)",
         *_interrupt_lines(stats.interrupt),
         "",
@@ -270,21 +311,35 @@ def format_report(stats: StreamStats) -> str:
         lines.append("  Count: 0")
     else:
         lines += [
-            f"  Count: {iv.count}", f"  Mean: {iv.mean_ms:.1f}ms", f"  Median: {iv.median_ms:.1f}ms",
-            f"  Std Dev: {iv.std_ms:.1f}ms", f"  Min: {iv.min_ms:.1f}ms", f"  Max: {iv.max_ms:.1f}ms",
-            f"  P95: {iv.p95_ms:.1f}ms", f"  P99: {iv.p99_ms:.1f}ms",
+            f"  Count: {iv.count}",
+            f"  Mean: {iv.mean_ms:.1f}ms",
+            f"  Median: {iv.median_ms:.1f}ms",
+            f"  Std Dev: {iv.std_ms:.1f}ms",
+            f"  Min: {iv.min_ms:.1f}ms",
+            f"  Max: {iv.max_ms:.1f}ms",
+            f"  P95: {iv.p95_ms:.1f}ms",
+            f"  P99: {iv.p99_ms:.1f}ms",
         ]
     mean_ms = iv.mean_ms if iv else float("nan")
     lat = latency if latency is not None else float("nan")
     lines += [
         "",
         "REAL-TIME SUITABILITY:",
-        _check(stats.fps_ok, f"Frame rate suitable for real-time ({stats.fps:.1f} "
-                             f"{'>=' if stats.fps_ok else '<'} {MIN_REALTIME_FPS} FPS)"),
-        _check(stats.latency_ok, f"Streaming latency acceptable ({lat:.1f}s "
-                                 f"{'<=' if stats.latency_ok else '>'} {MAX_FIRST_FRAME_LATENCY_S}s)"),
-        _check(stats.intervals_ok, f"Frame intervals consistent ({mean_ms:.1f}ms "
-                                   f"{'<=' if stats.intervals_ok else '>'} {MAX_MEAN_INTERVAL_MS}ms)"),
+        _check(
+            stats.fps_ok,
+            f"Frame rate suitable for real-time ({stats.fps:.1f} "
+            f"{'>=' if stats.fps_ok else '<'} {MIN_REALTIME_FPS} FPS)",
+        ),
+        _check(
+            stats.latency_ok,
+            f"Streaming latency acceptable ({lat:.1f}s "
+            f"{'<=' if stats.latency_ok else '>'} {MAX_FIRST_FRAME_LATENCY_S}s)",
+        ),
+        _check(
+            stats.intervals_ok,
+            f"Frame intervals consistent ({mean_ms:.1f}ms "
+            f"{'<=' if stats.intervals_ok else '>'} {MAX_MEAN_INTERVAL_MS}ms)",
+        ),
         rule,
     ]
     return "\n".join(lines)

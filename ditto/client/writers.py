@@ -60,8 +60,9 @@ def mux_mp4(frame_paths: list[Path], audio_path: Path | None, output: Path, fps:
                 audio.layout = "stereo" if (in_stream.channels or 1) > 1 else "mono"
             for i, path in enumerate(frame_paths):
                 image = first if i == 0 else _decode_rgb(path)
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: video.height, : video.width]),
-                                                   format="rgb24")
+                frame = av.VideoFrame.from_ndarray(
+                    np.ascontiguousarray(image[: video.height, : video.width]), format="rgb24"
+                )
                 frame.pts, frame.time_base = i, Fraction(1, fps)
                 out.mux(video.encode(frame))
             out.mux(video.encode())

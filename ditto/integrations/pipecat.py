@@ -76,8 +76,9 @@ try:
     from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
     from pipecat.utils.errors import ErrorCategory
 except ModuleNotFoundError as exc:  # an optional extra: say how to get it
-    raise ImportError(f"ditto.integrations.pipecat needs pipecat-ai ({exc}); "
-                      "install it with: pip install -r requirements-pipecat.txt") from exc
+    raise ImportError(
+        f"ditto.integrations.pipecat needs pipecat-ai ({exc}); install it with: pip install -r requirements-pipecat.txt"
+    ) from exc
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +147,20 @@ class AudioVideoPairing:
             return [image]
         if 0 < header.utterance <= self._interrupted_through:
             return []  # in flight when the interrupt was sent: its audio is gone, so is its picture
-        utterance = (self._utterances.get(header.utterance) if header.utterance
-                     else next((u for u in self._utterances.values() if u.audio), None))
+        utterance = (
+            self._utterances.get(header.utterance)
+            if header.utterance
+            else next((u for u in self._utterances.values() if u.audio), None)
+        )
         if utterance is None:
             return [image]
         covered = header.sample_count
-        if (previous is not None and not previous.flags & FrameFlags.IDLE
-                and previous.utterance == header.utterance and header.index > previous.index + 1):
+        if (
+            previous is not None
+            and not previous.flags & FrameFlags.IDLE
+            and previous.utterance == header.utterance
+            and header.index > previous.index + 1
+        ):
             covered += (header.index - previous.index - 1) * header.sample_count  # skipped for a slow client
         audio = self._take(utterance, covered)
         return [image, audio] if audio is not None else [image]
@@ -200,8 +208,9 @@ class AudioVideoPairing:
         audio = bytes(utterance.audio[:count])
         del utterance.audio[:count]
         utterance.released_bytes += count
-        return TTSAudioRawFrame(audio=audio, sample_rate=self.sample_rate_hz, num_channels=1,
-                                context_id=utterance.context_id)
+        return TTSAudioRawFrame(
+            audio=audio, sample_rate=self.sample_rate_hz, num_channels=1, context_id=utterance.context_id
+        )
 
 
 class DittoVideoService(FrameProcessor):
@@ -226,10 +235,20 @@ class DittoVideoService(FrameProcessor):
         ProtocolError: ``client_id`` is not a valid id.
     """
 
-    def __init__(self, *, server_url: str, portrait: str | os.PathLike[str], portrait_on_server: bool = False,
-                 client_id: str | None = None, sample_rate_hz: int | None = None, seed: int | None = None,
-                 connect_timeout_s: float = 30.0, finish_timeout_s: float = 10.0, keepalive_s: float = 10.0,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        server_url: str,
+        portrait: str | os.PathLike[str],
+        portrait_on_server: bool = False,
+        client_id: str | None = None,
+        sample_rate_hz: int | None = None,
+        seed: int | None = None,
+        connect_timeout_s: float = 30.0,
+        finish_timeout_s: float = 10.0,
+        keepalive_s: float = 10.0,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self._client_id = client_id or f"pipecat-{secrets.token_hex(6)}"
         msg.check_client_id(self._client_id)
@@ -290,9 +309,12 @@ class DittoVideoService(FrameProcessor):
         if frame.sample_rate != self._pairing.sample_rate_hz or frame.num_channels != 1:
             if not self._warned_format:
                 self._warned_format = True
-                logger.warning("TTS audio at %d Hz, %d channel(s) is not the session's %d Hz mono: "
-                               "passed on without video", frame.sample_rate, frame.num_channels,
-                               self._pairing.sample_rate_hz)
+                logger.warning(
+                    "TTS audio at %d Hz, %d channel(s) is not the session's %d Hz mono: passed on without video",
+                    frame.sample_rate,
+                    frame.num_channels,
+                    self._pairing.sample_rate_hz,
+                )
             await self.push_frame(frame)
             return
         self._pairing.hold_audio(frame)
@@ -320,8 +342,10 @@ class DittoVideoService(FrameProcessor):
             self._outbox.put_nowait(_END_OF_AUDIO)
             _, pending = await asyncio.wait({self._session_task}, timeout=self._finish_timeout_s)
             if pending:
-                logger.warning("The Ditto server did not finish within %.0f s; ending without the rest of the video",
-                               self._finish_timeout_s)
+                logger.warning(
+                    "The Ditto server did not finish within %.0f s; ending without the rest of the video",
+                    self._finish_timeout_s,
+                )
         await self._close()
         for frame in self._pairing.release_all():
             await self.push_frame(frame)
@@ -335,9 +359,12 @@ class DittoVideoService(FrameProcessor):
     # --- the server session --------------------------------------------------------------------
 
     def _start_message(self) -> dict:
-        start = {"type": "start_streaming", "live": True, "source": self._source,
-                 "audio_format": {"sample_rate_hz": self._pairing.sample_rate_hz, "channels": 1,
-                                  "sample_type": "int16"}}
+        start = {
+            "type": "start_streaming",
+            "live": True,
+            "source": self._source,
+            "audio_format": {"sample_rate_hz": self._pairing.sample_rate_hz, "channels": 1, "sample_type": "int16"},
+        }
         return start if self._seed is None else {**start, "seed": self._seed}
 
     async def _run_session(self) -> None:
@@ -366,8 +393,10 @@ class DittoVideoService(FrameProcessor):
         except websockets.exceptions.ConnectionClosed as exc:
             await self._fail(error_from_close(exc.rcvd))
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
-            await self._fail(msg.Error(code=ErrorCode.INTERNAL, message=f"connection to {self._url} failed: {exc}"),
-                             category=ErrorCategory.CONNECTIVITY)
+            await self._fail(
+                msg.Error(code=ErrorCode.INTERNAL, message=f"connection to {self._url} failed: {exc}"),
+                category=ErrorCategory.CONNECTIVITY,
+            )
 
     async def _send(self, ws: ClientConnection) -> None:
         """Send the outbox in order (audio queued before ``streaming_started`` included)."""
@@ -396,8 +425,10 @@ class DittoVideoService(FrameProcessor):
         """No more video: report it, and let the audio through (held and to come)."""
         self._video_failed = True
         held = self._pairing.release_all()
-        await self.push_error(f"Ditto video stopped, the audio goes on without it: [{error.code.value}] "
-                              f"{error.message}", category=category)
+        await self.push_error(
+            f"Ditto video stopped, the audio goes on without it: [{error.code.value}] {error.message}",
+            category=category,
+        )
         for frame in held:
             await self.push_frame(frame)
 

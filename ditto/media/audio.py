@@ -117,6 +117,7 @@ def decode_audio(data: bytes, *, max_seconds: float, name: str = "audio") -> Aud
         raise MediaError(f"{name} contains NaN or infinite samples", code=ErrorCode.AUDIO_INVALID)
     mono = to_mono_16k(samples, rate)
     if float(np.max(np.abs(mono), initial=0.0)) < SILENCE_PEAK:
-        raise MediaError(f"{name} is silent (peak below -60 dBFS): there is no speech to animate",
-                         code=ErrorCode.AUDIO_SILENT)
+        raise MediaError(
+            f"{name} is silent (peak below -60 dBFS): there is no speech to animate", code=ErrorCode.AUDIO_SILENT
+        )
     return Audio(np.clip(mono, -1.0, 1.0), rate, samples.shape[1], duration_s)

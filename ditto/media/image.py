@@ -40,7 +40,9 @@ def decode_image(data: bytes, *, max_pixels: int, max_size: int, name: str = "im
             if width * height > max_pixels:
                 raise MediaError(
                     f"{name} is {width}x{height} = {width * height / 1e6:.0f} Mpixel, over the limit of "
-                    f"{max_pixels / 1e6:.0f} Mpixel", code=ErrorCode.IMAGE_TOO_LARGE)
+                    f"{max_pixels / 1e6:.0f} Mpixel",
+                    code=ErrorCode.IMAGE_TOO_LARGE,
+                )
             Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
             img = ImageOps.exif_transpose(img)
             rgb = np.asarray(img.convert("RGB"))

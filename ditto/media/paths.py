@@ -17,12 +17,15 @@ def resolve_media_path(root: Path | None, user_path: str) -> Path:
         MediaError: ``path_forbidden`` or ``file_not_found``.
     """
     if root is None:
-        raise MediaError("server-side paths are disabled on this server (start it with --media_root DIR); "
-                         "upload the file instead", code=ErrorCode.PATH_FORBIDDEN)
+        raise MediaError(
+            "server-side paths are disabled on this server (start it with --media_root DIR); upload the file instead",
+            code=ErrorCode.PATH_FORBIDDEN,
+        )
     candidate = Path(user_path)
     if candidate.is_absolute() or user_path.startswith(("/", "\\")) or ".." in candidate.parts or "\x00" in user_path:
-        raise MediaError(f"path {user_path!r} must be relative to the media root, without '..'",
-                         code=ErrorCode.PATH_FORBIDDEN)
+        raise MediaError(
+            f"path {user_path!r} must be relative to the media root, without '..'", code=ErrorCode.PATH_FORBIDDEN
+        )
     root_resolved = root.resolve()
     target = (root_resolved / candidate).resolve()
     if not target.is_relative_to(root_resolved):

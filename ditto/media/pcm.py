@@ -32,7 +32,9 @@ def decode_pcm(data: bytes | memoryview, *, sample_type: str, channels: int) -> 
     if len(data) % frame_bytes:
         raise MediaError(
             f"audio chunk of {len(data)} bytes is not a whole number of {sample_type} samples "
-            f"x {channels} channel(s) ({frame_bytes} bytes each)", code=ErrorCode.AUDIO_INVALID)
+            f"x {channels} channel(s) ({frame_bytes} bytes each)",
+            code=ErrorCode.AUDIO_INVALID,
+        )
     if sample_type == "int16":
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) * _INT16_SCALE
     else:
@@ -68,8 +70,11 @@ class StreamingResampler:
         self.samples_in = 0
         self.samples_out = 0
         self._flushed = False
-        self._stream = None if self.rate_hz == SAMPLE_RATE_HZ else soxr.ResampleStream(
-            self.rate_hz, SAMPLE_RATE_HZ, 1, dtype="float32", quality=SOXR_QUALITY)
+        self._stream = (
+            None
+            if self.rate_hz == SAMPLE_RATE_HZ
+            else soxr.ResampleStream(self.rate_hz, SAMPLE_RATE_HZ, 1, dtype="float32", quality=SOXR_QUALITY)
+        )
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append input samples (float32 mono at ``rate_hz``); return the new 16 kHz samples."""

@@ -80,8 +80,17 @@ class FrameHeader:
 
     def pack(self) -> bytes:
         return _HEADER.pack(
-            MAGIC, VERSION, self.kind, self.flags, 0,
-            self.index, self.pts_ms, self.sample_start, self.sample_count, self.utterance, self.sent_us,
+            MAGIC,
+            VERSION,
+            self.kind,
+            self.flags,
+            0,
+            self.index,
+            self.pts_ms,
+            self.sample_start,
+            self.sample_count,
+            self.utterance,
+            self.sent_us,
         )
 
     @classmethod
@@ -92,9 +101,18 @@ class FrameHeader:
             ProtocolError: the message is too short or not a frame of this version.
         """
         (kind, flags, _, index, pts_ms, start, count, utterance, sent_us), payload = _split(
-            _HEADER, message, magic=MAGIC, version=VERSION, article="a", name="frame")
-        header = cls(index, pts_ms, start, count, FrameFlags(flags), _wire_enum(FrameKind, kind, "frame kind"),
-                     utterance, sent_us)
+            _HEADER, message, magic=MAGIC, version=VERSION, article="a", name="frame"
+        )
+        header = cls(
+            index,
+            pts_ms,
+            start,
+            count,
+            FrameFlags(flags),
+            _wire_enum(FrameKind, kind, "frame kind"),
+            utterance,
+            sent_us,
+        )
         return header, payload
 
 
@@ -148,7 +166,8 @@ class AudioChunkHeader:
             ProtocolError: too short, not an audio chunk of this version, or an unknown sample type.
         """
         (sample_type, seq), payload = _split(
-            _AUDIO_HEADER, message, magic=AUDIO_MAGIC, version=AUDIO_VERSION, article="an", name="audio chunk")
+            _AUDIO_HEADER, message, magic=AUDIO_MAGIC, version=AUDIO_VERSION, article="an", name="audio chunk"
+        )
         return cls(_wire_enum(SampleType, sample_type, "sample type"), seq), payload
 
 
@@ -161,8 +180,9 @@ def pack_audio_chunk(header: AudioChunkHeader, pcm: bytes) -> bytes:
 _Wire = TypeVar("_Wire", bound=enum.IntEnum)
 
 
-def _split(layout: struct.Struct, message: bytes, *, magic: bytes, version: int, article: str,
-           name: str) -> tuple[tuple, memoryview]:
+def _split(
+    layout: struct.Struct, message: bytes, *, magic: bytes, version: int, article: str, name: str
+) -> tuple[tuple, memoryview]:
     """Check a binary message's length, magic and version (the first two fields of ``layout``).
 
     Returns:
@@ -175,7 +195,7 @@ def _split(layout: struct.Struct, message: bytes, *, magic: bytes, version: int,
     found_magic, found_version, *fields = layout.unpack_from(message)
     if found_magic != magic or found_version != version:
         raise ProtocolError(f"not a version-{version} {name} (magic {found_magic!r}, version {found_version})")
-    return tuple(fields), memoryview(message)[layout.size:]
+    return tuple(fields), memoryview(message)[layout.size :]
 
 
 def _wire_enum(kind: type[_Wire], value: int, what: str) -> _Wire:

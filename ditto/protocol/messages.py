@@ -147,8 +147,9 @@ class Stop(_Message):
     type: Literal["stop"] = "stop"
 
 
-ClientMessage = Annotated[Union[StartStreaming, AudioChunk, EndOfUtterance, Interrupt, EndOfAudio, Stop],
-                          Field(discriminator="type")]
+ClientMessage = Annotated[
+    Union[StartStreaming, AudioChunk, EndOfUtterance, Interrupt, EndOfAudio, Stop], Field(discriminator="type")
+]
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 CLIENT_MESSAGE_TYPES = ("start_streaming", "audio_chunk", "end_of_utterance", "interrupt", "end_of_audio", "stop")
 
@@ -173,8 +174,7 @@ def check_client_id(client_id: str) -> None:
         ProtocolError: ``bad_client_id``.
     """
     if CLIENT_ID_PATTERN.fullmatch(client_id) is None:
-        raise ProtocolError("client id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -",
-                            code=ErrorCode.BAD_CLIENT_ID)
+        raise ProtocolError("client id must be 1-64 characters of A-Z a-z 0-9 . _ ~ -", code=ErrorCode.BAD_CLIENT_ID)
 
 
 MAX_JSON_DEPTH = 32
@@ -204,9 +204,9 @@ def _check_nesting(text: str) -> None:
 def _bounded_number(convert: type[int] | type[float]) -> Callable[[str], int | float]:
     def parse(literal: str) -> int | float:
         if len(literal) > MAX_NUMBER_CHARS:
-            raise ProtocolError(f"message has a number of {len(literal)} characters; "
-                                f"the limit is {MAX_NUMBER_CHARS}")
+            raise ProtocolError(f"message has a number of {len(literal)} characters; the limit is {MAX_NUMBER_CHARS}")
         return convert(literal)
+
     return parse
 
 

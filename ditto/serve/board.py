@@ -38,9 +38,13 @@ class ReplicaReport(BaseModel):
     max_live: int
 
 
-@serve.deployment(name=BOARD_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000,
-                  ray_actor_options={"num_cpus": 0},
-                  logging_config={"enable_access_log": False})  # a report a second per replica: no log line each
+@serve.deployment(
+    name=BOARD_DEPLOYMENT,
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+    logging_config={"enable_access_log": False},
+)  # a report a second per replica: no log line each
 class SessionBoard:
     def __init__(self, stale_after_s: float) -> None:
         self._stale_after_s = stale_after_s
@@ -67,9 +71,15 @@ class SessionBoard:
         for server_id, (at, _) in list(self._reports.items()):
             if now - at > self._stale_after_s:
                 del self._reports[server_id]
-        replicas = [{"server_id": r.server_id, "backend": r.backend,
-                     "status": "ok" if r.accepting else "shutting_down", "reported_s_ago": round(now - at, 2),
-                     "sessions": {"active": r.active, "max": r.max_sessions, "live": r.live, "live_max": r.max_live}}
-                    for at, r in sorted(self._reports.values(), key=lambda item: item[1].server_id)]
+        replicas = [
+            {
+                "server_id": r.server_id,
+                "backend": r.backend,
+                "status": "ok" if r.accepting else "shutting_down",
+                "reported_s_ago": round(now - at, 2),
+                "sessions": {"active": r.active, "max": r.max_sessions, "live": r.live, "live_max": r.max_live},
+            }
+            for at, r in sorted(self._reports.values(), key=lambda item: item[1].server_id)
+        ]
         totals = {key: sum(r["sessions"][key] for r in replicas) for key in ("active", "max", "live", "live_max")}
         return {"replicas": replicas, "sessions": totals, "draining": self._draining}

@@ -38,26 +38,44 @@ LITE_SESSIONS_PER_REPLICA = 4  # the plain server's default max_sessions
 def build_parser() -> argparse.ArgumentParser:
     p = build_server_parser()
     p.prog = PROG
-    p.description = ("The streaming server as Ray Serve replicas (one per GPU, or N CPU replicas of the lite "
-                     "backend); clients connect to ws://HOST:PORT/ws/{client_id} as to the plain server. "
-                     f"'{PROG} status' shows every replica's sessions.")
+    p.description = (
+        "The streaming server as Ray Serve replicas (one per GPU, or N CPU replicas of the lite "
+        "backend); clients connect to ws://HOST:PORT/ws/{client_id} as to the plain server. "
+        f"'{PROG} status' shows every replica's sessions."
+    )
     g = p.add_argument_group("Ray Serve")
-    g.add_argument("--replicas", type=int, help="replicas (default: one per GPU for Ditto, 1 for lite); with "
-                                                "--max_replicas: the initial count")
+    g.add_argument(
+        "--replicas",
+        type=int,
+        help="replicas (default: one per GPU for Ditto, 1 for lite); with --max_replicas: the initial count",
+    )
     g.add_argument("--min_replicas", type=int, help="autoscaling lower bound (with --max_replicas; default 1)")
     g.add_argument("--max_replicas", type=int, help="autoscale on ongoing sessions up to this many replicas")
-    g.add_argument("--sessions_per_replica", type=int,
-                   help="sessions one replica admits: its measured live capacity (default --max_sessions, else "
-                        f"7 for Ditto on an H200 at 1024 px, {LITE_SESSIONS_PER_REPLICA} for lite)")
+    g.add_argument(
+        "--sessions_per_replica",
+        type=int,
+        help="sessions one replica admits: its measured live capacity (default --max_sessions, else "
+        f"7 for Ditto on an H200 at 1024 px, {LITE_SESSIONS_PER_REPLICA} for lite)",
+    )
     g.add_argument("--cpus_per_replica", type=float, help="CPU cores Ray reserves per replica (default 1)")
-    g.add_argument("--drain_timeout_s", type=float,
-                   help="scale-down: how long a stopping replica waits for its sessions (default 600)")
+    g.add_argument(
+        "--drain_timeout_s",
+        type=float,
+        help="scale-down: how long a stopping replica waits for its sessions (default 600)",
+    )
     g.add_argument("--address", help="a running Ray cluster ('auto', or ray://HOST:10001); default: start a local Ray")
     return p
 
 
-SERVE_FLAGS = ("replicas", "min_replicas", "max_replicas", "sessions_per_replica", "cpus_per_replica",
-               "drain_timeout_s", "address")
+SERVE_FLAGS = (
+    "replicas",
+    "min_replicas",
+    "max_replicas",
+    "sessions_per_replica",
+    "cpus_per_replica",
+    "drain_timeout_s",
+    "address",
+)
 
 
 def options_from_args(args: argparse.Namespace, gpus: int) -> ServeOptions:
@@ -67,10 +85,13 @@ def options_from_args(args: argparse.Namespace, gpus: int) -> ServeOptions:
     settings = json.loads(json.dumps(settings, default=str))  # Paths as strings: the options travel as data
     options = ServeOptions(settings=settings)
     ditto = options.server_settings().backend_name == "ditto"
-    values = {"settings": settings,
-              "sessions_per_replica": flags["sessions_per_replica"] or flags["max_sessions"]
-              or (options.sessions_per_replica if ditto else LITE_SESSIONS_PER_REPLICA),
-              "num_replicas": flags["replicas"] or (max(1, gpus) if ditto else 1)}
+    values = {
+        "settings": settings,
+        "sessions_per_replica": flags["sessions_per_replica"]
+        or flags["max_sessions"]
+        or (options.sessions_per_replica if ditto else LITE_SESSIONS_PER_REPLICA),
+        "num_replicas": flags["replicas"] or (max(1, gpus) if ditto else 1),
+    }
     for name in ("min_replicas", "max_replicas", "cpus_per_replica", "drain_timeout_s"):
         if flags[name] is not None:
             values[name] = flags[name]
@@ -107,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         serve.run(build_app(options.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
-        logger.info("Serving ws://%s:%d/ws/{client_id}: %s", settings.host, settings.port,
-                    options.replica_deployment_options())
+        logger.info(
+            "Serving ws://%s:%d/ws/{client_id}: %s", settings.host, settings.port, options.replica_deployment_options()
+        )
         stop.wait()
         board = serve.get_deployment_handle(BOARD_DEPLOYMENT, app_name=APP_NAME)
         board.drain.remote().result()
@@ -148,9 +170,13 @@ def status(argv: list[str]) -> int:
     print(f"{'replica':<12} {'backend':<8} {'status':<14} {'active':>6} {'max':>4} {'live':>5} {'live_max':>8}")
     for r in summary["replicas"]:
         s = r["sessions"]
-        print(f"{r['server_id']:<12} {r['backend']:<8} {r['status']:<14} {s['active']:>6} {s['max']:>4} "
-              f"{s['live']:>5} {s['live_max']:>8}")
+        print(
+            f"{r['server_id']:<12} {r['backend']:<8} {r['status']:<14} {s['active']:>6} {s['max']:>4} "
+            f"{s['live']:>5} {s['live_max']:>8}"
+        )
     t = summary["sessions"]
-    print(f"{'total':<36} {t['active']:>6} {t['max']:>4} {t['live']:>5} {t['live_max']:>8}"
-          + ("  (draining)" if summary["draining"] else ""))
+    print(
+        f"{'total':<36} {t['active']:>6} {t['max']:>4} {t['live']:>5} {t['live_max']:>8}"
+        + ("  (draining)" if summary["draining"] else "")
+    )
     return 0

@@ -88,9 +88,15 @@ class StreamingReplica:
 
     def _report(self, app: FastAPI) -> ReplicaReport:
         registry = app.state.registry
-        return ReplicaReport(server_id=self.server_id, backend=self._backend.name, accepting=registry.accepting,
-                             active=registry.active, max_sessions=registry.max_sessions, live=registry.live,
-                             max_live=registry.max_live)
+        return ReplicaReport(
+            server_id=self.server_id,
+            backend=self._backend.name,
+            accepting=registry.accepting,
+            active=registry.active,
+            max_sessions=registry.max_sessions,
+            live=registry.live,
+            max_live=registry.max_live,
+        )
 
     async def _report_forever(self, app: FastAPI) -> None:
         registry = app.state.registry
@@ -105,8 +111,7 @@ class StreamingReplica:
             else:
                 board_reachable = True
                 if draining and registry.accepting:
-                    logger.info("Replica %s: application stopping, ending %d sessions", self.server_id,
-                                registry.active)
+                    logger.info("Replica %s: application stopping, ending %d sessions", self.server_id, registry.active)
                     await registry.close_all(self._settings.shutdown_grace_s)
             await asyncio.sleep(self._options.report_interval_s)  # a period, not synchronisation
 
@@ -115,5 +120,4 @@ def build_app(args: dict) -> serve.Application:
     """The application ``serve run serve_config.yaml`` (and ``python -m ditto.serve``) deploys."""
     options = ServeOptions.model_validate(args)
     board = SessionBoard.bind(stale_after_s=3 * options.report_interval_s + 2)
-    return StreamingReplica.options(**options.replica_deployment_options()).bind(options.model_dump(mode="json"),
-                                                                                  board)
+    return StreamingReplica.options(**options.replica_deployment_options()).bind(options.model_dump(mode="json"), board)

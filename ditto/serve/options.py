@@ -78,7 +78,8 @@ class ServeOptions(BaseModel):
             options["num_replicas"] = self.num_replicas
         else:
             options["autoscaling_config"] = {
-                "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
                 "initial_replicas": max(self.min_replicas, min(self.num_replicas, self.max_replicas)),
                 "target_ongoing_requests": max(1.0, self.target_utilization * self.sessions_per_replica),
             }

@@ -51,16 +51,25 @@ def create_app(
         metrics = ServerMetrics()
         render_pool = concurrent.futures.ThreadPoolExecutor(settings.max_sessions, thread_name_prefix="render")
         encode_pool = concurrent.futures.ThreadPoolExecutor(
-            max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="jpeg")
+            max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="jpeg"
+        )
         app.state.settings = settings
         max_live = settings.max_live_sessions or backend.live_capacity
         app.state.registry = registry = SessionRegistry(settings.max_sessions, max_live)
-        logger.info("Admitting %d sessions, %d of them live (%s)", registry.max_sessions, registry.max_live,
-                    "configured" if settings.max_live_sessions else
-                    "measured capacity" if backend.live_capacity else "--max_sessions")
+        logger.info(
+            "Admitting %d sessions, %d of them live (%s)",
+            registry.max_sessions,
+            registry.max_live,
+            "configured"
+            if settings.max_live_sessions
+            else "measured capacity"
+            if backend.live_capacity
+            else "--max_sessions",
+        )
         metrics.watch(registry, backend)
-        app.state.context = SessionContext(settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool,
-                                           registry)
+        app.state.context = SessionContext(
+            settings, backend, AvatarCache(backend), metrics, render_pool, encode_pool, registry
+        )
         try:
             yield
         finally:

@@ -152,8 +152,10 @@ class Conversation:
             self._clock_origin = now  # a real-time client has sent t - origin seconds by time t
         self._speech_samples += len(samples)
         if self._speech_samples > self._limits.max_audio_seconds * SAMPLE_RATE_HZ:
-            raise MediaError(f"live audio exceeds the server's limit of {self._limits.max_audio_seconds:.0f} s",
-                             code=ErrorCode.AUDIO_TOO_LONG)
+            raise MediaError(
+                f"live audio exceeds the server's limit of {self._limits.max_audio_seconds:.0f} s",
+                code=ErrorCode.AUDIO_TOO_LONG,
+            )
         if self._latest is None or self._latest.ended:
             number = self._latest.number + 1 if self._latest else 1
             self._latest = self._utterances[number] = _Utterance(number)
@@ -188,8 +190,13 @@ class Conversation:
         actions: list[Action] = [DropQueuedAudio(), DiscardUnsentFrames(through=self._latest.number)]
         for utterance in unfinished:  # each gets its answer, even one none of whose frames was sent yet
             utterance.ended = utterance.finished = True
-            actions.append(Send(msg.PlaybackFinished(utterance=utterance.number,
-                                                     position_ms=utterance.covered_ms(), interrupted=True)))
+            actions.append(
+                Send(
+                    msg.PlaybackFinished(
+                        utterance=utterance.number, position_ms=utterance.covered_ms(), interrupted=True
+                    )
+                )
+            )
         if self._rewinding:  # what came since the last interrupt never reached the render thread
             self._held.clear()
         else:
@@ -278,8 +285,11 @@ class Conversation:
         actions.append(Idle(frames, self._clock_origin))
         self._position += frames * SAMPLES_PER_FRAME
         if self.media_s > self._limits.max_audio_seconds:
-            raise MediaError(f"live session exceeds the server's limit of {self._limits.max_audio_seconds:.0f} s "
-                             "of audio and idle time", code=ErrorCode.AUDIO_TOO_LONG)
+            raise MediaError(
+                f"live session exceeds the server's limit of {self._limits.max_audio_seconds:.0f} s "
+                "of audio and idle time",
+                code=ErrorCode.AUDIO_TOO_LONG,
+            )
         return actions
 
     # --- internals -------------------------------------------------------------------------------

@@ -18,8 +18,15 @@ from ditto.server.metrics import ServerMetrics
 from ditto.server.writer import StreamAborted, WebSocketFrameWriter
 
 
-def render_file(stream: AnimationStream, audio: Audio, writer: WebSocketFrameWriter, *, metrics: ServerMetrics,
-                cancel: threading.Event, echo_audio: bool) -> int:
+def render_file(
+    stream: AnimationStream,
+    audio: Audio,
+    writer: WebSocketFrameWriter,
+    *,
+    metrics: ServerMetrics,
+    cancel: threading.Event,
+    echo_audio: bool,
+) -> int:
     """Render every frame of ``audio`` into the writer; returns the number of frames produced
     (fewer when the session was cancelled)."""
     total = audio.total_frames
@@ -28,8 +35,9 @@ def render_file(stream: AnimationStream, audio: Audio, writer: WebSocketFrameWri
         frames = itertools.chain(stream.feed(audio.samples), stream.finish())
         for frame in timed_frames(frames, metrics, cancel, total):
             if echo_audio:
-                writer.write_audio(frame, encode_pcm16(audio_window(audio.samples, frame.sample_start,
-                                                                    frame.sample_count)))
+                writer.write_audio(
+                    frame, encode_pcm16(audio_window(audio.samples, frame.sample_start, frame.sample_count))
+                )
             writer.write_frame(frame, last=frame.index == total - 1)
             produced += 1
     return produced

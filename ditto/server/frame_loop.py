@@ -17,8 +17,9 @@ from ditto.server.metrics import ServerMetrics
 from ditto.server.writer import StreamAborted
 
 
-def timed_frames(frames: Iterable[VideoFrame], metrics: ServerMetrics, cancel: threading.Event,
-                 total: int | None = None) -> Iterator[VideoFrame]:
+def timed_frames(
+    frames: Iterable[VideoFrame], metrics: ServerMetrics, cancel: threading.Event, total: int | None = None
+) -> Iterator[VideoFrame]:
     """``frames`` up to index ``total`` (exclusive; None: all), each one's render time observed.
 
     Raises:
@@ -39,6 +40,6 @@ def timed_frames(frames: Iterable[VideoFrame], metrics: ServerMetrics, cancel: t
 def audio_window(samples: np.ndarray, start: int, count: int) -> np.ndarray:
     """``count`` float32 samples of ``samples`` from ``start``, zero-padded past its end (the echo of one frame)."""
     out = np.zeros(count, np.float32)
-    part = samples[max(start, 0): start + count]
+    part = samples[max(start, 0) : start + count]
     out[: len(part)] = part
     return out

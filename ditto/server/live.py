@@ -92,8 +92,14 @@ class LivePipeline:
     its utterance and IDLE flag whatever the backend, and the fed audio for the echo.
     """
 
-    def __init__(self, stream: AnimationStream, writer: WebSocketFrameWriter, metrics: ServerMetrics,
-                 cancel: threading.Event, echo_audio: bool) -> None:
+    def __init__(
+        self,
+        stream: AnimationStream,
+        writer: WebSocketFrameWriter,
+        metrics: ServerMetrics,
+        cancel: threading.Event,
+        echo_audio: bool,
+    ) -> None:
         self._stream = stream
         self._writer = writer
         self._metrics = metrics
@@ -158,8 +164,11 @@ class LivePipeline:
                 frame = dataclasses.replace(frame, idle=True)  # silence fed as idle, whatever the backend
             if self._echo is not None:
                 self._writer.write_audio(frame, encode_pcm16(self._echo_slice(frame)), utterance=utterance)
-            due = (self._clock_origin + (frame.sample_start + frame.sample_count) / SAMPLE_RATE_HZ + SKIP_GRACE_S
-                   if self._clock_origin is not None else None)
+            due = (
+                self._clock_origin + (frame.sample_start + frame.sample_count) / SAMPLE_RATE_HZ + SKIP_GRACE_S
+                if self._clock_origin is not None
+                else None
+            )
             last = total is not None and frame.index == total - 1
             self.frames += self._writer.write_frame(frame, last=last, deadline=due, utterance=utterance)
             self.idle_frames += frame.idle
@@ -173,8 +182,16 @@ class LivePipeline:
         return out
 
 
-def render_live(stream: AnimationStream, inbox: Inbox, writer: WebSocketFrameWriter, *, metrics: ServerMetrics,
-                cancel: threading.Event, echo_audio: bool, rewound: Callable[[int], None]) -> LiveResult:
+def render_live(
+    stream: AnimationStream,
+    inbox: Inbox,
+    writer: WebSocketFrameWriter,
+    *,
+    metrics: ServerMetrics,
+    cancel: threading.Event,
+    echo_audio: bool,
+    rewound: Callable[[int], None],
+) -> LiveResult:
     """Run the commands from ``inbox`` on ``stream`` until :class:`Finish` (or cancellation).
 
     ``rewound(next_frame)`` is called (in this thread) after each :class:`Interrupt`.

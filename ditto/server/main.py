@@ -31,38 +31,69 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="streaming_server.py",
         description="Real-time talking-head streaming server (WebSocket). Without --data_root/--cfg_pkl the "
-                    "weights-free embedded animator serves.",
-        epilog="Every setting is also read from its DITTO_* variable (DITTO_PORT=9000); a flag given wins.")
+        "weights-free embedded animator serves.",
+        epilog="Every setting is also read from its DITTO_* variable (DITTO_PORT=9000); a flag given wins.",
+    )
     p.add_argument("--data_root", type=Path, help="Ditto checkpoint folder, e.g. ../checkpoints/ditto_pytorch")
-    p.add_argument("--cfg_pkl", type=Path, help="Ditto cfg pkl, e.g. ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl")
+    p.add_argument(
+        "--cfg_pkl", type=Path, help="Ditto cfg pkl, e.g. ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl"
+    )
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, help="default 8000")
-    p.add_argument("--log-level", "--log_level", dest="log_level",
-                   choices=["critical", "error", "warning", "info", "debug", "trace"], help="default info")
-    p.add_argument("--backend", choices=["auto", "lite", "ditto"],
-                   help="auto (default): Ditto when --cfg_pkl is given, else the embedded default (lite)")
+    p.add_argument(
+        "--log-level",
+        "--log_level",
+        dest="log_level",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="default info",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "lite", "ditto"],
+        help="auto (default): Ditto when --cfg_pkl is given, else the embedded default (lite)",
+    )
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="Ditto backend device (default auto)")
-    p.add_argument("--trt_plugin", type=Path,
-                   help="GridSample3D TensorRT plugin library for the warp network engine "
-                        "(default: libgrid_sample_3d_plugin.so next to the engines, or in ditto_onnx/ beside them)")
-    p.add_argument("--fallback", action="store_true", default=None,
-                   help="if the TensorRT engines cannot run here, serve the ditto_pytorch (or ditto_onnx) "
-                        "checkpoints beside --data_root instead of exiting")
-    p.add_argument("--media_root", type=Path,
-                   help="folder whose files clients may name by relative path (default: uploads only)")
+    p.add_argument(
+        "--trt_plugin",
+        type=Path,
+        help="GridSample3D TensorRT plugin library for the warp network engine "
+        "(default: libgrid_sample_3d_plugin.so next to the engines, or in ditto_onnx/ beside them)",
+    )
+    p.add_argument(
+        "--fallback",
+        action="store_true",
+        default=None,
+        help="if the TensorRT engines cannot run here, serve the ditto_pytorch (or ditto_onnx) "
+        "checkpoints beside --data_root instead of exiting",
+    )
+    p.add_argument(
+        "--media_root", type=Path, help="folder whose files clients may name by relative path (default: uploads only)"
+    )
     p.add_argument("--max_sessions", type=int, help="concurrent sessions; more are refused (busy). Default 4")
-    p.add_argument("--max_live_sessions", type=int,
-                   help="live sessions kept real time; more are refused (busy). Default: the capacity the Ditto "
-                        "backend measures at start-up on a GPU, else --max_sessions")
-    p.add_argument("--live_max_lag_ms", type=float,
-                   help="live: a frame that waited this long for the GPU is shed (counted as skipped) so the "
-                        "session catches up (default 500)")
-    p.add_argument("--max_batch", type=int,
-                   help="Ditto: most frames (or LMDM / HuBERT windows) of all sessions the GPU runs as one batch "
-                        "(default 16; 1 runs every call alone)")
-    p.add_argument("--compile_min_batch", type=int,
-                   help="Ditto on CUDA: render batches of at least this many frames run torch.compile-d fp16 "
-                        "networks (about 1.8x faster; ~1 min more start-up per batch size). Default 16; 0: never")
+    p.add_argument(
+        "--max_live_sessions",
+        type=int,
+        help="live sessions kept real time; more are refused (busy). Default: the capacity the Ditto "
+        "backend measures at start-up on a GPU, else --max_sessions",
+    )
+    p.add_argument(
+        "--live_max_lag_ms",
+        type=float,
+        help="live: a frame that waited this long for the GPU is shed (counted as skipped) so the "
+        "session catches up (default 500)",
+    )
+    p.add_argument(
+        "--max_batch",
+        type=int,
+        help="Ditto: most frames (or LMDM / HuBERT windows) of all sessions the GPU runs as one batch "
+        "(default 16; 1 runs every call alone)",
+    )
+    p.add_argument(
+        "--compile_min_batch",
+        type=int,
+        help="Ditto on CUDA: render batches of at least this many frames run torch.compile-d fp16 "
+        "networks (about 1.8x faster; ~1 min more start-up per batch size). Default 16; 0: never",
+    )
     p.add_argument("--jpeg_quality", type=int, help="JPEG quality of streamed frames (1-100, default 85)")
     p.add_argument("--max_size", type=int, help="longest side of the output video in pixels (default 1920)")
     return p
@@ -99,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     # handler that was installed before it: make that one a no-op so a requested stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                   **uvicorn_options(settings)))
+    server = Server(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level=settings.log_level, **uvicorn_options(settings)
+        )
+    )
     server.run()
     return 0 if server.started else 1
 
@@ -111,8 +145,11 @@ def uvicorn_options(settings) -> dict:
     permessage-deflate is off: frames are JPEG, which deflate cannot shrink, and compressing
     them cost about 5 ms of CPU per 52 KB frame, six times the JPEG encoding itself.
     """
-    return {"ws_max_size": settings.max_upload_bytes + (1 << 20), "ws_per_message_deflate": False,
-            "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 1}
+    return {
+        "ws_max_size": settings.max_upload_bytes + (1 << 20),
+        "ws_per_message_deflate": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 1,
+    }
 
 
 class Server(uvicorn.Server):

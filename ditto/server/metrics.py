@@ -22,8 +22,9 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions_active = Gauge("ditto_sessions_active", "Sessions open now (read from the session registry)",
-                                     registry=r)
+        self.sessions_active = Gauge(
+            "ditto_sessions_active", "Sessions open now (read from the session registry)", registry=r
+        )
         self.sessions_total = Counter("ditto_sessions", "Sessions accepted", registry=r)
         self.sessions_refused = Counter("ditto_sessions_refused", "Sessions refused", ["reason"], registry=r)
         self.errors = Counter("ditto_errors", "Errors sent to clients", ["code"], registry=r)
@@ -31,21 +32,28 @@ class ServerMetrics:
         self.frames_skipped = Counter("ditto_frames_skipped", "Video frames skipped for slow clients", registry=r)
         self.bytes_sent = Counter("ditto_bytes_sent", "Bytes of frame messages sent", registry=r)
         self.first_frame_latency = Histogram(
-            "ditto_first_frame_latency_seconds", "start_streaming received -> first frame sent",
-            buckets=LATENCY_BUCKETS_S, registry=r)
+            "ditto_first_frame_latency_seconds",
+            "start_streaming received -> first frame sent",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.frame_render = Histogram(
-            "ditto_frame_render_seconds", "Backend time to produce one frame", buckets=RENDER_BUCKETS_S, registry=r)
+            "ditto_frame_render_seconds", "Backend time to produce one frame", buckets=RENDER_BUCKETS_S, registry=r
+        )
         self.frame_encode = Histogram(
-            "ditto_frame_encode_seconds", "JPEG encoding time of one frame", buckets=RENDER_BUCKETS_S, registry=r)
+            "ditto_frame_encode_seconds", "JPEG encoding time of one frame", buckets=RENDER_BUCKETS_S, registry=r
+        )
 
     def watch(self, sessions: "SessionRegistry", backend: AnimatorBackend) -> None:
         """Read admission and the backend's engine at scrape time (they are the one source of truth)."""
         self.sessions_active.set_function(lambda: sessions.active)
         r = self.registry
         Gauge("ditto_live_sessions_active", "Live sessions streaming now", registry=r).set_function(
-            lambda: sessions.live)
-        Gauge("ditto_live_sessions_capacity", "Live sessions admitted at most (kept real time)",
-              registry=r).set_function(lambda: sessions.max_live)
+            lambda: sessions.live
+        )
+        Gauge(
+            "ditto_live_sessions_capacity", "Live sessions admitted at most (kept real time)", registry=r
+        ).set_function(lambda: sessions.max_live)
         r.register(_EngineCollector(backend))
 
     def render(self) -> bytes:

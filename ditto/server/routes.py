@@ -56,12 +56,23 @@ async def healthz(request: Request) -> dict:
     return {
         "status": "ok" if registry.accepting else "shutting_down",
         "backend": backend.name,
-        "sessions": {"active": registry.active, "max": registry.max_sessions,
-                     "live": registry.live, "live_max": registry.max_live},
-        "engine": {stage: {"batches": s.batches, "items": s.items, "mean_batch": round(s.mean_batch, 2),
-                           "last_batch": s.last_batch, "queued": s.queued,
-                           "ms_per_batch": round(1000 * s.busy_s / s.batches, 2) if s.batches else None}
-                   for stage, s in backend.stage_stats().items()},
+        "sessions": {
+            "active": registry.active,
+            "max": registry.max_sessions,
+            "live": registry.live,
+            "live_max": registry.max_live,
+        },
+        "engine": {
+            stage: {
+                "batches": s.batches,
+                "items": s.items,
+                "mean_batch": round(s.mean_batch, 2),
+                "last_batch": s.last_batch,
+                "queued": s.queued,
+                "ms_per_batch": round(1000 * s.busy_s / s.batches, 2) if s.batches else None,
+            }
+            for stage, s in backend.stage_stats().items()
+        },
     }
 
 

@@ -120,8 +120,13 @@ class Session:
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         writer = WebSocketFrameWriter(
-            self.ws, loop, encoder=self.ctx.encode_pool, jpeg_quality=self.ctx.settings.jpeg_quality,
-            queue_size=self.ctx.settings.frame_queue_size, metrics=self.ctx.metrics)
+            self.ws,
+            loop,
+            encoder=self.ctx.encode_pool,
+            jpeg_quality=self.ctx.settings.jpeg_quality,
+            queue_size=self.ctx.settings.frame_queue_size,
+            metrics=self.ctx.metrics,
+        )
         sender = asyncio.create_task(writer.run())
         close_code = CloseCode.NORMAL
         try:
@@ -157,8 +162,7 @@ class Session:
             await self._close(close_code)
             self.closed.set()
 
-    async def _stream(self, start: msg.StartStreaming, writer: WebSocketFrameWriter,
-                      sender: asyncio.Task) -> None:
+    async def _stream(self, start: msg.StartStreaming, writer: WebSocketFrameWriter, sender: asyncio.Task) -> None:
         """Prepare the job, announce it, then render it while listening to the client."""
         if start.live:
             self.ctx.registry.start_live(self)  # busy past the live sessions the backend keeps real time
@@ -167,53 +171,95 @@ class Session:
             writer.begin_file(time.monotonic())
             logger.info("Starting streaming for client %s", self.client_id)
         job = await self._in_render_pool(functools.partial(self._prepare, start))
-        await writer.send_control(msg.StreamingStarted(
-            client_id=self.client_id, backend=self.ctx.backend.name, audio=job.audio_name,
-            source=job.source_name, live=start.live, server_id=self.ctx.settings.server_name))
+        await writer.send_control(
+            msg.StreamingStarted(
+                client_id=self.client_id,
+                backend=self.ctx.backend.name,
+                audio=job.audio_name,
+                source=job.source_name,
+                live=start.live,
+                server_id=self.ctx.settings.server_name,
+            )
+        )
         audio = job.audio
-        await writer.send_control(msg.Metadata(
-            duration_s=None if audio is None else round(audio.duration_s, 3),
-            total_frames=None if audio is None else audio.total_frames,
-            fps=FPS, width=job.avatar.width, height=job.avatar.height))
+        await writer.send_control(
+            msg.Metadata(
+                duration_s=None if audio is None else round(audio.duration_s, 3),
+                total_frames=None if audio is None else audio.total_frames,
+                fps=FPS,
+                width=job.avatar.width,
+                height=job.avatar.height,
+            )
+        )
         if start.live:
             await self._stream_live(job, start.audio_format, writer, sender)
         else:
             await self._stream_file(job, writer, sender)
 
     async def _stream_file(self, job: _Job, writer: WebSocketFrameWriter, sender: asyncio.Task) -> None:
-        render = functools.partial(render_file, audio=job.audio, writer=writer, metrics=self.ctx.metrics,
-                                   cancel=self._cancel, echo_audio=job.echo_audio)
-        frames = await self._until_rendered(self._start_render(job, render, live=False),
-                                            asyncio.create_task(self._receive_while_streaming()), sender)
+        render = functools.partial(
+            render_file,
+            audio=job.audio,
+            writer=writer,
+            metrics=self.ctx.metrics,
+            cancel=self._cancel,
+            echo_audio=job.echo_audio,
+        )
+        frames = await self._until_rendered(
+            self._start_render(job, render, live=False), asyncio.create_task(self._receive_while_streaming()), sender
+        )
         await writer.send_control(msg.StreamingCompleted(frames_sent=frames))
         logger.info("Streaming completed for client %s: %d frames", self.client_id, frames)
 
-    async def _stream_live(self, job: _Job, fmt: msg.AudioFormat, writer: WebSocketFrameWriter,
-                           sender: asyncio.Task) -> None:
+    async def _stream_live(
+        self, job: _Job, fmt: msg.AudioFormat, writer: WebSocketFrameWriter, sender: asyncio.Task
+    ) -> None:
         s = self.ctx.settings
         loop = asyncio.get_running_loop()
         inbox = Inbox(loop, s.live_inbox_chunks)
-        conversation = Conversation(ConversationLimits(
-            idle_after_s=s.live_idle_after_s, idle_timeout_s=s.idle_timeout_s,
-            max_audio_seconds=s.max_audio_seconds), time.monotonic())
+        conversation = Conversation(
+            ConversationLimits(
+                idle_after_s=s.live_idle_after_s, idle_timeout_s=s.idle_timeout_s, max_audio_seconds=s.max_audio_seconds
+            ),
+            time.monotonic(),
+        )
         execute = functools.partial(self._execute, inbox=inbox, writer=writer)
         writer.begin_live(
             on_frame_sent=lambda header: self._controls(conversation.frame_sent(header.utterance, header.index)),
-            on_utterance_end=lambda utterance: self._controls(conversation.utterance_end_sent(utterance)))
+            on_utterance_end=lambda utterance: self._controls(conversation.utterance_end_sent(utterance)),
+        )
 
         def rewound(next_frame: int) -> None:  # render thread -> event loop
             loop.call_soon_threadsafe(lambda: execute(conversation.rewound(next_frame, time.monotonic())))
 
-        render = functools.partial(render_live, inbox=inbox, writer=writer, metrics=self.ctx.metrics,
-                                   cancel=self._cancel, echo_audio=job.echo_audio, rewound=rewound)
+        render = functools.partial(
+            render_live,
+            inbox=inbox,
+            writer=writer,
+            metrics=self.ctx.metrics,
+            cancel=self._cancel,
+            echo_audio=job.echo_audio,
+            rewound=rewound,
+        )
         result = await self._until_rendered(
             self._start_render(job, render, live=True),
-            asyncio.create_task(self._converse_live(conversation, fmt, inbox, writer, execute)), sender)
+            asyncio.create_task(self._converse_live(conversation, fmt, inbox, writer, execute)),
+            sender,
+        )
         skipped = writer.frames_skipped
-        await writer.send_control(msg.StreamingCompleted(
-            frames_sent=result.frames - writer.frames_discarded, frames_skipped=skipped, idle_frames=result.idle))
-        logger.info("Live streaming completed for client %s: %d frames (%d skipped, %d discarded, %d idle)",
-                    self.client_id, result.frames + skipped, skipped, writer.frames_discarded, result.idle)
+        await writer.send_control(
+            msg.StreamingCompleted(
+                frames_sent=result.frames - writer.frames_discarded, frames_skipped=skipped, idle_frames=result.idle
+            )
+        )
+        logger.info(
+            "Live streaming completed for client %s: %d frames (%d skipped, %d discarded, %d idle)",
+            self.client_id,
+            result.frames + skipped,
+            skipped,
+            writer.frames_discarded,
+            result.idle,
+        )
 
     @staticmethod
     def _controls(actions: list[Action]) -> list:
@@ -236,9 +282,12 @@ class Session:
         """Run ``render`` on a new animation stream of ``job`` in the render pool (closing the
         stream after); ``run`` awaits the returned future on every exit."""
         s = self.ctx.settings
-        options = StreamOptions(live=live, jpeg_quality=s.jpeg_quality,
-                                max_lag_s=s.live_max_lag_ms / 1000 if live else None,
-                                total_frames=None if live or job.audio is None else job.audio.total_frames)
+        options = StreamOptions(
+            live=live,
+            jpeg_quality=s.jpeg_quality,
+            max_lag_s=s.live_max_lag_ms / 1000 if live else None,
+            total_frames=None if live or job.audio is None else job.audio.total_frames,
+        )
 
         def render_and_close() -> _Result:
             with contextlib.closing(self.ctx.backend.open_stream(job.avatar, seed=job.seed, options=options)) as stream:
@@ -310,12 +359,15 @@ class Session:
     async def _receive_text(self, timeout_s: float | None) -> str:
         text = await self._receive(timeout_s)
         if isinstance(text, bytes):
-            raise ProtocolError("binary messages are only accepted as audio chunks of a live session, "
-                                "after start_streaming")
+            raise ProtocolError(
+                "binary messages are only accepted as audio chunks of a live session, after start_streaming"
+            )
         if len(text) > self.ctx.settings.max_upload_bytes:
             raise ProtocolError(
                 f"message of {len(text) / 1e6:.1f} MB exceeds the server's limit of "
-                f"{self.ctx.settings.max_upload_bytes / 1e6:.1f} MB", code=ErrorCode.UPLOAD_TOO_LARGE)
+                f"{self.ctx.settings.max_upload_bytes / 1e6:.1f} MB",
+                code=ErrorCode.UPLOAD_TOO_LARGE,
+            )
         return text
 
     async def _wait_for_start(self) -> msg.StartStreaming | None:
@@ -329,11 +381,18 @@ class Session:
         """Raises once the client sends anything during a file-mode stream: any message ends it."""
         message = msg.parse_client_message(await self._receive_text(None))
         self._refuse_stop_or_restart(message)
-        raise ProtocolError(f"{message.type} in a file-mode session (start_streaming without live: true)",
-                            code=ErrorCode.INVALID_STATE)
+        raise ProtocolError(
+            f"{message.type} in a file-mode session (start_streaming without live: true)", code=ErrorCode.INVALID_STATE
+        )
 
-    async def _converse_live(self, conversation: Conversation, fmt: msg.AudioFormat, inbox: Inbox,
-                             writer: WebSocketFrameWriter, execute: Callable[[list[Action]], None]) -> None:
+    async def _converse_live(
+        self,
+        conversation: Conversation,
+        fmt: msg.AudioFormat,
+        inbox: Inbox,
+        writer: WebSocketFrameWriter,
+        execute: Callable[[list[Action]], None],
+    ) -> None:
         """Read the client and tick the conversation's clock until one of them ends the session
         early (``stop``, bad input, a limit, the timeout); never returns otherwise."""
         reader = asyncio.create_task(self._receive_live(conversation, fmt, inbox, writer, execute))
@@ -352,8 +411,14 @@ class Session:
             await asyncio.sleep(_TICK_S)  # the conversation's clock, not synchronisation
             execute(conversation.tick(time.monotonic()))
 
-    async def _receive_live(self, conversation: Conversation, fmt: msg.AudioFormat, inbox: Inbox,
-                            writer: WebSocketFrameWriter, execute: Callable[[list[Action]], None]) -> None:
+    async def _receive_live(
+        self,
+        conversation: Conversation,
+        fmt: msg.AudioFormat,
+        inbox: Inbox,
+        writer: WebSocketFrameWriter,
+        execute: Callable[[list[Action]], None],
+    ) -> None:
         """Decode each message and hand it to ``conversation``; after ``end_of_audio`` only watch for ``stop``.
 
         Raises:
@@ -370,8 +435,10 @@ class Session:
             if isinstance(message, bytes):
                 header, pcm = AudioChunkHeader.unpack(message)
                 if header.sample_type != expected_type:
-                    raise ProtocolError(f"audio chunk of {header.sample_type.name.lower()} samples in a session "
-                                        f"announced as {fmt.sample_type}")
+                    raise ProtocolError(
+                        f"audio chunk of {header.sample_type.name.lower()} samples in a session "
+                        f"announced as {fmt.sample_type}"
+                    )
             else:
                 if len(message) > s.max_upload_bytes:
                     raise ProtocolError("message exceeds the server's upload limit", code=ErrorCode.UPLOAD_TOO_LARGE)
@@ -386,8 +453,11 @@ class Session:
                     if not conversation.ended:
                         execute(conversation.receive_audio(resampler.flush(), now))
                         resampler = StreamingResampler(fmt.sample_rate_hz)
-                    execute(conversation.receive_end_of_utterance(now) if isinstance(parsed, msg.EndOfUtterance)
-                            else conversation.receive_end_of_audio(now))
+                    execute(
+                        conversation.receive_end_of_utterance(now)
+                        if isinstance(parsed, msg.EndOfUtterance)
+                        else conversation.receive_end_of_audio(now)
+                    )
                     continue
                 pcm = parsed.data
             if conversation.ended:  # before decoding: the state error is what the client needs to hear
@@ -409,8 +479,7 @@ class Session:
             logger.info("Client %s asked to stop", self.client_id)
             raise _ClientStopped()
         if isinstance(message, msg.StartStreaming):
-            raise ProtocolError("start_streaming was already received in this session",
-                                code=ErrorCode.INVALID_STATE)
+            raise ProtocolError("start_streaming was already received in this session", code=ErrorCode.INVALID_STATE)
 
     # --- work in the render pool ---------------------------------------------------------------
 
@@ -420,8 +489,11 @@ class Session:
         path = resolve_media_path(self.ctx.settings.media_root, ref.path)
         size = path.stat().st_size
         if size > self.ctx.settings.max_upload_bytes:
-            raise MediaError(f"{ref.path} is {size / 1e6:.1f} MB, over the limit of "
-                             f"{self.ctx.settings.max_upload_bytes / 1e6:.1f} MB", code=ErrorCode.UPLOAD_TOO_LARGE)
+            raise MediaError(
+                f"{ref.path} is {size / 1e6:.1f} MB, over the limit of "
+                f"{self.ctx.settings.max_upload_bytes / 1e6:.1f} MB",
+                code=ErrorCode.UPLOAD_TOO_LARGE,
+            )
         return path.read_bytes(), ref.path
 
     def _prepare(self, start: msg.StartStreaming) -> _Job:
@@ -441,8 +513,14 @@ class Session:
         """Log ``exc`` (with its traceback when the server failed: close code 1011), count it, and send
         a final ``error`` after what is already queued, as far as the socket allows."""
         server_failed = exc.close_code == CloseCode.INTERNAL_ERROR
-        logger.log(logging.ERROR if server_failed else logging.WARNING, "Client %s: %s: %s", self.client_id,
-                   exc.code.value, exc.message, exc_info=exc if server_failed else None)
+        logger.log(
+            logging.ERROR if server_failed else logging.WARNING,
+            "Client %s: %s: %s",
+            self.client_id,
+            exc.code.value,
+            exc.message,
+            exc_info=exc if server_failed else None,
+        )
         self.ctx.metrics.errors.labels(exc.code.value).inc()
         self._cancel.set()
         if sender.done():
@@ -460,4 +538,3 @@ class Session:
                 await self.ws.close(code=int(code))
             except Exception:
                 pass
-

@@ -35,8 +35,9 @@ class SessionRegistry:
         if not self.accepting:
             raise CapacityError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
         if session.client_id in self._sessions:
-            raise CapacityError(f"client id {session.client_id!r} already has a session open",
-                                code=ErrorCode.CLIENT_ID_IN_USE)
+            raise CapacityError(
+                f"client id {session.client_id!r} already has a session open", code=ErrorCode.CLIENT_ID_IN_USE
+            )
         if len(self._sessions) >= self.max_sessions:
             raise CapacityError(f"the server is at its limit of {self.max_sessions} sessions; retry later")
         self._sessions[session.client_id] = session
@@ -44,8 +45,9 @@ class SessionRegistry:
     def start_live(self, session: "Session") -> None:
         """An admitted session starts streaming live, or CapacityError (``busy``) past ``max_live``."""
         if len(self._live) >= self.max_live:
-            raise CapacityError(f"the server is keeping its limit of {self.max_live} live sessions real time; "
-                                "retry later")
+            raise CapacityError(
+                f"the server is keeping its limit of {self.max_live} live sessions real time; retry later"
+            )
         self._live.add(session.client_id)
 
     def release(self, session: "Session") -> None:

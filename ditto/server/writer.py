@@ -108,8 +108,11 @@ class WebSocketFrameWriter:
         """File mode: no frame is ever skipped; the first-frame latency counts from ``started_at``."""
         self.stream_started_at = started_at
 
-    def begin_live(self, on_frame_sent: Callable[[FrameHeader], Iterable[BaseModel]],
-                   on_utterance_end: Callable[[int], Iterable[BaseModel]]) -> None:
+    def begin_live(
+        self,
+        on_frame_sent: Callable[[FrameHeader], Iterable[BaseModel]],
+        on_utterance_end: Callable[[int], Iterable[BaseModel]],
+    ) -> None:
         """Live mode: late frames are skipped for a slow client; the hooks (called on the event loop)
         return what to send right after a frame / an utterance's end mark; the clock starts with
         :meth:`start_clock`."""
@@ -123,8 +126,9 @@ class WebSocketFrameWriter:
 
     # --- producer side (any thread but the event loop's) ------------------------------------
 
-    def write_frame(self, frame: VideoFrame, *, last: bool = False, deadline: float | None = None,
-                    utterance: int = 0) -> bool:
+    def write_frame(
+        self, frame: VideoFrame, *, last: bool = False, deadline: float | None = None, utterance: int = 0
+    ) -> bool:
         """Queue one frame (of live ``utterance``; 0: idle or file mode) for encoding and sending.
 
         File mode blocks while ``queue_size`` frames are in flight; live mode waits at most
@@ -148,8 +152,9 @@ class WebSocketFrameWriter:
         flags = FrameFlags.LAST if last else FrameFlags.NONE
         if frame.idle:
             flags |= FrameFlags.IDLE
-        header = FrameHeader(frame.index, frame.pts_ms, frame.sample_start, frame.sample_count, flags,
-                             utterance=utterance)
+        header = FrameHeader(
+            frame.index, frame.pts_ms, frame.sample_start, frame.sample_count, flags, utterance=utterance
+        )
         self._put_threadsafe(_Frame(header, self._encoder.submit(self._encode, header, frame)))
         return True
 
@@ -165,8 +170,9 @@ class WebSocketFrameWriter:
         if self._is_discarded(utterance):
             return
         flags = FrameFlags.IDLE if frame.idle else FrameFlags.NONE
-        header = FrameHeader(frame.index, frame.pts_ms, frame.sample_start, len(pcm16) // 2, flags, FrameKind.PCM16,
-                             utterance)
+        header = FrameHeader(
+            frame.index, frame.pts_ms, frame.sample_start, len(pcm16) // 2, flags, FrameKind.PCM16, utterance
+        )
         self._put_threadsafe(_Echo(utterance, pack_frame(header, pcm16)))
 
     def write_utterance_end(self, utterance: int) -> None:
@@ -233,8 +239,13 @@ class WebSocketFrameWriter:
             self._queue.put_nowait(item)
 
     def _is_stale(self, item: _Item) -> bool:
-        utterance = (item.header.utterance if isinstance(item, _Frame)
-                     else item.utterance if isinstance(item, (_Echo, _UtteranceEnd)) else 0)
+        utterance = (
+            item.header.utterance
+            if isinstance(item, _Frame)
+            else item.utterance
+            if isinstance(item, (_Echo, _UtteranceEnd))
+            else 0
+        )
         return self._is_discarded(utterance)
 
     def _drop(self, item: _Item) -> None:

@@ -424,7 +424,9 @@ def _tflite_mesh_model(template: np.ndarray) -> bytes:
     opcodes: list = []
     operators: list = []
 
-    def tensor(name: str, shape: tuple[int, ...], const: np.ndarray | None = None, dtype: int = fb.TensorType.FLOAT32) -> int:
+    def tensor(
+        name: str, shape: tuple[int, ...], const: np.ndarray | None = None, dtype: int = fb.TensorType.FLOAT32
+    ) -> int:
         buf = fb.BufferT()
         if const is not None:
             buf.data = np.frombuffer(np.ascontiguousarray(const).tobytes(), dtype=np.uint8)
@@ -469,7 +471,12 @@ def _tflite_mesh_model(template: np.ndarray) -> bytes:
     op(fb.BuiltinOperator.SUB, [ten, muted], [out_aux], fb.BuiltinOptions.SubOptions, fb.SubOptionsT())
 
     graph = fb.SubGraphT()
-    graph.tensors, graph.inputs, graph.outputs, graph.operators = tensors, [image], [out_mesh, out_flag, out_aux], operators
+    graph.tensors, graph.inputs, graph.outputs, graph.operators = (
+        tensors,
+        [image],
+        [out_mesh, out_flag, out_aux],
+        operators,
+    )
     graph.name = "main"
     model = fb.ModelT()
     model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, opcodes, [graph], buffers
@@ -541,14 +548,24 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int, h
     lmk203 = TemplateLandmarks(landmark203_template(), 1.0, 0.005, gen)
     crop224 = torch.zeros(1, 3, 224, 224)
     _export(lmk203, (crop224,), onnx_dir / "landmark203.onnx", ["input"], ["landmarks"])
-    _export(Landmark203Ori(lmk203), (crop224,), pytorch_aux_dir / "landmark203.onnx", ["input"], list(LMK203_ORI_OUTPUTS))
+    _export(
+        Landmark203Ori(lmk203), (crop224,), pytorch_aux_dir / "landmark203.onnx", ["input"], list(LMK203_ORI_OUTPUTS)
+    )
 
     blaze = BlazeStandIn(blaze_anchors(), gen)
-    _export(blaze, (torch.zeros(1, 128, 128, 3),), onnx_dir / "blaze_face.onnx", ["input"], ["regressors", "classificators"])
+    _export(
+        blaze, (torch.zeros(1, 128, 128, 3),), onnx_dir / "blaze_face.onnx", ["input"], ["regressors", "classificators"]
+    )
 
     template = mesh_template()
     mesh = MeshStandIn(template, gen)
-    _export(mesh, (torch.zeros(1, 256, 256, 3),), onnx_dir / "face_mesh.onnx", ["input"], ["Identity", "Identity_1", "Identity_2"])
+    _export(
+        mesh,
+        (torch.zeros(1, 256, 256, 3),),
+        onnx_dir / "face_mesh.onnx",
+        ["input"],
+        ["Identity", "Identity_1", "Identity_2"],
+    )
 
     if hubert == "large":
         export_hubert_onnx(build_hubert_large_stand_in(seed), onnx_dir / "hubert.onnx", opset_version=OPSET)
@@ -568,8 +585,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("onnx_dir", type=Path)
     parser.add_argument("pytorch_aux_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hubert", choices=HUBERT_STAND_INS, default="large",
-                        help="HuBERT stand-in: the real architecture (1.26 GB) or a tiny conv (default large)")
+    parser.add_argument(
+        "--hubert",
+        choices=HUBERT_STAND_INS,
+        default="large",
+        help="HuBERT stand-in: the real architecture (1.26 GB) or a tiny conv (default large)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     write_aux_test_models(args.onnx_dir, args.pytorch_aux_dir, seed=args.seed, hubert=args.hubert)

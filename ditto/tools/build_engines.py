@@ -59,10 +59,24 @@ FP32_MODELS = frozenset({"motion_extractor", "hubert", "wavlm"})
 #: Substring of the warp network's layer names that are pinned to fp32.
 GRID_SAMPLE_LAYER = "GridSample"
 #: Layer types whose precision is not set (no arithmetic of their own): upstream's exclusion list.
-PRECISION_NEUTRAL_LAYERS = frozenset({
-    "SHAPE", "ASSERTION", "SHUFFLE", "IDENTITY", "CONSTANT", "CONCATENATION", "GATHER", "SLICE", "CONDITION",
-    "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT", "FILL", "NON_ZERO", "ONE_HOT",
-})
+PRECISION_NEUTRAL_LAYERS = frozenset(
+    {
+        "SHAPE",
+        "ASSERTION",
+        "SHUFFLE",
+        "IDENTITY",
+        "CONSTANT",
+        "CONCATENATION",
+        "GATHER",
+        "SLICE",
+        "CONDITION",
+        "CONDITIONAL_INPUT",
+        "CONDITIONAL_OUTPUT",
+        "FILL",
+        "NON_ZERO",
+        "ONE_HOT",
+    }
+)
 OPT_LEVEL = 5
 
 HardwareCompat = Literal["auto", "ampere_plus", "none"]
@@ -128,8 +142,11 @@ class BuildStep:
         extra = [f"opt level {self.opt_level}"]
         if self.ampere_plus:
             extra.append("hardware-compat Ampere_Plus")
-        extra.append(f"batch {self.batch.min}..{self.batch.max} opt {self.batch.opt}" if self.batch
-                     else "batch fixed by the ONNX")
+        extra.append(
+            f"batch {self.batch.min}..{self.batch.max} opt {self.batch.opt}"
+            if self.batch
+            else "batch fixed by the ONNX"
+        )
         for name, p in self.profiles.items():
             extra.append(f"profile {name} min {list(p.min)} opt {list(p.opt)} max {list(p.max)}")
         if self.plugin is not None:
@@ -156,19 +173,24 @@ def onnx_input_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]
     try:
         import onnx
     except ImportError as exc:
-        raise ValueError(f"reading {os.fspath(path)} needs the 'onnx' package ({exc}). "
-                         "Fix: pip install -r requirements-ditto.txt") from None
+        raise ValueError(
+            f"reading {os.fspath(path)} needs the 'onnx' package ({exc}). Fix: pip install -r requirements-ditto.txt"
+        ) from None
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and OSError alike
         raise ValueError(f"{os.fspath(path)} is not a readable ONNX model: {exc}") from None
     inits = {i.name for i in model.graph.initializer}
-    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
-            for v in model.graph.input if v.name not in inits}
+    return {
+        v.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+        for v in model.graph.input
+        if v.name not in inits
+    }
 
 
-def plan_profiles(model: str, inputs: Mapping[str, tuple[int, ...]],
-                  batch: BatchRange) -> tuple[dict[str, ShapeProfile], BatchRange | None]:
+def plan_profiles(
+    model: str, inputs: Mapping[str, tuple[int, ...]], batch: BatchRange
+) -> tuple[dict[str, ShapeProfile], BatchRange | None]:
     """The optimization profile of one model and its batch range (None: no input has a dynamic axis 0).
 
     Args:
@@ -188,8 +210,10 @@ def plan_profiles(model: str, inputs: Mapping[str, tuple[int, ...]],
         base = profiles.get(name)
         if base is None:
             if DYNAMIC in shape[1:]:
-                raise ValueError(f"{model}: input {name!r} {list(shape)} has a dynamic axis after the batch axis "
-                                 "and no profile for it (trt_bindings.SHAPE_PROFILES)")
+                raise ValueError(
+                    f"{model}: input {name!r} {list(shape)} has a dynamic axis after the batch axis "
+                    "and no profile for it (trt_bindings.SHAPE_PROFILES)"
+                )
             base = ShapeProfile(shape, shape, shape)
         if shape[0] == DYNAMIC:
             base = ShapeProfile((batch.min, *base.min[1:]), (batch.opt, *base.opt[1:]), (batch.max, *base.max[1:]))
@@ -198,9 +222,15 @@ def plan_profiles(model: str, inputs: Mapping[str, tuple[int, ...]],
     return profiles, (batch if batched else None)
 
 
-def plan_builds(onnx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                plugin: str | os.PathLike[str] | None = None, ampere_plus: bool = False,
-                models: Sequence[str] | None = None, batch: BatchRange = DEFAULT_BATCH) -> list[BuildStep]:
+def plan_builds(
+    onnx_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    plugin: str | os.PathLike[str] | None = None,
+    ampere_plus: bool = False,
+    models: Sequence[str] | None = None,
+    batch: BatchRange = DEFAULT_BATCH,
+) -> list[BuildStep]:
     """The conversions for every ONNX model in ``onnx_dir`` (sorted by name).
 
     Args:
@@ -226,17 +256,19 @@ def plan_builds(onnx_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     for model in chosen:
         is_warp = model == "warp_network"
         profiles, batch_range = plan_profiles(model, onnx_input_shapes(src / f"{model}.onnx"), batch)
-        steps.append(BuildStep(
-            model=model,
-            onnx=src / f"{model}.onnx",
-            engine=dst / engine_name(model),
-            fp16=not is_fp32_model(model),
-            profiles=profiles,
-            batch=batch_range,
-            plugin=plugin_path if is_warp else None,
-            fp32_layers=GRID_SAMPLE_LAYER if is_warp else None,
-            ampere_plus=ampere_plus,
-        ))
+        steps.append(
+            BuildStep(
+                model=model,
+                onnx=src / f"{model}.onnx",
+                engine=dst / engine_name(model),
+                fp16=not is_fp32_model(model),
+                profiles=profiles,
+                batch=batch_range,
+                plugin=plugin_path if is_warp else None,
+                fp32_layers=GRID_SAMPLE_LAYER if is_warp else None,
+                ampere_plus=ampere_plus,
+            )
+        )
     return steps
 
 
@@ -296,8 +328,11 @@ def build_engine(step: BuildStep, trt: Any, trt_logger: Any, *, workspace_bytes:
     # TensorRT 8.6 lets only one execution context at a time use an optimization profile unless
     # profile sharing is on (always on from TensorRT 10): then several runners (backends sharing
     # one engine file) may each hold a context.
-    if (step.plugin is not None or step.profiles) and major < 10 and hasattr(trt.PreviewFeature,
-                                                                              "PROFILE_SHARING_0806"):
+    if (
+        (step.plugin is not None or step.profiles)
+        and major < 10
+        and hasattr(trt.PreviewFeature, "PROFILE_SHARING_0806")
+    ):
         config.set_preview_feature(trt.PreviewFeature.PROFILE_SHARING_0806, True)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
@@ -326,20 +361,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ditto.tools.build_engines",
         description="Build Ditto TensorRT engines for this GPU and TensorRT from the ditto_onnx checkpoints "
-                    "(fp16 except motion_extractor/hubert/lmdm; warp network with the GridSample3D plugin, "
-                    "grid-sample layers fp32; HuBERT input profile 3240..12960 samples; a batch profile "
-                    "on every ONNX input with a dynamic batch axis).")
+        "(fp16 except motion_extractor/hubert/lmdm; warp network with the GridSample3D plugin, "
+        "grid-sample layers fp32; HuBERT input profile 3240..12960 samples; a batch profile "
+        "on every ONNX input with a dynamic batch axis).",
+    )
     p.add_argument("--onnx_dir", type=Path, required=True, help="the ditto_onnx folder (*.onnx + plugin .so)")
     p.add_argument("--out_dir", type=Path, required=True, help="where the .engine files are written")
-    p.add_argument("--plugin", type=Path,
-                   help=f"GridSample3D plugin library (default: ONNX_DIR/{PLUGIN_FILE_NAME})")
-    p.add_argument("--models", nargs="+", metavar="NAME",
-                   help="build only these (ONNX file stems, e.g. warp_network hubert)")
-    p.add_argument("--batch", type=_batch_argument, default=DEFAULT_BATCH, metavar="MIN,OPT,MAX",
-                   help=f"profile range of the batch axis of every ONNX input that has a dynamic one "
-                        f"(default {DEFAULT_BATCH}; N = N,N,N); ONNX files fixed at batch 1 stay batch 1")
-    p.add_argument("--hardware_compat", choices=["auto", "ampere_plus", "none"], default="auto",
-                   help="auto: Ampere_Plus when this GPU is compute capability >= 8.0 (as upstream)")
+    p.add_argument("--plugin", type=Path, help=f"GridSample3D plugin library (default: ONNX_DIR/{PLUGIN_FILE_NAME})")
+    p.add_argument(
+        "--models", nargs="+", metavar="NAME", help="build only these (ONNX file stems, e.g. warp_network hubert)"
+    )
+    p.add_argument(
+        "--batch",
+        type=_batch_argument,
+        default=DEFAULT_BATCH,
+        metavar="MIN,OPT,MAX",
+        help=f"profile range of the batch axis of every ONNX input that has a dynamic one "
+        f"(default {DEFAULT_BATCH}; N = N,N,N); ONNX files fixed at batch 1 stay batch 1",
+    )
+    p.add_argument(
+        "--hardware_compat",
+        choices=["auto", "ampere_plus", "none"],
+        default="auto",
+        help="auto: Ampere_Plus when this GPU is compute capability >= 8.0 (as upstream)",
+    )
     p.add_argument("--workspace_gb", type=float, help="builder workspace limit in GiB (default: TensorRT's)")
     p.add_argument("--force", action="store_true", help="rebuild engines that already exist")
     p.add_argument("--dry_run", action="store_true", help="print the plan and exit (no TensorRT needed)")
@@ -358,14 +403,22 @@ def main(argv: list[str] | None = None) -> int:
         detected = _gpu_ampere_plus()
         ampere_plus = bool(detected)
         if detected is None and not args.dry_run:
-            print(f"{prog}: error: no CUDA GPU visible to torch; engines must be built on the GPU that runs them",
-                  file=sys.stderr)
+            print(
+                f"{prog}: error: no CUDA GPU visible to torch; engines must be built on the GPU that runs them",
+                file=sys.stderr,
+            )
             return 1
     else:
         ampere_plus = compat == "ampere_plus"
     try:
-        steps = plan_builds(args.onnx_dir, args.out_dir, plugin=args.plugin, ampere_plus=ampere_plus,
-                            models=args.models, batch=args.batch)
+        steps = plan_builds(
+            args.onnx_dir,
+            args.out_dir,
+            plugin=args.plugin,
+            ampere_plus=ampere_plus,
+            models=args.models,
+            batch=args.batch,
+        )
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -381,8 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        print(f"{prog}: error: the 'tensorrt' package is not importable ({exc}). "
-              "Fix: pip install -r requirements-trt.txt", file=sys.stderr)
+        print(
+            f"{prog}: error: the 'tensorrt' package is not importable ({exc}). "
+            "Fix: pip install -r requirements-trt.txt",
+            file=sys.stderr,
+        )
         return 1
     trt_logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(trt_logger, "")
@@ -394,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         logger.info("building %s ...", step.engine.name)
         try:
-            blob = build_engine(step, trt, trt_logger,
-                                workspace_bytes=int(args.workspace_gb * (1 << 30)) if args.workspace_gb else None)
+            blob = build_engine(
+                step, trt, trt_logger, workspace_bytes=int(args.workspace_gb * (1 << 30)) if args.workspace_gb else None
+            )
         except BuildError as exc:
             logger.error("%s", exc)
             failed.append(step.model)
@@ -412,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"{prog}: error: failed to build {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"done. Serve with: python streaming_server.py --data_root {args.out_dir} "
-          "--cfg_pkl <ditto_cfg>/v0.4_hubert_cfg_trt_online.pkl (or the offline trt pkl)")
+    print(
+        f"done. Serve with: python streaming_server.py --data_root {args.out_dir} "
+        "--cfg_pkl <ditto_cfg>/v0.4_hubert_cfg_trt_online.pkl (or the offline trt pkl)"
+    )
     return 0
 
 

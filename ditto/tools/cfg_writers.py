@@ -24,10 +24,12 @@ from ditto.backends.talkinghead.config import AUX_SECTIONS, CFG_PKL_NAMES, CfgFl
 
 #: Our file names for cfg pkls that use ``ditto_onnx`` (upstream ships none; see
 #: :func:`~ditto.backends.talkinghead.config.onnx_cfg_dict`).
-ONNX_CFG_PKL_NAMES: Mapping[str, str] = MappingProxyType({
-    "onnx": "v0.4_hubert_cfg_onnx.pkl",
-    "onnx_online": "v0.4_hubert_cfg_onnx_online.pkl",
-})
+ONNX_CFG_PKL_NAMES: Mapping[str, str] = MappingProxyType(
+    {
+        "onnx": "v0.4_hubert_cfg_onnx.pkl",
+        "onnx_online": "v0.4_hubert_cfg_onnx_online.pkl",
+    }
+)
 
 # (section, trt engine name, pytorch-layout path, force_ori_type in the pytorch layout (aux sections only))
 _MODEL_FILES: tuple[tuple[str, str, str, bool], ...] = (
@@ -41,10 +43,12 @@ _MODEL_FILES: tuple[tuple[str, str, str, bool], ...] = (
     ("decoder_cfg", "decoder_fp16.engine", "models/decoder.pth", False),
     ("hubert_cfg", "hubert_fp32.engine", "aux_models/hubert_streaming_fix_kv.onnx", True),
 )
-LMDM_FILES: Mapping[str, str] = MappingProxyType({
-    "trt": "lmdm_v0.4_hubert_fp32.engine",
-    "pytorch": "models/lmdm_v0.4_hubert.pth",
-})
+LMDM_FILES: Mapping[str, str] = MappingProxyType(
+    {
+        "trt": "lmdm_v0.4_hubert_fp32.engine",
+        "pytorch": "models/lmdm_v0.4_hubert.pth",
+    }
+)
 
 
 def _synthetic_arrays(seed: int) -> dict[str, Any]:
@@ -71,7 +75,9 @@ def _synthetic_arrays(seed: int) -> dict[str, Any]:
 
     kp = rng.normal(0.0, 0.2, (1, 63)).astype(np.float32)
     x_s_info = {
-        "pitch": bins(), "yaw": bins(), "roll": bins(),
+        "pitch": bins(),
+        "yaw": bins(),
+        "roll": bins(),
         "t": rng.normal(0.0, 0.01, (1, 3)).astype(np.float32),
         "exp": rng.normal(0.0, 0.01, (1, 63)).astype(np.float32),
         "scale": np.full((1, 1), 1.5, dtype=np.float32),
@@ -86,8 +92,9 @@ def _synthetic_arrays(seed: int) -> dict[str, Any]:
     return {"emo": emo, "delta_eye_arr": delta_eye, "v_min_max_for_clip": v_min_max, "ch_info": ch_info}
 
 
-def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
-                   default_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_cfg_dict(
+    flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0, default_kwargs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A cfg dict in the official structure for one shipped flavour.
 
     * ``trt`` / ``trt_online``: bare engine names of ``ditto_trt_Ampere_Plus``
@@ -113,13 +120,21 @@ def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
         if section in AUX_SECTIONS:
             base[section]["force_ori_type"] = ori and pytorch
     if pytorch:
-        base["landmark478_cfg"] = {"blaze_face_model_path": "", "face_mesh_model_path": "",
-                                   "task_path": "aux_models/face_landmarker.task",
-                                   "device": device, "force_ori_type": True}
+        base["landmark478_cfg"] = {
+            "blaze_face_model_path": "",
+            "face_mesh_model_path": "",
+            "task_path": "aux_models/face_landmarker.task",
+            "device": device,
+            "force_ori_type": True,
+        }
     else:
-        base["landmark478_cfg"] = {"blaze_face_model_path": "blaze_face_fp16.engine",
-                                   "face_mesh_model_path": "face_mesh_fp16.engine",
-                                   "task_path": "", "device": device, "force_ori_type": False}
+        base["landmark478_cfg"] = {
+            "blaze_face_model_path": "blaze_face_fp16.engine",
+            "face_mesh_model_path": "face_mesh_fp16.engine",
+            "task_path": "",
+            "device": device,
+            "force_ori_type": False,
+        }
     audio2motion = {
         "model_path": LMDM_FILES["pytorch" if pytorch else "trt"],
         "device": device,
@@ -134,23 +149,57 @@ def build_cfg_dict(flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
     }
     kwargs: dict[str, Any] = _synthetic_arrays(seed)
     if flavor == "trt_online":
-        kwargs.update({
-            "online_mode": True, "overlap_v2": 70, "sampling_timesteps": 10, "fix_kp_cond": 1,
-            "fix_kp_cond_dim": [0, 202], "smo_k_d": 3, "fade_type": "d0", "fade_out_keys": ["exp"],
-            "overall_ctrl_info": {"delta_pitch": 2}, "max_size": 1920, "template_n_frames": -1,
-            "crop_scale": 2.3, "crop_vx_ratio": 0, "crop_vy_ratio": -0.125, "crop_flag_do_rot": True,
-            "smo_k_s": 13, "eye_f0_mode": False, "N_d": -1, "use_d_keys": None, "relative_d": True,
-            "drive_eye": None, "delta_eye_open_n": 0, "flag_stitching": True,
-        })
+        kwargs.update(
+            {
+                "online_mode": True,
+                "overlap_v2": 70,
+                "sampling_timesteps": 10,
+                "fix_kp_cond": 1,
+                "fix_kp_cond_dim": [0, 202],
+                "smo_k_d": 3,
+                "fade_type": "d0",
+                "fade_out_keys": ["exp"],
+                "overall_ctrl_info": {"delta_pitch": 2},
+                "max_size": 1920,
+                "template_n_frames": -1,
+                "crop_scale": 2.3,
+                "crop_vx_ratio": 0,
+                "crop_vy_ratio": -0.125,
+                "crop_flag_do_rot": True,
+                "smo_k_s": 13,
+                "eye_f0_mode": False,
+                "N_d": -1,
+                "use_d_keys": None,
+                "relative_d": True,
+                "drive_eye": None,
+                "delta_eye_open_n": 0,
+                "flag_stitching": True,
+            }
+        )
     else:
-        kwargs.update({"online_mode": False, "overlap_v2": 10, "sampling_timesteps": 50, "fix_kp_cond": 0,
-                       "smo_k_d": 3, "fade_type": "", "overall_ctrl_info": {}})
+        kwargs.update(
+            {
+                "online_mode": False,
+                "overlap_v2": 10,
+                "sampling_timesteps": 50,
+                "fix_kp_cond": 0,
+                "smo_k_d": 3,
+                "fade_type": "",
+                "overall_ctrl_info": {},
+            }
+        )
     kwargs.update(default_kwargs or {})
     return {"base_cfg": base, "audio2motion_cfg": audio2motion, "default_kwargs": kwargs}
 
 
-def write_cfg_pkl(path: str | os.PathLike[str], flavor: CfgFlavor, *, device: str = "cuda", seed: int = 0,
-                  default_kwargs: Mapping[str, Any] | None = None) -> Path:
+def write_cfg_pkl(
+    path: str | os.PathLike[str],
+    flavor: CfgFlavor,
+    *,
+    device: str = "cuda",
+    seed: int = 0,
+    default_kwargs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write :func:`build_cfg_dict` ``(flavor, …)`` as a pickle at ``path``.
 
     ``path`` may be a folder (an existing directory, or any path not ending

@@ -94,17 +94,24 @@ def session_outcome(result: SessionResult) -> SessionOutcome:
     if error_code is None and result.timed_out:
         error_code = CLIENT_TIMEOUT
     return SessionOutcome(
-        complete=result.ok, frames=stats.frames, fps=stats.fps, first_frame_s=stats.first_frame_latency_s,
-        lags_ms=tuple(session_lags_ms(result) or ()), skipped=stats.frames_skipped,
-        idle=result.completed.idle_frames if result.completed else 0, error_code=error_code)
+        complete=result.ok,
+        frames=stats.frames,
+        fps=stats.fps,
+        first_frame_s=stats.first_frame_latency_s,
+        lags_ms=tuple(session_lags_ms(result) or ()),
+        skipped=stats.frames_skipped,
+        idle=result.completed.idle_frames if result.completed else 0,
+        error_code=error_code,
+    )
 
 
 def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def summarize_level(outcomes: list[SessionOutcome], wall_s: float, *, live: bool, lag_bound_ms: float,
-                    min_fps: float = FPS) -> LevelReport:
+def summarize_level(
+    outcomes: list[SessionOutcome], wall_s: float, *, live: bool, lag_bound_ms: float, min_fps: float = FPS
+) -> LevelReport:
     """The figures of one level and whether it was sustained.
 
     Args:
@@ -128,12 +135,18 @@ def summarize_level(outcomes: list[SessionOutcome], wall_s: float, *, live: bool
     else:
         sustained = every_frame and fps_min >= min_fps
     return LevelReport(
-        sessions=len(outcomes), sustained=sustained, fps_min=fps_min,
+        sessions=len(outcomes),
+        sustained=sustained,
+        fps_min=fps_min,
         fps_aggregate=sum(o.frames for o in outcomes) / wall_s if wall_s > 0 else 0.0,
         first_frame_p95_s=_percentile(first_frames_s, 95),
-        lag_p50_ms=_percentile(lags_ms, 50) if live else None, lag_p95_ms=lag_p95_ms,
-        skipped=skipped, idle=sum(o.idle for o in outcomes),
-        busy=sum(o.error_code == ErrorCode.BUSY.value for o in outcomes), errors=errors)
+        lag_p50_ms=_percentile(lags_ms, 50) if live else None,
+        lag_p95_ms=lag_p95_ms,
+        skipped=skipped,
+        idle=sum(o.idle for o in outcomes),
+        busy=sum(o.error_code == ErrorCode.BUSY.value for o in outcomes),
+        errors=errors,
+    )
 
 
 def capacity(levels: list[LevelReport]) -> int | None:
@@ -147,8 +160,10 @@ def _cell(value: float | None, spec: str) -> str:
 
 def format_table(levels: list[LevelReport]) -> str:
     """The levels as a fixed-width text table, one row per level."""
-    header = (f"{'sessions':>8} {'sustained':>9} {'fps_min':>7} {'fps_agg':>7} {'first_p95_s':>11} "
-              f"{'lag_p50_ms':>10} {'lag_p95_ms':>10} {'skipped':>7} {'idle':>5} {'busy':>4}  errors")
+    header = (
+        f"{'sessions':>8} {'sustained':>9} {'fps_min':>7} {'fps_agg':>7} {'first_p95_s':>11} "
+        f"{'lag_p50_ms':>10} {'lag_p95_ms':>10} {'skipped':>7} {'idle':>5} {'busy':>4}  errors"
+    )
     rows = [header]
     for level in levels:
         errors = ", ".join(f"{code}={n}" for code, n in sorted(level.errors.items())) or "-"
@@ -156,7 +171,8 @@ def format_table(levels: list[LevelReport]) -> str:
             f"{level.sessions:>8} {'yes' if level.sustained else 'no':>9} {level.fps_min:>7.1f} "
             f"{level.fps_aggregate:>7.1f} {_cell(level.first_frame_p95_s, '.2f'):>11} "
             f"{_cell(level.lag_p50_ms, '.0f'):>10} {_cell(level.lag_p95_ms, '.0f'):>10} "
-            f"{level.skipped:>7} {level.idle:>5} {level.busy:>4}  {errors}")
+            f"{level.skipped:>7} {level.idle:>5} {level.busy:>4}  {errors}"
+        )
     return "\n".join(rows)
 
 
@@ -189,10 +205,19 @@ class LoadPlan:
 
 async def run_one(plan: LoadPlan, client_id: str) -> SessionResult:
     if plan.live:
-        return await run_live_session(plan.server, client_id, plan.audio, plan.source_path, timeout_s=plan.timeout_s,
-                                      chunk_ms=plan.chunk_ms, realtime=True, log_every=NO_LOGGING)
-    return await run_session(plan.server, client_id, plan.audio_path, plan.source_path, timeout_s=plan.timeout_s,
-                             log_every=NO_LOGGING)
+        return await run_live_session(
+            plan.server,
+            client_id,
+            plan.audio,
+            plan.source_path,
+            timeout_s=plan.timeout_s,
+            chunk_ms=plan.chunk_ms,
+            realtime=True,
+            log_every=NO_LOGGING,
+        )
+    return await run_session(
+        plan.server, client_id, plan.audio_path, plan.source_path, timeout_s=plan.timeout_s, log_every=NO_LOGGING
+    )
 
 
 async def run_level(plan: LoadPlan, sessions: int) -> tuple[list[SessionResult], float]:
@@ -236,8 +261,14 @@ def plot_levels(levels: list[LevelReport], path: Path, *, lag_bound_ms: float, t
     ax.plot(sessions, [level.fps_min for level in levels], "o-", color="tab:cyan", label="fps min (slowest session)")
     ax.axhline(FPS, color="tab:cyan", ls=":", lw=1)
     for level in levels:
-        ax.plot(level.sessions, level.fps_min, "o" if level.sustained else "x", ms=10, mfc="none",
-                color="tab:green" if level.sustained else "tab:red")
+        ax.plot(
+            level.sessions,
+            level.fps_min,
+            "o" if level.sustained else "x",
+            ms=10,
+            mfc="none",
+            color="tab:green" if level.sustained else "tab:red",
+        )
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("frames per second")
     ax.set_xticks(sessions)
@@ -267,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="portrait every session uses")
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms")
     p.add_argument("--lag_bound_ms", type=float, default=500.0, help="live: sustained needs lag p95 <= this")
-    p.add_argument("--timeout", type=float,
-                   help="seconds before a session counts as failed (default: 60 + 3 x the audio's length)")
+    p.add_argument(
+        "--timeout", type=float, help="seconds before a session counts as failed (default: 60 + 3 x the audio's length)"
+    )
     p.add_argument("--json", type=Path, help="write the levels as JSON")
     p.add_argument("--plot", type=Path, help="write the capacity curve as PNG")
     return p
@@ -294,12 +326,28 @@ def main(argv: list[str] | None = None) -> int:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         return _fail(f"cannot reach the server at {args.server}: {reason}")
     audio = read_pcm(args.audio)
-    plan = LoadPlan(args.server, args.mode == "live", args.audio, audio, args.source, args.chunk_ms,
-                    args.timeout if args.timeout is not None else 60.0 + 3.0 * audio.duration_s)
+    plan = LoadPlan(
+        args.server,
+        args.mode == "live",
+        args.audio,
+        audio,
+        args.source,
+        args.chunk_ms,
+        args.timeout if args.timeout is not None else 60.0 + 3.0 * audio.duration_s,
+    )
     logger.info("Server %s: backend %s, sessions %s", args.server, health.get("backend"), health.get("sessions"))
 
-    warmup = asyncio.run(run_live_session(args.server, "load-warmup", warmup_audio(audio), args.source,
-                                          timeout_s=plan.timeout_s, realtime=False, log_every=NO_LOGGING))
+    warmup = asyncio.run(
+        run_live_session(
+            args.server,
+            "load-warmup",
+            warmup_audio(audio),
+            args.source,
+            timeout_s=plan.timeout_s,
+            realtime=False,
+            log_every=NO_LOGGING,
+        )
+    )
     if not warmup.ok:
         what = f"[{warmup.error.code.value}] {warmup.error.message}" if warmup.error else "timed out"
         return _fail(f"the warm-up session failed: {what}")
@@ -308,24 +356,37 @@ def main(argv: list[str] | None = None) -> int:
     for sessions in args.sessions:
         logger.info("Level %d: %d %s sessions of %.2f s audio", sessions, sessions, args.mode, audio.duration_s)
         results, wall_s = asyncio.run(run_level(plan, sessions))
-        level = summarize_level([session_outcome(r) for r in results], wall_s, live=plan.live,
-                                lag_bound_ms=args.lag_bound_ms)
+        level = summarize_level(
+            [session_outcome(r) for r in results], wall_s, live=plan.live, lag_bound_ms=args.lag_bound_ms
+        )
         logger.info("Level %d: %s in %.1f s", sessions, "sustained" if level.sustained else "not sustained", wall_s)
         levels.append(level)
 
     best = capacity(levels)
     print(format_table(levels))
-    print(f"capacity: {best if best is not None else 'none'} "
-          f"({args.mode}, {'lag p95 <= %g ms' % args.lag_bound_ms if plan.live else 'fps >= %d' % FPS})", flush=True)
+    print(
+        f"capacity: {best if best is not None else 'none'} "
+        f"({args.mode}, {'lag p95 <= %g ms' % args.lag_bound_ms if plan.live else 'fps >= %d' % FPS})",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {
-            "capacity": best, "mode": args.mode, "server": args.server, "backend": health.get("backend"),
-            "audio_s": audio.duration_s, "chunk_ms": args.chunk_ms if plan.live else None,
-            "lag_bound_ms": args.lag_bound_ms if plan.live else None,
-            "levels": [dataclasses.asdict(level) for level in levels]})
+        write_json(
+            args.json,
+            {
+                "capacity": best,
+                "mode": args.mode,
+                "server": args.server,
+                "backend": health.get("backend"),
+                "audio_s": audio.duration_s,
+                "chunk_ms": args.chunk_ms if plan.live else None,
+                "lag_bound_ms": args.lag_bound_ms if plan.live else None,
+                "levels": [dataclasses.asdict(level) for level in levels],
+            },
+        )
     if args.plot:
-        plot_levels(levels, args.plot, lag_bound_ms=args.lag_bound_ms,
-                    title=f"{health.get('backend')} backend, {args.mode}")
+        plot_levels(
+            levels, args.plot, lag_bound_ms=args.lag_bound_ms, title=f"{health.get('backend')} backend, {args.mode}"
+        )
     return 0
 
 

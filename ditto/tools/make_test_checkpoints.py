@@ -208,8 +208,9 @@ def write_onnx_cfg_pkls(tree: CheckpointTree) -> list[Path]:
     return written
 
 
-def write_test_checkpoints(out_dir: str | os.PathLike[str], *, seed: int = 0,
-                           skip_onnx: bool = False, hubert: str = "large") -> CheckpointTree:
+def write_test_checkpoints(
+    out_dir: str | os.PathLike[str], *, seed: int = 0, skip_onnx: bool = False, hubert: str = "large"
+) -> CheckpointTree:
     """Write the whole tree (see the module docstring) and return its paths.
 
     ``hubert``: ``"large"`` (the real architecture) or ``"small"`` (a tiny conv stand-in).
@@ -253,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="folder to create the tree in")
     parser.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     parser.add_argument("--skip_onnx", action="store_true", help="no ONNX exports of the six networks (fast)")
-    parser.add_argument("--hubert", choices=HUBERT_STAND_INS, default="large",
-                        help="HuBERT files: the real HuBERT-large architecture, 1.26 GB (default; use it for "
-                             "benchmarks), or a tiny conv stand-in (fast tests)")
+    parser.add_argument(
+        "--hubert",
+        choices=HUBERT_STAND_INS,
+        default="large",
+        help="HuBERT files: the real HuBERT-large architecture, 1.26 GB (default; use it for "
+        "benchmarks), or a tiny conv stand-in (fast tests)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tree = write_test_checkpoints(args.out_dir, seed=args.seed, skip_onnx=args.skip_onnx, hubert=args.hubert)

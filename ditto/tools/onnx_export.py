@@ -19,8 +19,14 @@ from ditto.backends.talkinghead.models.export import export_torch_onnx
 from ditto.backends.talkinghead.models.lmdm import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, MotionDecoder
 
 
-def export_lmdm_onnx(model: MotionDecoder, path: str | os.PathLike[str], *, batch_size: int = 1,
-                     opset_version: int = 20, dynamic_batch: bool = False) -> None:
+def export_lmdm_onnx(
+    model: MotionDecoder,
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int = 1,
+    opset_version: int = 20,
+    dynamic_batch: bool = False,
+) -> None:
     """Export ``model`` to ONNX with the official IO names and static shapes.
 
     Inputs ``x``, ``cond_frame``, ``cond``, ``time_cond`` (int64); outputs
@@ -38,7 +44,14 @@ def export_lmdm_onnx(model: MotionDecoder, path: str | os.PathLike[str], *, batc
     was_training = model.training
     model.eval()
     try:
-        export_torch_onnx(model, args, path, input_names=ONNX_INPUT_NAMES, output_names=ONNX_OUTPUT_NAMES,
-                          opset_version=opset_version, dynamic_batch=dynamic_batch)
+        export_torch_onnx(
+            model,
+            args,
+            path,
+            input_names=ONNX_INPUT_NAMES,
+            output_names=ONNX_OUTPUT_NAMES,
+            opset_version=opset_version,
+            dynamic_batch=dynamic_batch,
+        )
     finally:
         model.train(was_training)

@@ -36,9 +36,12 @@ from tests.server.helpers import png_bytes, portrait
 
 FRAME_MS = 40
 IMAGE = png_bytes(portrait(size=8))  # the Python client never decodes it; a browser sniffs the format
-PAGE_FILES = {"/": (ROOT / "ditto" / "web" / "index.html", "text/html; charset=utf-8"),
-              "/web/app.js": (ROOT / "ditto" / "web" / "app.js", "text/javascript; charset=utf-8"),
-              "/example/image.png": (EXAMPLE_IMAGE, "image/png"), "/example/audio.wav": (EXAMPLE_AUDIO, "audio/wav")}
+PAGE_FILES = {
+    "/": (ROOT / "ditto" / "web" / "index.html", "text/html; charset=utf-8"),
+    "/web/app.js": (ROOT / "ditto" / "web" / "app.js", "text/javascript; charset=utf-8"),
+    "/example/image.png": (EXAMPLE_IMAGE, "image/png"),
+    "/example/audio.wav": (EXAMPLE_AUDIO, "audio/wav"),
+}
 
 
 @dataclasses.dataclass
@@ -55,8 +58,14 @@ class _Conversation:
     idle_frames: int = 0
 
     async def send_frame(self, *, idle: bool = False) -> None:
-        header = FrameHeader(self.frames_sent, self.frames_sent * FRAME_MS, self.frames_sent * 640, 640,
-                             FrameFlags.IDLE if idle else FrameFlags.NONE, utterance=0 if idle else self.utterance)
+        header = FrameHeader(
+            self.frames_sent,
+            self.frames_sent * FRAME_MS,
+            self.frames_sent * 640,
+            640,
+            FrameFlags.IDLE if idle else FrameFlags.NONE,
+            utterance=0 if idle else self.utterance,
+        )
         if not idle and self.utterance_frames == 0:
             await self.send_control(msg.PlaybackStarted(utterance=self.utterance))
         await self.ws.send(bytes(stamp_sent(pack_frame(header, IMAGE), time.time_ns() // 1000)))
@@ -79,8 +88,11 @@ class _Conversation:
         if self.pending_samples or interrupted:
             await self.send_frame()  # the tail, or (interrupted) the frame already in flight
         if self.utterance_frames:
-            await self.send_control(msg.PlaybackFinished(utterance=self.utterance, interrupted=interrupted,
-                                                         position_ms=self.utterance_frames * FRAME_MS))
+            await self.send_control(
+                msg.PlaybackFinished(
+                    utterance=self.utterance, interrupted=interrupted, position_ms=self.utterance_frames * FRAME_MS
+                )
+            )
             self.utterance += 1
         self.pending_samples = self.utterance_frames = 0
 
@@ -142,10 +154,10 @@ class ContractServer:
                     fmt = msg.parse_client_message(message).audio_format
                     talk.samples_per_frame = fmt.sample_rate_hz * FRAME_MS // 1000
                     talk.bytes_per_sample = fmt.bytes_per_frame
-                    await talk.send_control(msg.StreamingStarted(client_id="c", backend="contract", audio="live",
-                                                                 source="s.png", live=True))
-                    await talk.send_control(msg.Metadata(duration_s=None, total_frames=None, fps=25,
-                                                         width=8, height=8))
+                    await talk.send_control(
+                        msg.StreamingStarted(client_id="c", backend="contract", audio="live", source="s.png", live=True)
+                    )
+                    await talk.send_control(msg.Metadata(duration_s=None, total_frames=None, fps=25, width=8, height=8))
                 elif kind == "end_of_utterance":
                     await talk.finish_utterance(interrupted=False)
                 elif kind == "interrupt":
@@ -154,8 +166,9 @@ class ContractServer:
                         await talk.send_frame(idle=True)
                 elif kind == "end_of_audio":
                     await talk.finish_utterance(interrupted=False)
-                    await talk.send_control(msg.StreamingCompleted(frames_sent=talk.frames_sent,
-                                                                   idle_frames=talk.idle_frames))
+                    await talk.send_control(
+                        msg.StreamingCompleted(frames_sent=talk.frames_sent, idle_frames=talk.idle_frames)
+                    )
                     await ws.close()
         except websockets.exceptions.ConnectionClosed:
             pass  # the client went away: nothing is owed to it
@@ -170,5 +183,6 @@ def _serve_page(connection: ServerConnection, request: Request) -> Response | No
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
     path, content_type = PAGE_FILES[name]
     body = path.read_bytes()
-    return Response(HTTPStatus.OK, "OK", Headers({"Content-Type": content_type, "Content-Length": str(len(body))}),
-                    body)
+    return Response(
+        HTTPStatus.OK, "OK", Headers({"Content-Type": content_type, "Content-Length": str(len(body))}), body
+    )

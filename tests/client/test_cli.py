@@ -20,13 +20,18 @@ SLOW = [0.5 + 0.1 * i for i in range(FRAMES)]  # 10 fps
 
 def session(received: int = FRAMES) -> SessionResult:
     return SessionResult(
-        start_sent_s=0.0, frames=[ReceivedFrame(i, 40 * i, 1000, 0.0) for i in range(received)],
+        start_sent_s=0.0,
+        frames=[ReceivedFrame(i, 40 * i, 1000, 0.0) for i in range(received)],
         metadata=msg.Metadata(duration_s=FRAMES / 25, total_frames=FRAMES, fps=25, width=64, height=64),
-        completed=msg.StreamingCompleted(frames_sent=received))
+        completed=msg.StreamingCompleted(frames_sent=received),
+    )
 
 
-@pytest.mark.parametrize("arrivals,failed", [
-    (ON_TIME, []), (LATE, ["latency"]), (SLOW, ["fps", "intervals"])], ids=["on_time", "late", "slow"])
+@pytest.mark.parametrize(
+    "arrivals,failed",
+    [(ON_TIME, []), (LATE, ["latency"]), (SLOW, ["fps", "intervals"])],
+    ids=["on_time", "late", "slow"],
+)
 def test_exit_code_from_the_realtime_checks(arrivals, failed):
     stats = compute_stats(0.0, arrivals, [1000] * FRAMES)
     assert [name for name, ok in stats.checks.items() if not ok] == failed

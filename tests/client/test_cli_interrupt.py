@@ -20,11 +20,14 @@ def media(tmp_path):
     return ["--audio_path", str(audio), "--source_path", str(image), "--timeout", "20"]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--interrupt_at", "0.5"], "--interrupt_at needs --realtime"),
-    (["--realtime", "--interrupt_at", "0"], "--interrupt_at must be > 0"),
-    (["--realtime", "--interrupt_at", "1.0"], "--interrupt_at must be under the audio's 1.00 s"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--interrupt_at", "0.5"], "--interrupt_at needs --realtime"),
+        (["--realtime", "--interrupt_at", "0"], "--interrupt_at must be > 0"),
+        (["--realtime", "--interrupt_at", "1.0"], "--interrupt_at must be under the audio's 1.00 s"),
+    ],
+)
 def test_interrupt_at_is_checked_before_connecting(media, flags, message, capsys):
     assert main(["--server", "ws://127.0.0.1:9", *media, *flags]) == 2
     assert message in capsys.readouterr().err
@@ -32,8 +35,20 @@ def test_interrupt_at_is_checked_before_connecting(media, flags, message, capsys
 
 def test_interrupt_at_reports_the_interrupt(contract_server, media, tmp_path, capsys):
     report = tmp_path / "stats.json"
-    code = main(["--server", contract_server.ws, *media, "--realtime", "--chunk_ms", "100",
-                 "--interrupt_at", "0.5", "--json", str(report)])
+    code = main(
+        [
+            "--server",
+            contract_server.ws,
+            *media,
+            "--realtime",
+            "--chunk_ms",
+            "100",
+            "--interrupt_at",
+            "0.5",
+            "--json",
+            str(report),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     audio_sent = sum(item[1] for item in contract_server.received if isinstance(item, tuple))

@@ -25,9 +25,27 @@ def test_realtime_client_end_to_end(start_server, tmp_path, capsys):
     image_path.write_bytes(png_bytes(portrait(size=96)))
     out, report = tmp_path / "out.mp4", tmp_path / "stats.json"
 
-    code = main(["--server", server.ws, "--client_id", "cli-live", "--audio_path", str(audio_path),
-                 "--source_path", str(image_path), "--realtime", "--chunk_ms", "100", "--timeout", "30",
-                 "--output", str(out), "--json", str(report)])
+    code = main(
+        [
+            "--server",
+            server.ws,
+            "--client_id",
+            "cli-live",
+            "--audio_path",
+            str(audio_path),
+            "--source_path",
+            str(image_path),
+            "--realtime",
+            "--chunk_ms",
+            "100",
+            "--timeout",
+            "30",
+            "--output",
+            str(out),
+            "--json",
+            str(report),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "Total Frames Received: 38" in text  # ceil(1.5 * 25)

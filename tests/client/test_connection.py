@@ -17,8 +17,7 @@ async def _session_against_a_server_that_closes(code: int, reason: str):
 
     async with websockets.serve(refuse, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        return await run_session(f"ws://127.0.0.1:{port}", "c1", str(EXAMPLE_AUDIO), str(EXAMPLE_IMAGE),
-                                 timeout_s=20)
+        return await run_session(f"ws://127.0.0.1:{port}", "c1", str(EXAMPLE_AUDIO), str(EXAMPLE_IMAGE), timeout_s=20)
 
 
 def test_a_1013_close_without_an_error_message_reads_as_busy() -> None:

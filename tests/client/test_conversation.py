@@ -22,8 +22,19 @@ def one_second_of_speech() -> PcmAudio:
 
 
 def live(server: ContractServer, **options):
-    return asyncio.run(run_live_session(server.ws, "c1", one_second_of_speech(), "face.png", timeout_s=20,
-                                        chunk_ms=100, realtime=False, upload=False, **options))
+    return asyncio.run(
+        run_live_session(
+            server.ws,
+            "c1",
+            one_second_of_speech(),
+            "face.png",
+            timeout_s=20,
+            chunk_ms=100,
+            realtime=False,
+            upload=False,
+            **options,
+        )
+    )
 
 
 def sent_audio(received: list) -> list[int]:

@@ -66,9 +66,14 @@ def test_interrupt_latency_and_idle_continuity():
     def frame(arrival_s, idle=False):
         return FrameTiming(0, 640, arrival_s, idle)
 
-    frames = [frame(1.00), frame(1.04),  # interrupt sent at 1.05
-              frame(1.08),  # a speech frame that was already on its way
-              frame(1.12, idle=True), frame(1.30, idle=True), frame(1.34, idle=True)]
+    frames = [
+        frame(1.00),
+        frame(1.04),  # interrupt sent at 1.05
+        frame(1.08),  # a speech frame that was already on its way
+        frame(1.12, idle=True),
+        frame(1.30, idle=True),
+        frame(1.34, idle=True),
+    ]
     stats = interrupt_stats(1.05, frames, interrupted_finished_s=1.10)
     assert round(stats.to_last_speech_frame_ms) == 30 and round(stats.to_playback_finished_ms) == 50
     assert round(stats.max_gap_after_ms) == 180  # 1.12 -> 1.30: the face froze for 180 ms
@@ -91,6 +96,8 @@ def test_interrupt_report_lines():
 
 def test_frame_transit_line():
     lines = format_report(compute_stats(0.0, [0.5], [10], transits_ms=[1.0, 2.0, 3.0, 40.0])).splitlines()
-    assert any(re.fullmatch(r"Frame Transit: p50 2 ms, p95 \d+ ms, p99 \d+ ms \(server send -> received\)", line)
-               for line in lines), lines
+    assert any(
+        re.fullmatch(r"Frame Transit: p50 2 ms, p95 \d+ ms, p99 \d+ ms \(server send -> received\)", line)
+        for line in lines
+    ), lines
     assert "Frame Transit: n/a (no send times)" in format_report(compute_stats(0.0, [0.5], [10])).splitlines()

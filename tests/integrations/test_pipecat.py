@@ -70,9 +70,10 @@ def example_speech(seconds: float, offset_s: float = 0.0) -> bytes:
 def tts_frames(pcm: bytes, context_id: str, chunk_ms: int = 20) -> list[Frame]:
     """One TTS response as a TTS service pushes it: started, audio chunks (no stop)."""
     step = TTS_RATE_HZ * chunk_ms // 1000 * 2
-    return [TTSStartedFrame(context_id=context_id),
-            *(TTSAudioRawFrame(pcm[i:i + step], TTS_RATE_HZ, 1, context_id=context_id)
-              for i in range(0, len(pcm), step))]
+    return [
+        TTSStartedFrame(context_id=context_id),
+        *(TTSAudioRawFrame(pcm[i : i + step], TTS_RATE_HZ, 1, context_id=context_id) for i in range(0, len(pcm), step)),
+    ]
 
 
 # --- the server, a subprocess of the server's own Python -------------------------------------
@@ -82,9 +83,23 @@ def tts_frames(pcm: bytes, context_id: str, chunk_ms: int = 20) -> list[Frame]:
 def server_url() -> Iterator[str]:
     """``streaming_server.py --backend lite`` on a free loopback port (uvicorn logs the port)."""
     server = subprocess.Popen(
-        [SERVER_PYTHON, "streaming_server.py", "--backend", "lite", "--host", "127.0.0.1", "--port", "0",
-         "--max_size", "256"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            SERVER_PYTHON,
+            "streaming_server.py",
+            "--backend",
+            "lite",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max_size",
+            "256",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def read_log() -> None:  # keeps the pipe drained for the server's whole life
@@ -158,8 +173,11 @@ class RunningPipeline:
 async def pipeline(service: DittoVideoService) -> AsyncIterator[RunningPipeline]:
     """``Pipeline([head, service, tail])`` run by a WorkerRunner; cancelled if the test did not end it."""
     head, tail = FrameLog(FrameDirection.UPSTREAM), FrameLog(FrameDirection.DOWNSTREAM)
-    worker = PipelineWorker(Pipeline([head, service, tail]), cancel_on_idle_timeout=False,
-                            params=PipelineParams(audio_out_sample_rate=TTS_RATE_HZ))
+    worker = PipelineWorker(
+        Pipeline([head, service, tail]),
+        cancel_on_idle_timeout=False,
+        params=PipelineParams(audio_out_sample_rate=TTS_RATE_HZ),
+    )
     started = asyncio.Event()
 
     @worker.event_handler("on_pipeline_started")
@@ -180,9 +198,11 @@ async def pipeline(service: DittoVideoService) -> AsyncIterator[RunningPipeline]
 
 def in_event_loop(test: Callable) -> Callable:
     """Run an async test in a fresh event loop (the suite has no asyncio plugin)."""
+
     @functools.wraps(test)
     def run(*args, **kwargs) -> None:
         asyncio.run(test(*args, **kwargs))
+
     return run
 
 
@@ -201,8 +221,11 @@ def summary(frames: list[Frame]) -> str:
 
 
 def audio_of(frames: list[Frame], context_id: str | None = None) -> bytes:
-    return b"".join(f.audio for f in frames
-                    if isinstance(f, TTSAudioRawFrame) and (context_id is None or f.context_id == context_id))
+    return b"".join(
+        f.audio
+        for f in frames
+        if isinstance(f, TTSAudioRawFrame) and (context_id is None or f.context_id == context_id)
+    )
 
 
 def images_after_last_audio(frames: list[Frame]) -> int:
@@ -241,8 +264,10 @@ async def test_speech_becomes_video_frames_each_with_the_audio_it_shows(server_u
         await run.send(tts_frames(speech, "reply-1"))
         # Idle pictures once the speech is shown; the server keeps the last few samples in its
         # resampler until more audio (or the end) comes, so not all audio is out yet.
-        await run.downstream.wait_for("idle frames after the speech", lambda frames: (
-            len(audio_of(frames)) >= len(speech) - FRAME_BYTES and images_after_last_audio(frames) >= 2))
+        await run.downstream.wait_for(
+            "idle frames after the speech",
+            lambda frames: len(audio_of(frames)) >= len(speech) - FRAME_BYTES and images_after_last_audio(frames) >= 2,
+        )
         await run.end()
     frames = run.downstream.frames
     assert audio_of(frames) == speech  # all of it, in order, nothing added
@@ -271,11 +296,13 @@ async def test_a_server_error_becomes_an_error_frame_and_the_audio_passes_throug
     async with pipeline(service(server_url, portrait="portraits/missing.png", portrait_on_server=True)) as run:
         await run.send([*tts_frames(first, "reply-1"), TTSStoppedFrame(context_id="reply-1")])
         await run.upstream.wait_for("ErrorFrame", lambda frames: any(isinstance(f, ErrorFrame) for f in frames))
-        await run.downstream.wait_for("the first reply", lambda frames: any(
-            isinstance(f, TTSStoppedFrame) for f in frames))
+        await run.downstream.wait_for(
+            "the first reply", lambda frames: any(isinstance(f, TTSStoppedFrame) for f in frames)
+        )
         await run.send([*tts_frames(second, "reply-2"), TTSStoppedFrame(context_id="reply-2")])
-        await run.downstream.wait_for("the second reply", lambda frames: sum(
-            isinstance(f, TTSStoppedFrame) for f in frames) == 2)
+        await run.downstream.wait_for(
+            "the second reply", lambda frames: sum(isinstance(f, TTSStoppedFrame) for f in frames) == 2
+        )
         await run.end()
     frames = run.downstream.frames
     assert audio_of(frames, "reply-1") == first and audio_of(frames, "reply-2") == second
@@ -293,12 +320,14 @@ async def test_tts_stopped_waits_for_playback_finished_and_the_next_reply_plays_
     first, second = example_speech(1.0), example_speech(0.6, offset_s=2.0)
     async with pipeline(service(server_url)) as run:
         await run.send([*tts_frames(first, "reply-1"), TTSStoppedFrame(context_id="reply-1")])
-        await run.downstream.wait_for("the first TTSStoppedFrame", lambda frames: any(
-            isinstance(f, TTSStoppedFrame) for f in frames))
+        await run.downstream.wait_for(
+            "the first TTSStoppedFrame", lambda frames: any(isinstance(f, TTSStoppedFrame) for f in frames)
+        )
         assert audio_of(run.downstream.frames) == first  # all of it before the stop: the tail was rendered
         await run.send([*tts_frames(second, "reply-2"), TTSStoppedFrame(context_id="reply-2")])
-        await run.downstream.wait_for("the second TTSStoppedFrame", lambda frames: sum(
-            isinstance(f, TTSStoppedFrame) for f in frames) == 2)
+        await run.downstream.wait_for(
+            "the second TTSStoppedFrame", lambda frames: sum(isinstance(f, TTSStoppedFrame) for f in frames) == 2
+        )
         await run.end()
     frames = run.downstream.frames
     assert_no_error(run.upstream)
@@ -316,11 +345,13 @@ async def test_an_interruption_drops_the_held_audio_and_the_next_reply_plays(ser
         await run.send(tts_frames(long_reply, "reply-1"))
         await run.downstream.wait_for("the first reply's video", lambda frames: audio_of(frames) != b"")
         await run.send([InterruptionFrame()])
-        await run.downstream.wait_for("the interruption", lambda frames: any(
-            isinstance(f, InterruptionFrame) for f in frames))
+        await run.downstream.wait_for(
+            "the interruption", lambda frames: any(isinstance(f, InterruptionFrame) for f in frames)
+        )
         await run.send([*tts_frames(next_reply, "reply-2"), TTSStoppedFrame(context_id="reply-2")])
-        await run.downstream.wait_for("the next reply's TTSStoppedFrame", lambda frames: any(
-            isinstance(f, TTSStoppedFrame) for f in frames))
+        await run.downstream.wait_for(
+            "the next reply's TTSStoppedFrame", lambda frames: any(isinstance(f, TTSStoppedFrame) for f in frames)
+        )
         await run.end()
     frames = run.downstream.frames
     assert_no_error(run.upstream)

@@ -59,10 +59,13 @@ def test_frame_count_is_ceil_of_duration():
         assert audio.total_frames == -(-n // 640)
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"", ErrorCode.AUDIO_EMPTY),
-    (b"this is not audio at all" * 20, ErrorCode.AUDIO_INVALID),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", ErrorCode.AUDIO_EMPTY),
+        (b"this is not audio at all" * 20, ErrorCode.AUDIO_INVALID),
+    ],
+)
 def test_bad_bytes(data, code):
     with pytest.raises(MediaError) as info:
         decode_audio(data, max_seconds=60)

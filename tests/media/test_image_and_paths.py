@@ -63,9 +63,13 @@ def test_media_paths(tmp_path):
     (root / "inside_link.wav").symlink_to(root / "sub" / "a.wav")
     assert resolve_media_path(root, "sub/a.wav") == (root / "sub" / "a.wav").resolve()
     assert resolve_media_path(root, "inside_link.wav") == (root / "sub" / "a.wav").resolve()
-    for bad, code in (("../outside.wav", ErrorCode.PATH_FORBIDDEN), ("/etc/passwd", ErrorCode.PATH_FORBIDDEN),
-                      ("escape.wav", ErrorCode.PATH_FORBIDDEN), ("sub", ErrorCode.FILE_NOT_FOUND),
-                      ("nope.wav", ErrorCode.FILE_NOT_FOUND)):
+    for bad, code in (
+        ("../outside.wav", ErrorCode.PATH_FORBIDDEN),
+        ("/etc/passwd", ErrorCode.PATH_FORBIDDEN),
+        ("escape.wav", ErrorCode.PATH_FORBIDDEN),
+        ("sub", ErrorCode.FILE_NOT_FOUND),
+        ("nope.wav", ErrorCode.FILE_NOT_FOUND),
+    ):
         with pytest.raises(MediaError) as info:
             resolve_media_path(root, bad)
         assert info.value.code == code, bad

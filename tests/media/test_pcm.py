@@ -24,7 +24,7 @@ def test_streaming_resampler_matches_whole_file_resampling_for_any_chunking(rate
         parts, i, k = [], 0, 0
         while i < len(x):
             n = sizes[k % len(sizes)]
-            parts.append(r.push(x[i:i + n]))
+            parts.append(r.push(x[i : i + n]))
             i, k = i + n, k + 1
         parts.append(r.flush())
         y = np.concatenate(parts)
@@ -36,7 +36,7 @@ def test_live_chunks_of_the_example_give_the_file_mode_samples():
     raw, rate = soundfile.read(io.BytesIO(EXAMPLE_AUDIO.read_bytes()), dtype="float32")
     r = StreamingResampler(rate)
     chunk = rate // 50  # 20 ms, as live clients send
-    live = np.concatenate([r.push(raw[i:i + chunk]) for i in range(0, len(raw), chunk)] + [r.flush()])
+    live = np.concatenate([r.push(raw[i : i + chunk]) for i in range(0, len(raw), chunk)] + [r.flush()])
     np.testing.assert_array_equal(live, to_mono_16k(raw, rate))
 
 
@@ -61,8 +61,12 @@ def test_decode_pcm_formats_and_errors():
     assert np.allclose(decode_pcm(stereo, sample_type="int16", channels=2), [0.0, 2000 / 32768])
     f = np.array([0.5, -0.25], "<f4").tobytes()
     assert np.allclose(decode_pcm(f, sample_type="float32", channels=1), [0.5, -0.25])
-    for data, kind, channels in ((b"\x00" * 3, "int16", 1), (b"\x00" * 6, "int16", 2), (b"\x00" * 6, "float32", 1),
-                                 (np.array([np.nan], "<f4").tobytes(), "float32", 1)):
+    for data, kind, channels in (
+        (b"\x00" * 3, "int16", 1),
+        (b"\x00" * 6, "int16", 2),
+        (b"\x00" * 6, "float32", 1),
+        (np.array([np.nan], "<f4").tobytes(), "float32", 1),
+    ):
         with pytest.raises(MediaError) as info:
             decode_pcm(data, sample_type=kind, channels=channels)
         assert info.value.code == ErrorCode.AUDIO_INVALID

@@ -21,11 +21,16 @@ def test_a_replica_takes_one_connection_past_its_sessions_to_answer_busy() -> No
 
 
 def test_autoscaling_replaces_a_fixed_count() -> None:
-    deployment = ServeOptions(sessions_per_replica=8, min_replicas=1, max_replicas=4,
-                              num_replicas=2).replica_deployment_options()
+    deployment = ServeOptions(
+        sessions_per_replica=8, min_replicas=1, max_replicas=4, num_replicas=2
+    ).replica_deployment_options()
     assert "num_replicas" not in deployment
-    assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
-                                                "target_ongoing_requests": 6.0}
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "initial_replicas": 2,
+        "target_ongoing_requests": 6.0,
+    }
 
 
 def test_bad_server_settings_fail_where_the_options_are_built() -> None:

@@ -50,10 +50,20 @@ def serve_app():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"settings": {"backend": "lite", "max_size": SIZE}, "num_replicas": 2,
-                         "sessions_per_replica": SESSIONS_PER_REPLICA, "cpus_per_replica": 0,
-                         "report_interval_s": 0.5, "health_check_period_s": 2}),
-              name=APP, route_prefix="/")
+    serve.run(
+        build_app(
+            {
+                "settings": {"backend": "lite", "max_size": SIZE},
+                "num_replicas": 2,
+                "sessions_per_replica": SESSIONS_PER_REPLICA,
+                "cpus_per_replica": 0,
+                "report_interval_s": 0.5,
+                "health_check_period_s": 2,
+            }
+        ),
+        name=APP,
+        route_prefix="/",
+    )
     yield ServeApp(port)
     serve.shutdown()
     ray.shutdown()
@@ -87,8 +97,9 @@ def test_sessions_spread_over_replicas_and_get_only_their_own_frames(serve_app) 
         # outruns (docs/scaling.md)
         if i:
             await answered[i - 1].wait()
-        return await converse(serve_app.ws(f"spread-{i}"), start_message(audio, png_bytes(source)), timeout_s=90,
-                              answered=answered[i])
+        return await converse(
+            serve_app.ws(f"spread-{i}"), start_message(audio, png_bytes(source)), timeout_s=90, answered=answered[i]
+        )
 
     async def main():
         return await asyncio.gather(*(session(i, s) for i, s in enumerate(sources)))
@@ -107,8 +118,10 @@ def test_sessions_spread_over_replicas_and_get_only_their_own_frames(serve_app) 
 
 def test_busy_only_when_every_replica_is_full(serve_app) -> None:
     async def main():
-        clients = [await LiveClient.start(serve_app.ws(f"full-{i}"), live_start(image=png_bytes(astronaut(SIZE))))
-                   for i in range(2 * SESSIONS_PER_REPLICA)]
+        clients = [
+            await LiveClient.start(serve_app.ws(f"full-{i}"), live_start(image=png_bytes(astronaut(SIZE))))
+            for i in range(2 * SESSIONS_PER_REPLICA)
+        ]
         per_replica = collections.Counter(c.of_type(msg.StreamingStarted)[0].server_id for c in clients)
         refused = await converse(serve_app.ws("one-too-many"), live_start(image=png_bytes(astronaut(SIZE))))
         for c in clients:
@@ -137,8 +150,9 @@ def test_a_killed_replica_ends_its_sessions_and_serve_restarts_it(serve_app) -> 
             if len(clients) == 2:
                 break
         victim, survivor = sorted(clients)
-        actor_name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                          if a["name"].endswith(f"#{victim}"))
+        actor_name = next(
+            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(f"#{victim}")
+        )
         ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
         await asyncio.wait_for(clients[victim].close(), 30)
         newcomer = await LiveClient.start(serve_app.ws("after-kill"), live_start(image=image))

@@ -58,12 +58,23 @@ def portrait(seed: int = 0, size: int = 64) -> np.ndarray:
 
 
 def start_message(audio: bytes, image: bytes, **extra) -> str:
-    return json.dumps({"type": "start_streaming", "audio": msg.encode_upload("a.wav", audio),
-                       "source": msg.encode_upload("s.png", image), **extra})
+    return json.dumps(
+        {
+            "type": "start_streaming",
+            "audio": msg.encode_upload("a.wav", audio),
+            "source": msg.encode_upload("s.png", image),
+            **extra,
+        }
+    )
 
 
-async def converse(url: str, *messages: str | bytes, timeout_s: float = 30.0,
-                   close_after: int | None = None, answered: asyncio.Event | None = None) -> Transcript:
+async def converse(
+    url: str,
+    *messages: str | bytes,
+    timeout_s: float = 30.0,
+    close_after: int | None = None,
+    answered: asyncio.Event | None = None,
+) -> Transcript:
     """Send ``messages``, then read until the server closes (or ``close_after`` frames arrived);
     ``answered`` is set once the server's first control message is in."""
     out = Transcript()
@@ -132,8 +143,9 @@ def wait_until(condition, timeout_s: float = 5.0, interval_s: float = 0.02) -> b
 
 def metric_values(server) -> dict[str, float]:
     text = httpx.get(f"{server.http}/metrics", timeout=5).text
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
 
 
 # --- live sessions ------------------------------------------------------------------------------
@@ -151,12 +163,18 @@ class LiveTranscript(Transcript):
         return done[0] if done else None
 
 
-def live_start(sample_rate_hz: int = 16000, *, channels: int = 1, sample_type: str = "int16",
-               image: bytes | None = None, **extra) -> str:
-    return json.dumps({"type": "start_streaming", "live": True,
-                       "audio_format": {"sample_rate_hz": sample_rate_hz, "channels": channels,
-                                        "sample_type": sample_type},
-                       "source": msg.encode_upload("s.png", image or png_bytes(portrait())), **extra})
+def live_start(
+    sample_rate_hz: int = 16000, *, channels: int = 1, sample_type: str = "int16", image: bytes | None = None, **extra
+) -> str:
+    return json.dumps(
+        {
+            "type": "start_streaming",
+            "live": True,
+            "audio_format": {"sample_rate_hz": sample_rate_hz, "channels": channels, "sample_type": sample_type},
+            "source": msg.encode_upload("s.png", image or png_bytes(portrait())),
+            **extra,
+        }
+    )
 
 
 def pcm_bytes(samples: np.ndarray, sample_type: str) -> bytes:
@@ -185,15 +203,23 @@ def split_chunks(samples: np.ndarray, sizes: list[int] | int) -> list[np.ndarray
     out, i, k = [], 0, 0
     while i < len(samples):
         n = sizes[k % len(sizes)]
-        out.append(samples[i:i + n])
+        out.append(samples[i : i + n])
         i, k = i + n, k + 1
     return out
 
 
-async def live_converse(url: str, start: str, chunks: list, *, pace_s: float = 0.0,
-                        pauses: dict[int, float] | None = None, wait_started: bool = True,
-                        read_delay_s: float = 0.0, max_queue: int | None = 16,
-                        timeout_s: float = 30.0) -> LiveTranscript:
+async def live_converse(
+    url: str,
+    start: str,
+    chunks: list,
+    *,
+    pace_s: float = 0.0,
+    pauses: dict[int, float] | None = None,
+    wait_started: bool = True,
+    read_delay_s: float = 0.0,
+    max_queue: int | None = 16,
+    timeout_s: float = 30.0,
+) -> LiveTranscript:
     """Start a live session, send ``chunks`` (bytes or JSON text, END_OF_AUDIO included by the
     caller), ``pace_s`` apart, sleeping ``pauses[i]`` before chunk i; read everything until close."""
     import time

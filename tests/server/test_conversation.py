@@ -102,8 +102,12 @@ def test_interrupt_drops_queued_audio_and_frames_and_finishes_the_playing_uttera
     c.receive_audio(audio(50), 0.0)  # 2 s sent at once
     send_frames(c, 1, range(10))
     actions = c.receive_interrupt(0.5)
-    assert actions == [DropQueuedAudio(), DiscardUnsentFrames(1),
-                       Send(msg.PlaybackFinished(utterance=1, position_ms=400, interrupted=True)), Interrupt()]
+    assert actions == [
+        DropQueuedAudio(),
+        DiscardUnsentFrames(1),
+        Send(msg.PlaybackFinished(utterance=1, position_ms=400, interrupted=True)),
+        Interrupt(),
+    ]
     assert send_frames(c, 1, [10]) == []  # a frame already on its way is not reported
     assert c.utterance_end_sent(1) == []
 
@@ -143,8 +147,11 @@ def test_a_second_interrupt_while_rewinding_drops_what_was_held():
     assert of(Interrupt, c.receive_interrupt(1.0))
     c.receive_audio(audio(2), 1.001)
     second = c.receive_interrupt(1.002)
-    assert second == [DropQueuedAudio(), DiscardUnsentFrames(2),  # no second stream.interrupt()
-                      Send(msg.PlaybackFinished(utterance=2, position_ms=0, interrupted=True))]
+    assert second == [
+        DropQueuedAudio(),
+        DiscardUnsentFrames(2),  # no second stream.interrupt()
+        Send(msg.PlaybackFinished(utterance=2, position_ms=0, interrupted=True)),
+    ]
     assert c.rewound(30, 1.003) == []
     assert [f.utterance for f in c.receive_audio(audio(1), 1.004)] == [3]
 
@@ -239,8 +246,12 @@ def test_end_of_audio_finishes_the_open_utterance_and_refuses_what_follows():
     c.receive_audio(audio(2.5), 0.0)
     assert c.receive_end_of_audio(0.1) == [Finish(1)]
     assert c.media_s == pytest.approx(3 * 0.04)
-    for receive in (lambda: c.receive_audio(audio(1), 0.2), lambda: c.receive_end_of_utterance(0.2),
-                    lambda: c.receive_interrupt(0.2), lambda: c.receive_end_of_audio(0.2)):
+    for receive in (
+        lambda: c.receive_audio(audio(1), 0.2),
+        lambda: c.receive_end_of_utterance(0.2),
+        lambda: c.receive_interrupt(0.2),
+        lambda: c.receive_end_of_audio(0.2),
+    ):
         with pytest.raises(ProtocolError) as raised:
             receive()
         assert raised.value.code == ErrorCode.INVALID_STATE

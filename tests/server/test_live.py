@@ -40,14 +40,17 @@ def assert_frames_in_order(frames, count: int) -> None:
     assert all(h.sample_count == 640 for h in headers)
 
 
-@pytest.mark.parametrize("rate,channels,sample_type,transport", [
-    (8000, 1, "int16", "binary"),
-    (11025, 2, "float32", "json"),
-    (16000, 1, "float32", "json"),
-    (22050, 2, "int16", "binary"),
-    (44100, 1, "float32", "binary"),
-    (48000, 1, "int16", "json"),
-])
+@pytest.mark.parametrize(
+    "rate,channels,sample_type,transport",
+    [
+        (8000, 1, "int16", "binary"),
+        (11025, 2, "float32", "json"),
+        (16000, 1, "float32", "json"),
+        (22050, 2, "int16", "binary"),
+        (44100, 1, "float32", "binary"),
+        (48000, 1, "int16", "json"),
+    ],
+)
 def test_live_chunks_any_size_format_and_rate(start_server, rate, channels, sample_type, transport):
     server = start_server()
     duration_s = 1.37  # -> ceil(1.37 * 25) = 35 frames, whatever the rate
@@ -56,8 +59,9 @@ def test_live_chunks_any_size_format_and_rate(start_server, rate, channels, samp
     rng = np.random.default_rng(rate)
     sizes = [int(s) for s in rng.integers(1, rate // 5, 40)]  # odd sizes too, never frame-aligned
     chunks = [pcm_bytes(part, sample_type) for part in split_chunks(samples, sizes)]
-    wire = [binary_chunk(c, sample_type, i) if transport == "binary" else json_chunk(c, i)
-            for i, c in enumerate(chunks)]
+    wire = [
+        binary_chunk(c, sample_type, i) if transport == "binary" else json_chunk(c, i) for i, c in enumerate(chunks)
+    ]
     start = live_start(rate, channels=channels, sample_type=sample_type, echo_audio=True)
     t = run(live_converse(f"{server.ws}/ws/live", start, wire + [END_OF_AUDIO]))
 
@@ -70,8 +74,9 @@ def test_live_chunks_any_size_format_and_rate(start_server, rate, channels, samp
     assert t.completed.frames_sent == total and t.completed.frames_skipped == 0 and t.completed.idle_frames == 0
 
     # the echo: one message per frame, same index/pts/range, holding the resampled audio of that frame
-    assert [(h.index, h.pts_ms, h.sample_start, h.sample_count) for h, _ in t.echoes] == \
-           [(h.index, h.pts_ms, h.sample_start, h.sample_count) for h, _ in t.frames]
+    assert [(h.index, h.pts_ms, h.sample_start, h.sample_count) for h, _ in t.echoes] == [
+        (h.index, h.pts_ms, h.sample_start, h.sample_count) for h, _ in t.frames
+    ]
     echoed = np.concatenate([np.frombuffer(p, "<i2") for _, p in t.echoes]).astype(np.float32) / 32767
     sent = samples.astype(np.float32)
     if sample_type == "int16":
@@ -93,9 +98,15 @@ def test_frames_flow_before_end_of_audio_with_the_lite_backend(start_server):
     audio = audio[: int(rate * 1.5)]  # 1.5 s -> 38 frames
     server = start_server(backend=LiteBackend(), max_size=256)
     chunk = rate // 10  # 100 ms, sent at real time
-    wire = [binary_chunk(audio[i:i + chunk].tobytes(), "int16", k) for k, i in enumerate(range(0, len(audio), chunk))]
-    t = run(live_converse(f"{server.ws}/ws/lite", live_start(rate, image=EXAMPLE_IMAGE.read_bytes()),
-                          wire + [END_OF_AUDIO], pace_s=0.1))  # real-time pacing: the scenario, not synchronisation
+    wire = [binary_chunk(audio[i : i + chunk].tobytes(), "int16", k) for k, i in enumerate(range(0, len(audio), chunk))]
+    t = run(
+        live_converse(
+            f"{server.ws}/ws/lite",
+            live_start(rate, image=EXAMPLE_IMAGE.read_bytes()),
+            wire + [END_OF_AUDIO],
+            pace_s=0.1,
+        )
+    )  # real-time pacing: the scenario, not synchronisation
     assert t.error is None and t.completed.frames_sent == 38
     assert_frames_in_order(t.frames, 38)
     last_chunk_sent = t.chunk_sent_at[len(wire) - 1]
@@ -118,8 +129,9 @@ def test_face_idles_when_audio_pauses(start_server, backend_name):
     speech = speech_like(0.41)  # 10 frames + 160 samples: the idle silence first completes frame 10
     more = speech_like(0.4, seed=1)
     wire = [binary_chunk(pcm_bytes(speech, "int16")), binary_chunk(pcm_bytes(more, "int16")), END_OF_AUDIO]
-    t = run(live_converse(f"{server.ws}/ws/idle", live_start(16000, image=image, echo_audio=True), wire,
-                          pauses={1: 1.2}))  # a 1.2 s audio gap: the scenario, not synchronisation
+    t = run(
+        live_converse(f"{server.ws}/ws/idle", live_start(16000, image=image, echo_audio=True), wire, pauses={1: 1.2})
+    )  # a 1.2 s audio gap: the scenario, not synchronisation
     assert t.error is None, t.controls
     headers = [h for h, _ in t.frames]
     idle = [h.index for h in headers if h.flags & FrameFlags.IDLE]
@@ -149,8 +161,16 @@ def test_stalled_client_gets_frames_skipped_not_buffered(start_server):
     server = start_server(frame_queue_size=2)
     big = portrait(5, size=512)  # ~400 KB JPEG frames: socket buffers hold only a few
     wire = [binary_chunk(pcm_bytes(speech_like(6.01), "int16")), END_OF_AUDIO]
-    t = run(live_converse(f"{server.ws}/ws/stalled", live_start(16000, image=png_bytes(big), echo_audio=True),
-                          wire, wait_started=False, read_delay_s=2.5, max_queue=1))  # stall: the scenario
+    t = run(
+        live_converse(
+            f"{server.ws}/ws/stalled",
+            live_start(16000, image=png_bytes(big), echo_audio=True),
+            wire,
+            wait_started=False,
+            read_delay_s=2.5,
+            max_queue=1,
+        )
+    )  # stall: the scenario
     assert t.error is None, t.controls
     done = t.completed
     received = [h.index for h, _ in t.frames]
@@ -184,33 +204,50 @@ def test_live_session_times_out_and_frees_everything(start_server):
 
 
 def _chunk_after_end():
-    return [binary_chunk(pcm_bytes(speech_like(1.0), "int16")), END_OF_AUDIO,
-            binary_chunk(pcm_bytes(speech_like(0.1), "int16"))]
+    return [
+        binary_chunk(pcm_bytes(speech_like(1.0), "int16")),
+        END_OF_AUDIO,
+        binary_chunk(pcm_bytes(speech_like(0.1), "int16")),
+    ]
 
 
 LIVE_BAD_INPUTS = {
     # name: (start message, messages after it, code, backend render delay)
     "odd_byte_count_int16": (live_start(16000), [binary_chunk(b"\x00\x01\x02")], ErrorCode.AUDIO_INVALID),
     "stereo_int16_half_frame": (live_start(16000, channels=2), [binary_chunk(bytes(6))], ErrorCode.AUDIO_INVALID),
-    "float32_not_multiple_of_4": (live_start(16000, sample_type="float32"),
-                                  [json_chunk(bytes(10))], ErrorCode.AUDIO_INVALID),
-    "float32_nan": (live_start(16000, sample_type="float32"),
-                    [json_chunk(np.array([0.1, np.nan, 0.2], "<f4").tobytes())], ErrorCode.AUDIO_INVALID),
-    "float32_inf": (live_start(16000, sample_type="float32"),
-                    [binary_chunk(np.array([np.inf] * 4, "<f4").tobytes(), "float32")], ErrorCode.AUDIO_INVALID),
+    "float32_not_multiple_of_4": (
+        live_start(16000, sample_type="float32"),
+        [json_chunk(bytes(10))],
+        ErrorCode.AUDIO_INVALID,
+    ),
+    "float32_nan": (
+        live_start(16000, sample_type="float32"),
+        [json_chunk(np.array([0.1, np.nan, 0.2], "<f4").tobytes())],
+        ErrorCode.AUDIO_INVALID,
+    ),
+    "float32_inf": (
+        live_start(16000, sample_type="float32"),
+        [binary_chunk(np.array([np.inf] * 4, "<f4").tobytes(), "float32")],
+        ErrorCode.AUDIO_INVALID,
+    ),
     "header_type_mismatch": (live_start(16000), [binary_chunk(bytes(8), "float32")], ErrorCode.BAD_MESSAGE),
     "binary_not_an_audio_chunk": (live_start(16000), [b"DF\x01\x01" + bytes(40)], ErrorCode.BAD_MESSAGE),
-    "bad_base64_chunk": (live_start(16000), [json.dumps({"type": "audio_chunk", "data": "@@"})],
-                         ErrorCode.BAD_MESSAGE),
+    "bad_base64_chunk": (live_start(16000), [json.dumps({"type": "audio_chunk", "data": "@@"})], ErrorCode.BAD_MESSAGE),
     "chunk_after_end_of_audio": (live_start(16000), _chunk_after_end(), ErrorCode.INVALID_STATE),
-    "end_of_audio_twice": (live_start(16000), [binary_chunk(pcm_bytes(speech_like(1.0), "int16")),
-                                               END_OF_AUDIO, END_OF_AUDIO], ErrorCode.INVALID_STATE),
+    "end_of_audio_twice": (
+        live_start(16000),
+        [binary_chunk(pcm_bytes(speech_like(1.0), "int16")), END_OF_AUDIO, END_OF_AUDIO],
+        ErrorCode.INVALID_STATE,
+    ),
     "second_start": (live_start(16000), [live_start(16000)], ErrorCode.INVALID_STATE),
     "rate_below_8k": (live_start(7999), [], ErrorCode.BAD_MESSAGE),
     "rate_above_48k": (live_start(96000), [], ErrorCode.BAD_MESSAGE),
     "unknown_sample_type": (live_start(16000, sample_type="int24"), [], ErrorCode.BAD_MESSAGE),
-    "live_without_format": (json.dumps({"type": "start_streaming", "live": True,
-                                        "source": {"kind": "path", "path": "x.png"}}), [], ErrorCode.BAD_MESSAGE),
+    "live_without_format": (
+        json.dumps({"type": "start_streaming", "live": True, "source": {"kind": "path", "path": "x.png"}}),
+        [],
+        ErrorCode.BAD_MESSAGE,
+    ),
 }
 BEFORE_START = {
     "binary_audio_before_start": (binary_chunk(bytes(640)), ErrorCode.BAD_MESSAGE),
@@ -246,8 +283,13 @@ def test_audio_chunk_in_a_file_mode_session_is_refused(start_server):
     from tests.server.helpers import converse, start_message, wav_bytes
 
     server = start_server(backend=FakeBackend(delay_s=0.02))
-    t = run(converse(f"{server.ws}/ws/file", start_message(wav_bytes(speech_like(2.0)), png_bytes(portrait())),
-                     json_chunk(bytes(640))))
+    t = run(
+        converse(
+            f"{server.ws}/ws/file",
+            start_message(wav_bytes(speech_like(2.0)), png_bytes(portrait())),
+            json_chunk(bytes(640)),
+        )
+    )
     assert t.error is not None and t.error.code == ErrorCode.INVALID_STATE
 
 
@@ -269,7 +311,7 @@ def test_file_mode_echo_audio(start_server):
     video = [h for h, _ in t.frames if h.kind == 1]
     assert [h.index for h, _ in echoes] == [h.index for h in video] == list(range(13))
     echoed = np.concatenate([np.frombuffer(p, "<i2") for _, p in echoes]).astype(np.float32) / 32767
-    assert np.abs(echoed[: len(audio)] - audio).max() < 2e-4 and not echoed[len(audio):].any()
+    assert np.abs(echoed[: len(audio)] - audio).max() < 2e-4 and not echoed[len(audio) :].any()
 
 
 def test_live_sessions_past_the_backends_capacity_are_busy_and_the_others_stay_live(start_server):
@@ -329,7 +371,8 @@ def test_backend_fault_mid_live_stream_fails_only_its_session(start_server, name
     async def both():
         return await asyncio.gather(
             live_converse(f"{server.ws}/ws/bad", live_start(16000, image=png_bytes(faulty)), wire),
-            live_converse(f"{server.ws}/ws/good", live_start(16000, image=png_bytes(healthy)), wire))
+            live_converse(f"{server.ws}/ws/good", live_start(16000, image=png_bytes(healthy)), wire),
+        )
 
     bad, good = run(both())
     assert bad.error is not None and bad.error.code == code and bad.close_code == 1011, bad.controls

@@ -84,8 +84,14 @@ def test_two_utterances_with_end_of_utterance(start_server):
         assert events[client.index_of(started) - 1] is frames[0]
         assert events[client.index_of(finished) - 1] is frames[-1]
     assert [m.type for m in client.controls] == [
-        "streaming_started", "metadata", "playback_started", "playback_finished", "playback_started",
-        "playback_finished", "streaming_completed"]
+        "streaming_started",
+        "metadata",
+        "playback_started",
+        "playback_finished",
+        "playback_started",
+        "playback_finished",
+        "streaming_completed",
+    ]
     done = client.of_type(msg.StreamingCompleted)[0]
     assert done.frames_sent == len(client.frames) and done.idle_frames == len(frames_of(client, 0))
     assert [c[0] for c in backend.streams[0].calls if c[0] != "idle"] == ["flush", "flush"]
@@ -114,7 +120,7 @@ def test_interrupt_mid_utterance(start_server):
     finished = client.finished(1)
     cut = client.index_of(finished)
     before = [e for _, e in client.events[:cut] if isinstance(e, FrameHeader)]
-    after = [(t, e) for t, e in client.events[cut + 1:] if isinstance(e, FrameHeader)]
+    after = [(t, e) for t, e in client.events[cut + 1 :] if isinstance(e, FrameHeader)]
     sent_of_first = [h for h in before if h.utterance == 1]
     assert finished.interrupted and finished.position_ms == len(sent_of_first) * 40
     assert len(sent_of_first) < 100  # far from the 4 s sent
@@ -137,8 +143,14 @@ def test_interrupt_mid_utterance(start_server):
 def test_interrupt_and_end_of_utterance_before_audio_and_twice_are_no_ops(start_server):
     backend = FakeBackend()
     server = start_server(backend=backend)
-    wire = [INTERRUPT, END_OF_UTTERANCE, *utterance_chunks(0.4, 1, "binary"), END_OF_UTTERANCE, END_OF_UTTERANCE,
-            END_OF_AUDIO]
+    wire = [
+        INTERRUPT,
+        END_OF_UTTERANCE,
+        *utterance_chunks(0.4, 1, "binary"),
+        END_OF_UTTERANCE,
+        END_OF_UTTERANCE,
+        END_OF_AUDIO,
+    ]
     t = run(live_converse(f"{server.ws}/ws/noop", live_start(RATE), wire))
     assert t.error is None and t.close_code == 1000, t.controls
     assert [h.utterance for h, _ in t.frames] == [1] * 10
@@ -165,10 +177,14 @@ CONVERSATION_BAD_INPUTS = {
     "odd_byte_count_base64": ([json_chunk(b"\x00\x01\x02")], ErrorCode.AUDIO_INVALID),
     "odd_byte_count_binary": ([binary_chunk(b"\x00" * 4801)], ErrorCode.AUDIO_INVALID),
     "interrupt_after_end_of_audio": ([binary_chunk(bytes(48000)), END_OF_AUDIO, INTERRUPT], ErrorCode.INVALID_STATE),
-    "end_of_utterance_after_end_of_audio": ([binary_chunk(bytes(48000)), END_OF_AUDIO, END_OF_UTTERANCE],
-                                            ErrorCode.INVALID_STATE),
-    "chunk_after_end_of_audio": ([binary_chunk(bytes(48000)), END_OF_AUDIO, json_chunk(bytes(480))],
-                                 ErrorCode.INVALID_STATE),
+    "end_of_utterance_after_end_of_audio": (
+        [binary_chunk(bytes(48000)), END_OF_AUDIO, END_OF_UTTERANCE],
+        ErrorCode.INVALID_STATE,
+    ),
+    "chunk_after_end_of_audio": (
+        [binary_chunk(bytes(48000)), END_OF_AUDIO, json_chunk(bytes(480))],
+        ErrorCode.INVALID_STATE,
+    ),
 }
 
 
@@ -186,8 +202,9 @@ def test_conversation_messages_before_start_or_in_file_mode_are_refused(start_se
     server = start_server(backend=FakeBackend(delay_s=0.02))
     early = run(converse(f"{server.ws}/ws/early", message))
     assert early.error is not None and early.error.code == ErrorCode.INVALID_STATE and not early.frames
-    file_mode = run(converse(f"{server.ws}/ws/file", start_message(wav_bytes(speech_like(2.0)), png_bytes(portrait())),
-                             message))
+    file_mode = run(
+        converse(f"{server.ws}/ws/file", start_message(wav_bytes(speech_like(2.0)), png_bytes(portrait())), message)
+    )
     assert file_mode.error is not None and file_mode.error.code == ErrorCode.INVALID_STATE
     assert "file-mode" in file_mode.error.message
     assert_still_serving(server)
@@ -199,8 +216,10 @@ def _lite_has_conversations() -> bool:
     return all(callable(getattr(LiteStream, name, None)) for name in ("idle", "flush", "interrupt"))
 
 
-@pytest.mark.skipif(not _lite_has_conversations(),
-                    reason="the lite backend's flush()/interrupt() (issue #9, backend side) have not landed yet")
+@pytest.mark.skipif(
+    not _lite_has_conversations(),
+    reason="the lite backend's flush()/interrupt() (issue #9, backend side) have not landed yet",
+)
 def test_conversation_with_the_lite_backend(start_server):
     from ditto.backends.lite import LiteBackend
 

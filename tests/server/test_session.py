@@ -69,7 +69,8 @@ def test_two_concurrent_clients_each_get_exactly_their_own_frames(start_server):
     async def both():
         return await asyncio.gather(
             converse(f"{server.ws}/ws/red", start_message(audio, png_bytes(red))),
-            converse(f"{server.ws}/ws/blue", start_message(audio, png_bytes(blue))))
+            converse(f"{server.ws}/ws/blue", start_message(audio, png_bytes(blue))),
+        )
 
     t_red, t_blue = run(both())
     for t, colour in ((t_red, 0), (t_blue, 2)):
@@ -84,43 +85,71 @@ BAD_INPUTS = {
     "not_an_object": ("[1, 2]", ErrorCode.BAD_MESSAGE),
     "unknown_type": (json.dumps({"type": "dance"}), ErrorCode.UNKNOWN_MESSAGE),
     "missing_field": (json.dumps({"type": "start_streaming"}), ErrorCode.BAD_MESSAGE),
-    "bad_base64": (json.dumps({"type": "start_streaming", "audio": {"kind": "upload", "filename": "a", "data": "@@"},
-                               "source": {"kind": "path", "path": "x.png"}}), ErrorCode.BAD_MESSAGE),
+    "bad_base64": (
+        json.dumps(
+            {
+                "type": "start_streaming",
+                "audio": {"kind": "upload", "filename": "a", "data": "@@"},
+                "source": {"kind": "path", "path": "x.png"},
+            }
+        ),
+        ErrorCode.BAD_MESSAGE,
+    ),
     "binary_before_start": (b"\x00\x01", ErrorCode.BAD_MESSAGE),
     "corrupt_audio": (start_message(b"RIFF....WAVEjunk" * 10, png_bytes(portrait())), ErrorCode.AUDIO_INVALID),
     "empty_audio": (start_message(b"", png_bytes(portrait())), ErrorCode.AUDIO_EMPTY),
-    "zero_sample_audio": (start_message(wav_bytes(np.zeros(0, np.float32)), png_bytes(portrait())),
-                          ErrorCode.AUDIO_EMPTY),
-    "silent_audio": (start_message(wav_bytes(np.zeros(16000, np.float32)), png_bytes(portrait())),
-                     ErrorCode.AUDIO_SILENT),
+    "zero_sample_audio": (
+        start_message(wav_bytes(np.zeros(0, np.float32)), png_bytes(portrait())),
+        ErrorCode.AUDIO_EMPTY,
+    ),
+    "silent_audio": (
+        start_message(wav_bytes(np.zeros(16000, np.float32)), png_bytes(portrait())),
+        ErrorCode.AUDIO_SILENT,
+    ),
     "not_an_image": (start_message(wav_bytes(speech_like(0.5)), b"hello, I am text"), ErrorCode.IMAGE_INVALID),
-    "no_face": (start_message(wav_bytes(speech_like(0.5)), png_bytes(np.full((64, 64, 3), 128, np.uint8))),
-                ErrorCode.NO_FACE),
+    "no_face": (
+        start_message(wav_bytes(speech_like(0.5)), png_bytes(np.full((64, 64, 3), 128, np.uint8))),
+        ErrorCode.NO_FACE,
+    ),
 }
 
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header claiming width x height with a tiny (all-zero) compressed body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = zlib.compress(b"\x00" * (1 + width) * 16)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
 
 
-BAD_INPUTS.update({
-    # parse limits: RecursionError and int()'s ValueError inside json.loads before
-    "nested_10000_deep": ('{"type": "start_streaming", "seed": ' + "[" * 10_000 + "]" * 10_000 + "}",
-                          ErrorCode.BAD_MESSAGE),
-    "number_of_5000_digits": ('{"type": "stop", "n": ' + "7" * 5000 + "}", ErrorCode.BAD_MESSAGE),
-    # strict types
-    "seed_as_string": (start_message(wav_bytes(speech_like(0.5)), png_bytes(portrait()), seed="7"),
-                       ErrorCode.BAD_MESSAGE),
-    "live_as_string": (live_start(live="yes"), ErrorCode.BAD_MESSAGE),
-    "sample_rate_as_string": (live_start(sample_rate_hz="16000"), ErrorCode.BAD_MESSAGE),
-})
-BAD_INPUTS["decompression_bomb"] = (start_message(wav_bytes(speech_like(0.5)), bomb_png(30000, 30000)),
-                                    ErrorCode.IMAGE_TOO_LARGE)
+BAD_INPUTS.update(
+    {
+        # parse limits: RecursionError and int()'s ValueError inside json.loads before
+        "nested_10000_deep": (
+            '{"type": "start_streaming", "seed": ' + "[" * 10_000 + "]" * 10_000 + "}",
+            ErrorCode.BAD_MESSAGE,
+        ),
+        "number_of_5000_digits": ('{"type": "stop", "n": ' + "7" * 5000 + "}", ErrorCode.BAD_MESSAGE),
+        # strict types
+        "seed_as_string": (
+            start_message(wav_bytes(speech_like(0.5)), png_bytes(portrait()), seed="7"),
+            ErrorCode.BAD_MESSAGE,
+        ),
+        "live_as_string": (live_start(live="yes"), ErrorCode.BAD_MESSAGE),
+        "sample_rate_as_string": (live_start(sample_rate_hz="16000"), ErrorCode.BAD_MESSAGE),
+    }
+)
+BAD_INPUTS["decompression_bomb"] = (
+    start_message(wav_bytes(speech_like(0.5)), bomb_png(30000, 30000)),
+    ErrorCode.IMAGE_TOO_LARGE,
+)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
@@ -147,16 +176,24 @@ def media_root(tmp_path):
 
 
 def path_start(audio: str, source: str) -> str:
-    return json.dumps({"type": "start_streaming", "audio": {"kind": "path", "path": audio},
-                       "source": {"kind": "path", "path": source}})
+    return json.dumps(
+        {
+            "type": "start_streaming",
+            "audio": {"kind": "path", "path": audio},
+            "source": {"kind": "path", "path": source},
+        }
+    )
 
 
-@pytest.mark.parametrize("audio,source,code", [
-    ("voice.wav", "missing.png", ErrorCode.FILE_NOT_FOUND),
-    ("../../etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
-    ("/etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
-    ("voice.wav", "link.png", ErrorCode.PATH_FORBIDDEN),
-])
+@pytest.mark.parametrize(
+    "audio,source,code",
+    [
+        ("voice.wav", "missing.png", ErrorCode.FILE_NOT_FOUND),
+        ("../../etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
+        ("/etc/passwd", "face.png", ErrorCode.PATH_FORBIDDEN),
+        ("voice.wav", "link.png", ErrorCode.PATH_FORBIDDEN),
+    ],
+)
 def test_server_paths_stay_inside_media_root(start_server, media_root, audio, source, code):
     server = start_server(media_root=media_root)
     t = run(converse(f"{server.ws}/ws/p", path_start(audio, source)))
@@ -213,10 +250,13 @@ def test_start_twice_is_refused(start_server):
     assert_still_serving(server)
 
 
-@pytest.mark.parametrize("settings,second_id,code,close_code", [
-    pytest.param({"max_sessions": 1}, "second", ErrorCode.BUSY, 1013, id="busy_at_max_sessions"),
-    pytest.param({}, "first", ErrorCode.CLIENT_ID_IN_USE, None, id="duplicate_client_id"),
-])
+@pytest.mark.parametrize(
+    "settings,second_id,code,close_code",
+    [
+        pytest.param({"max_sessions": 1}, "second", ErrorCode.BUSY, 1013, id="busy_at_max_sessions"),
+        pytest.param({}, "first", ErrorCode.CLIENT_ID_IN_USE, None, id="duplicate_client_id"),
+    ],
+)
 def test_second_session_refused_while_first_streams(start_server, settings, second_id, code, close_code):
     server = start_server(backend=FakeBackend(delay_s=0.02), **settings)
 
@@ -333,13 +373,18 @@ def test_connect_disconnect_cycles_leave_nothing_behind(start_server):
 
 def test_healthz_and_metrics(start_server):
     server = start_server(max_sessions=3)
-    assert healthz(server) == {"status": "ok", "backend": "fake", "engine": {},
-                               "sessions": {"active": 0, "max": 3, "live": 0, "live_max": 3}}
+    assert healthz(server) == {
+        "status": "ok",
+        "backend": "fake",
+        "engine": {},
+        "sessions": {"active": 0, "max": 3, "live": 0, "live_max": 3},
+    }
     run(converse(f"{server.ws}/ws/m", good_start(0.4)))
     run(converse(f"{server.ws}/ws/m2", "{bad"))
     text = httpx.get(f"{server.http}/metrics", timeout=5).text
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-              if line and not line.startswith("#")}
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
     assert values["ditto_frames_sent_total"] == 10
     assert values["ditto_sessions_total"] == 2
     assert values["ditto_bytes_sent_total"] > 10 * 24
@@ -360,10 +405,14 @@ def test_shutdown_sends_shutting_down_then_closes_with_1012(start_server):
 BACKEND_FAULTS = {
     "cuda_error": (RuntimeError("CUDA error: an illegal memory access was encountered"), ErrorCode.BACKEND_FAILED),
     "any_exception": (KeyError("warp"), ErrorCode.BACKEND_FAILED),
-    "runtime_out_of_memory": (RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate "
-                                           "memory: CUDA out of memory"), ErrorCode.OUT_OF_MEMORY),
-    "backend_out_of_memory": (BackendError("the GPU ran out of memory", code=ErrorCode.OUT_OF_MEMORY),
-                              ErrorCode.OUT_OF_MEMORY),
+    "runtime_out_of_memory": (
+        RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory: CUDA out of memory"),
+        ErrorCode.OUT_OF_MEMORY,
+    ),
+    "backend_out_of_memory": (
+        BackendError("the GPU ran out of memory", code=ErrorCode.OUT_OF_MEMORY),
+        ErrorCode.OUT_OF_MEMORY,
+    ),
 }
 
 
@@ -382,13 +431,16 @@ def test_frames_are_not_deflated(start_server):
     assert accepted is None
 
 
-@pytest.mark.parametrize("raw_id", [
-    "%0D%0AX-Injected%3A1",  # CR LF: would forge a log line
-    "a%00b",  # NUL
-    "caf%C3%A9",  # non-ASCII
-    "has%20space",
-    "x" * 65,  # too long
-])
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "%0D%0AX-Injected%3A1",  # CR LF: would forge a log line
+        "a%00b",  # NUL
+        "caf%C3%A9",  # non-ASCII
+        "has%20space",
+        "x" * 65,  # too long
+    ],
+)
 def test_bad_client_id_is_refused_before_it_is_logged(start_server, caplog, raw_id):
     server = start_server()
     with caplog.at_level("INFO", logger="streaming_server"):
@@ -420,8 +472,10 @@ def test_backend_fault_mid_stream_fails_only_its_session(start_server, caplog, n
     audio = wav_bytes(speech_like(2.0))  # 50 frames
 
     async def both():
-        return await asyncio.gather(converse(f"{server.ws}/ws/bad", start_message(audio, png_bytes(faulty))),
-                                    converse(f"{server.ws}/ws/good", start_message(audio, png_bytes(healthy))))
+        return await asyncio.gather(
+            converse(f"{server.ws}/ws/bad", start_message(audio, png_bytes(faulty))),
+            converse(f"{server.ws}/ws/good", start_message(audio, png_bytes(healthy))),
+        )
 
     bad, good = run(both())
     assert bad.error is not None and bad.error.code == code and bad.close_code == 1011, bad.controls
@@ -429,8 +483,7 @@ def test_backend_fault_mid_stream_fails_only_its_session(start_server, caplog, n
     assert good.error is None and good.close_code == 1000
     assert [h.index for h, _ in good.frames] == list(range(50))
     assert metric_values(server)[f'ditto_errors_total{{code="{code.value}"}}'] == 1
-    logged = [r for r in caplog.records if "Client bad" in r.getMessage()
-              and r.levelname == "ERROR"]
+    logged = [r for r in caplog.records if "Client bad" in r.getMessage() and r.levelname == "ERROR"]
     assert len(logged) == 1 and logged[0].exc_info is not None
     assert all(s.closed for s in backend.streams)
     assert_still_serving(server)

@@ -14,7 +14,10 @@ from ditto.tools.cfg_writers import build_cfg_dict, write_cfg_pkl
 def test_writer_produces_the_official_structure(tmp_path: Path) -> None:
     pkls = {flavor: write_cfg_pkl(tmp_path / "ditto_cfg", flavor, seed=0) for flavor in CFG_PKL_NAMES}
     assert {p.name for p in pkls.values()} == {
-        "v0.4_hubert_cfg_pytorch.pkl", "v0.4_hubert_cfg_trt.pkl", "v0.4_hubert_cfg_trt_online.pkl"}
+        "v0.4_hubert_cfg_pytorch.pkl",
+        "v0.4_hubert_cfg_trt.pkl",
+        "v0.4_hubert_cfg_trt_online.pkl",
+    }
     raw = pickle.loads(pkls["trt_online"].read_bytes())
     assert set(raw) == {"base_cfg", "audio2motion_cfg", "default_kwargs"}
     assert raw["base_cfg"]["decoder_cfg"] == {"model_path": "decoder_fp16.engine", "device": "cuda"}
@@ -27,8 +30,11 @@ def test_writer_produces_the_official_structure(tmp_path: Path) -> None:
     assert set(dk["ch_info"]) >= {"x_s_info_lst", "sc", "eye_open_lst", "eye_ball_lst"}
     pt = pickle.loads(pkls["pytorch"].read_bytes())
     assert pt["base_cfg"]["decoder_cfg"]["model_path"] == "models/decoder.pth"
-    assert pt["base_cfg"]["hubert_cfg"] == {"model_path": "aux_models/hubert_streaming_fix_kv.onnx",
-                                            "device": "cuda", "force_ori_type": True}
+    assert pt["base_cfg"]["hubert_cfg"] == {
+        "model_path": "aux_models/hubert_streaming_fix_kv.onnx",
+        "device": "cuda",
+        "force_ori_type": True,
+    }
     assert pt["base_cfg"]["landmark478_cfg"]["task_path"] == "aux_models/face_landmarker.task"
 
 
@@ -44,8 +50,10 @@ OFFICIAL_SECTION_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "landmark106_cfg": _AUX_KEYS,
     "landmark203_cfg": _AUX_KEYS,
     "hubert_cfg": _AUX_KEYS,
-    "landmark478_cfg": (set(), {"blaze_face_model_path", "face_mesh_model_path", "task_path", "device",
-                                "force_ori_type"}),
+    "landmark478_cfg": (
+        set(),
+        {"blaze_face_model_path", "face_mesh_model_path", "task_path", "device", "force_ori_type"},
+    ),
     "appearance_extractor_cfg": _RENDERER_KEYS,
     "motion_extractor_cfg": _RENDERER_KEYS,
     "stitch_network_cfg": _RENDERER_KEYS,
@@ -53,8 +61,18 @@ OFFICIAL_SECTION_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "decoder_cfg": _RENDERER_KEYS,
 }
 #: parse_cfg indexes every one of these (a missing one is a KeyError upstream); others are ignored.
-OFFICIAL_AUDIO2MOTION_KEYS = {"model_path", "device", "motion_feat_dim", "audio_feat_dim", "seq_frames",
-                              "use_emo", "use_sc", "use_eye_open", "use_eye_ball", "w2f_type"}
+OFFICIAL_AUDIO2MOTION_KEYS = {
+    "model_path",
+    "device",
+    "motion_feat_dim",
+    "audio_feat_dim",
+    "seq_frames",
+    "use_emo",
+    "use_sc",
+    "use_eye_open",
+    "use_eye_ball",
+    "w2f_type",
+}
 
 
 @pytest.mark.parametrize("flavor", [*CFG_PKL_NAMES, "onnx", "onnx_online"])

@@ -24,23 +24,49 @@ from ditto.tools.load_test import (
 from tests.conftest import EXAMPLE_AUDIO, EXAMPLE_IMAGE, free_port
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LEVEL_FIELDS = {"sessions", "sustained", "fps_min", "fps_aggregate", "first_frame_p95_s", "lag_p50_ms",
-                "lag_p95_ms", "skipped", "idle", "busy", "errors"}
+LEVEL_FIELDS = {
+    "sessions",
+    "sustained",
+    "fps_min",
+    "fps_aggregate",
+    "first_frame_p95_s",
+    "lag_p50_ms",
+    "lag_p95_ms",
+    "skipped",
+    "idle",
+    "busy",
+    "errors",
+}
 
 
-def outcome(*, complete=True, frames=100, fps=25.0, first_frame_s=0.1, lags_ms=(50.0,), skipped=0,
-            error_code=None) -> SessionOutcome:
-    return SessionOutcome(complete=complete, frames=frames, fps=fps, first_frame_s=first_frame_s,
-                          lags_ms=tuple(lags_ms), skipped=skipped, idle=0, error_code=error_code)
+def outcome(
+    *, complete=True, frames=100, fps=25.0, first_frame_s=0.1, lags_ms=(50.0,), skipped=0, error_code=None
+) -> SessionOutcome:
+    return SessionOutcome(
+        complete=complete,
+        frames=frames,
+        fps=fps,
+        first_frame_s=first_frame_s,
+        lags_ms=tuple(lags_ms),
+        skipped=skipped,
+        idle=0,
+        error_code=error_code,
+    )
 
 
 # --- pure statistics ----------------------------------------------------------------------------
 
 
 def test_live_level_figures_over_all_frames_of_all_sessions():
-    level = summarize_level([outcome(fps=24.0, lags_ms=range(0, 100), first_frame_s=0.2),
-                             outcome(fps=26.0, lags_ms=range(100, 200), first_frame_s=0.4)],
-                            8.0, live=True, lag_bound_ms=500.0)
+    level = summarize_level(
+        [
+            outcome(fps=24.0, lags_ms=range(0, 100), first_frame_s=0.2),
+            outcome(fps=26.0, lags_ms=range(100, 200), first_frame_s=0.4),
+        ],
+        8.0,
+        live=True,
+        lag_bound_ms=500.0,
+    )
     assert level.sessions == 2 and level.sustained
     assert level.fps_min == 24.0 and level.fps_aggregate == 200 / 8.0
     assert level.lag_p50_ms == pytest.approx(99.5) and level.lag_p95_ms == pytest.approx(189.05)
@@ -48,12 +74,15 @@ def test_live_level_figures_over_all_frames_of_all_sessions():
     assert level.skipped == 0 and level.busy == 0 and level.errors == {}
 
 
-@pytest.mark.parametrize("second,why", [
-    (outcome(lags_ms=[600.0] * 10), "lag p95 over the bound"),
-    (outcome(skipped=1), "a frame skipped"),
-    (outcome(complete=False), "a frame missing"),
-    (outcome(complete=False, frames=0, fps=0.0, first_frame_s=None, lags_ms=(), error_code="busy"), "refused"),
-])
+@pytest.mark.parametrize(
+    "second,why",
+    [
+        (outcome(lags_ms=[600.0] * 10), "lag p95 over the bound"),
+        (outcome(skipped=1), "a frame skipped"),
+        (outcome(complete=False), "a frame missing"),
+        (outcome(complete=False, frames=0, fps=0.0, first_frame_s=None, lags_ms=(), error_code="busy"), "refused"),
+    ],
+)
 def test_live_level_not_sustained(second, why):
     level = summarize_level([outcome(), second], 5.0, live=True, lag_bound_ms=500.0)
     assert not level.sustained, why
@@ -61,19 +90,30 @@ def test_live_level_not_sustained(second, why):
 
 def test_busy_is_counted_apart_from_other_errors():
     refused = dict(complete=False, frames=0, fps=0.0, first_frame_s=None, lags_ms=())
-    level = summarize_level([outcome(), outcome(**refused, error_code="busy"), outcome(**refused, error_code="busy"),
-                             outcome(**refused, error_code="no_face"), outcome(**refused, error_code=CLIENT_TIMEOUT)],
-                            5.0, live=True, lag_bound_ms=500.0)
+    level = summarize_level(
+        [
+            outcome(),
+            outcome(**refused, error_code="busy"),
+            outcome(**refused, error_code="busy"),
+            outcome(**refused, error_code="no_face"),
+            outcome(**refused, error_code=CLIENT_TIMEOUT),
+        ],
+        5.0,
+        live=True,
+        lag_bound_ms=500.0,
+    )
     assert level.busy == 2 and level.errors == {"no_face": 1, CLIENT_TIMEOUT: 1}
     assert level.fps_min == 0.0 and level.first_frame_p95_s == pytest.approx(0.1)
 
 
 def test_file_level_is_judged_by_the_slowest_session_fps():
     file_outcome = dict(lags_ms=())
-    fast = summarize_level([outcome(fps=40.0, **file_outcome), outcome(fps=25.0, **file_outcome)], 5.0,
-                           live=False, lag_bound_ms=500.0)
-    slow = summarize_level([outcome(fps=40.0, **file_outcome), outcome(fps=24.9, **file_outcome)], 5.0,
-                           live=False, lag_bound_ms=500.0)
+    fast = summarize_level(
+        [outcome(fps=40.0, **file_outcome), outcome(fps=25.0, **file_outcome)], 5.0, live=False, lag_bound_ms=500.0
+    )
+    slow = summarize_level(
+        [outcome(fps=40.0, **file_outcome), outcome(fps=24.9, **file_outcome)], 5.0, live=False, lag_bound_ms=500.0
+    )
     assert fast.sustained and not slow.sustained
     assert fast.lag_p50_ms is None and fast.lag_p95_ms is None
 
@@ -91,11 +131,17 @@ def test_capacity_is_the_largest_sustained_level():
 
 def test_session_outcome_from_a_live_result():
     # 16 kHz, 2 chunks of 80 ms (2 frames each) sent at t = 10.0 and 10.08
-    result = SessionResult(start_sent_s=9.5, live=True, audio_sample_rate_hz=16000, first_audio_sent_s=10.0,
-                           chunks_sent=[(1280, 10.0), (2560, 10.08)],
-                           completed=msg.StreamingCompleted(frames_sent=4, frames_skipped=0))
-    result.frames = [ReceivedFrame(i, 40 * i, 1000, arrival, 640 * i, 640)
-                     for i, arrival in enumerate([10.05, 10.1, 10.13, 10.2])]
+    result = SessionResult(
+        start_sent_s=9.5,
+        live=True,
+        audio_sample_rate_hz=16000,
+        first_audio_sent_s=10.0,
+        chunks_sent=[(1280, 10.0), (2560, 10.08)],
+        completed=msg.StreamingCompleted(frames_sent=4, frames_skipped=0),
+    )
+    result.frames = [
+        ReceivedFrame(i, 40 * i, 1000, arrival, 640 * i, 640) for i, arrival in enumerate([10.05, 10.1, 10.13, 10.2])
+    ]
     o = session_outcome(result)
     assert o.complete and o.frames == 4 and o.error_code is None
     assert o.first_frame_s == pytest.approx(0.05) and o.fps == pytest.approx(4 / 0.2)
@@ -136,8 +182,26 @@ def short_clip(tmp_path):
 
 def run_tool(server_ws: str, clip, tmp_path, *levels: str) -> tuple[int, dict, bytes]:
     report, plot = tmp_path / "load.json", tmp_path / "load.png"
-    code = main(["--server", server_ws, "--sessions", ",".join(levels), "--mode", "live", "--audio", str(clip),
-                 "--source", str(EXAMPLE_IMAGE), "--chunk_ms", "100", "--json", str(report), "--plot", str(plot)])
+    code = main(
+        [
+            "--server",
+            server_ws,
+            "--sessions",
+            ",".join(levels),
+            "--mode",
+            "live",
+            "--audio",
+            str(clip),
+            "--source",
+            str(EXAMPLE_IMAGE),
+            "--chunk_ms",
+            "100",
+            "--json",
+            str(report),
+            "--plot",
+            str(plot),
+        ]
+    )
     return code, json.loads(report.read_text()), plot.read_bytes()
 
 
@@ -171,8 +235,20 @@ def test_refused_sessions_are_counted_as_busy(start_server, lite_backend, short_
 
 
 def test_unreachable_server_is_one_error_line(short_clip, tmp_path, capsys):
-    code = main(["--server", f"ws://127.0.0.1:{free_port()}", "--sessions", "1", "--audio", str(short_clip),
-                 "--source", str(EXAMPLE_IMAGE), "--json", str(tmp_path / "load.json")])
+    code = main(
+        [
+            "--server",
+            f"ws://127.0.0.1:{free_port()}",
+            "--sessions",
+            "1",
+            "--audio",
+            str(short_clip),
+            "--source",
+            str(EXAMPLE_IMAGE),
+            "--json",
+            str(tmp_path / "load.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert err[0].startswith("python -m ditto.tools.load_test: error: cannot reach the server at ws://127.0.0.1:")

@@ -26,8 +26,9 @@ try:
 except ImportError:
     _missing.append("the selenium package")
 if _missing and os.environ.get("DITTO_REQUIRE_BROWSER") != "1":
-    pytestmark = pytest.mark.skip(reason=f"browser test needs {', '.join(_missing)} "
-                                         "(apt-get install chromium chromium-driver; .ci/run does)")
+    pytestmark = pytest.mark.skip(
+        reason=f"browser test needs {', '.join(_missing)} (apt-get install chromium chromium-driver; .ci/run does)"
+    )
 
 CANVAS_SPREAD_JS = """
 const c = document.getElementById('video');
@@ -48,19 +49,27 @@ def browser(tmp_path_factory):
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
-
-
 
 
 class _PageFailed(Exception):

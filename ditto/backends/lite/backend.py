@@ -56,8 +56,14 @@ class LiteStream:
     :meth:`interrupt` eases the mouth shut from where the last frame left it.
     """
 
-    def __init__(self, avatar: LiteAvatar, seed: int, mouth_tuning: MouthTuning | None,
-                 motion_tuning: MotionTuning | None, lookahead_frames: int) -> None:
+    def __init__(
+        self,
+        avatar: LiteAvatar,
+        seed: int,
+        mouth_tuning: MouthTuning | None,
+        motion_tuning: MotionTuning | None,
+        lookahead_frames: int,
+    ) -> None:
         self.avatar = avatar
         self.seed = seed
         self._analyzer = SpeechAnalyzer()
@@ -172,8 +178,13 @@ class LiteBackend:
     name = "lite"
     live_capacity = None  # not measured: the server's --max_sessions bounds it
 
-    def __init__(self, *, mouth_tuning: MouthTuning | None = None, motion_tuning: MotionTuning | None = None,
-                 lookahead_frames: int = LOOKAHEAD_FRAMES) -> None:
+    def __init__(
+        self,
+        *,
+        mouth_tuning: MouthTuning | None = None,
+        motion_tuning: MotionTuning | None = None,
+        lookahead_frames: int = LOOKAHEAD_FRAMES,
+    ) -> None:
         if lookahead_frames < 0:
             raise ValueError("lookahead_frames must be >= 0")
         self.mouth_tuning = mouth_tuning or MouthTuning()

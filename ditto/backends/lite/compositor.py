@@ -43,12 +43,12 @@ def mouth_style(image_rgb: np.ndarray, geo: FaceGeometry) -> MouthStyle:
     samples = []
     for idx in (205, 425, 199, 50, 280):  # cheeks and chin
         x, y = np.round(pts[idx]).astype(int)
-        patch = roi[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+        patch = roi[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
         if patch.size:
             samples.append(patch.reshape(-1, 3))
     skin = np.median(np.concatenate(samples), axis=0).astype(np.float32) if samples else np.full(3, 160.0, np.float32)
     lo, hi = pts[: lm.NUM_LANDMARKS].min(axis=0).astype(int), np.ceil(pts[: lm.NUM_LANDMARKS].max(axis=0)).astype(int)
-    luma = roi[max(lo[1], 0):hi[1], max(lo[0], 0):hi[0]].reshape(-1, 3).astype(np.float32) @ _LUMA
+    luma = roi[max(lo[1], 0) : hi[1], max(lo[0], 0) : hi[0]].reshape(-1, 3).astype(np.float32) @ _LUMA
     bright = float(np.percentile(luma, 97)) if luma.size else 200.0
     teeth_level = float(np.clip(0.95 * bright, 120.0, 235.0))
 
@@ -61,7 +61,9 @@ def mouth_style(image_rgb: np.ndarray, geo: FaceGeometry) -> MouthStyle:
         rows = []
         for x, t, g in zip(xs, top, gaps):
             ys = t + np.linspace(0.0, 1.0, 12) * g
-            col = roi[np.clip(np.round(ys).astype(int), 0, roi.shape[0] - 1), int(np.clip(round(x), 0, roi.shape[1] - 1))]
+            col = roi[
+                np.clip(np.round(ys).astype(int), 0, roi.shape[0] - 1), int(np.clip(round(x), 0, roi.shape[1] - 1))
+            ]
             rows.append(col.astype(np.float32) @ _LUMA)
         profile = np.mean(rows, axis=0)
         upper_share = float(np.clip(np.linspace(0.0, 1.0, 12)[int(np.argmin(profile[2:-2])) + 2], 0.3, 0.85))
@@ -99,8 +101,9 @@ def _opening_columns(points: np.ndarray, c0: float, c1: float, n: int) -> tuple[
     return np.interp(xs, ux, uy), np.interp(xs, lx, ly), xs
 
 
-def paint_mouth(roi: np.ndarray, source_roi: np.ndarray, source: np.ndarray, target: np.ndarray,
-                style: MouthStyle) -> bool:
+def paint_mouth(
+    roi: np.ndarray, source_roi: np.ndarray, source: np.ndarray, target: np.ndarray, style: MouthStyle
+) -> bool:
     """Redraw the inside of the target inner-lip polygon, in place.
 
     The source's own interior is split at its darkest row: the upper part (upper teeth) moves with
@@ -199,9 +202,9 @@ class FrameCompositor:
         r = self._geo.roi
         # Copy only what lies outside the ROI; the remap writes the ROI itself.
         np.copyto(frame[: r.y0], self._image[: r.y0])
-        np.copyto(frame[r.y1:], self._image[r.y1:])
-        np.copyto(frame[r.y0:r.y1, : r.x0], self._image[r.y0:r.y1, : r.x0])
-        np.copyto(frame[r.y0:r.y1, r.x1:], self._image[r.y0:r.y1, r.x1:])
+        np.copyto(frame[r.y1 :], self._image[r.y1 :])
+        np.copyto(frame[r.y0 : r.y1, : r.x0], self._image[r.y0 : r.y1, : r.x0])
+        np.copyto(frame[r.y0 : r.y1, r.x1 :], self._image[r.y0 : r.y1, r.x1 :])
         roi = frame[r.slices]
         table = self._warp.remap_table(target, out=self._map, scratch=self._scratch)
         cv2.remap(self._source_roi, table, None, cv2.INTER_LINEAR, dst=roi, borderMode=cv2.BORDER_REPLICATE)

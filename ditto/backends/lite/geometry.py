@@ -162,6 +162,12 @@ def build_geometry(face: lm.FaceLandmarks, image_width: int, image_height: int) 
     frame = face_frame(mesh.vertices[: lm.NUM_LANDMARKS])
     logger.info(
         "lite geometry: roi %dx%d at (%d,%d), face %.0f px, grid step %d, %d triangles",
-        roi.width, roi.height, roi.x0, roi.y0, frame.face_height_px, grid_step_px, len(mesh.triangles),
+        roi.width,
+        roi.height,
+        roi.x0,
+        roi.y0,
+        frame.face_height_px,
+        grid_step_px,
+        len(mesh.triangles),
     )
     return FaceGeometry(roi, frame, mesh, grid_step_px)

@@ -80,8 +80,9 @@ def lip_regions(local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     pts = local[: lm.NUM_LANDMARKS].astype(np.float32)
     outer = pts[list(lm.LIPS_OUTER_UPPER + lm.LIPS_OUTER_LOWER[-2:0:-1])]
-    inside = np.array([cv2.pointPolygonTest(outer.reshape(-1, 1, 2), (float(x), float(y)), True) >= -0.5
-                       for x, y in pts])
+    inside = np.array(
+        [cv2.pointPolygonTest(outer.reshape(-1, 1, 2), (float(x), float(y)), True) >= -0.5 for x, y in pts]
+    )
     up = pts[list(lm.LIPS_INNER_UPPER)]
     lo = pts[list(lm.LIPS_INNER_LOWER)]
     ou, ol = np.argsort(up[:, 0]), np.argsort(lo[:, 0])
@@ -101,7 +102,11 @@ def _jaw_basis(local: np.ndarray, geo: FaceGeometry, tuning: MotionTuning) -> np
     """Jaw drop: the lower face moves down the face axis, more at the chin; the upper lip lifts a little."""
     fr = geo.frame
     u, v = local[:, 0], local[:, 1]
-    mouth_w, face_w, face_h = fr.mouth_half_width_px, max(fr.face_half_width_px, fr.mouth_half_width_px * 1.5), fr.face_height_px
+    mouth_w, face_w, face_h = (
+        fr.mouth_half_width_px,
+        max(fr.face_half_width_px, fr.mouth_half_width_px * 1.5),
+        fr.face_height_px,
+    )
     lateral = np.clip((np.abs(u) - mouth_w) / (face_w - mouth_w), 0.0, 1.0)
     weight = _smoothstep(-0.03, 0.05 + 0.10 * lateral, v / face_h) * (1.0 - 0.85 * lateral**1.5)
     upper, lower = lip_regions(local)
@@ -127,8 +132,10 @@ def _lip_basis(local: np.ndarray, geo: FaceGeometry, corner_travel: float, thick
     u, v = local[:, 0], local[:, 1]
     mouth_w = fr.mouth_half_width_px
     lips = sorted(set(lm.LIPS_OUTER_UPPER + lm.LIPS_OUTER_LOWER + lm.LIPS_INNER_UPPER + lm.LIPS_INNER_LOWER))
-    falloff = np.exp(-(np.maximum(np.abs(u) - mouth_w, 0.0) / (0.8 * mouth_w)) ** 2
-                     - (np.maximum(np.abs(v) - 0.35 * mouth_w, 0.0) / (0.6 * mouth_w)) ** 2)
+    falloff = np.exp(
+        -((np.maximum(np.abs(u) - mouth_w, 0.0) / (0.8 * mouth_w)) ** 2)
+        - (np.maximum(np.abs(v) - 0.35 * mouth_w, 0.0) / (0.6 * mouth_w)) ** 2
+    )
     falloff[lips] = 1.0
     along = corner_travel * np.clip(u, -mouth_w, mouth_w) * falloff
     basis = np.zeros((len(local), 2), np.float32)
@@ -141,8 +148,14 @@ def _lip_basis(local: np.ndarray, geo: FaceGeometry, corner_travel: float, thick
     return basis
 
 
-def _blink_basis(points: np.ndarray, corners: tuple[int, int], upper: tuple[int, ...], lower: tuple[int, ...],
-                 iris: tuple[int, ...], n_vertices: int) -> np.ndarray:
+def _blink_basis(
+    points: np.ndarray,
+    corners: tuple[int, int],
+    upper: tuple[int, ...],
+    lower: tuple[int, ...],
+    iris: tuple[int, ...],
+    n_vertices: int,
+) -> np.ndarray:
     """Eye closure: the upper lid sweeps down to a line 20 % above the lower lid, which rises to meet it.
 
     The lid skin above follows with a falloff, the iris is squeezed between the lids, so the warp
@@ -221,7 +234,9 @@ def build_rig(geo: FaceGeometry, tuning: MotionTuning | None = None) -> FaceRig:
         jaw=_jaw_basis(local, geo, tuning),
         spread=_lip_basis(local, geo, tuning.lip_spread, 0.0),
         round=_lip_basis(local, geo, -tuning.lip_round, 0.05),
-        blink_right=_blink_basis(points, lm.RIGHT_EYE_CORNERS, lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS, n),
+        blink_right=_blink_basis(
+            points, lm.RIGHT_EYE_CORNERS, lm.RIGHT_EYE_UPPER, lm.RIGHT_EYE_LOWER, lm.RIGHT_IRIS, n
+        ),
         blink_left=_blink_basis(points, lm.LEFT_EYE_CORNERS, lm.LEFT_EYE_UPPER, lm.LEFT_EYE_LOWER, lm.LEFT_IRIS, n),
         pivot=(chin + 0.25 * face_h * geo.frame.y_axis).astype(np.float32),
         face_height_px=face_h,
@@ -287,8 +302,7 @@ class HeadSway:
         return HeadPose(
             roll_rad=math.radians(tn.sway_roll_deg) * float(noise[0]) * gain,
             shift_x_px=tn.sway_shift * self._face_h * float(noise[1]) * gain,
-            shift_y_px=tn.sway_shift * self._face_h * float(noise[2]) * gain
-            + tn.speech_nod * self._face_h * jaw_open,
+            shift_y_px=tn.sway_shift * self._face_h * float(noise[2]) * gain + tn.speech_nod * self._face_h * jaw_open,
         )
 
 

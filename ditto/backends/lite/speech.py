@@ -74,8 +74,8 @@ class SpeechAnalyzer:
         if len(self._pending):
             samples = np.concatenate([self._pending, samples])
         n_frames = len(samples) // SAMPLES_PER_FRAME
-        out = [self._analyse(samples[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]) for i in range(n_frames)]
-        self._pending = samples[n_frames * SAMPLES_PER_FRAME:].copy()
+        out = [self._analyse(samples[i * SAMPLES_PER_FRAME : (i + 1) * SAMPLES_PER_FRAME]) for i in range(n_frames)]
+        self._pending = samples[n_frames * SAMPLES_PER_FRAME :].copy()
         return out
 
     def flush(self) -> list[SpeechFeatures]:

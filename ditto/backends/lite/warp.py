@@ -135,13 +135,16 @@ class InverseWarp:
         c = np.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], axis=1) * inv[:, None]
         a[degenerate], b[degenerate], c[degenerate] = 0.0, 0.0, -1.0  # never "inside"
         sx, sy = self._src_tri_x.astype(np.float64), self._src_tri_y.astype(np.float64)
-        affine = np.stack([(a * sx).sum(1), (b * sx).sum(1), (c * sx).sum(1),
-                           (a * sy).sum(1), (b * sy).sum(1), (c * sy).sum(1)], axis=1)
+        affine = np.stack(
+            [(a * sx).sum(1), (b * sx).sum(1), (c * sx).sum(1), (a * sy).sum(1), (b * sy).sum(1), (c * sy).sum(1)],
+            axis=1,
+        )
         f32 = np.float32
         return a.astype(f32), b.astype(f32), c.astype(f32), affine.astype(f32)
 
-    def remap_table(self, target_vertices: np.ndarray, out: np.ndarray | None = None,
-                    scratch: np.ndarray | None = None) -> np.ndarray:
+    def remap_table(
+        self, target_vertices: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None
+    ) -> np.ndarray:
         """Dense (height, width, 2) float32 ``cv2.remap`` map (source x, y per ROI pixel).
 
         ``out`` and ``scratch`` are optional preallocated (height, width, 2) float32 buffers.
@@ -163,4 +166,3 @@ class InverseWarp:
             cv2.resize(coarse, (self.width, self.height), dst=scratch, interpolation=cv2.INTER_LINEAR)
         cv2.add(scratch, self.identity, dst=out)
         return out
-

@@ -25,14 +25,24 @@ class DittoAvatar:
 
 
 def _motion_to(info: MotionInfo, device: torch.device) -> MotionInfo:
-    return MotionInfo(**{f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
-                         for f in dataclasses.fields(info)})
+    return MotionInfo(
+        **{
+            f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
+            for f in dataclasses.fields(info)
+        }
+    )
 
 
 def host_copy(source: SourceInfo) -> SourceInfo:
     """Motion and eye condition on the host; the appearance volumes and images stay where they are."""
     host = torch.device("cpu")
-    frames = tuple(dataclasses.replace(frame, x_s_info=_motion_to(frame.x_s_info, host),
-                                       eye_open=frame.eye_open.to(host), eye_ball=frame.eye_ball.to(host))
-                   for frame in source.frames)
+    frames = tuple(
+        dataclasses.replace(
+            frame,
+            x_s_info=_motion_to(frame.x_s_info, host),
+            eye_open=frame.eye_open.to(host),
+            eye_ball=frame.eye_ball.to(host),
+        )
+        for frame in source.frames
+    )
     return dataclasses.replace(source, frames=frames, sc=source.sc.to(host))

@@ -86,10 +86,18 @@ class DittoBackend:
     name = "ditto"
     live_capacity: int | None = None  # measured by warmup() on CUDA
 
-    def __init__(self, cfg: DittoCfg, device: torch.device | str = "cpu", *, models: DittoModels | None = None,
-                 max_size: int | None = None, setup_options: Mapping[str, Any] | None = None,
-                 trt_plugins: Sequence[Path] = (), batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
-                 compile_min_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DittoCfg,
+        device: torch.device | str = "cpu",
+        *,
+        models: DittoModels | None = None,
+        max_size: int | None = None,
+        setup_options: Mapping[str, Any] | None = None,
+        trt_plugins: Sequence[Path] = (),
+        batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+        compile_min_batch: int | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self._setup_overrides = dict(setup_options or {})
@@ -98,8 +106,13 @@ class DittoBackend:
         self.max_size = self.options.max_size if max_size is None else min(max_size, self.options.max_size)
         self._check_options()
         self._owns_models = models is None
-        self.models = models if models is not None else DittoModels.load(
-            cfg, self.device, trt_plugins=trt_plugins, batch_sizes=batch_sizes, compile_min_batch=compile_min_batch)
+        self.models = (
+            models
+            if models is not None
+            else DittoModels.load(
+                cfg, self.device, trt_plugins=trt_plugins, batch_sizes=batch_sizes, compile_min_batch=compile_min_batch
+            )
+        )
         self._registration_lock = threading.Lock()
         # Online mode starts every session with the features of overlap_v2 frames of silence.
         self._silence_features: Tensor | None = None
@@ -122,9 +135,14 @@ class DittoBackend:
         device = resolve_device(settings.device)
         cfg = load_checked_cfg(settings)  # a TensorRT tree is checked first (and --fallback applied)
         logger.info("Loading Ditto models from %s (%s) on %s", cfg.data_root, cfg.path.name, device)
-        backend = cls(cfg, device, max_size=settings.max_size, trt_plugins=trt_plugin_paths(cfg, settings),
-                      batch_sizes=batch_sizes_up_to(settings.max_batch),
-                      compile_min_batch=settings.compile_min_batch or None)
+        backend = cls(
+            cfg,
+            device,
+            max_size=settings.max_size,
+            trt_plugins=trt_plugin_paths(cfg, settings),
+            batch_sizes=batch_sizes_up_to(settings.max_batch),
+            compile_min_batch=settings.compile_min_batch or None,
+        )
         backend.warmup()
         return backend
 
@@ -137,8 +155,9 @@ class DittoBackend:
         a2m = self.cfg.audio2motion
         with torch.inference_mode():
             self.models.renderer.capture()
-            self.models.engine.sampler.capture(self.options.sampling_timesteps,
-                                               (a2m.seq_frames, a2m.motion_feat_dim), a2m.audio_feat_dim)
+            self.models.engine.sampler.capture(
+                self.options.sampling_timesteps, (a2m.seq_frames, a2m.motion_feat_dim), a2m.audio_feat_dim
+            )
             self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
         torch.cuda.synchronize(self.device)
         if self.options.online_mode:
@@ -168,17 +187,30 @@ class DittoBackend:
             if stage is Stage.HUBERT:
                 return [np.zeros(split_len(engine.chunksize), np.float32)] * n
             if stage is Stage.LMDM:
-                return [WindowWork(steps=steps, kp_cond=torch.zeros(1, a2m.motion_feat_dim),
-                                   cond=torch.zeros(1, a2m.seq_frames, a2m.audio_feat_dim),
-                                   x_T=torch.randn((1, a2m.seq_frames, a2m.motion_feat_dim), generator=gen),
-                                   noise=torch.randn((steps - 1, 1, a2m.seq_frames, a2m.motion_feat_dim),
-                                                     generator=gen))] * n
-            return [RenderWork(index=0, f_s=f_s, x_s=torch.randn((1, 21, 3), generator=gen) * 0.2,
-                               x_d=torch.randn((1, 21, 3), generator=gen) * 0.2, stitch=opts.flag_stitching,
-                               plan=plan, jpeg_quality=85)] * n
+                return [
+                    WindowWork(
+                        steps=steps,
+                        kp_cond=torch.zeros(1, a2m.motion_feat_dim),
+                        cond=torch.zeros(1, a2m.seq_frames, a2m.audio_feat_dim),
+                        x_T=torch.randn((1, a2m.seq_frames, a2m.motion_feat_dim), generator=gen),
+                        noise=torch.randn((steps - 1, 1, a2m.seq_frames, a2m.motion_feat_dim), generator=gen),
+                    )
+                ] * n
+            return [
+                RenderWork(
+                    index=0,
+                    f_s=f_s,
+                    x_s=torch.randn((1, 21, 3), generator=gen) * 0.2,
+                    x_d=torch.randn((1, 21, 3), generator=gen) * 0.2,
+                    stitch=opts.flag_stitching,
+                    plan=plan,
+                    jpeg_quality=85,
+                )
+            ] * n
 
-        per_item = {stage: {b: engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes}
-                    for stage in Stage}
+        per_item = {
+            stage: {b: engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes} for stage in Stage
+        }
 
         def cost(stage: Stage, batch: float) -> float:
             """Per-item cost at the graph size a batch of ``batch`` items is padded to."""
@@ -190,14 +222,17 @@ class DittoBackend:
         capacity = 0
         for n in range(1, 257):
             overlapping = math.ceil(n / 3)
-            load = sum(rate * n * cost(stage, min(per * overlapping, engine.max_batch))
-                       for stage, rate, per in demand)
+            load = sum(rate * n * cost(stage, min(per * overlapping, engine.max_batch)) for stage, rate, per in demand)
             if load > TARGET_UTILIZATION:
                 break
             capacity = n
-        logger.info("Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
-                    "HuBERT %.1f/%.1f ms)", capacity, engine.max_batch,
-                    *(1000 * per_item[stage][b] for stage in Stage for b in (1, engine.max_batch)))
+        logger.info(
+            "Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
+            "HuBERT %.1f/%.1f ms)",
+            capacity,
+            engine.max_batch,
+            *(1000 * per_item[stage][b] for stage in Stage for b in (1, engine.max_batch)),
+        )
         return max(1, capacity)
 
     def with_options(self, **setup_options: Any) -> DittoBackend:
@@ -206,18 +241,26 @@ class DittoBackend:
         Avatars registered by either backend work in both unless a ``crop_*`` or
         ``max_size`` option differs.
         """
-        return DittoBackend(self.cfg, self.device, models=self.models, max_size=self._server_max_size,
-                            setup_options={**self._setup_overrides, **setup_options})
+        return DittoBackend(
+            self.cfg,
+            self.device,
+            models=self.models,
+            max_size=self._server_max_size,
+            setup_options={**self._setup_overrides, **setup_options},
+        )
 
     def _check_options(self) -> None:
         opts, a2m = self.options, self.cfg.audio2motion
         if not 0 <= opts.overlap_v2 < a2m.seq_frames:
             raise ConfigError(f"{self.cfg.path}: overlap_v2={opts.overlap_v2} must be in [0, {a2m.seq_frames})")
-        layout = cond_width(use_emo=a2m.use_emo, use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball,
-                            use_sc=a2m.use_sc)
+        layout = cond_width(
+            use_emo=a2m.use_emo, use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball, use_sc=a2m.use_sc
+        )
         if layout != a2m.audio_feat_dim:
-            raise ConfigError(f"{self.cfg.path}: the use_* flags give a {layout}-wide condition, "
-                              f"but audio_feat_dim is {a2m.audio_feat_dim}")
+            raise ConfigError(
+                f"{self.cfg.path}: the use_* flags give a {layout}-wide condition, "
+                f"but audio_feat_dim is {a2m.audio_feat_dim}"
+            )
 
     def register_source(self, image_rgb: np.ndarray) -> DittoAvatar:
         """Analyse a portrait (RGB uint8) once: crop, motion, appearance, eye condition, paste plan.
@@ -229,13 +272,25 @@ class DittoBackend:
         with self._registration_lock, torch.inference_mode():
             registered = self.models.registrar.register_image(image, CropOptions.from_setup(self.options))
         height, width = image.shape[:2]
-        return DittoAvatar(width=width, height=height, source=registered.source, paste_plans=registered.paste_plans,
-                           host_source=host_copy(registered.source))
+        return DittoAvatar(
+            width=width,
+            height=height,
+            source=registered.source,
+            paste_plans=registered.paste_plans,
+            host_source=host_copy(registered.source),
+        )
 
     def open_stream(self, avatar: DittoAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> DittoStream:
         """Start a session; ``seed`` fixes its diffusion noise and blink timing."""
-        return DittoStream(engine=self.models.engine, audio2motion=self.cfg.audio2motion, options=self.options,
-                           avatar=avatar, seed=seed, silence_features=self._silence_features, stream_options=options)
+        return DittoStream(
+            engine=self.models.engine,
+            audio2motion=self.cfg.audio2motion,
+            options=self.options,
+            avatar=avatar,
+            seed=seed,
+            silence_features=self._silence_features,
+            stream_options=options,
+        )
 
     def stage_stats(self) -> dict[str, StageStats]:
         return self.models.engine.stage_stats()

@@ -46,13 +46,15 @@ from ditto.errors import ConfigError
 EngineKind = Literal["torch", "onnx", "tensorrt", "ori"]
 
 #: Model-file suffix → engine (official ``core/utils/load_model.py``).
-ENGINE_BY_SUFFIX: Mapping[str, EngineKind] = MappingProxyType({
-    ".onnx": "onnx",
-    ".engine": "tensorrt",
-    ".trt": "tensorrt",
-    ".pt": "torch",
-    ".pth": "torch",
-})
+ENGINE_BY_SUFFIX: Mapping[str, EngineKind] = MappingProxyType(
+    {
+        ".onnx": "onnx",
+        ".engine": "tensorrt",
+        ".trt": "tensorrt",
+        ".pt": "torch",
+        ".pth": "torch",
+    }
+)
 
 #: base_cfg sections read by the official parser (hubert_cfg: w2f_type "hubert").
 BASE_SECTIONS: tuple[str, ...] = (
@@ -73,19 +75,29 @@ AUX_SECTIONS: frozenset[str] = frozenset(
 )
 LANDMARK478_PATH_KEYS: tuple[str, ...] = ("task_path", "blaze_face_model_path", "face_mesh_model_path")
 AUDIO2MOTION_KEYS: tuple[str, ...] = (
-    "model_path", "device", "motion_feat_dim", "audio_feat_dim", "seq_frames",
-    "use_emo", "use_sc", "use_eye_open", "use_eye_ball", "w2f_type",
+    "model_path",
+    "device",
+    "motion_feat_dim",
+    "audio_feat_dim",
+    "seq_frames",
+    "use_emo",
+    "use_sc",
+    "use_eye_open",
+    "use_eye_ball",
+    "w2f_type",
 )
 TOP_LEVEL_KEYS: tuple[str, ...] = ("base_cfg", "audio2motion_cfg", "default_kwargs")
 
 CfgFlavor = Literal["pytorch", "trt", "trt_online"]
 
 #: File name of each flavour, as shipped in ``ditto_cfg/``.
-CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType({
-    "pytorch": "v0.4_hubert_cfg_pytorch.pkl",
-    "trt": "v0.4_hubert_cfg_trt.pkl",
-    "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
-})
+CFG_PKL_NAMES: Mapping[CfgFlavor, str] = MappingProxyType(
+    {
+        "pytorch": "v0.4_hubert_cfg_pytorch.pkl",
+        "trt": "v0.4_hubert_cfg_trt.pkl",
+        "trt_online": "v0.4_hubert_cfg_trt_online.pkl",
+    }
+)
 
 
 def engine_kind_for(path: str | os.PathLike[str], *, force_ori_type: bool = False) -> EngineKind:
@@ -253,8 +265,14 @@ def _parse_model(name: str, raw: Any, data_root: Path, pkl: Path, check_files: b
     if check_files:
         _require_file(path, where, pkl)
     extra = {k: v for k, v in section.items() if k not in ("model_path", "device", "force_ori_type")}
-    return ModelCfg(section=name, model_path=path, device=_device(section, where, pkl),
-                    force_ori_type=force, engine=engine, extra=MappingProxyType(extra))
+    return ModelCfg(
+        section=name,
+        model_path=path,
+        device=_device(section, where, pkl),
+        force_ori_type=force,
+        engine=engine,
+        extra=MappingProxyType(extra),
+    )
 
 
 def _parse_landmark478(raw: Any, data_root: Path, pkl: Path, check_files: bool) -> Landmark478Cfg:
@@ -291,8 +309,14 @@ def _parse_landmark478(raw: Any, data_root: Path, pkl: Path, check_files: bool) 
         for key in needed:
             _require_file(paths[key], f"{where}[{key!r}]", pkl)  # type: ignore[arg-type]
     extra = {k: v for k, v in section.items() if k not in (*LANDMARK478_PATH_KEYS, "device", "force_ori_type")}
-    return Landmark478Cfg(section=name, device=_device(section, where, pkl), force_ori_type=force,
-                          engine=engine, extra=MappingProxyType(extra), **paths)
+    return Landmark478Cfg(
+        section=name,
+        device=_device(section, where, pkl),
+        force_ori_type=force,
+        engine=engine,
+        extra=MappingProxyType(extra),
+        **paths,
+    )
 
 
 def _parse_audio2motion(raw: Any, data_root: Path, pkl: Path, check_files: bool) -> Audio2MotionCfg:
@@ -310,8 +334,9 @@ def _parse_audio2motion(raw: Any, data_root: Path, pkl: Path, check_files: bool)
         if not _is_bool(section[key]):
             raise ConfigError(f"{pkl}: audio2motion_cfg[{key!r}] must be a bool, got {section[key]!r}")
         bools[key] = bool(section[key])
-    model = _parse_model("audio2motion_cfg", {k: section[k] for k in ("model_path", "device")}, data_root, pkl,
-                         check_files)
+    model = _parse_model(
+        "audio2motion_cfg", {k: section[k] for k in ("model_path", "device")}, data_root, pkl, check_files
+    )
     return Audio2MotionCfg(model=model, w2f_type=section["w2f_type"], **ints, **bools)
 
 
@@ -330,8 +355,19 @@ def read_cfg_dict(cfg_pkl: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cfg pkl not found: {pkl}") from None
     except IsADirectoryError:
         raise ConfigError(f"cfg pkl is a directory, expected a file: {pkl}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         raise ConfigError(
             f"cannot read {pkl} as a Ditto cfg pkl (expected a pickled dict with "
             f"{', '.join(TOP_LEVEL_KEYS)}): {type(exc).__name__}: {exc}"
@@ -346,9 +382,13 @@ def read_cfg_dict(cfg_pkl: str | os.PathLike[str]) -> dict[str, Any]:
     return obj
 
 
-def load_cfg(cfg_pkl: str | os.PathLike[str], data_root: str | os.PathLike[str], *,
-             replace_cfg: Mapping[str, Mapping[str, Any]] | None = None,
-             check_files: bool = True) -> DittoCfg:
+def load_cfg(
+    cfg_pkl: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    *,
+    replace_cfg: Mapping[str, Mapping[str, Any]] | None = None,
+    check_files: bool = True,
+) -> DittoCfg:
     """Read an official cfg pkl.
 
     Args:
@@ -407,6 +447,7 @@ def load_cfg(cfg_pkl: str | os.PathLike[str], data_root: str | os.PathLike[str],
 
 
 # -- deriving pkls (preflight fallbacks, tools) ------------------------------------------------------
+
 
 def dump_cfg_pkl(path: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
     """Pickle a cfg dict at ``path`` (parent folders created, replaced atomically)."""

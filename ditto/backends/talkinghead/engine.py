@@ -120,9 +120,17 @@ class DeviceEngine:
     ``shutting_down``.
     """
 
-    def __init__(self, *, hubert: HubertFeatureExtractor, lmdm: ModelRunner, stitch: ModelRunner,
-                 renderer: FrameRenderer, device: torch.device, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        hubert: HubertFeatureExtractor,
+        lmdm: ModelRunner,
+        stitch: ModelRunner,
+        renderer: FrameRenderer,
+        device: torch.device,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.device = torch.device(device)
         self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
         self.max_batch = self.batch_sizes[-1]
@@ -146,8 +154,9 @@ class DeviceEngine:
         # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
         self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
         module = getattr(hubert, "module", None)
-        self._hubert_graphs = (_HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes)
-                               if self._cuda and module is not None else None)
+        self._hubert_graphs = (
+            _HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes) if self._cuda and module is not None else None
+        )
         self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
         self._thread.start()
 
@@ -174,8 +183,9 @@ class DeviceEngine:
     def now(self) -> float:
         return self._clock()
 
-    def _submit(self, stage: Stage, key: Any, work: Any, deadline: float,
-                expires: float | None = None) -> concurrent.futures.Future:
+    def _submit(
+        self, stage: Stage, key: Any, work: Any, deadline: float, expires: float | None = None
+    ) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cv:
             if self._closing:
@@ -207,8 +217,9 @@ class DeviceEngine:
     def stage_stats(self) -> dict[str, StageStats]:
         """A snapshot of every stage's counters, with the items waiting now."""
         with self._cv:
-            return {stage.value: dataclasses.replace(self.stats[stage], queued=len(self._pending[stage]))
-                    for stage in Stage}
+            return {
+                stage.value: dataclasses.replace(self.stats[stage], queued=len(self._pending[stage])) for stage in Stage
+            }
 
     def capture(self, *, hubert_window: int) -> None:
         """Capture the HuBERT graphs now (CUDA with a torch HuBERT), so that no session pays for it."""
@@ -268,7 +279,8 @@ class DeviceEngine:
             for request in queue:
                 if request.future.set_running_or_notify_cancel():
                     request.future.set_exception(
-                        BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN))
+                        BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+                    )
             queue.clear()
 
     @contextlib.contextmanager
@@ -303,8 +315,9 @@ class DeviceEngine:
         except Exception as exc:
             stats.failures += 1
             if len(batch) > 1:  # find the items at fault: each alone
-                logger.warning("engine %s batch of %d failed (%s); retrying its items one by one",
-                               stage.value, len(batch), exc)
+                logger.warning(
+                    "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
+                )
                 self._release_memory(exc)
                 for request in batch:
                     self._run_batch([request])
@@ -419,8 +432,12 @@ class _HubertGraphs:
                     self._forward(static)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=self.device),
-                                                          capture_error_mode="thread_local"):
+            with (
+                torch.inference_mode(),
+                torch.cuda.graph(
+                    graph, stream=torch.cuda.Stream(device=self.device), capture_error_mode="thread_local"
+                ),
+            ):
                 out = self._forward(static)
             entry = self._graphs[(size, length)] = (graph, static, out)
         return entry
@@ -433,7 +450,7 @@ class _HubertGraphs:
         parts = []
         largest = self.batch_sizes[-1]
         for start in range(0, len(windows), largest):
-            rows = torch.from_numpy(windows[start:start + largest])
+            rows = torch.from_numpy(windows[start : start + largest])
             n = rows.shape[0]
             size = padded_batch_size(n, self.batch_sizes)
             graph, static, out = self._graph(size, rows.shape[1])

@@ -68,8 +68,7 @@ def _renderer_factory(kind: str) -> Callable[[Mapping[str, Tensor]], torch.nn.Mo
     return lambda _state_dict: cls()
 
 
-def _load_model(kind: str, model: ModelCfg, device: torch.device,
-                trt_plugins: Sequence[Path] = ()) -> ModelRunner:
+def _load_model(kind: str, model: ModelCfg, device: torch.device, trt_plugins: Sequence[Path] = ()) -> ModelRunner:
     """A runner for one cfg section; renderer/LMDM files must carry the official tensor names.
 
     Raises:
@@ -79,8 +78,10 @@ def _load_model(kind: str, model: ModelCfg, device: torch.device,
     factory = _renderer_factory(kind) if kind in RENDERER_MODELS else None
     runner = load_runner(kind, model.model_path, module_factory=factory, device=device, plugin_paths=plugins)
     expected = MODEL_IO.get(kind)
-    if expected is not None and (set(runner.input_names) != set(expected.input_names)
-                                 or not set(expected.output_names) <= set(runner.output_names)):
+    if expected is not None and (
+        set(runner.input_names) != set(expected.input_names)
+        or not set(expected.output_names) <= set(runner.output_names)
+    ):
         raise ConfigError(
             f"{model.model_path}: tensors {list(runner.input_names)} -> {list(runner.output_names)} do not "
             f"match the {kind} model ({list(expected.input_names)} -> {list(expected.output_names)})"
@@ -97,10 +98,16 @@ def _load_face_mesh(cfg: DittoCfg, device: torch.device) -> BlazeFaceMesh | Medi
             raise ConfigError(f"{section.task_path} needs the mediapipe package ({exc})") from None
         except (RuntimeError, ValueError, OSError) as exc:
             raise ConfigError(f"cannot load MediaPipe face landmarker {section.task_path}: {exc}") from None
-    blaze = load_runner("blaze_face", section.blaze_face_model_path,  # type: ignore[arg-type]
-                        device=_aux_device(section.blaze_face_model_path, device))
-    mesh = load_runner("face_mesh", section.face_mesh_model_path,  # type: ignore[arg-type]
-                       device=_aux_device(section.face_mesh_model_path, device))
+    blaze = load_runner(
+        "blaze_face",
+        section.blaze_face_model_path,  # type: ignore[arg-type]
+        device=_aux_device(section.blaze_face_model_path, device),
+    )
+    mesh = load_runner(
+        "face_mesh",
+        section.face_mesh_model_path,  # type: ignore[arg-type]
+        device=_aux_device(section.face_mesh_model_path, device),
+    )
     return BlazeFaceMesh(blaze, mesh)
 
 
@@ -110,8 +117,11 @@ def _check_lmdm_dims(runner: ModelRunner, cfg: DittoCfg) -> None:
         return
     a2m = cfg.audio2motion
     module = runner.module
-    found = (getattr(module, "nfeats", None), getattr(module, "seq_len", None),
-             getattr(module, "cond_feature_dim", None))
+    found = (
+        getattr(module, "nfeats", None),
+        getattr(module, "seq_len", None),
+        getattr(module, "cond_feature_dim", None),
+    )
     wanted = (a2m.motion_feat_dim, a2m.seq_frames, a2m.audio_feat_dim)
     if found != wanted:
         raise ConfigError(
@@ -142,20 +152,40 @@ class DittoModels:
     engine: DeviceEngine = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "renderer", FrameRenderer(batch_invariant(self.warp), batch_invariant(self.decoder),
-                                                           batch_sizes=self.batch_sizes,
-                                                           compile_min_batch=self.compile_min_batch))
+        object.__setattr__(
+            self,
+            "renderer",
+            FrameRenderer(
+                batch_invariant(self.warp),
+                batch_invariant(self.decoder),
+                batch_sizes=self.batch_sizes,
+                compile_min_batch=self.compile_min_batch,
+            ),
+        )
         object.__setattr__(self, "engine", self.make_engine())
 
     def make_engine(self, **engine_options: Any) -> DeviceEngine:
         """A device engine over these models (the models' own is :attr:`engine`; tests make more)."""
-        return DeviceEngine(hubert=self.hubert, lmdm=batch_invariant(self.lmdm), stitch=batch_invariant(self.stitch),
-                            renderer=self.renderer, device=self.warp.device, batch_sizes=self.batch_sizes,
-                            **engine_options)
+        return DeviceEngine(
+            hubert=self.hubert,
+            lmdm=batch_invariant(self.lmdm),
+            stitch=batch_invariant(self.stitch),
+            renderer=self.renderer,
+            device=self.warp.device,
+            batch_sizes=self.batch_sizes,
+            **engine_options,
+        )
 
     @classmethod
-    def load(cls, cfg: DittoCfg, device: torch.device | str, *, trt_plugins: Sequence[Path] = (),
-             batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES, compile_min_batch: int | None = None) -> DittoModels:
+    def load(
+        cls,
+        cfg: DittoCfg,
+        device: torch.device | str,
+        *,
+        trt_plugins: Sequence[Path] = (),
+        batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+        compile_min_batch: int | None = None,
+    ) -> DittoModels:
         """Open every model file of ``cfg`` on ``device`` (the pkl's per-model device is not used).
 
         ``trt_plugins``: libraries a TensorRT warp network engine needs (the GridSample3D
@@ -166,6 +196,7 @@ class DittoModels:
                 tensors (names, keys, shapes) do not fit the model; the message names the file.
         """
         device = torch.device(device)
+
         # Small files first, so that a bad checkpoint is reported before the big ones load; the
         # MediaPipe landmarker (which holds native resources) last, once nothing else can fail.
         def aux(section: ModelCfg) -> torch.device:
@@ -175,8 +206,9 @@ class DittoModels:
         landmark106 = Landmark106(_load_model("landmark106", cfg.landmark106, aux(cfg.landmark106)))
         landmark203 = Landmark203(_load_model("landmark203", cfg.landmark203, aux(cfg.landmark203)))
         # On CUDA an ONNX HuBERT-large runs as a torch module (onnxruntime may lack the CUDA provider).
-        hubert = load_hubert_extractor(cfg.wav2feat.model_path, _load_model("hubert", cfg.wav2feat, aux(cfg.wav2feat)),
-                                       device)
+        hubert = load_hubert_extractor(
+            cfg.wav2feat.model_path, _load_model("hubert", cfg.wav2feat, aux(cfg.wav2feat)), device
+        )
         stitch = _load_model("stitch_network", cfg.stitch_network, device)
         appearance = _load_model("appearance_extractor", cfg.appearance_extractor, device)
         motion = _load_model("motion_extractor", cfg.motion_extractor, device)
@@ -184,11 +216,25 @@ class DittoModels:
         _check_lmdm_dims(lmdm, cfg)
         warp = _load_model("warp_network", cfg.warp_network, device, trt_plugins)
         decoder = _load_model("decoder", cfg.decoder, device)
-        registrar = SourceRegistrar(detector=detector, landmark106=landmark106, landmark203=landmark203,
-                                    face_mesh=_load_face_mesh(cfg, device), motion_extractor=motion,
-                                    appearance_extractor=appearance, device=device)
-        return cls(registrar=registrar, hubert=hubert, lmdm=lmdm, stitch=stitch, warp=warp, decoder=decoder,
-                   batch_sizes=tuple(batch_sizes), compile_min_batch=compile_min_batch)
+        registrar = SourceRegistrar(
+            detector=detector,
+            landmark106=landmark106,
+            landmark203=landmark203,
+            face_mesh=_load_face_mesh(cfg, device),
+            motion_extractor=motion,
+            appearance_extractor=appearance,
+            device=device,
+        )
+        return cls(
+            registrar=registrar,
+            hubert=hubert,
+            lmdm=lmdm,
+            stitch=stitch,
+            warp=warp,
+            decoder=decoder,
+            batch_sizes=tuple(batch_sizes),
+            compile_min_batch=compile_min_batch,
+        )
 
     def close(self) -> None:
         self.engine.close()

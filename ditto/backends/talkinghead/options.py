@@ -54,8 +54,7 @@ def _expected(description: str) -> WrapValidator:
         try:
             return handler(value)
         except ValidationError:
-            raise PydanticCustomError("setup_option", "Input should be {expected}",
-                                      {"expected": description}) from None
+            raise PydanticCustomError("setup_option", "Input should be {expected}", {"expected": description}) from None
 
     return WrapValidator(validate)
 
@@ -68,8 +67,9 @@ def _only(*types: type) -> BeforeValidator:
 
     def validate(value: Any) -> Any:
         if value is not None and not isinstance(value, types):
-            raise PydanticCustomError("setup_option", "Input should be one of {expected}",
-                                      {"expected": ", ".join(t.__name__ for t in types)})
+            raise PydanticCustomError(
+                "setup_option", "Input should be one of {expected}", {"expected": ", ".join(t.__name__ for t in types)}
+            )
         return value
 
     return BeforeValidator(validate)
@@ -114,31 +114,31 @@ class SetupOptions(BaseModel):
     crop_flag_do_rot: Bool = True  # rotate crop upright
     smo_k_s: Int = 13  # mean-filter width over source motion (video)
     # a label | labels | per-frame labels | (m, 8) rows
-    emo: Annotated[Int | AnyList | InstanceOf[np.ndarray],
-                   _expected("an int, a list of labels or an (m, 8) array")] = 4
+    emo: Annotated[Int | AnyList | InstanceOf[np.ndarray], _expected("an int, a list of labels or an (m, 8) array")] = 4
     eye_f0_mode: Bool = False  # video: frame-0 eye info everywhere
     ch_info: Annotated[AnyMapping | None, _expected("a dict or None")] = None  # stored reference identity
     overlap_v2: Annotated[Int, Field(ge=0)] = 10  # overlap frames between 80-frame windows
     fix_kp_cond: Annotated[Int, Field(ge=0)] = 0  # every k-th window reset cond_frame to source (0: never)
     # dims [start, end) kept on reset
-    fix_kp_cond_dim: Annotated[tuple[Int, Int] | None, _only(list, tuple, np.ndarray),
-                               _expected("None or [start, end]")] = None
+    fix_kp_cond_dim: Annotated[
+        tuple[Int, Int] | None, _only(list, tuple, np.ndarray), _expected("None or [start, end]")
+    ] = None
     sampling_timesteps: Annotated[Int, Field(ge=1, le=1000)] = 50  # DDIM steps per window
     # (4, 265): rows 0/1 = min/max clip
     v_min_max_for_clip: Annotated[Array2D | None, _expected("None or a 2-D numpy array")] = None
     smo_k_d: Int = 3  # mean-filter width over generated dims 0..201
     N_d: Int = -1  # number of output frames (-1: unknown)
     # None | sequence of keys | {key: weight}
-    use_d_keys: Annotated[AnyMapping | AnyList | None,
-                          _expected("None, a list of keys or a {key: weight} dict")] = None
+    use_d_keys: Annotated[AnyMapping | AnyList | None, _expected("None, a list of keys or a {key: weight} dict")] = None
     relative_d: Bool = True  # x_d = x_s + (d − d0)·w
     drive_eye: Bool | None = None  # None: True for images, False for videos
     delta_eye_arr: Annotated[Array2D | None, _expected("None or a 2-D numpy array")] = None  # (15, 63) blinks
     # -1 none, 0 random 60–100, >0 fixed, list cyclic
     delta_eye_open_n: Annotated[Int | AnyList, _expected("an int or a list of ints")] = 0
     fade_type: Literal["", "d0", "s"] = ""
-    fade_out_keys: Annotated[tuple[Annotated[str, Strict()], ...], _only(list, tuple),
-                             _expected("a list of key names")] = ("exp",)
+    fade_out_keys: Annotated[
+        tuple[Annotated[str, Strict()], ...], _only(list, tuple), _expected("a list of key names")
+    ] = ("exp",)
     flag_stitching: Bool = True
     # {frame: ctrl kwargs} or list
     ctrl_info: Annotated[AnyMapping | AnyList, _expected("a dict or a list")] = Field(default_factory=dict)
@@ -152,8 +152,9 @@ class SetupOptions(BaseModel):
 SETUP_OPTION_NAMES: tuple[str, ...] = tuple(name for name in SetupOptions.model_fields if name != "extra")
 
 
-def merge_setup_options(caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[str, Any], *,
-                        pkl_name: str = "cfg pkl") -> SetupOptions:
+def merge_setup_options(
+    caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[str, Any], *, pkl_name: str = "cfg pkl"
+) -> SetupOptions:
     """Caller kwargs win, then the pkl's default_kwargs, then the code defaults.
 
     Unknown keys in the pkl are kept in ``extra``; unknown caller keys are an
@@ -177,6 +178,5 @@ def merge_setup_options(caller_kwargs: Mapping[str, Any], pkl_defaults: Mapping[
             name = str(error["loc"][0])
             where = "caller setup kwargs" if name in caller_kwargs else f"{pkl_name} default_kwargs"
             value = values[name]
-            problems.append(f"{where}: setup option {name!r}: {error['msg']}, "
-                            f"got {type(value).__name__} {value!r:.80}")
+            problems.append(f"{where}: setup option {name!r}: {error['msg']}, got {type(value).__name__} {value!r:.80}")
         raise ConfigError("; ".join(problems)) from None

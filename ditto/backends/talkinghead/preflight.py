@@ -126,8 +126,11 @@ def plugin_candidates(cfg: DittoCfg, settings: TrtSettings) -> list[Path]:
     if settings.trt_plugin is not None:
         return [Path(settings.trt_plugin)]
     warp_dir = cfg.warp_network.model_path.parent
-    out = [warp_dir / PLUGIN_FILE_NAME, cfg.data_root / PLUGIN_FILE_NAME,
-           cfg.data_root.parent / ONNX_DIR / PLUGIN_FILE_NAME]
+    out = [
+        warp_dir / PLUGIN_FILE_NAME,
+        cfg.data_root / PLUGIN_FILE_NAME,
+        cfg.data_root.parent / ONNX_DIR / PLUGIN_FILE_NAME,
+    ]
     return list(dict.fromkeys(out))
 
 
@@ -155,25 +158,34 @@ def _lmdm_dims(cfg: DittoCfg) -> tuple[int, int, int]:
 def rebuild_command(engine_dir: str | os.PathLike[str]) -> str:
     """The shell command that rebuilds this engine folder's engines for the local GPU and TensorRT."""
     parent = Path(os.fspath(engine_dir)).parent
-    return (f"python -m ditto.tools.build_engines --onnx_dir {parent / 'ditto_onnx'} "
-            f"--out_dir {parent / LOCAL_ENGINE_DIR}")
+    return (
+        f"python -m ditto.tools.build_engines --onnx_dir {parent / 'ditto_onnx'} --out_dir {parent / LOCAL_ENGINE_DIR}"
+    )
 
 
 def rebuild_hint(engine_dir: str | os.PathLike[str]) -> str:
     """The fix for engines that do not fit: rebuild, then serve from the rebuilt folder (same cfg pkl:
     the builder writes the official file names), or fall back."""
     parent = Path(os.fspath(engine_dir)).parent
-    return (f"rebuild the engines for this GPU and TensorRT with `{rebuild_command(engine_dir)}` and start the "
-            f"server with --data_root {parent / LOCAL_ENGINE_DIR} (same --cfg_pkl), or add --fallback to serve "
-            "the PyTorch/ONNX checkpoints")
+    return (
+        f"rebuild the engines for this GPU and TensorRT with `{rebuild_command(engine_dir)}` and start the "
+        f"server with --data_root {parent / LOCAL_ENGINE_DIR} (same --cfg_pkl), or add --fallback to serve "
+        "the PyTorch/ONNX checkpoints"
+    )
 
 
 FailureKind = Literal["plugin", "hardware", "version", "unknown"]
 
 _FAILURE_PATTERNS: tuple[tuple[FailureKind, re.Pattern[str]], ...] = (
     ("plugin", re.compile(r"plugin|IPluginCreator|GridSample", re.I)),
-    ("hardware", re.compile(r"incompatible device|expecting compute|compute capability|\bSM\b|"
-                            r"hardware compat|not supported on this (GPU|device)", re.I)),
+    (
+        "hardware",
+        re.compile(
+            r"incompatible device|expecting compute|compute capability|\bSM\b|"
+            r"hardware compat|not supported on this (GPU|device)",
+            re.I,
+        ),
+    ),
     ("version", re.compile(r"version|magic ?tag|serialization assertion|kPLAN_MAGIC|plan file", re.I)),
 )
 
@@ -188,26 +200,35 @@ def classify_deserialize_failure(messages: Sequence[str]) -> FailureKind:
     return "unknown"
 
 
-def explain_deserialize_failure(path: str | os.PathLike[str], messages: Sequence[str], *, trt_version: str,
-                                gpu: str) -> str:
+def explain_deserialize_failure(
+    path: str | os.PathLike[str], messages: Sequence[str], *, trt_version: str, gpu: str
+) -> str:
     """The message for an engine TensorRT would not deserialize: what, why, the fix."""
     p = Path(os.fspath(path))
     kind = classify_deserialize_failure(messages)
     detail = "; ".join(m.strip() for m in messages[-3:]) or "no message from TensorRT"
     what = f"TensorRT {trt_version} cannot deserialize {p} on {gpu}"
     if kind == "plugin":
-        why = (f"a plugin it uses is not registered: the warp network needs the GridSample3D plugin "
-               f"({PLUGIN_FILE_NAME}) loaded first")
-        fix = (f"Fix: put {PLUGIN_FILE_NAME} (from ditto_onnx/) next to the engines or pass --trt_plugin PATH; "
-               f"if it is there, it does not match this TensorRT: {rebuild_hint(p.parent)}")
+        why = (
+            f"a plugin it uses is not registered: the warp network needs the GridSample3D plugin "
+            f"({PLUGIN_FILE_NAME}) loaded first"
+        )
+        fix = (
+            f"Fix: put {PLUGIN_FILE_NAME} (from ditto_onnx/) next to the engines or pass --trt_plugin PATH; "
+            f"if it is there, it does not match this TensorRT: {rebuild_hint(p.parent)}"
+        )
     elif kind == "hardware":
         why = "it was built for another GPU (compute capability / hardware-compatibility level)"
         fix = f"Fix: {rebuild_hint(p.parent)}"
     elif kind == "version":
-        why = (f"it was built with another TensorRT version (the shipped Ditto engines are TensorRT "
-               f"{OFFICIAL_ENGINE_TRT}), or the file is not a TensorRT engine")
-        fix = (f"Fix: {rebuild_hint(p.parent)}; or install TensorRT {OFFICIAL_ENGINE_TRT} for the shipped engines "
-               "(pip install -r requirements-trt.txt)")
+        why = (
+            f"it was built with another TensorRT version (the shipped Ditto engines are TensorRT "
+            f"{OFFICIAL_ENGINE_TRT}), or the file is not a TensorRT engine"
+        )
+        fix = (
+            f"Fix: {rebuild_hint(p.parent)}; or install TensorRT {OFFICIAL_ENGINE_TRT} for the shipped engines "
+            "(pip install -r requirements-trt.txt)"
+        )
     else:
         why = "the file is damaged, or it was built for another TensorRT version or GPU"
         fix = f"Fix: {rebuild_hint(p.parent)}"
@@ -219,35 +240,47 @@ def diagnose(failure: TrtFailure) -> str:
     what is wrong, why, and the command that fixes it (the message of ``TensorRTUnusable``)."""
     match failure:
         case TensorRTMissing(detail=detail):
-            return ("TensorRT engines (.engine/.trt) need the 'tensorrt' Python package, which is not importable "
-                    f"here ({detail}). Fix: pip install -r requirements-trt.txt (TensorRT {OFFICIAL_ENGINE_TRT} for "
-                    "the shipped engines) on a machine with an NVIDIA GPU, or serve the PyTorch/ONNX checkpoints "
-                    "instead (add --fallback, or pass --data_root ../checkpoints/ditto_pytorch "
-                    "--cfg_pkl ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl).")
+            return (
+                "TensorRT engines (.engine/.trt) need the 'tensorrt' Python package, which is not importable "
+                f"here ({detail}). Fix: pip install -r requirements-trt.txt (TensorRT {OFFICIAL_ENGINE_TRT} for "
+                "the shipped engines) on a machine with an NVIDIA GPU, or serve the PyTorch/ONNX checkpoints "
+                "instead (add --fallback, or pass --data_root ../checkpoints/ditto_pytorch "
+                "--cfg_pkl ../checkpoints/ditto_cfg/v0.4_hubert_cfg_pytorch.pkl)."
+            )
         case TensorRTTooOld(version=version):
             have = ".".join(map(str, version))
-            return (f"TensorRT {have} is too old: Ditto engines need TensorRT >= "
-                    f"{MIN_TRT_VERSION[0]}.{MIN_TRT_VERSION[1]} (the shipped engines are TensorRT "
-                    f"{OFFICIAL_ENGINE_TRT}). Fix: pip install -r requirements-trt.txt.")
+            return (
+                f"TensorRT {have} is too old: Ditto engines need TensorRT >= "
+                f"{MIN_TRT_VERSION[0]}.{MIN_TRT_VERSION[1]} (the shipped engines are TensorRT "
+                f"{OFFICIAL_ENGINE_TRT}). Fix: pip install -r requirements-trt.txt."
+            )
         case NoCudaDevice(path=path, device=device, gpu_visible=True):
             return f"TensorRT engine {path} needs a CUDA device, got {device}"
         case NoCudaDevice(path=path):
-            return (f"TensorRT engine {path} needs a CUDA GPU, but torch sees none "
-                    "(a CPU-only torch build, or no NVIDIA driver)")
+            return (
+                f"TensorRT engine {path} needs a CUDA GPU, but torch sees none "
+                "(a CPU-only torch build, or no NVIDIA driver)"
+            )
         case PluginMissing(path=path):
-            return (f"TensorRT plugin library not found: {path}. The warp network engine needs the GridSample3D "
-                    f"plugin ({PLUGIN_FILE_NAME}, shipped in ditto_onnx/). Fix: copy it next to the engines or pass "
-                    "--trt_plugin PATH.")
+            return (
+                f"TensorRT plugin library not found: {path}. The warp network engine needs the GridSample3D "
+                f"plugin ({PLUGIN_FILE_NAME}, shipped in ditto_onnx/). Fix: copy it next to the engines or pass "
+                "--trt_plugin PATH."
+            )
         case PluginUnloadable(path=path, detail=detail):
-            return (f"cannot load the TensorRT plugin library {path}: {detail}. It must be built for the installed "
-                    f"TensorRT and CUDA (the shipped one is for TensorRT {OFFICIAL_ENGINE_TRT}, libnvinfer.so.8). "
-                    "Fix: install that TensorRT (pip install -r requirements-trt.txt), or rebuild the plugin for "
-                    "this TensorRT and pass it with --trt_plugin PATH.")
+            return (
+                f"cannot load the TensorRT plugin library {path}: {detail}. It must be built for the installed "
+                f"TensorRT and CUDA (the shipped one is for TensorRT {OFFICIAL_ENGINE_TRT}, libnvinfer.so.8). "
+                "Fix: install that TensorRT (pip install -r requirements-trt.txt), or rebuild the plugin for "
+                "this TensorRT and pass it with --trt_plugin PATH."
+            )
         case EngineRejected(path=path, trt_version=trt_version, gpu=gpu, messages=messages):
             return explain_deserialize_failure(path, messages, trt_version=trt_version, gpu=gpu)
         case EngineMismatch(path=path, model=model, problems=problems):
-            return (f"TensorRT engine {path} does not fit the Ditto {model!r} model: {'; '.join(problems)}. "
-                    f"Fix: {rebuild_hint(Path(path).parent)}.")
+            return (
+                f"TensorRT engine {path} does not fit the Ditto {model!r} model: {'; '.join(problems)}. "
+                f"Fix: {rebuild_hint(Path(path).parent)}."
+            )
     raise TypeError(f"not a TensorRT failure: {failure!r}")
 
 
@@ -275,7 +308,8 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
     if missing:
         raise ConfigError(
             f"{where}, but {len(missing)} of them are missing: {', '.join(missing)}. Fix: "
-            f"{rebuild_hint(engine_dir)} (build_engines --models NAME builds only the missing ones)")
+            f"{rebuild_hint(engine_dir)} (build_engines --models NAME builds only the missing ones)"
+        )
 
     try:
         trt = import_tensorrt()
@@ -288,12 +322,14 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
     if device == "cpu":
         raise ConfigError(
             f"{where}, but --device cpu was given: TensorRT runs on an NVIDIA GPU only. Fix: drop --device cpu, "
-            "or add --fallback to serve the PyTorch/ONNX checkpoints on the CPU")
+            "or add --fallback to serve the PyTorch/ONNX checkpoints on the CPU"
+        )
     if not torch.cuda.is_available():
         raise ConfigError(
             f"{where}, but torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
             f"{torch.version.cuda or 'none'}): TensorRT needs one. Fix: install a CUDA build of torch and check "
-            "the NVIDIA driver (nvidia-smi), or add --fallback to serve the PyTorch/ONNX checkpoints")
+            "the NVIDIA driver (nvidia-smi), or add --fallback to serve the PyTorch/ONNX checkpoints"
+        )
     gpu = torch.device("cuda" if device == "auto" else device)
     if gpu.index is None:
         gpu = torch.device("cuda", torch.cuda.current_device())
@@ -302,7 +338,8 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
     if is_hardware_compatible_tree(engine_dir) and tuple(cc) < AMPERE:
         raise ConfigError(
             f"{where}, built for Ampere or newer GPUs (hardware-compatibility level Ampere_Plus, compute "
-            f"capability >= {AMPERE[0]}.{AMPERE[1]}), but this GPU is {gpu_name}. Fix: {rebuild_hint(engine_dir)}")
+            f"capability >= {AMPERE[0]}.{AMPERE[1]}), but this GPU is {gpu_name}. Fix: {rebuild_hint(engine_dir)}"
+        )
 
     plugins: tuple[Path, ...] = ()
     if "warp_network" in files:
@@ -311,7 +348,8 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
             looked = ", ".join(str(p) for p in plugin_candidates(cfg, settings))
             raise ConfigError(
                 f"{where}; the warp network engine needs the GridSample3D plugin {PLUGIN_FILE_NAME}, not found "
-                f"(looked at {looked}). Fix: copy it from ditto_onnx/ next to the engines, or pass --trt_plugin PATH")
+                f"(looked at {looked}). Fix: copy it from ditto_onnx/ next to the engines, or pass --trt_plugin PATH"
+            )
         try:
             load_plugin_library(plugin)
         except ConfigError as exc:
@@ -320,8 +358,9 @@ def check_trt_tree(cfg: DittoCfg, settings: TrtSettings) -> None:
 
     probe = min(files.values(), key=lambda p: p.stat().st_size)
     logger.info("TensorRT %s on %s: probing %s", version_str, gpu_name, probe.name)
-    engine = TensorRTEngine(probe, device=gpu, plugin_paths=plugins, model=model_for_file(probe),
-                            lmdm_dims=_lmdm_dims(cfg))
+    engine = TensorRTEngine(
+        probe, device=gpu, plugin_paths=plugins, model=model_for_file(probe), lmdm_dims=_lmdm_dims(cfg)
+    )
     del engine
 
 
@@ -375,12 +414,14 @@ def fallback_tree(data_root: str | os.PathLike[str], cfg_pkl: str | os.PathLike[
             raise ConfigError(
                 f"--fallback: {warp} uses the TensorRT-only op(s) {ops}, which onnxruntime cannot run, and there is "
                 f"no {torch_root} with {torch_pkl.name}. Fix: download ditto_pytorch/ (and "
-                f"ditto_cfg/{torch_pkl.name}) beside {root}")
+                f"ditto_cfg/{torch_pkl.name}) beside {root}"
+            )
         out = dump_cfg_pkl(_derived_pkl_path(pkl, onnx_root), cfg)
         return onnx_root, out
     raise ConfigError(
         f"--fallback: no {PYTORCH_DIR}/ (with {torch_pkl}) or {ONNX_DIR}/ beside {root}. Fix: download the "
-        f"PyTorch checkpoints into {torch_root}, or run without --fallback on a machine with TensorRT")
+        f"PyTorch checkpoints into {torch_root}, or run without --fallback on a machine with TensorRT"
+    )
 
 
 def load_checked_cfg(settings: TrtSettings) -> DittoCfg:
@@ -406,8 +447,21 @@ def load_checked_cfg(settings: TrtSettings) -> DittoCfg:
 
 
 __all__ = [
-    "AMPERE", "LOCAL_ENGINE_DIR", "OFFICIAL_ENGINE_TRT", "check_trt_tree", "classify_deserialize_failure",
-    "diagnose", "explain_deserialize_failure", "fallback_tree", "find_trt_plugin", "is_hardware_compatible_tree",
-    "load_checked_cfg", "plugin_candidates", "rebuild_command", "rebuild_hint", "trt_model_files",
-    "trt_plugin_paths", "uses_tensorrt",
+    "AMPERE",
+    "LOCAL_ENGINE_DIR",
+    "OFFICIAL_ENGINE_TRT",
+    "check_trt_tree",
+    "classify_deserialize_failure",
+    "diagnose",
+    "explain_deserialize_failure",
+    "fallback_tree",
+    "find_trt_plugin",
+    "is_hardware_compatible_tree",
+    "load_checked_cfg",
+    "plugin_candidates",
+    "rebuild_command",
+    "rebuild_hint",
+    "trt_model_files",
+    "trt_plugin_paths",
+    "uses_tensorrt",
 ]

@@ -101,7 +101,8 @@ class _SessionState:
     pending_rows: collections.deque[_Row] = dataclasses.field(default_factory=collections.deque)  # not submitted
     # frames submitted to the engine, in index order
     inflight: collections.deque[tuple[_Row, concurrent.futures.Future]] = dataclasses.field(
-        default_factory=collections.deque)
+        default_factory=collections.deque
+    )
     # [start, end) frames fed by idle()
     idle_spans: collections.deque[tuple[int, int]] = dataclasses.field(default_factory=collections.deque)
     ease: MotionEase | None = None  # blends the motion queued next from where the face was
@@ -130,18 +131,26 @@ class DittoStream:
     :data:`INTERRUPT_EASE_FRAMES` frames from the last frame handed out.
     """
 
-    def __init__(self, *, engine: DeviceEngine, audio2motion: Audio2MotionCfg, options: SetupOptions,
-                 avatar: DittoAvatar, seed: int, silence_features: Tensor | None,
-                 stream_options: StreamOptions = StreamOptions()) -> None:
+    def __init__(
+        self,
+        *,
+        engine: DeviceEngine,
+        audio2motion: Audio2MotionCfg,
+        options: SetupOptions,
+        avatar: DittoAvatar,
+        seed: int,
+        silence_features: Tensor | None,
+        stream_options: StreamOptions = StreamOptions(),
+    ) -> None:
         """Args:
-            engine: the backend's device engine.
-            audio2motion: window and condition layout of the LMDM (cfg ``audio2motion_cfg``).
-            options: the merged setup options.
-            avatar: what to animate.
-            seed: seeds the DDIM noise and the blink gaps.
-            silence_features: online mode: HuBERT features of ``overlap_v2`` silent frames (host).
-            stream_options: live or file, JPEG on the device, the live lag bound, the clip length
-                when known up front (file mode: the blink schedule is drawn for it, as upstream's).
+        engine: the backend's device engine.
+        audio2motion: window and condition layout of the LMDM (cfg ``audio2motion_cfg``).
+        options: the merged setup options.
+        avatar: what to animate.
+        seed: seeds the DDIM noise and the blink gaps.
+        silence_features: online mode: HuBERT features of ``overlap_v2`` silent frames (host).
+        stream_options: live or file, JPEG on the device, the live lag bound, the clip length
+            when known up front (file mode: the blink schedule is drawn for it, as upstream's).
         """
         self._engine = engine
         self._options = options
@@ -165,8 +174,13 @@ class DittoStream:
         schedule = sampler.set_timesteps(opts.sampling_timesteps, generator=generator)
 
         def sample_window(kp_cond: Tensor, cond: Tensor) -> Tensor:
-            work = WindowWork(steps=opts.sampling_timesteps, kp_cond=kp_cond, cond=cond,
-                              x_T=sampler.initial_noise(generator), noise=schedule.noise)
+            work = WindowWork(
+                steps=opts.sampling_timesteps,
+                kp_cond=kp_cond,
+                cond=cond,
+                x_T=sampler.initial_noise(generator),
+                noise=schedule.noise,
+            )
             return self._engine.sample(work, deadline=self._deadline(self._engine.now())).result().unsqueeze(0)
 
         if opts.ch_info is not None:
@@ -175,18 +189,42 @@ class DittoStream:
         else:
             identity = condition_source_from_source(avatar.host_source)
             ch_scale = None
-        condition = ConditionHandler(identity, opts.emo, eye_f0_mode=opts.eye_f0_mode, use_emo=a2m.use_emo,
-                                     use_eye_open=a2m.use_eye_open, use_eye_ball=a2m.use_eye_ball, use_sc=a2m.use_sc)
+        condition = ConditionHandler(
+            identity,
+            opts.emo,
+            eye_f0_mode=opts.eye_f0_mode,
+            use_emo=a2m.use_emo,
+            use_eye_open=a2m.use_eye_open,
+            use_eye_ball=a2m.use_eye_ball,
+            use_sc=a2m.use_sc,
+        )
         windowing = MotionWindowing(
-            sample_window, motion_to_vector(identity.x_s_info_0), seq_frames=a2m.seq_frames,
-            overlap=opts.overlap_v2, online=opts.online_mode, fix_kp_cond=opts.fix_kp_cond,
-            fix_kp_cond_dim=opts.fix_kp_cond_dim, smo_k_d=opts.smo_k_d)
+            sample_window,
+            motion_to_vector(identity.x_s_info_0),
+            seq_frames=a2m.seq_frames,
+            overlap=opts.overlap_v2,
+            online=opts.online_mode,
+            fix_kp_cond=opts.fix_kp_cond,
+            fix_kp_cond_dim=opts.fix_kp_cond_dim,
+            smo_k_d=opts.smo_k_d,
+        )
         # the stitching network itself runs in the engine, batched with the render
         stitcher = MotionStitcher(
-            avatar.host_source, stitch_fn=None, use_d_keys=opts.use_d_keys, relative_d=opts.relative_d,
-            drive_eye=opts.drive_eye, delta_eye_arr=opts.delta_eye_arr, delta_eye_open_n=opts.delta_eye_open_n,
-            n_frames=opts.N_d, rng=random.Random(seed), fade_out_keys=opts.fade_out_keys, fade_type=opts.fade_type,
-            flag_stitching=False, ch_scale=ch_scale, overall_ctrl_info=opts.overall_ctrl_info)
+            avatar.host_source,
+            stitch_fn=None,
+            use_d_keys=opts.use_d_keys,
+            relative_d=opts.relative_d,
+            drive_eye=opts.drive_eye,
+            delta_eye_arr=opts.delta_eye_arr,
+            delta_eye_open_n=opts.delta_eye_open_n,
+            n_frames=opts.N_d,
+            rng=random.Random(seed),
+            fade_out_keys=opts.fade_out_keys,
+            fade_type=opts.fade_type,
+            flag_stitching=False,
+            ch_scale=ch_scale,
+            overall_ctrl_info=opts.overall_ctrl_info,
+        )
         v_min_max = as_v_min_max(opts.v_min_max_for_clip, host)
         online = windower = None
         if opts.online_mode:
@@ -194,8 +232,14 @@ class DittoStream:
                 raise ValueError("online mode needs the silence features of overlap_v2 frames")
             online = OnlineAudio2Motion(windowing, condition, silence_features, v_min_max=v_min_max)
             windower = StreamingWindower()
-        return _SessionState(stitcher=stitcher, windowing=windowing, condition=condition, v_min_max=v_min_max,
-                             online=online, windower=windower)
+        return _SessionState(
+            stitcher=stitcher,
+            windowing=windowing,
+            condition=condition,
+            v_min_max=v_min_max,
+            online=online,
+            windower=windower,
+        )
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -335,15 +379,21 @@ class DittoStream:
         state.windowing.restart(state.windowing.source_kp_cond)
         if state.online is not None:
             state.windower = StreamingWindower()
-            state.online = OnlineAudio2Motion(state.windowing, state.condition, self._silence_features,
-                                              v_min_max=state.v_min_max, first_frame=start)
+            state.online = OnlineAudio2Motion(
+                state.windowing, state.condition, self._silence_features, v_min_max=state.v_min_max, first_frame=start
+            )
 
     def _rest(self, state: _SessionState, frames: int) -> Iterator[VideoFrame]:
         """``frames`` idle frames at the neutral motion from the next frame on (see :meth:`idle`)."""
         start = self._segment_start
         if state.ease is None and not state.resting:
-            last = (state.pending_rows[-1].motion if state.pending_rows
-                    else state.inflight[-1][0].motion if state.inflight else state.last_shown)
+            last = (
+                state.pending_rows[-1].motion
+                if state.pending_rows
+                else state.inflight[-1][0].motion
+                if state.inflight
+                else state.last_shown
+            )
             if last is not None:
                 state.ease = MotionEase(last, start, INTERRUPT_EASE_FRAMES)
         neutral = state.windowing.source_kp_cond.reshape(1, -1)
@@ -426,11 +476,12 @@ class DittoStream:
         audio = np.concatenate(state.audio)
         state.audio.clear()
         first = self._segment_start
-        features = torch.cat(self._features(offline_windows(audio, self._engine.chunksize)))[:end - first]
+        features = torch.cat(self._features(offline_windows(audio, self._engine.chunksize)))[: end - first]
         if first == 0:
             state.stitcher.set_num_frames(end)  # upstream setup_Nd: blinks end before the clip does
-        yield from iter_motion_offline(features, state.condition, state.windowing, v_min_max=state.v_min_max,
-                                       first_frame=first)
+        yield from iter_motion_offline(
+            features, state.condition, state.windowing, v_min_max=state.v_min_max, first_frame=first
+        )
 
     def _finish_online(self) -> Iterator[VideoFrame]:
         yield from self._drain()
@@ -476,14 +527,22 @@ class DittoStream:
             row = state.pending_rows.popleft()
             index = row.index
             source_frame = self._avatar.source.frame_for_output(index)
-            keypoints = state.stitcher(source_frame, vector_to_motion(row.motion),
-                                       ctrl_for_frame(self._options.ctrl_info, index))
-            work = RenderWork(index=index, f_s=self._avatar.source.frames[source_frame].f_s, x_s=keypoints.x_s,
-                              x_d=keypoints.x_d, stitch=self._options.flag_stitching,
-                              plan=self._avatar.paste_plans[source_frame], jpeg_quality=quality)
+            keypoints = state.stitcher(
+                source_frame, vector_to_motion(row.motion), ctrl_for_frame(self._options.ctrl_info, index)
+            )
+            work = RenderWork(
+                index=index,
+                f_s=self._avatar.source.frames[source_frame].f_s,
+                x_s=keypoints.x_s,
+                x_d=keypoints.x_d,
+                stitch=self._options.flag_stitching,
+                plan=self._avatar.paste_plans[source_frame],
+                jpeg_quality=quality,
+            )
             expires = None if lag_bound is None or row.last else row.ready_at + lag_bound
-            state.inflight.append((row, self._engine.render(work, deadline=self._deadline(row.ready_at),
-                                                            expires=expires)))
+            state.inflight.append(
+                (row, self._engine.render(work, deadline=self._deadline(row.ready_at), expires=expires))
+            )
 
     def _collect(self, state: _SessionState, entry: tuple[_Row, concurrent.futures.Future]) -> VideoFrame:
         row, future = entry

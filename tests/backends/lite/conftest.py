@@ -44,11 +44,12 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
             dur = float(rng.uniform(0.14, 0.24))
             if t + dur > seconds:
                 break
-            syl = vowel(dur, float(rng.uniform(0.25, 0.5)), float(rng.uniform(110, 180)),
-                        vowels[int(rng.integers(len(vowels)))])
+            syl = vowel(
+                dur, float(rng.uniform(0.25, 0.5)), float(rng.uniform(110, 180)), vowels[int(rng.integers(len(vowels)))]
+            )
             env = np.sin(np.pi * np.linspace(0, 1, len(syl))) ** 0.7
             start = int(t * SAMPLE_RATE_HZ)
-            out[start:start + len(syl)] += syl * env.astype(np.float32)
+            out[start : start + len(syl)] += syl * env.astype(np.float32)
             t += dur + float(rng.uniform(0.0, 0.05))
         t += float(rng.uniform(0.4, 0.8))
     return out

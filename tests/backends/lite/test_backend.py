@@ -31,7 +31,7 @@ def render_all(backend, avatar, audio, *, seed=0, chunks=None):
     else:
         pos = 0
         for size in chunks:
-            take(stream.feed(audio[pos:pos + size]))
+            take(stream.feed(audio[pos : pos + size]))
             pos += size
         assert pos == len(audio)
     take(stream.finish())
@@ -57,9 +57,11 @@ def mean_abs_diff(a, b) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-@pytest.mark.parametrize("image", [np.full((256, 256, 3), 128, np.uint8),
-                                   np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)],
-                         ids=["flat", "noise"])
+@pytest.mark.parametrize(
+    "image",
+    [np.full((256, 256, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)],
+    ids=["flat", "noise"],
+)
 def test_no_face_raises_source_error(backend, image):
     with pytest.raises(SourceError) as err:
         backend.register_source(image)

@@ -88,8 +88,9 @@ def torch_runner(kind: str, module: nn.Module) -> TorchRunner:
 
 def cheap_renderer_models(models):
     """``models`` with the stand-in warp and decoder."""
-    return dataclasses.replace(models, warp=torch_runner("warp_network", CheapWarp()),
-                               decoder=torch_runner("decoder", CheapDecoder()))
+    return dataclasses.replace(
+        models, warp=torch_runner("warp_network", CheapWarp()), decoder=torch_runner("decoder", CheapDecoder())
+    )
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -105,7 +106,7 @@ def render_all(stream, audio: np.ndarray, chunk: int = 1000) -> tuple[list, list
     """Feed ``audio`` in chunks, then finish; returns (frames yielded by feed, frames yielded by finish)."""
     during = []
     for start in range(0, len(audio), chunk):
-        during.extend(stream.feed(audio[start:start + chunk]))
+        during.extend(stream.feed(audio[start : start + chunk]))
     after = list(stream.finish())
     stream.close()
     return during, after
@@ -144,15 +145,17 @@ def avatar(pytorch_backend, portrait):
 
 @pytest.fixture(scope="session")
 def fast_backend(pytorch_backend) -> DittoBackend:
-    return DittoBackend(pytorch_backend.cfg, "cpu", models=cheap_renderer_models(pytorch_backend.models),
-                        setup_options=FAST_SETUP)
+    return DittoBackend(
+        pytorch_backend.cfg, "cpu", models=cheap_renderer_models(pytorch_backend.models), setup_options=FAST_SETUP
+    )
 
 
 @pytest.fixture(scope="session")
 def online_backend(checkpoint_tree) -> DittoBackend:
     """The trt_online pkl pointed at ditto_onnx, with overlap_v2 75 (instead of 70) through
     load_cfg's replace mechanism: 5 new frames per LMDM window keeps the clips short."""
-    cfg = load_cfg(checkpoint_tree.cfg_pkl("onnx_online"), checkpoint_tree.onnx,
-                   replace_cfg={"default_kwargs": {"overlap_v2": 75}})
+    cfg = load_cfg(
+        checkpoint_tree.cfg_pkl("onnx_online"), checkpoint_tree.onnx, replace_cfg={"default_kwargs": {"overlap_v2": 75}}
+    )
     models = cheap_renderer_models(DittoModels.load(cfg, "cpu"))
     return DittoBackend(cfg, "cpu", models=models, setup_options=FAST_SETUP)

@@ -376,7 +376,6 @@ def test_streaming_windower_matches_whole_utterance_windows():
     assert len(w.push(np.zeros(1, np.float32))) == 1
 
 
-
 def test_after_an_utterance_ends_the_windows_go_on_with_its_last_frames_as_past():
     rng = np.random.default_rng(1)
     first, second = (rng.normal(size=n).astype(np.float32) for n in (3 * 3200, 10000))
@@ -394,7 +393,7 @@ def test_after_an_utterance_ends_the_windows_go_on_with_its_last_frames_as_past(
     next_window = windower.push(second)[0]
     padded = np.concatenate([np.zeros(1920, np.float32), first[:1000], np.zeros(280, np.float32)])
     assert np.array_equal(next_window[:1920], padded[-1920:])
-    assert np.array_equal(next_window[1920:], second[:6480 - 1920])
+    assert np.array_equal(next_window[1920:], second[: 6480 - 1920])
 
 
 # --------------------------------------------------------------------------- stand-in files
@@ -402,11 +401,18 @@ def test_after_an_utterance_ends_the_windows_go_on_with_its_last_frames_as_past(
 EXPECTED_IO = {
     ("onnx", "insightface_det.onnx"): (
         {"image": [1, 3, 512, 512]},
-        {f"{k}{i}": [n, d] for k, d in (("scores", 1), ("boxes", 4), ("kps", 10)) for i, n in ((1, 8192), (2, 2048), (3, 512))},
+        {
+            f"{k}{i}": [n, d]
+            for k, d in (("scores", 1), ("boxes", 4), ("kps", 10))
+            for i, n in ((1, 8192), (2, 2048), (3, 512))
+        },
     ),
     ("onnx", "landmark106.onnx"): ({"data": [1, 3, 192, 192]}, {"fc1": [1, 212]}),
     ("onnx", "landmark203.onnx"): ({"input": [1, 3, 224, 224]}, {"landmarks": [1, 406]}),
-    ("onnx", "blaze_face.onnx"): ({"input": [1, 128, 128, 3]}, {"regressors": [1, 896, 16], "classificators": [1, 896, 1]}),
+    ("onnx", "blaze_face.onnx"): (
+        {"input": [1, 128, 128, 3]},
+        {"regressors": [1, 896, 16], "classificators": [1, 896, 1]},
+    ),
     ("onnx", "face_mesh.onnx"): (
         {"input": [1, 256, 256, 3]},
         {"Identity": [1, 1, 1, 1434], "Identity_1": [1, 1, 1, 1], "Identity_2": [1, 1, 1, 1]},
@@ -414,11 +420,18 @@ EXPECTED_IO = {
     ("onnx", "hubert.onnx"): ({"input_values": [1, None]}, {"encoding_out": [None, 1024]}),
     ("ori", "det_10g.onnx"): (
         {"input.1": [1, 3, 512, 512]},
-        dict(zip(("448", "471", "494", "451", "474", "497", "454", "477", "500"),
-                 ([8192, 1], [2048, 1], [512, 1], [8192, 4], [2048, 4], [512, 4], [8192, 10], [2048, 10], [512, 10]))),
+        dict(
+            zip(
+                ("448", "471", "494", "451", "474", "497", "454", "477", "500"),
+                ([8192, 1], [2048, 1], [512, 1], [8192, 4], [2048, 4], [512, 4], [8192, 10], [2048, 10], [512, 10]),
+            )
+        ),
     ),  # fmt: skip
     ("ori", "2d106det.onnx"): ({"data": [1, 3, 192, 192]}, {"fc1": [1, 212]}),
-    ("ori", "landmark203.onnx"): ({"input": [1, 3, 224, 224]}, {"output_0": [1, 212], "output_1": [1, 2], "output_2": [1, 406]}),
+    ("ori", "landmark203.onnx"): (
+        {"input": [1, 3, 224, 224]},
+        {"output_0": [1, 212], "output_1": [1, 2], "output_2": [1, 406]},
+    ),
     ("ori", "hubert_streaming_fix_kv.onnx"): ({"input_values": [1, None]}, {"encoding_out": [None, 1024]}),
 }
 
@@ -450,7 +463,12 @@ def test_stand_in_files_are_small_and_deterministic(models, tmp_path):
 
     assert digest(tmp_path / "o") == digest(models["onnx"])
     assert digest(tmp_path / "a") == digest(models["ori"])
-    assert set(digest(models["ori"])) >= {"det_10g.onnx", "2d106det.onnx", "landmark203.onnx", "hubert_streaming_fix_kv.onnx"}
+    assert set(digest(models["ori"])) >= {
+        "det_10g.onnx",
+        "2d106det.onnx",
+        "landmark203.onnx",
+        "hubert_streaming_fix_kv.onnx",
+    }
     total = sum(p.stat().st_size for f in models.values() for p in f.iterdir())
     assert total < 3_000_000
 

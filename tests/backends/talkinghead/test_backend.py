@@ -53,8 +53,11 @@ def recording(backend: DittoBackend, **setup_options) -> tuple[DittoBackend, Rec
     """A backend sharing ``backend``'s models whose warp and stitching calls are recorded."""
     warp, stitch = RecordingRunner(backend.models.warp), RecordingRunner(backend.models.stitch)
     models = dataclasses.replace(backend.models, warp=warp, stitch=stitch)
-    return (DittoBackend(backend.cfg, backend.device, models=models,
-                         setup_options={**FAST_SETUP, **setup_options}), warp, stitch)
+    return (
+        DittoBackend(backend.cfg, backend.device, models=models, setup_options={**FAST_SETUP, **setup_options}),
+        warp,
+        stitch,
+    )
 
 
 # -- loading and registration ---------------------------------------------------------------------
@@ -65,8 +68,14 @@ def test_from_settings_builds_every_runner(pytorch_backend) -> None:
     assert backend.name == "ditto" and backend.device == torch.device("cpu")
     assert not backend.options.online_mode and backend.options.sampling_timesteps == 50
     models = backend.models
-    for runner in (models.lmdm, models.stitch, models.warp, models.decoder,
-                   models.registrar.motion_extractor, models.registrar.appearance_extractor):
+    for runner in (
+        models.lmdm,
+        models.stitch,
+        models.warp,
+        models.decoder,
+        models.registrar.motion_extractor,
+        models.registrar.appearance_extractor,
+    ):
         assert isinstance(runner, TorchRunner)
     assert type(models.registrar.face_mesh).__name__ == "MediaPipeFaceLandmarker"  # force_ori_type .task
 
@@ -139,8 +148,9 @@ def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(onlin
     assert [f.index for f in frames] == list(range(math.ceil(len(audio) / SAMPLES_PER_FRAME)))
     assert all(f.shed and f.image is None for f in frames[:-1])
     assert not frames[-1].shed and frames[-1].image is not None
-    relaxed = render_all(online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=True, max_lag_s=60)),
-                         audio, chunk=1000)
+    relaxed = render_all(
+        online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=True, max_lag_s=60)), audio, chunk=1000
+    )
     assert not any(f.shed for f in relaxed[0] + relaxed[1])
 
 
@@ -151,7 +161,7 @@ def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) 
     rows = [0] * n_frames
     start, end_guard = rng.randint(60, 100), rng.randint(60, 100)
     while start < n_frames - max(end_guard, blink_len):
-        rows[start:start + blink_len] = range(blink_len)
+        rows[start : start + blink_len] = range(blink_len)
         start += blink_len + rng.randint(60, 100)
     return rows
 
@@ -191,8 +201,9 @@ def test_concurrent_sessions_match_sequential_ones(fast_backend, avatar) -> None
     """Sessions share the models but nothing mutable: two threads give what one thread gives."""
     sequential = {seed: frames_of(fast_backend, avatar, 0.12, seed=seed) for seed in (11, 12)}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        parallel = dict(zip((11, 12), pool.map(lambda seed: frames_of(fast_backend, avatar, 0.12, seed=seed),
-                                               (11, 12))))
+        parallel = dict(
+            zip((11, 12), pool.map(lambda seed: frames_of(fast_backend, avatar, 0.12, seed=seed), (11, 12)))
+        )
     for seed, frames in sequential.items():
         assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, parallel[seed], strict=True))
 
@@ -302,16 +313,20 @@ def _missing(root: Path) -> None:
     (root / "models" / "decoder.pth").unlink()
 
 
-@pytest.mark.parametrize("breakage,file_name,reason", [
-    (_missing, "decoder.pth", "not found|missing|no such"),
-    (_wrong_shapes, "stitch_network.pth", "size mismatch"),
-    (_wrong_keys, "appearance_extractor.pth", "Missing key|Unexpected key"),
-    (_truncated_pth, "stitch_network.pth", "cannot load"),
-    (_truncated_onnx, "det_10g.onnx", "cannot load ONNX"),
-    (_lmdm_without_model_state_dict, "lmdm_v0.4_hubert.pth", "model_state_dict"),
-])
-def test_bad_checkpoint_is_a_config_error_naming_the_file(checkpoint_tree, tmp_path, breakage, file_name,
-                                                          reason) -> None:
+@pytest.mark.parametrize(
+    "breakage,file_name,reason",
+    [
+        (_missing, "decoder.pth", "not found|missing|no such"),
+        (_wrong_shapes, "stitch_network.pth", "size mismatch"),
+        (_wrong_keys, "appearance_extractor.pth", "Missing key|Unexpected key"),
+        (_truncated_pth, "stitch_network.pth", "cannot load"),
+        (_truncated_onnx, "det_10g.onnx", "cannot load ONNX"),
+        (_lmdm_without_model_state_dict, "lmdm_v0.4_hubert.pth", "model_state_dict"),
+    ],
+)
+def test_bad_checkpoint_is_a_config_error_naming_the_file(
+    checkpoint_tree, tmp_path, breakage, file_name, reason
+) -> None:
     root = _tree_copy(checkpoint_tree, tmp_path)
     breakage(root)
     settings = Settings(data_root=root, cfg_pkl=checkpoint_tree.cfg_pkl("pytorch"), device="cpu")
@@ -349,13 +364,29 @@ def test_session_through_the_real_server(checkpoint_tree, tmp_path) -> None:
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "streaming_server.py", "--data_root", str(checkpoint_tree.pytorch),
-         "--cfg_pkl", str(checkpoint_tree.cfg_pkl("pytorch")), "--port", str(port), "--max_size", "256",
-         "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "streaming_server.py",
+            "--data_root",
+            str(checkpoint_tree.pytorch),
+            "--cfg_pkl",
+            str(checkpoint_tree.cfg_pkl("pytorch")),
+            "--port",
+            str(port),
+            "--max_size",
+            "256",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert wait_healthy(port, proc, timeout_s=180)["backend"] == "ditto"
-        result = asyncio.run(run_session(f"ws://127.0.0.1:{port}", "ditto-test", str(wav), str(EXAMPLE_IMAGE),
-                                         timeout_s=400, seed=5))
+        result = asyncio.run(
+            run_session(f"ws://127.0.0.1:{port}", "ditto-test", str(wav), str(EXAMPLE_IMAGE), timeout_s=400, seed=5)
+        )
         assert result.ok, (result.error, (tmp_path / "server.log").read_text()[-3000:])
         assert result.metadata.total_frames == 5 and (result.metadata.width, result.metadata.height) == (256, 256)
         assert [f.index for f in result.frames] == list(range(5))
@@ -369,8 +400,21 @@ def test_server_with_a_broken_pkl_exits_with_one_line(checkpoint_tree, tmp_path)
     pkl = tmp_path / "broken.pkl"
     pkl.write_bytes(b"\x80\x04this is not a cfg")
     out = subprocess.run(
-        [sys.executable, "streaming_server.py", "--data_root", str(checkpoint_tree.pytorch), "--cfg_pkl", str(pkl),
-         "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "streaming_server.py",
+            "--data_root",
+            str(checkpoint_tree.pytorch),
+            "--cfg_pkl",
+            str(pkl),
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -391,7 +435,10 @@ def cuda_settings(checkpoint_tree) -> Settings:
         cfg["base_cfg"]["landmark478_cfg"] = {
             "blaze_face_model_path": str(checkpoint_tree.onnx / "blaze_face.onnx"),
             "face_mesh_model_path": str(checkpoint_tree.onnx / "face_mesh.onnx"),
-            "task_path": "", "device": "cuda", "force_ori_type": False}
+            "task_path": "",
+            "device": "cuda",
+            "force_ori_type": False,
+        }
         pkl = dump_cfg_pkl(checkpoint_tree.cfg / "pytorch_onnx_mesh_cfg.pkl", cfg)
     return Settings(data_root=checkpoint_tree.pytorch, cfg_pkl=pkl, device="cuda", compile_min_batch=0)
 

@@ -18,14 +18,30 @@ from ditto.tools import make_test_checkpoints as mtc
 from ditto.tools import onnx_cfg
 
 EXPECTED_FILES = {
-    "ditto_cfg": {"v0.4_hubert_cfg_pytorch.pkl", "v0.4_hubert_cfg_trt.pkl", "v0.4_hubert_cfg_trt_online.pkl",
-                  "v0.4_hubert_cfg_onnx.pkl", "v0.4_hubert_cfg_onnx_online.pkl"},
+    "ditto_cfg": {
+        "v0.4_hubert_cfg_pytorch.pkl",
+        "v0.4_hubert_cfg_trt.pkl",
+        "v0.4_hubert_cfg_trt_online.pkl",
+        "v0.4_hubert_cfg_onnx.pkl",
+        "v0.4_hubert_cfg_onnx_online.pkl",
+    },
     "ditto_pytorch/models": {f"{name}.pth" for name in mtc.NETWORK_NAMES},
-    "ditto_pytorch/aux_models": {"det_10g.onnx", "2d106det.onnx", "landmark203.onnx",
-                                 "hubert_streaming_fix_kv.onnx", "face_landmarker.task"},
-    "ditto_onnx": {f"{name}.onnx" for name in mtc.NETWORK_NAMES} | {
-        "insightface_det.onnx", "landmark106.onnx", "landmark203.onnx", "blaze_face.onnx", "face_mesh.onnx",
-        "hubert.onnx"},
+    "ditto_pytorch/aux_models": {
+        "det_10g.onnx",
+        "2d106det.onnx",
+        "landmark203.onnx",
+        "hubert_streaming_fix_kv.onnx",
+        "face_landmarker.task",
+    },
+    "ditto_onnx": {f"{name}.onnx" for name in mtc.NETWORK_NAMES}
+    | {
+        "insightface_det.onnx",
+        "landmark106.onnx",
+        "landmark203.onnx",
+        "blaze_face.onnx",
+        "face_mesh.onnx",
+        "hubert.onnx",
+    },
 }
 
 
@@ -71,15 +87,21 @@ def _twin_inputs(name: str, batch: int = 1) -> dict[str, torch.Tensor]:
     if name != mtc.LMDM_NAME:
         shapes = {k: (batch, *shape[1:]) for k, shape in ONNX_INPUT_SHAPES[name].items()}
         return make_example_inputs(name, shapes, generator=gen)
-    return {"x": torch.randn(batch, 80, 265, generator=gen),
-            "cond_frame": torch.randn(batch, 265, generator=gen) * 0.1,
-            "cond": torch.randn(batch, 80, 1103, generator=gen), "time_cond": torch.tensor([499, 99][:batch])}
+    return {
+        "x": torch.randn(batch, 80, 265, generator=gen),
+        "cond_frame": torch.randn(batch, 265, generator=gen) * 0.1,
+        "cond": torch.randn(batch, 80, 1103, generator=gen),
+        "time_cond": torch.tensor([499, 99][:batch]),
+    }
 
 
 def _twin_runners(tree: mtc.CheckpointTree, name: str) -> tuple[TorchRunner, OnnxRunner]:
     kind = "lmdm" if name == mtc.LMDM_NAME else name
-    torch_runner = load_runner(kind, tree.pytorch / "models" / f"{name}.pth",
-                               module_factory=None if kind == "lmdm" else (lambda _sd: fresh_module(name)))
+    torch_runner = load_runner(
+        kind,
+        tree.pytorch / "models" / f"{name}.pth",
+        module_factory=None if kind == "lmdm" else (lambda _sd: fresh_module(name)),
+    )
     assert isinstance(torch_runner, TorchRunner)
     return torch_runner, OnnxRunner(tree.onnx / f"{name}.onnx")
 
@@ -117,7 +139,7 @@ def test_fixed_batch_twins_run_row_by_row(checkpoint_tree) -> None:
     assert hubert.max_batch == 1
     windows = torch.randn(2, 6480, generator=torch.Generator().manual_seed(2)) * 0.1
     out = hubert(input_values=windows)["encoding_out"]
-    first, second = (hubert(input_values=windows[i:i + 1])["encoding_out"] for i in range(2))
+    first, second = (hubert(input_values=windows[i : i + 1])["encoding_out"] for i in range(2))
     assert first.shape == (20, 1024) and out.shape == (40, 1024)
     assert torch.equal(out, torch.cat([first, second]))
     assert OnnxRunner(checkpoint_tree.onnx / "appearance_extractor.onnx").max_batch == 1
@@ -132,10 +154,12 @@ def test_cli_is_deterministic_per_seed(checkpoint_tree, tmp_path, capsys) -> Non
     for name in mtc.NETWORK_NAMES:
         relative = Path("ditto_pytorch/models") / f"{name}.pth"
         assert state_dict_digest(load_checkpoint(tmp_path / relative)) == state_dict_digest(
-            load_checkpoint(checkpoint_tree.root / relative)), name
+            load_checkpoint(checkpoint_tree.root / relative)
+        ), name
     other = mtc.checkpoint_object("stitch_network", mtc.build_test_module("stitch_network", 1))
     assert state_dict_digest(other) != state_dict_digest(
-        load_checkpoint(checkpoint_tree.pytorch / "models" / "stitch_network.pth"))
+        load_checkpoint(checkpoint_tree.pytorch / "models" / "stitch_network.pth")
+    )
 
 
 def test_heads_are_rescaled_to_plausible_ranges() -> None:
@@ -154,11 +178,14 @@ def test_heads_are_rescaled_to_plausible_ranges() -> None:
         assert float((stitch(kp, kp) - kp).abs().max()) < 0.1
 
 
-@pytest.mark.parametrize("flavor,root,engines", [
-    ("pytorch", "pytorch", {"torch", "ori"}),
-    ("onnx", "onnx", {"onnx"}),
-    ("onnx_online", "onnx", {"onnx"}),
-])
+@pytest.mark.parametrize(
+    "flavor,root,engines",
+    [
+        ("pytorch", "pytorch", {"torch", "ori"}),
+        ("onnx", "onnx", {"onnx"}),
+        ("onnx_online", "onnx", {"onnx"}),
+    ],
+)
 def test_cfg_pkls_resolve_against_their_folder(checkpoint_tree, flavor, root, engines) -> None:
     cfg = load_cfg(checkpoint_tree.cfg_pkl(flavor), getattr(checkpoint_tree, root))  # every file must exist
     assert {m.engine for m in cfg.model_cfgs().values()} == engines

@@ -29,8 +29,9 @@ def _touch_models(cfg: dict, root: Path) -> None:
     """Create every file a cfg dict names, under root."""
     names = [cfg["audio2motion_cfg"]["model_path"]]
     for sec in cfg["base_cfg"].values():
-        names += [sec[k] for k in ("model_path", "task_path", "blaze_face_model_path", "face_mesh_model_path")
-                  if sec.get(k)]
+        names += [
+            sec[k] for k in ("model_path", "task_path", "blaze_face_model_path", "face_mesh_model_path") if sec.get(k)
+        ]
     for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
@@ -89,8 +90,14 @@ def test_trt_online_pkl_parses(tree) -> None:
 def test_pytorch_pkl_engines(tree) -> None:
     pkls, _, pt_root = tree
     cfg = load_cfg(pkls["pytorch"], pt_root)
-    for model in (cfg.appearance_extractor, cfg.motion_extractor, cfg.warp_network, cfg.decoder,
-                  cfg.stitch_network, cfg.lmdm):
+    for model in (
+        cfg.appearance_extractor,
+        cfg.motion_extractor,
+        cfg.warp_network,
+        cfg.decoder,
+        cfg.stitch_network,
+        cfg.lmdm,
+    ):
         assert model.engine == "torch" and model.model_path.suffix == ".pth"
     for model in (cfg.insightface_det, cfg.landmark106, cfg.landmark203, cfg.wav2feat):
         assert model.engine == "ori" and model.force_ori_type
@@ -129,8 +136,10 @@ def test_option_precedence(tree) -> None:
     assert extra.extra == {"some_new_key": 1} and extra.N_d == 7 and type(extra.N_d) is int
 
 
-@pytest.mark.parametrize(("suffix", "kind"), [
-    (".onnx", "onnx"), (".engine", "tensorrt"), (".trt", "tensorrt"), (".pt", "torch"), (".pth", "torch")])
+@pytest.mark.parametrize(
+    ("suffix", "kind"),
+    [(".onnx", "onnx"), (".engine", "tensorrt"), (".trt", "tensorrt"), (".pt", "torch"), (".pth", "torch")],
+)
 def test_engine_by_suffix(suffix, kind) -> None:
     assert engine_kind_for(f"a/model{suffix}") == kind
     assert engine_kind_for(f"a/model{suffix}", force_ori_type=True) == "ori"
@@ -181,21 +190,24 @@ def test_missing_top_level_key(tmp_path) -> None:
         load_cfg(_write(tmp_path / "c.pkl", cfg), tmp_path)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda c: c["base_cfg"].pop("warp_network_cfg"), "warp_network_cfg"),
-    (lambda c: c["base_cfg"]["decoder_cfg"].pop("model_path"), "model_path"),
-    (lambda c: c["base_cfg"]["decoder_cfg"].update(model_path=3), "decoder_cfg"),
-    (lambda c: c["base_cfg"].update(decoder_cfg="decoder.onnx"), "decoder_cfg"),
-    (lambda c: c["base_cfg"]["decoder_cfg"].update(model_path="decoder.bin"), "decoder.bin"),
-    (lambda c: c["base_cfg"]["decoder_cfg"].update(force_ori_type=True), "force_ori_type"),
-    (lambda c: c["audio2motion_cfg"].pop("seq_frames"), "seq_frames"),
-    (lambda c: c["audio2motion_cfg"].update(use_emo="yes"), "use_emo"),
-    (lambda c: c["audio2motion_cfg"].update(audio_feat_dim=-1), "audio_feat_dim"),
-    (lambda c: c["audio2motion_cfg"].update(w2f_type="wavlm"), "w2f_type"),
-    (lambda c: c.update(default_kwargs=[1]), "default_kwargs"),
-    (lambda c: c.update(base_cfg=None), "base_cfg"),
-    (lambda c: c["base_cfg"]["landmark478_cfg"].update(face_mesh_model_path=""), "face_mesh_model_path"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda c: c["base_cfg"].pop("warp_network_cfg"), "warp_network_cfg"),
+        (lambda c: c["base_cfg"]["decoder_cfg"].pop("model_path"), "model_path"),
+        (lambda c: c["base_cfg"]["decoder_cfg"].update(model_path=3), "decoder_cfg"),
+        (lambda c: c["base_cfg"].update(decoder_cfg="decoder.onnx"), "decoder_cfg"),
+        (lambda c: c["base_cfg"]["decoder_cfg"].update(model_path="decoder.bin"), "decoder.bin"),
+        (lambda c: c["base_cfg"]["decoder_cfg"].update(force_ori_type=True), "force_ori_type"),
+        (lambda c: c["audio2motion_cfg"].pop("seq_frames"), "seq_frames"),
+        (lambda c: c["audio2motion_cfg"].update(use_emo="yes"), "use_emo"),
+        (lambda c: c["audio2motion_cfg"].update(audio_feat_dim=-1), "audio_feat_dim"),
+        (lambda c: c["audio2motion_cfg"].update(w2f_type="wavlm"), "w2f_type"),
+        (lambda c: c.update(default_kwargs=[1]), "default_kwargs"),
+        (lambda c: c.update(base_cfg=None), "base_cfg"),
+        (lambda c: c["base_cfg"]["landmark478_cfg"].update(face_mesh_model_path=""), "face_mesh_model_path"),
+    ],
+)
 def test_malformed_sections(tmp_path, mutate, match) -> None:
     cfg = build_cfg_dict("trt")
     _touch_models(build_cfg_dict("trt"), tmp_path)
@@ -225,8 +237,11 @@ def test_missing_lmdm_file(tree) -> None:
 def test_ori_landmark478_needs_task_path(tree) -> None:
     pkls, _, pt_root = tree
     with pytest.raises(ConfigError, match="task_path"):
-        load_cfg(pkls["pytorch"], pt_root, replace_cfg={"base_cfg": {"landmark478_cfg": {
-            "task_path": "", "force_ori_type": True, "device": "cuda"}}})
+        load_cfg(
+            pkls["pytorch"],
+            pt_root,
+            replace_cfg={"base_cfg": {"landmark478_cfg": {"task_path": "", "force_ori_type": True, "device": "cuda"}}},
+        )
 
 
 def test_replace_cfg_unknown_section(tree) -> None:

@@ -19,7 +19,7 @@ from tests.backends.talkinghead.conftest import speech_like
 
 def fed(stream, audio: np.ndarray, chunk: int = 1600) -> list:
     """Every frame ``stream.feed`` yields for ``audio`` fed in chunks."""
-    return [frame for start in range(0, len(audio), chunk) for frame in stream.feed(audio[start:start + chunk])]
+    return [frame for start in range(0, len(audio), chunk) for frame in stream.feed(audio[start : start + chunk])]
 
 
 def step(a, b) -> float:
@@ -75,7 +75,7 @@ def test_interrupt_eases_the_face_back_instead_of_cutting(online_backend, avatar
     assert pop > 1.0
     eased_steps = [step(a, b) for a, b in zip([before[-1]] + eased[:ease], eased[:ease])]
     assert eased_steps[0] < 0.2 * pop and max(eased_steps) < 0.5 * pop
-    for a, b in zip(eased[ease - 1:], cut[ease - 1:]):  # then the same neutral restart
+    for a, b in zip(eased[ease - 1 :], cut[ease - 1 :]):  # then the same neutral restart
         np.testing.assert_array_equal(a.image, b.image)
 
 

@@ -38,19 +38,34 @@ def engine_like(backend: DittoBackend, clock=None) -> DeviceEngine:
 def render_works(backend: DittoBackend, avatar, n: int, seed: int = 0) -> list[RenderWork]:
     gen = torch.Generator().manual_seed(seed)
     frame = avatar.source.frames[0]
-    return [RenderWork(index=i, f_s=frame.f_s, x_s=torch.randn((1, 21, 3), generator=gen) * 0.1,
-                       x_d=torch.randn((1, 21, 3), generator=gen) * 0.1, stitch=i % 2 == 0,
-                       plan=avatar.paste_plans[0], jpeg_quality=None) for i in range(n)]
+    return [
+        RenderWork(
+            index=i,
+            f_s=frame.f_s,
+            x_s=torch.randn((1, 21, 3), generator=gen) * 0.1,
+            x_d=torch.randn((1, 21, 3), generator=gen) * 0.1,
+            stitch=i % 2 == 0,
+            plan=avatar.paste_plans[0],
+            jpeg_quality=None,
+        )
+        for i in range(n)
+    ]
 
 
 def window_works(backend: DittoBackend, n: int, steps: int = 3) -> list[WindowWork]:
     a2m = backend.cfg.audio2motion
     gen = torch.Generator().manual_seed(5)
     shape = (1, a2m.seq_frames, a2m.motion_feat_dim)
-    return [WindowWork(steps=steps, kp_cond=torch.randn((1, a2m.motion_feat_dim), generator=gen) * 0.1,
-                       cond=torch.randn((1, a2m.seq_frames, a2m.audio_feat_dim), generator=gen),
-                       x_T=torch.randn(shape, generator=gen), noise=torch.randn((steps - 1, *shape), generator=gen))
-            for _ in range(n)]
+    return [
+        WindowWork(
+            steps=steps,
+            kp_cond=torch.randn((1, a2m.motion_feat_dim), generator=gen) * 0.1,
+            cond=torch.randn((1, a2m.seq_frames, a2m.audio_feat_dim), generator=gen),
+            x_T=torch.randn(shape, generator=gen),
+            noise=torch.randn((steps - 1, *shape), generator=gen),
+        )
+        for _ in range(n)
+    ]
 
 
 def run_batched(engine: DeviceEngine, submit, works) -> list:
@@ -104,8 +119,7 @@ def test_a_batch_of_hubert_windows_equals_each_alone(engine) -> None:
     assert engine.stats[Stage.HUBERT].last_batch == 3
     for window, features in zip(windows, batched, strict=True):
         assert features.shape == (5, 1024)
-        torch.testing.assert_close(features, engine.features(window, deadline=0.0).result(timeout=60),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(features, engine.features(window, deadline=0.0).result(timeout=60), rtol=0, atol=0)
 
 
 def test_sessions_rendered_together_equal_each_session_alone(fast_backend, avatar) -> None:
@@ -115,8 +129,12 @@ def test_sessions_rendered_together_equal_each_session_alone(fast_backend, avata
     batches_before = fast_backend.models.engine.stats[Stage.RENDER].batches
     items_before = fast_backend.models.engine.stats[Stage.RENDER].items
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        together = dict(zip((1, 2), pool.map(
-            lambda seed: sum(render_all(fast_backend.open_stream(avatar, seed=seed), audio), []), (1, 2))))
+        together = dict(
+            zip(
+                (1, 2),
+                pool.map(lambda seed: sum(render_all(fast_backend.open_stream(avatar, seed=seed), audio), []), (1, 2)),
+            )
+        )
     stats = fast_backend.models.engine.stats[Stage.RENDER]
     assert stats.items - items_before == 10 and stats.batches - batches_before < 10  # some frames batched
     for seed in (1, 2):
@@ -142,9 +160,11 @@ def test_frames_past_their_lag_bound_are_shed_not_rendered(fast_backend, avatar)
     with contextlib.closing(engine_like(fast_backend, clock)) as engine:
         works = render_works(fast_backend, avatar, 3)
         with engine.paused():
-            futures = [engine.render(works[0], deadline=0.0, expires=clock.now - 0.1),  # waited too long
-                       engine.render(works[1], deadline=0.0, expires=clock.now + 10),
-                       engine.render(works[2], deadline=0.0)]  # never shed (a last frame)
+            futures = [
+                engine.render(works[0], deadline=0.0, expires=clock.now - 0.1),  # waited too long
+                engine.render(works[1], deadline=0.0, expires=clock.now + 10),
+                engine.render(works[2], deadline=0.0),
+            ]  # never shed (a last frame)
         results = [f.result(timeout=60) for f in futures]
         assert results[0] is None and results[1].index == 1 and results[2].index == 2
         assert engine.shed == 1 and engine.stats[Stage.RENDER].items == 2
@@ -155,8 +175,11 @@ def test_a_failing_item_fails_only_its_session_and_the_engine_keeps_serving(fast
         good = render_works(fast_backend, avatar, 2)
         bad = dataclasses.replace(good[0], index=9, f_s=torch.zeros(1, 3))  # not an appearance volume
         with engine.paused():
-            futures = [engine.render(good[0], deadline=0.0), engine.render(bad, deadline=0.0),
-                       engine.render(good[1], deadline=0.0)]
+            futures = [
+                engine.render(good[0], deadline=0.0),
+                engine.render(bad, deadline=0.0),
+                engine.render(good[1], deadline=0.0),
+            ]
         assert futures[0].result(timeout=60).index == 0 and futures[2].result(timeout=60).index == 1
         with pytest.raises(RuntimeError):
             futures[1].result(timeout=60)
@@ -168,7 +191,11 @@ def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avata
     class OutOfMemoryOnce:
         def __init__(self, runner) -> None:
             self.runner, self.input_names, self.output_names, self.device = (
-                runner, runner.input_names, runner.output_names, runner.device)
+                runner,
+                runner.input_names,
+                runner.output_names,
+                runner.device,
+            )
 
         def __call__(self, **inputs):
             if float(inputs["kp_driving"].abs().sum()) > 1e3:
@@ -256,13 +283,14 @@ def test_cuda_batches_equal_each_item_alone_within_fp16(cuda_backend, portrait) 
     motions = run_batched(engine, lambda w: engine.sample(w, deadline=0.0), windows)
     for work, motion in zip(windows, motions, strict=True):
         torch.testing.assert_close(motion, engine.sample(work, deadline=0.0).result(timeout=60), rtol=0, atol=2e-3)
-    encoded = run_batched(engine, lambda w: engine.render(w, deadline=0.0),
-                          [dataclasses.replace(w, jpeg_quality=90) for w in works])
+    encoded = run_batched(
+        engine, lambda w: engine.render(w, deadline=0.0), [dataclasses.replace(w, jpeg_quality=90) for w in works]
+    )
     for frame, plain in zip(encoded, batched, strict=True):
         assert frame.image is None and frame.jpeg[:2] == b"\xff\xd8"
         decoded = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
         mse = float(np.mean((decoded.astype(float) - plain.image.astype(float)) ** 2))
-        assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 30
+        assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 30
 
 
 @pytest.mark.gpu
@@ -279,8 +307,14 @@ def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
         base.close()
 
 
-@pytest.mark.parametrize("conv", [torch.nn.Conv3d(110, 22, 3, padding=1), torch.nn.Conv3d(32, 4, 1),
-                                  torch.nn.Conv2d(5, 1, 7, padding=3, bias=False)])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv3d(110, 22, 3, padding=1),
+        torch.nn.Conv3d(32, 4, 1),
+        torch.nn.Conv2d(5, 1, 7, padding=3, bias=False),
+    ],
+)
 def test_padding_conv_channels_to_multiples_of_8_keeps_the_result(conv) -> None:
     from ditto.backends.talkinghead.pipeline.render import pad_conv_channels
 
@@ -293,11 +327,14 @@ def test_padding_conv_channels_to_multiples_of_8_keeps_the_result(conv) -> None:
         torch.testing.assert_close(padded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("conv, shape", [
-    (torch.nn.Conv3d(142, 22, 7, padding=3), (2, 142, 5, 9, 9)),  # the mask convolution's kind; depth < kernel
-    (torch.nn.Conv3d(20, 32, 3, padding=1, bias=False), (3, 20, 4, 6, 6)),
-    (torch.nn.Conv3d(8, 5, (3, 5, 5), padding=(1, 2, 2)), (1, 8, 7, 6, 6)),
-])
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (torch.nn.Conv3d(142, 22, 7, padding=3), (2, 142, 5, 9, 9)),  # the mask convolution's kind; depth < kernel
+        (torch.nn.Conv3d(20, 32, 3, padding=1, bias=False), (3, 20, 4, 6, 6)),
+        (torch.nn.Conv3d(8, 5, (3, 5, 5), padding=(1, 2, 2)), (1, 8, 7, 6, 6)),
+    ],
+)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
 def test_depth_tap_conv_computes_the_conv3d(conv, shape, memory_format) -> None:
     from ditto.backends.talkinghead.pipeline.render import DepthTapConv3d
@@ -326,8 +363,9 @@ def test_cuda_compiled_renderer_matches_the_autocast_graphs() -> None:
 
     torch.manual_seed(0)
     device = torch.device("cuda")
-    warp = TorchRunner(WarpingNetwork(), ("feature_3d", "kp_source", "kp_driving"), ("out",), device=device,
-                       autocast_fp16=True)
+    warp = TorchRunner(
+        WarpingNetwork(), ("feature_3d", "kp_source", "kp_driving"), ("out",), device=device, autocast_fp16=True
+    )
     decoder = TorchRunner(SPADEDecoder(), ("feature",), ("output",), device=device, autocast_fp16=True)
     f_s = [torch.randn(1, 32, 16, 64, 64, device=device) for _ in range(2)]
     x_s, x_d = (torch.randn(2, 21, 3, device=device) * 0.2 for _ in range(2))

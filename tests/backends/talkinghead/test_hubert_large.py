@@ -26,11 +26,26 @@ from ditto.tools.aux_test_models import build_hubert_large_stand_in
 #: the training-only ``masked_spec_embed`` that HubertLarge leaves out.
 HF_LARGE_PARAMS = 315_438_720
 
-SMALL = {"conv_dim": 32, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128,
-         "pos_conv_kernel": 16, "pos_conv_groups": 4}
+SMALL = {
+    "conv_dim": 32,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 128,
+    "pos_conv_kernel": 16,
+    "pos_conv_groups": 4,
+}
 # Another shape of the same architecture: no conv bias, 3 layers, 2 heads, odd FFN width.
-OTHER = {"conv_dim": 24, "conv_bias": False, "hidden_size": 48, "num_layers": 3, "num_heads": 2,
-         "intermediate_size": 72, "pos_conv_kernel": 8, "pos_conv_groups": 4}
+OTHER = {
+    "conv_dim": 24,
+    "conv_bias": False,
+    "hidden_size": 48,
+    "num_layers": 3,
+    "num_heads": 2,
+    "intermediate_size": 72,
+    "pos_conv_kernel": 8,
+    "pos_conv_groups": 4,
+}
 
 
 def small_module(cfg: dict, seed: int = 0) -> HubertLarge:
@@ -101,10 +116,16 @@ def test_default_config_is_hubert_large():
     assert n == HF_LARGE_PARAMS - 1024  # exact: the HF layout, masked_spec_embed aside
     keys = module.state_dict().keys()
     assert len(keys) == 421
-    assert {"feature_extractor.conv_layers.0.conv.weight", "feature_extractor.conv_layers.6.layer_norm.bias",
-            "feature_projection.projection.weight", "encoder.pos_conv_embed.conv.weight_g",
-            "encoder.pos_conv_embed.conv.weight_v", "encoder.layers.23.attention.q_proj.weight",
-            "encoder.layers.23.feed_forward.output_dense.bias", "encoder.layer_norm.weight"} <= set(keys)
+    assert {
+        "feature_extractor.conv_layers.0.conv.weight",
+        "feature_extractor.conv_layers.6.layer_norm.bias",
+        "feature_projection.projection.weight",
+        "encoder.pos_conv_embed.conv.weight_g",
+        "encoder.pos_conv_embed.conv.weight_v",
+        "encoder.layers.23.attention.q_proj.weight",
+        "encoder.layers.23.feed_forward.output_dense.bias",
+        "encoder.layer_norm.weight",
+    } <= set(keys)
     assert tuple(module.state_dict()["encoder.pos_conv_embed.conv.weight_v"].shape) == (1024, 64, 128)
 
 
@@ -128,8 +149,10 @@ def test_batch_rows_equal_single_rows():
 
 def test_hf_state_dict_names_are_ours():
     module = small_module(SMALL)
-    renamed = {"conv.weight_g": "conv.parametrizations.weight.original0",
-               "conv.weight_v": "conv.parametrizations.weight.original1"}
+    renamed = {
+        "conv.weight_g": "conv.parametrizations.weight.original0",
+        "conv.weight_v": "conv.parametrizations.weight.original1",
+    }
     hf = {}
     for key, value in module.state_dict().items():
         for ours, theirs in renamed.items():
@@ -212,8 +235,9 @@ def test_extractor_module_path_equals_runner_path(exported):
     module = HubertFeatureExtractor(module=ht.hubert_module_from_onnx(path), max_batch=2)
     windows = audio(3, 6480, seed=5)
     np.testing.assert_allclose(module.encode_batch(windows), runner.encode_batch(windows), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(module.encode_batch(torch.from_numpy(windows))[1], runner.encode(windows[1]),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        module.encode_batch(torch.from_numpy(windows))[1], runner.encode(windows[1]), atol=1e-4, rtol=0
+    )
     assert module.chunk_features_batch(windows).shape == (3, 5, 64)
     speech = audio(16000 * 2 + 123, seed=6)  # 51 frames: 11 windows, batches of 2
     offline = module.offline_features(speech)
@@ -264,8 +288,12 @@ def test_cuda_module_batches_like_onnxruntime(exported):
 
 
 def test_full_size_stand_in_weights_depend_on_the_seed_alone():
-    probes = ("feature_extractor.conv_layers.0.conv.weight", "encoder.layers.23.attention.v_proj.weight",
-              "encoder.layers.5.final_layer_norm.bias", "encoder.pos_conv_embed.conv.weight_g")
+    probes = (
+        "feature_extractor.conv_layers.0.conv.weight",
+        "encoder.layers.23.attention.v_proj.weight",
+        "encoder.layers.5.final_layer_norm.bias",
+        "encoder.pos_conv_embed.conv.weight_g",
+    )
 
     def probe(seed: int) -> list[torch.Tensor]:
         state = build_hubert_large_stand_in(seed).state_dict()
@@ -279,7 +307,6 @@ def test_full_size_stand_in_weights_depend_on_the_seed_alone():
     assert float(first[2].abs().max()) > 0.05  # LayerNorm biases jittered away from 0
 
 
-
 @pytest.mark.slow
 def test_full_size_stand_in_onnx_equals_torch(tmp_path):
     t0 = time.perf_counter()
@@ -290,8 +317,9 @@ def test_full_size_stand_in_onnx_equals_torch(tmp_path):
     assert 1.2e9 < size < 1.3e9
     weights = ht.read_hubert_onnx(path)
     assert weights.route == "name"
-    assert {k: v for k, v in weights.config.items() if k != "layer_norm_eps"} == \
-        {k: v for k, v in HubertLarge().config.items() if k != "layer_norm_eps"}
+    assert {k: v for k, v in weights.config.items() if k != "layer_norm_eps"} == {
+        k: v for k, v in HubertLarge().config.items() if k != "layer_norm_eps"
+    }
     module = ht.hubert_module_from_onnx(path)
     x = audio(6480, seed=1)
     expected = ort_encode(path, x)

@@ -153,9 +153,21 @@ def _rot(x):
 def _mha(q, k, v, sd, p, heads=8):
     e = q.shape[-1]
     out, _ = F.multi_head_attention_forward(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), e, heads,
-        sd[p + ".in_proj_weight"], sd[p + ".in_proj_bias"], None, None, False, 0.0,
-        sd[p + ".out_proj.weight"], sd[p + ".out_proj.bias"], training=False, need_weights=False,
+        q.transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        e,
+        heads,
+        sd[p + ".in_proj_weight"],
+        sd[p + ".in_proj_bias"],
+        None,
+        None,
+        False,
+        0.0,
+        sd[p + ".out_proj.weight"],
+        sd[p + ".out_proj.bias"],
+        training=False,
+        need_weights=False,
     )
     return out.transpose(0, 1)
 

@@ -75,7 +75,12 @@ KEY_SHAPES = {
         "G_middle_0.conv_0.weight_v": (4608,),
         "up_0.conv_s.weight_orig": (256, 512, 1, 1),
     },
-    "stitch_network": {"mlp.0.weight": (128, 126), "mlp.2.weight": (128, 128), "mlp.4.weight": (64, 128), "mlp.6.weight": (65, 64)},
+    "stitch_network": {
+        "mlp.0.weight": (128, 126),
+        "mlp.2.weight": (128, 128),
+        "mlp.4.weight": (64, 128),
+        "mlp.6.weight": (65, 64),
+    },
 }
 
 # Golden outputs of the OFFICIAL modules (ditto-talkinghead e9191cf, core/models/modules), loaded with
@@ -83,11 +88,31 @@ KEY_SHAPES = {
 # GOLDEN_INDICES of the flattened output; motion outputs concatenated in ONNX order).
 GOLDEN_INDICES = [0, 1, 7, 100, 1000, 4321, 9999, 65535]
 GOLDEN = {
-    "appearance_extractor": (0.0330663, 0.8856043, [0.6270362, 0.6427016, 0.4831444, 0.1498826, -0.1877704, 0.490383, 0.7955596, 0.0689375]),
-    "motion_extractor": (-0.0462116, 0.9983253, [-0.7927203, 0.417021, 0.7324392, 1.1812185, -1.0692751, -0.0487878, -0.5122385, 0.3166218]),
-    "warp_network": (-0.014171, 0.2300176, [0.1437908, 0.2498501, 0.213496, 0.2785122, 0.1449396, -0.0954479, 0.1767517, 0.1629306]),
-    "decoder": (0.5185215, 0.1514007, [0.5417569, 0.4901799, 0.3778621, 0.2993407, 0.455911, 0.4305051, 0.4479029, 0.4702725]),
-    "stitch_network": (0.0502434, 0.335048, [0.2094564, -0.6581898, -0.231396, -0.0390121, -0.3060207, -0.0390121, -0.0390578, 0.585624]),
+    "appearance_extractor": (
+        0.0330663,
+        0.8856043,
+        [0.6270362, 0.6427016, 0.4831444, 0.1498826, -0.1877704, 0.490383, 0.7955596, 0.0689375],
+    ),
+    "motion_extractor": (
+        -0.0462116,
+        0.9983253,
+        [-0.7927203, 0.417021, 0.7324392, 1.1812185, -1.0692751, -0.0487878, -0.5122385, 0.3166218],
+    ),
+    "warp_network": (
+        -0.014171,
+        0.2300176,
+        [0.1437908, 0.2498501, 0.213496, 0.2785122, 0.1449396, -0.0954479, 0.1767517, 0.1629306],
+    ),
+    "decoder": (
+        0.5185215,
+        0.1514007,
+        [0.5417569, 0.4901799, 0.3778621, 0.2993407, 0.455911, 0.4305051, 0.4479029, 0.4702725],
+    ),
+    "stitch_network": (
+        0.0502434,
+        0.335048,
+        [0.2094564, -0.6581898, -0.231396, -0.0390121, -0.3060207, -0.0390121, -0.0390578, 0.585624],
+    ),
 }
 
 # Reduced spatial sizes for real CPU forwards of the heavy networks (depth 16 must stay: the
@@ -369,7 +394,9 @@ def test_spectral_norm_eval_uses_stored_vectors_like_torch(bias, tmp_path):
         assert not torch.allclose(got, plain, atol=1e-3)
 
     export_onnx_path = tmp_path / "sn.onnx"
-    torch.onnx.export(ours, (x,), str(export_onnx_path), input_names=["x"], output_names=["y"], opset_version=20, dynamo=False)
+    torch.onnx.export(
+        ours, (x,), str(export_onnx_path), input_names=["x"], output_names=["y"], opset_version=20, dynamo=False
+    )
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(export_onnx_path), providers=["CPUExecutionProvider"])

@@ -87,8 +87,10 @@ class FakeSampler:
     def __call__(self, kp_cond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         assert kp_cond.shape == (1, MOTION_DIM) and cond.shape[:2] == (1, 80)
         self.calls.append((kp_cond.clone(), cond.clone()))
-        feats = torch.stack([cond[0, :, 0], cond[0, :, 1], torch.sin(cond[0, :, 0] * 0.37),
-                             torch.arange(80, dtype=torch.float32) / 80], 1)
+        feats = torch.stack(
+            [cond[0, :, 0], cond[0, :, 1], torch.sin(cond[0, :, 0] * 0.37), torch.arange(80, dtype=torch.float32) / 80],
+            1,
+        )
         return (feats @ self.proj + 0.5 * kp_cond).unsqueeze(0)
 
 
@@ -134,8 +136,10 @@ class _RefWindows:
         else:
             n = len(res)
             res = res.copy()
-            res[n - self.F:] = res[n - self.F:] * (1 - self.alpha) + pred[80 - self.V - self.F:80 - self.V] * self.alpha
-            res = np.concatenate([res, pred[80 - self.V:]], 0)
+            res[n - self.F :] = (
+                res[n - self.F :] * (1 - self.alpha) + pred[80 - self.V - self.F : 80 - self.V] * self.alpha
+            )
+            res = np.concatenate([res, pred[80 - self.V :]], 0)
             n = len(res)
             res = _ref_smooth(res, self.smo, n - self.V - self.F, n - self.V + 1)
         self.clip_idx += 1
@@ -143,7 +147,7 @@ class _RefWindows:
         if self.fix > 0 and self.clip_idx % self.fix == 0:
             self.kp = self.src.copy()
             if self.fix_dim is not None:
-                self.kp[self.fix_dim[0]:self.fix_dim[1]] = row[self.fix_dim[0]:self.fix_dim[1]]
+                self.kp[self.fix_dim[0] : self.fix_dim[1]] = row[self.fix_dim[0] : self.fix_dim[1]]
         else:
             self.kp = row.copy()
         return res
@@ -153,13 +157,16 @@ def _ref_cond(aud: np.ndarray, start: int, src: ConditionSource, emo_table: np.n
     n = len(aud)
     idx = [max(i, 0) for i in range(start, start + n)]
     eo, eb = src.eye_open.numpy(), src.eye_ball.numpy()
-    return np.concatenate([
-        aud,
-        emo_table[[i % len(emo_table) for i in idx]],
-        eo[[mirror_index(i, len(eo)) for i in idx]],
-        eb[[mirror_index(i, len(eb)) for i in idx]],
-        np.repeat(src.sc.numpy()[None], n, 0),
-    ], 1).astype(np.float32)
+    return np.concatenate(
+        [
+            aud,
+            emo_table[[i % len(emo_table) for i in idx]],
+            eo[[mirror_index(i, len(eo)) for i in idx]],
+            eb[[mirror_index(i, len(eb)) for i in idx]],
+            np.repeat(src.sc.numpy()[None], n, 0),
+        ],
+        1,
+    ).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +291,7 @@ def test_offline_values_match_reference(overlap, fix, fix_dim):
     cond_all = _ref_cond(feats.numpy(), 0, src, parse_emo([[4], [3], [5, 6]]))
     res = None
     for start in range(0, n, 80 - overlap):
-        w = cond_all[start:start + 80]
+        w = cond_all[start : start + 80]
         if len(w) < 80:
             w = np.concatenate([w, np.repeat(w[-1:], 80 - len(w), 0)], 0)
         res = ref_win(w, res)
@@ -302,8 +309,14 @@ def _online(overlap: int, sampler=None, v_min_max=None):
     src = _cond_source()
     handler = ConditionHandler(src, 4)
     sampler = sampler or FakeSampler()
-    win = a2m.MotionWindowing(sampler, a2m.motion_to_vector(src.x_s_info_0), overlap=overlap,
-                              online=True, fix_kp_cond=1, fix_kp_cond_dim=[0, 202])
+    win = a2m.MotionWindowing(
+        sampler,
+        a2m.motion_to_vector(src.x_s_info_0),
+        overlap=overlap,
+        online=True,
+        fix_kp_cond=1,
+        fix_kp_cond_dim=[0, 202],
+    )
     prefix = torch.full((overlap, 1024), -1.0)
     return a2m.OnlineAudio2Motion(win, handler, prefix, v_min_max=v_min_max), sampler, src
 
@@ -378,7 +391,7 @@ def test_online_flush_on_the_window_grid_goes_on_as_one_stream():
 def test_online_flush_emits_to_the_end_and_the_next_window_continues_there(overlap, end):
     online, sampler, _ = _online(overlap)
     real = _features(end)
-    chunks = [online.push(real[i:i + 5]) for i in range(0, end, 5)]
+    chunks = [online.push(real[i : i + 5]) for i in range(0, end, 5)]
     chunks.append(online.flush(_features(5, end), end_frame=end))
     first, rows = _rows(chunks)
     assert first == 0 and rows.shape[0] == end
@@ -421,18 +434,19 @@ def test_online_values_match_reference_worker():
     online, _, src = _online(overlap, v_min_max=a2m.as_v_min_max(vmm, "cpu"))
     n_real = 137
     feats = _features(n_real)
-    got = [online.push(feats[i:i + 5]).motion for i in range(0, n_real, 5)]
+    got = [online.push(feats[i : i + 5]).motion for i in range(0, n_real, 5)]
     got.append(online.finish().motion)
     ours = torch.cat(got, 0).numpy()
 
     # reference: the upstream online worker, all features at once
-    ref_win = _RefWindows(FakeSampler(), a2m.motion_to_vector(src.x_s_info_0).numpy(), overlap,
-                          online=True, fix=1, fix_dim=(0, 202))
+    ref_win = _RefWindows(
+        FakeSampler(), a2m.motion_to_vector(src.x_s_info_0).numpy(), overlap, online=True, fix=1, fix_dim=(0, 202)
+    )
     buf = np.concatenate([np.full((overlap, 1024), -1.0, np.float32), feats.numpy()], 0)
     emo = parse_emo(4)
     res, valid_start, local, out = None, None, 0, []
     while local < len(buf):
-        w = buf[local:local + 80]
+        w = buf[local : local + 80]
         real = 80 - overlap
         if len(w) < 80:
             real = len(w)
@@ -442,7 +456,7 @@ def test_online_values_match_reference_worker():
             valid_start = len(res) - min(overlap, 80 - overlap)
             d0 = np.clip(res[0], vmm[0], vmm[1])
         else:
-            out.append(res[valid_start:valid_start + real])
+            out.append(res[valid_start : valid_start + real])
             valid_start += real
         local += real
     ref = np.clip(np.concatenate(out, 0), vmm[0], vmm[1])
@@ -469,7 +483,7 @@ def test_blink_schedule_random_seeded():
     for a, b in zip(starts, starts[1:]):
         assert 15 + 60 <= b - a <= 15 + 100
     for s in starts:
-        assert rows[s:s + 15] == list(range(15))
+        assert rows[s : s + 15] == list(range(15))
     assert sum(1 for r in rows if r) == 14 * len(starts)
     # same draw order as upstream: start gap, end gap, then one gap per blink
     r = random.Random(7)
@@ -531,18 +545,29 @@ def test_keypoint_transform_hand_rotation():
     scale, t = 1.3, np.array([0.1, -0.2, 0.7])
     expected = scale * (kp @ rot + exp)
     expected[:, :2] += t[:2]
-    info = {"kp": torch.tensor(kp.reshape(1, 63), dtype=torch.float32),
-            "exp": torch.tensor(exp.reshape(1, 63), dtype=torch.float32),
-            "scale": torch.tensor([[scale]], dtype=torch.float32),
-            "t": torch.tensor(t[None], dtype=torch.float32),
-            "pitch": _sharp_logits(40), "yaw": _sharp_logits(25), "roll": _sharp_logits(35)}
+    info = {
+        "kp": torch.tensor(kp.reshape(1, 63), dtype=torch.float32),
+        "exp": torch.tensor(exp.reshape(1, 63), dtype=torch.float32),
+        "scale": torch.tensor([[scale]], dtype=torch.float32),
+        "t": torch.tensor(t[None], dtype=torch.float32),
+        "pitch": _sharp_logits(40),
+        "yaw": _sharp_logits(25),
+        "roll": _sharp_logits(35),
+    }
     out = ms.transform_keypoint(info)
     assert out.shape == (1, 21, 3)
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
     # pure yaw rotates the x axis toward -z for positive yaw (column-vector Ry)
-    only_yaw = dict(info, pitch=torch.tensor([0.0]), roll=torch.tensor([0.0]), yaw=torch.tensor([30.0]),
-                    kp=torch.tensor([[1.0, 0, 0] + [0.0] * 60]), exp=torch.zeros(1, 63),
-                    scale=torch.ones(1, 1), t=torch.zeros(1, 3))
+    only_yaw = dict(
+        info,
+        pitch=torch.tensor([0.0]),
+        roll=torch.tensor([0.0]),
+        yaw=torch.tensor([30.0]),
+        kp=torch.tensor([[1.0, 0, 0] + [0.0] * 60]),
+        exp=torch.zeros(1, 63),
+        scale=torch.ones(1, 1),
+        t=torch.zeros(1, 3),
+    )
     v = ms.transform_keypoint(only_yaw)[0, 0].numpy()
     np.testing.assert_allclose(v, [math.cos(math.radians(30)), 0, -math.sin(math.radians(30))], atol=1e-6)
 
@@ -571,8 +596,9 @@ def test_motion_stitch_composition_image():
         calls.append((x_s, x_d))
         return x_d + 1
 
-    st = ms.MotionStitcher(source, stitch_fn=stitch, delta_eye_arr=delta_eye, delta_eye_open_n=-1,
-                           rng=random.Random(0), d0=d0)
+    st = ms.MotionStitcher(
+        source, stitch_fn=stitch, delta_eye_arr=delta_eye, delta_eye_open_n=-1, rng=random.Random(0), d0=d0
+    )
     kps = st(0, d1, {})
     # reconstruct by hand
     lip = np.zeros((21, 3))
@@ -602,8 +628,7 @@ def test_motion_stitch_controls_and_video_defaults():
     assert st.use_d_keys == ("exp",) and st.drive_eye is False
     st(1, d)  # first frame becomes d0 -> x_d = source frame 1 exactly
     again = st(1, d)
-    np.testing.assert_allclose(again.x_d.numpy(), ms.transform_keypoint(source.frames[1].x_s_info).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(again.x_d.numpy(), ms.transform_keypoint(source.frames[1].x_s_info).numpy(), atol=1e-6)
     # delta_pitch is added in degrees after the logit -> degree conversion
     img = _source(is_image=True)
     st2 = ms.MotionStitcher(img, flag_stitching=False, drive_eye=False, overall_ctrl_info={"delta_pitch": 2})
@@ -616,8 +641,13 @@ def test_motion_stitch_controls_and_video_defaults():
     np.testing.assert_allclose(shifted.x_d.numpy(), expected.numpy(), atol=1e-5)
     # ch_info scale ratio turns use_d_keys into weights on exp/pose only
     st4 = ms.MotionStitcher(img, flag_stitching=False, ch_scale=2 * src.scale.item())
-    assert st4.use_d_keys == {"exp": pytest.approx(2.0), "pitch": pytest.approx(2.0),
-                              "yaw": pytest.approx(2.0), "roll": pytest.approx(2.0), "t": 1}
+    assert st4.use_d_keys == {
+        "exp": pytest.approx(2.0),
+        "pitch": pytest.approx(2.0),
+        "yaw": pytest.approx(2.0),
+        "roll": pytest.approx(2.0),
+        "t": 1,
+    }
     with pytest.raises(ValueError):
         ms.MotionStitcher(img)  # stitching without a network
 
@@ -688,8 +718,9 @@ def _official_like_putback(frame, render_chw, M):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("angle,scale,shift", [(0.31, 0.62, (40.3, -25.7)), (-0.05, 1.37, (-180.0, -60.5)),
-                                                (0.0, 0.5, (10.0, 12.0))])
+@pytest.mark.parametrize(
+    "angle,scale,shift", [(0.31, 0.62, (40.3, -25.7)), (-0.05, 1.37, (-180.0, -60.5)), (0.0, 0.5, (10.0, 12.0))]
+)
 def test_putback_matches_cv2(angle, scale, shift):
     rng = np.random.default_rng(21)
     h, w = 420, 380
@@ -699,9 +730,10 @@ def test_putback_matches_cv2(angle, scale, shift):
     render += rng.normal(0, 0.05, render.shape).astype(np.float32)  # texture + out-of-range values
     c, s = math.cos(angle) * scale, math.sin(angle) * scale
     # M_c2o as the registrar stores it: float32 3x3
-    M = np.array([[c, -s, w / 2 - 256 * c + 256 * s + shift[0]],
-                  [s, c, h / 2 - 256 * s - 256 * c + shift[1]],
-                  [0, 0, 1]], dtype=np.float32)
+    M = np.array(
+        [[c, -s, w / 2 - 256 * c + 256 * s + shift[0]], [s, c, h / 2 - 256 * s - 256 * c + shift[1]], [0, 0, 1]],
+        dtype=np.float32,
+    )
     ref = _official_like_putback(frame, render, M)
     plan = pb.build_paste_plan(torch.from_numpy(frame), M)
     out = pb.paste_back(plan, torch.from_numpy(render)[None])
@@ -736,13 +768,14 @@ def test_offline_rows_stream_out_window_by_window(overlap, n):
     assert sum(c[1] for c in chunks) == n
     if n > 80 and overlap == 10:
         assert chunks[0][:3] == (0, 69, 1)  # the first frame leaves after ONE window
-    whole = a2m.generate_motion_offline(feats, ConditionHandler(src, 4),
-                                        a2m.MotionWindowing(FakeSampler(), vec, overlap=overlap), v_min_max=vmm)
+    whole = a2m.generate_motion_offline(
+        feats, ConditionHandler(src, 4), a2m.MotionWindowing(FakeSampler(), vec, overlap=overlap), v_min_max=vmm
+    )
     ref_win = a2m.MotionWindowing(FakeSampler(), vec, overlap=overlap)
     cond_all = ConditionHandler(src, 4)(feats, 0)
     res = None
     for start in range(0, n, 80 - overlap):
-        w = cond_all[start:start + 80]
+        w = cond_all[start : start + 80]
         if len(w) < 80:
             w = torch.cat([w, w[-1:].expand(80 - len(w), -1)], 0)
         res = ref_win.step(w.unsqueeze(0), res)

@@ -94,8 +94,12 @@ class _DictNet(_TupleNet):
 
 def _lmdm_batch(b: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
-    return {"x": torch.randn(b, 80, 265, generator=g), "cond_frame": torch.randn(b, 265, generator=g),
-            "cond": torch.randn(b, 80, 1103, generator=g), "time_cond": torch.tensor([899, 499, 99][:b])}
+    return {
+        "x": torch.randn(b, 80, 265, generator=g),
+        "cond_frame": torch.randn(b, 265, generator=g),
+        "cond": torch.randn(b, 80, 1103, generator=g),
+        "time_cond": torch.tensor([899, 499, 99][:b]),
+    }
 
 
 def test_onnx_runner_fixed_and_dynamic_batch(lmdm_files, tmp_path, monkeypatch) -> None:
@@ -124,7 +128,7 @@ def test_onnx_runner_fixed_and_dynamic_batch(lmdm_files, tmp_path, monkeypatch) 
         assert got["x_start"].shape == got["pred_noise"].shape == (3, 80, 265)
         torch.testing.assert_close(got["x_start"], ref_x0, rtol=0, atol=1e-4)
         torch.testing.assert_close(got["pred_noise"], ref_noise, rtol=0, atol=1e-3)
-    rows = [fixed(**{k: v[i:i + 1] for k, v in ins.items()}) for i in range(3)]
+    rows = [fixed(**{k: v[i : i + 1] for k, v in ins.items()}) for i in range(3)]
     assert torch.equal(got_fixed["x_start"], torch.cat([r["x_start"] for r in rows]))
     with pytest.raises(ValueError, match="do not share a leading batch axis"):
         fixed(**{**ins, "time_cond": ins["time_cond"][:1]})

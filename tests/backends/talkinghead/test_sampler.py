@@ -40,8 +40,18 @@ def test_cosine_schedule_matches_float64_recipe() -> None:
 
 
 def test_time_pairs() -> None:
-    assert ddim_time_pairs(10) == [(999, 899), (899, 799), (799, 699), (699, 599), (599, 499),
-                                   (499, 399), (399, 299), (299, 199), (199, 99), (99, -1)]
+    assert ddim_time_pairs(10) == [
+        (999, 899),
+        (899, 799),
+        (799, 699),
+        (699, 599),
+        (599, 499),
+        (499, 399),
+        (399, 299),
+        (299, 199),
+        (199, 99),
+        (99, -1),
+    ]
     p50 = ddim_time_pairs(50)
     assert len(p50) == 50 and p50[0] == (999, 979) and p50[-1] == (19, -1)
     assert ddim_time_pairs(1) == [(999, -1)]
@@ -106,8 +116,13 @@ def test_sample_window_loop_by_hand() -> None:
     x = x_T
     for i in range(4):
         eps, x0 = den(x, kp, cond, torch.tensor([0]))
-        x = x0 if i == 3 else x0 * sampler.schedule.sqrt_alpha_next[i] + sampler.schedule.c[i] * eps \
+        x = (
+            x0
+            if i == 3
+            else x0 * sampler.schedule.sqrt_alpha_next[i]
+            + sampler.schedule.c[i] * eps
             + sampler.schedule.sigma[i] * sampler.schedule.noise[i]
+        )
     torch.testing.assert_close(out, x)
 
 

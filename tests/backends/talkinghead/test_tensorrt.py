@@ -37,8 +37,9 @@ from ditto.tools.cfg_writers import build_cfg_dict, write_cfg_pkl
 from tests.conftest import ROOT
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
-NEEDS_TRT = pytest.mark.skipif(not (HAVE_TRT and torch.cuda.is_available()),
-                               reason="needs the tensorrt package and a CUDA GPU")
+NEEDS_TRT = pytest.mark.skipif(
+    not (HAVE_TRT and torch.cuda.is_available()), reason="needs the tensorrt package and a CUDA GPU"
+)
 _ONNX_TYPES = {1: "float32", 10: "float16", 6: "int32", 7: "int64"}
 
 
@@ -75,8 +76,13 @@ def trt_tree(tmp_path) -> SimpleNamespace:
     for flavor in ("trt", "trt_online", "pytorch"):
         write_cfg_pkl(cfg_dir, flavor)
     _touch_tree(trt_root, build_cfg_dict("trt"))
-    return SimpleNamespace(ckpt=ckpt, trt_root=trt_root, cfg_dir=cfg_dir,
-                           trt_pkl=cfg_dir / CFG_PKL_NAMES["trt"], online_pkl=cfg_dir / CFG_PKL_NAMES["trt_online"])
+    return SimpleNamespace(
+        ckpt=ckpt,
+        trt_root=trt_root,
+        cfg_dir=cfg_dir,
+        trt_pkl=cfg_dir / CFG_PKL_NAMES["trt"],
+        online_pkl=cfg_dir / CFG_PKL_NAMES["trt_online"],
+    )
 
 
 def _settings(**kw):
@@ -114,8 +120,9 @@ def _onnx_specs(path: Path) -> list[TensorSpec]:
         return TensorSpec(v.name, is_input, dims, _ONNX_TYPES[v.type.tensor_type.elem_type])
 
     inits = {i.name for i in model.graph.initializer}
-    return ([spec(v, True) for v in model.graph.input if v.name not in inits]
-            + [spec(v, False) for v in model.graph.output])
+    return [spec(v, True) for v in model.graph.input if v.name not in inits] + [
+        spec(v, False) for v in model.graph.output
+    ]
 
 
 @pytest.mark.parametrize("model", ENGINE_MODELS)
@@ -171,8 +178,9 @@ def test_binding_problems() -> None:
 
 FAKE_TRT = SimpleNamespace(
     __version__="8.6.1",
-    DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT64="INT64", INT8="INT8", BOOL="BOOL",
-                             UINT8="UINT8"),
+    DataType=SimpleNamespace(
+        FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT64="INT64", INT8="INT8", BOOL="BOOL", UINT8="UINT8"
+    ),
     TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
 )
 _TRT_TYPE = {"float32": "FLOAT", "float16": "HALF", "int32": "INT32", "int64": "INT64"}
@@ -181,8 +189,10 @@ _CT = {"float32": ctypes.c_float, "int32": ctypes.c_int32}
 
 def _engine_specs(model: str) -> list[TensorSpec]:
     """What an official TRT 8.6 engine of ``model`` declares: ONNX IO with int64 → int32."""
-    return [TensorSpec(s.name, s.is_input, s.shape, "int32" if s.dtype == "int64" else s.dtype)
-            for s in expected_bindings(model)]
+    return [
+        TensorSpec(s.name, s.is_input, s.shape, "int32" if s.dtype == "int64" else s.dtype)
+        for s in expected_bindings(model)
+    ]
 
 
 class FakeEngine86:
@@ -194,10 +204,17 @@ class FakeEngine86:
         self.specs, self.profiles = specs, profiles or {}
         self.num_bindings = len(specs)
 
-    def get_binding_name(self, i): return self.specs[i].name
-    def binding_is_input(self, i): return self.specs[i].is_input
-    def get_binding_shape(self, i): return self.specs[i].shape
-    def get_binding_dtype(self, i): return _TRT_TYPE[self.specs[i].dtype]
+    def get_binding_name(self, i):
+        return self.specs[i].name
+
+    def binding_is_input(self, i):
+        return self.specs[i].is_input
+
+    def get_binding_shape(self, i):
+        return self.specs[i].shape
+
+    def get_binding_dtype(self, i):
+        return _TRT_TYPE[self.specs[i].dtype]
 
     def get_profile_shape(self, profile, i):
         p = self.profiles[self.specs[i].name]
@@ -212,10 +229,17 @@ class FakeEngine10:
         self.order, self.profiles = [s.name for s in specs], profiles or {}
         self.num_io_tensors = len(specs)
 
-    def get_tensor_name(self, i): return self.order[i]
-    def get_tensor_mode(self, n): return "INPUT" if self.by_name[n].is_input else "OUTPUT"
-    def get_tensor_shape(self, n): return self.by_name[n].shape
-    def get_tensor_dtype(self, n): return _TRT_TYPE[self.by_name[n].dtype]
+    def get_tensor_name(self, i):
+        return self.order[i]
+
+    def get_tensor_mode(self, n):
+        return "INPUT" if self.by_name[n].is_input else "OUTPUT"
+
+    def get_tensor_shape(self, n):
+        return self.by_name[n].shape
+
+    def get_tensor_dtype(self, n):
+        return _TRT_TYPE[self.by_name[n].dtype]
 
     def get_tensor_profile_shape(self, n, profile):
         p = self.profiles[n]
@@ -280,8 +304,11 @@ class FakeContext:
         spec = self.specs[self.index[n]]
         return self.shapes[n] if spec.is_input else (self.shapes["x"][0], *spec.shape[1:])
 
-    def get_binding_shape(self, i): return self.get_tensor_shape(self.specs[i].name)
-    def set_tensor_address(self, n, p): self.addr[n] = p
+    def get_binding_shape(self, i):
+        return self.get_tensor_shape(self.specs[i].name)
+
+    def set_tensor_address(self, n, p):
+        self.addr[n] = p
 
     def execute_async_v2(self, bindings, stream_handle):
         assert self.api == "bindings" and stream_handle == 0
@@ -319,8 +346,14 @@ def _fake_engine(api, *, batch: build_engines.BatchRange | None = None):
         contexts.append(FakeContext(specs, api))
         return contexts[-1]
 
-    return SimpleNamespace(path="lmdm_v0.4_hubert_fp32.engine", device=torch.device("cpu"), flavor=api,
-                           bindings=bindings, specs=tuple(specs), create_context=create_context), contexts
+    return SimpleNamespace(
+        path="lmdm_v0.4_hubert_fp32.engine",
+        device=torch.device("cpu"),
+        flavor=api,
+        bindings=bindings,
+        specs=tuple(specs),
+        create_context=create_context,
+    ), contexts
 
 
 @pytest.mark.parametrize("api", ["bindings", "tensors"])
@@ -350,8 +383,12 @@ def test_runner_wires_buffers_and_casts_time_cond(api) -> None:
 
 def _lmdm_batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(b, 80, 265, generator=g), "cond_frame": torch.randn(b, 265, generator=g),
-            "cond": torch.randn(b, 80, 1103, generator=g), "time_cond": torch.arange(b, dtype=torch.int64) * 100}
+    return {
+        "x": torch.randn(b, 80, 265, generator=g),
+        "cond_frame": torch.randn(b, 265, generator=g),
+        "cond": torch.randn(b, 80, 1103, generator=g),
+        "time_cond": torch.arange(b, dtype=torch.int64) * 100,
+    }
 
 
 @pytest.mark.parametrize("api", ["bindings", "tensors"])
@@ -363,8 +400,11 @@ def test_dynamic_batch_engine_sets_shapes_per_batch(api) -> None:
     out = runner(**ins)
     ctx = contexts[0]
     assert [c for c in ctx.calls if c[0] == "shape"] == [
-        ("shape", "x", (3, 80, 265)), ("shape", "cond_frame", (3, 265)), ("shape", "cond", (3, 80, 1103)),
-        ("shape", "time_cond", (3,))]
+        ("shape", "x", (3, 80, 265)),
+        ("shape", "cond_frame", (3, 265)),
+        ("shape", "cond", (3, 80, 1103)),
+        ("shape", "time_cond", (3,)),
+    ]
     assert [c for c in ctx.calls if c[0] == "run"] == [("run", 3)]  # one engine call for the batch
     assert out["x_start"].shape == out["pred_noise"].shape == (3, 80, 265)
     assert torch.equal(out["x_start"], ins["x"] + ins["time_cond"][:, None, None].float())
@@ -393,7 +433,7 @@ def test_fixed_batch_engine_runs_a_batch_row_by_row(api) -> None:
     ctx = contexts[0]
     assert [c for c in ctx.calls if c[0] == "run"] == [("run", 1)] * 3  # same context, one call per row
     assert sum(c[0] == "shape" for c in ctx.calls) == 4  # every row has the engine's batch-1 shapes
-    rows = [runner(**{k: v[i:i + 1] for k, v in ins.items()}) for i in range(3)]
+    rows = [runner(**{k: v[i : i + 1] for k, v in ins.items()}) for i in range(3)]
     for name in runner.output_names:
         assert out[name].shape == (3, 80, 265)
         assert torch.equal(out[name], torch.cat([r[name] for r in rows]))
@@ -405,8 +445,13 @@ def test_fixed_batch_engine_runs_a_batch_row_by_row(api) -> None:
 def test_hubert_length_outside_profile_is_refused() -> None:
     specs, profiles = _engine_specs("hubert"), SHAPE_PROFILES["hubert"]
     bindings = tr.read_io_table(FakeEngine10(specs, profiles), FAKE_TRT, "tensors")
-    engine = SimpleNamespace(path="hubert_fp32.engine", device=torch.device("cpu"), flavor="tensors",
-                             bindings=bindings, create_context=lambda: SimpleNamespace())
+    engine = SimpleNamespace(
+        path="hubert_fp32.engine",
+        device=torch.device("cpu"),
+        flavor="tensors",
+        bindings=bindings,
+        create_context=lambda: SimpleNamespace(),
+    )
     runner = tr.TensorRTRunner(engine=engine)
     assert runner.max_batch == 1  # HuBERT's axis 0 is fixed: a batch of windows is one call per window
     with pytest.raises(ValueError, match=r"outside the engine's profile \[3240, 12960\]"):
@@ -421,21 +466,45 @@ def test_versions_pick_the_api() -> None:
         tr.check_tensorrt_version(SimpleNamespace(__version__="8.5.3"))
 
 
-@pytest.mark.parametrize("messages, kind", [
-    (["Serialization assertion stdVersionRead == serializationVersion failed.Version tag does not match. "
-      "Note: Current Version: 236, Serialized Engine Version: 232"], "version"),
-    (["The engine plan file is not compatible with this version of TensorRT, expecting library version 10.3.0 "
-      "got 8.6.1, please rebuild."], "version"),
-    (["The engine plan file is generated on an incompatible device, expecting compute 8.9 got compute 7.5, "
-      "please rebuild."], "hardware"),
-    (["getPluginCreator could not find plugin: GridSample3D version: 1",
-      "Cannot deserialize plugin since corresponding IPluginCreator not found in Plugin Registry"], "plugin"),
-    (["something else"], "unknown"),
-])
+@pytest.mark.parametrize(
+    "messages, kind",
+    [
+        (
+            [
+                "Serialization assertion stdVersionRead == serializationVersion failed.Version tag does not match. "
+                "Note: Current Version: 236, Serialized Engine Version: 232"
+            ],
+            "version",
+        ),
+        (
+            [
+                "The engine plan file is not compatible with this version of TensorRT, expecting library version 10.3.0 "
+                "got 8.6.1, please rebuild."
+            ],
+            "version",
+        ),
+        (
+            [
+                "The engine plan file is generated on an incompatible device, expecting compute 8.9 got compute 7.5, "
+                "please rebuild."
+            ],
+            "hardware",
+        ),
+        (
+            [
+                "getPluginCreator could not find plugin: GridSample3D version: 1",
+                "Cannot deserialize plugin since corresponding IPluginCreator not found in Plugin Registry",
+            ],
+            "plugin",
+        ),
+        (["something else"], "unknown"),
+    ],
+)
 def test_deserialize_failures_are_explained(messages, kind) -> None:
     assert preflight.classify_deserialize_failure(messages) == kind
-    text = preflight.explain_deserialize_failure("/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", messages,
-                                                 trt_version="10.3.0", gpu="Fake GPU (sm_89)")
+    text = preflight.explain_deserialize_failure(
+        "/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", messages, trt_version="10.3.0", gpu="Fake GPU (sm_89)"
+    )
     assert "/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine" in text and "Fake GPU" in text
     assert "python -m ditto.tools.build_engines --onnx_dir /ck/ditto_onnx --out_dir /ck/ditto_trt_local" in text
     if kind == "plugin":
@@ -459,10 +528,15 @@ def test_failures_are_facts_worded_by_preflight(tmp_path, monkeypatch) -> None:
     with pytest.raises(tr.TensorRTUnusable, match="needs a CUDA device, got cpu") as info:
         tr.TensorRTEngine(tmp_path / "decoder_fp16.engine", device="cpu")
     assert info.value.failure == tr.NoCudaDevice(str(tmp_path / "decoder_fp16.engine"), "cpu", gpu_visible=True)
-    rejected = tr.EngineRejected("/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine", "10.3.0", "Fake GPU (sm_89)",
-                                 ("getPluginCreator could not find plugin: GridSample3D version: 1",))
+    rejected = tr.EngineRejected(
+        "/ck/ditto_trt_Ampere_Plus/decoder_fp16.engine",
+        "10.3.0",
+        "Fake GPU (sm_89)",
+        ("getPluginCreator could not find plugin: GridSample3D version: 1",),
+    )
     assert preflight.diagnose(rejected) == preflight.explain_deserialize_failure(
-        rejected.path, rejected.messages, trt_version="10.3.0", gpu="Fake GPU (sm_89)")
+        rejected.path, rejected.messages, trt_version="10.3.0", gpu="Fake GPU (sm_89)"
+    )
     engine = object.__new__(tr.TensorRTEngine)
     engine.path, engine.model = "/ck/ditto_trt_x/lmdm_v0.4_hubert_fp32.engine", "lmdm"
     bad = [TensorSpec("t", True, (1,), "int32") if s.name == "time_cond" else s for s in _engine_specs("lmdm")]
@@ -589,8 +663,9 @@ def test_fallback_refuses_the_plugin_warp_onnx(trt_tree, tmp_path) -> None:
     onnx_dir = trt_tree.ckpt / "ditto_onnx"
     onnx_dir.mkdir()
     node = helper.make_node("GridSample3D", ["a"], ["b"], domain="custom")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", 1, [1])],
-                              [helper.make_tensor_value_info("b", 1, [1])])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("a", 1, [1])], [helper.make_tensor_value_info("b", 1, [1])]
+    )
     onnx.save(helper.make_model(graph), str(onnx_dir / "warp_network.onnx"))
     with pytest.raises(ConfigError, match="GridSample3D.*ditto_pytorch"):
         preflight.fallback_tree(trt_tree.trt_root, trt_tree.trt_pkl)
@@ -606,8 +681,7 @@ def test_load_checked_cfg(trt_tree, no_tensorrt) -> None:
     with pytest.raises(ConfigError, match="requirements-trt.txt"):
         preflight.load_checked_cfg(settings)
     _touch_tree(trt_tree.ckpt / "ditto_pytorch", build_cfg_dict("pytorch"))
-    cfg = preflight.load_checked_cfg(_settings(data_root=trt_tree.trt_root, cfg_pkl=trt_tree.online_pkl,
-                                               fallback=True))
+    cfg = preflight.load_checked_cfg(_settings(data_root=trt_tree.trt_root, cfg_pkl=trt_tree.online_pkl, fallback=True))
     assert cfg.data_root == (trt_tree.ckpt / "ditto_pytorch").absolute() and cfg.decoder.engine == "torch"
 
 
@@ -617,9 +691,21 @@ def test_load_checked_cfg(trt_tree, no_tensorrt) -> None:
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message shown when TensorRT is NOT installed")
 def test_server_exits_with_one_clear_message(trt_tree) -> None:
     out = subprocess.run(
-        [sys.executable, "streaming_server.py", "--data_root", str(trt_tree.trt_root), "--cfg_pkl",
-         str(trt_tree.online_pkl), "--port", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "streaming_server.py",
+            "--data_root",
+            str(trt_tree.trt_root),
+            "--cfg_pkl",
+            str(trt_tree.online_pkl),
+            "--port",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("streaming_server.py: error:")]
     assert len(errors) == 1, out.stderr[-3000:]
@@ -644,7 +730,8 @@ def test_build_plan(onnx_twins, tmp_path) -> None:
     for m in batched:  # every input of the batched twins: axis 0 over 1..16 (opt 8), the rest static
         official = {t.name: t.shape for t in expected_bindings(model_for_file(f"{m}.onnx")) if t.is_input}
         assert {n: (p.min, p.opt, p.max) for n, p in steps[m].profiles.items()} == {
-            n: (shape, (8, *shape[1:]), (16, *shape[1:])) for n, shape in official.items()}, m
+            n: (shape, (8, *shape[1:]), (16, *shape[1:])) for n, shape in official.items()
+        }, m
     lmdm = steps["lmdm_v0.4_hubert"]
     assert lmdm.batch == build_engines.DEFAULT_BATCH == build_engines.BatchRange(1, 8, 16)
     assert set(lmdm.profiles) == {"x", "cond_frame", "cond", "time_cond"}
@@ -653,9 +740,13 @@ def test_build_plan(onnx_twins, tmp_path) -> None:
     warp = steps["warp_network"].profiles["feature_3d"]
     assert (warp.min, warp.max) == ((1, 32, 16, 64, 64), (16, 32, 16, 64, 64))
     assert "batch 1..16 opt 8; profile kp_source min [1, 21, 3] opt [8, 21, 3] max [16, 21, 3]" in (
-        steps["stitch_network"].describe())
-    assert all(not s.profiles and "batch fixed by the ONNX" in s.describe()
-               for m, s in steps.items() if m not in batched | {"hubert"})
+        steps["stitch_network"].describe()
+    )
+    assert all(
+        not s.profiles and "batch fixed by the ONNX" in s.describe()
+        for m, s in steps.items()
+        if m not in batched | {"hubert"}
+    )
     small = build_engines.plan_builds(onnx_twins, tmp_path, models=["decoder"], batch=build_engines.BatchRange(2, 4, 8))
     assert small[0].profiles["feature"] == ShapeProfile((2, 256, 64, 64), (4, 256, 64, 64), (8, 256, 64, 64))
     warp = steps["warp_network"]
@@ -704,11 +795,20 @@ def test_build_engines_cli_batch(onnx_twins, tmp_path, capsys) -> None:
 
 
 def test_build_engines_cli(onnx_twins, tmp_path) -> None:
-    help_ = subprocess.run([sys.executable, "-m", "ditto.tools.build_engines", "--help"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+    help_ = subprocess.run(
+        [sys.executable, "-m", "ditto.tools.build_engines", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert help_.returncode == 0 and "--onnx_dir" in help_.stdout and "--out_dir" in help_.stdout
-    assert build_engines.main(["--onnx_dir", str(onnx_twins), "--out_dir", str(tmp_path), "--dry_run",
-                               "--hardware_compat", "none"]) == 0
+    assert (
+        build_engines.main(
+            ["--onnx_dir", str(onnx_twins), "--out_dir", str(tmp_path), "--dry_run", "--hardware_compat", "none"]
+        )
+        == 0
+    )
     assert build_engines.main(["--onnx_dir", str(tmp_path / "nope"), "--out_dir", str(tmp_path)]) == 2
 
 
@@ -732,9 +832,11 @@ class _Recorder:
 def test_build_engine_sets_the_official_options(tmp_path) -> None:
     """The builder calls for the warp network, on a recording double of the TensorRT 8.6 API."""
     log: list = []
-    layers = [SimpleNamespace(name="/dense_motion/GridSample_3", type="LayerType.PLUGIN_V2", precision=None),
-              SimpleNamespace(name="/GridSample_shape", type="LayerType.SHAPE", precision=None),
-              SimpleNamespace(name="/conv", type="LayerType.CONVOLUTION", precision=None)]
+    layers = [
+        SimpleNamespace(name="/dense_motion/GridSample_3", type="LayerType.PLUGIN_V2", precision=None),
+        SimpleNamespace(name="/GridSample_shape", type="LayerType.SHAPE", precision=None),
+        SimpleNamespace(name="/conv", type="LayerType.CONVOLUTION", precision=None),
+    ]
     network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
     config = _Recorder(log, "config")
     profile = _Recorder(log, "profile")
@@ -743,19 +845,23 @@ def test_build_engine_sets_the_official_options(tmp_path) -> None:
         create_network=lambda flags: log.append(("create_network", flags)) or network,
         create_builder_config=lambda: config,
         create_optimization_profile=lambda: profile,
-        build_serialized_network=lambda n, c: b"plan")
+        build_serialized_network=lambda n, c: b"plan",
+    )
     trt = SimpleNamespace(
-        __version__="8.6.1", Builder=lambda _l: builder, float32="fp32",
+        __version__="8.6.1",
+        Builder=lambda _l: builder,
+        float32="fp32",
         NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0),
         OnnxParser=lambda n, _l: SimpleNamespace(parse_from_file=lambda p: True),
         HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS"),
         BuilderFlag=SimpleNamespace(FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER"),
         PreviewFeature=SimpleNamespace(PROFILE_SHARING_0806="PS0806"),
-        MemoryPoolType=SimpleNamespace(WORKSPACE="WS"))
+        MemoryPoolType=SimpleNamespace(WORKSPACE="WS"),
+    )
     plugin = tmp_path / "libgrid_sample_3d_plugin.so"
     plugin.write_bytes(b"")
     (tmp_path / "warp_network.onnx").write_bytes(b"")
-    step, = build_engines.plan_builds(tmp_path, tmp_path / "out", ampere_plus=True)
+    (step,) = build_engines.plan_builds(tmp_path, tmp_path / "out", ampere_plus=True)
     assert build_engines.build_engine(step, trt, None) == b"plan"
     assert ("load_library", str(plugin)) in log and ("create_network", 1) in log
     assert ("config.builder_optimization_level", 5) in log
@@ -767,8 +873,9 @@ def test_build_engine_sets_the_official_options(tmp_path) -> None:
     log.clear()
     specs = {t.name: t.shape for t in expected_bindings("stitch_network", dynamic_batch=True) if t.is_input}
     profiles, batch = build_engines.plan_profiles("stitch_network", specs, build_engines.DEFAULT_BATCH)
-    stitch = build_engines.BuildStep("stitch_network", tmp_path / "s.onnx", tmp_path / "s.engine", True,
-                                     profiles=profiles, batch=batch)
+    stitch = build_engines.BuildStep(
+        "stitch_network", tmp_path / "s.onnx", tmp_path / "s.engine", True, profiles=profiles, batch=batch
+    )
     build_engines.build_engine(stitch, trt, None)
     assert ("profile.set_shape", ("kp_driving", (1, 21, 3), (8, 21, 3), (16, 21, 3))) in log
     assert ("config.set_preview_feature", ("PS0806", True)) in log  # one profile, shareable by several contexts
@@ -817,8 +924,13 @@ def test_the_device_engine_is_the_one_caller_of_an_engine(pytorch_backend) -> No
     models = dataclasses.replace(pytorch_backend.models, lmdm=tr.TensorRTRunner(engine=engine))
     try:
         g = torch.Generator().manual_seed(0)
-        work = WindowWork(steps=2, kp_cond=torch.zeros(1, 265), cond=torch.zeros(1, 80, 1103),
-                          x_T=torch.randn(1, 80, 265, generator=g), noise=torch.randn(1, 1, 80, 265, generator=g))
+        work = WindowWork(
+            steps=2,
+            kp_cond=torch.zeros(1, 265),
+            cond=torch.zeros(1, 80, 1103),
+            x_T=torch.randn(1, 80, 265, generator=g),
+            noise=torch.randn(1, 1, 80, 265, generator=g),
+        )
         with models.engine.paused():
             futures = [models.engine.sample(work, deadline=0.0) for _ in range(3)]
         assert all(f.result(timeout=60).shape == (80, 265) for f in futures)

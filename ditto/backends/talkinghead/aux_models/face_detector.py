@@ -169,9 +169,7 @@ def decode_scrfd(
         kps_off = np.asarray(outputs[level + 2 * n_levels], np.float32).reshape(-1, 10) * stride
         centers = anchor_centers(input_hw[0] // stride, input_hw[1] // stride, stride)
         if centers.shape[0] != scores.shape[0]:
-            raise ValueError(
-                f"stride {stride}: {scores.shape[0]} scores for {centers.shape[0]} anchors"
-            )
+            raise ValueError(f"stride {stride}: {scores.shape[0]} scores for {centers.shape[0]} anchors")
         hit = scores >= score_threshold
         all_scores.append(scores[hit])
         all_boxes.append(distance_to_boxes(centers[hit], box_dist[hit]))

@@ -122,7 +122,7 @@ class StreamingWindower:
         pushed = self._offset + self._buffer.shape[0] - past
         out = self.push(np.zeros(-pushed % SAMPLES_PER_FRAME, np.float32))
         out += self._remaining()
-        self._buffer = self._buffer[self._buffer.shape[0] - past:].copy()
+        self._buffer = self._buffer[self._buffer.shape[0] - past :].copy()
         self._offset = self._next_start = 0
         return out
 
@@ -166,8 +166,15 @@ class HubertFeatureExtractor:
     Every method goes through :meth:`encode_batch`. Safe to call from several threads.
     """
 
-    def __init__(self, runner: Runner | None = None, chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE, *,
-                 module: torch.nn.Module | None = None, autocast_fp16: bool = False, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        runner: Runner | None = None,
+        chunksize: tuple[int, int, int] = DEFAULT_CHUNKSIZE,
+        *,
+        module: torch.nn.Module | None = None,
+        autocast_fp16: bool = False,
+        max_batch: int = 32,
+    ) -> None:
         if (runner is None) == (module is None):
             raise ValueError("HubertFeatureExtractor takes a runner or a module (exactly one)")
         self._runner = runner
@@ -212,8 +219,9 @@ class HubertFeatureExtractor:
         return np.stack(rows)
 
     def _encode_module(self, batch: torch.Tensor) -> np.ndarray:
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.float16) if self.autocast_fp16
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16) if self.autocast_fp16 else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             out = self._module(batch.to(self.device, non_blocking=True))  # type: ignore[misc]
         return out.float().cpu().numpy()

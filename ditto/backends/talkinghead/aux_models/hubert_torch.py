@@ -57,8 +57,12 @@ from ditto.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "HubertOnnxWeights", "check_module_matches_runner", "hubert_module_from_onnx", "hubert_state_dict_from_hf",
-    "load_hubert_extractor", "read_hubert_onnx",
+    "HubertOnnxWeights",
+    "check_module_matches_runner",
+    "hubert_module_from_onnx",
+    "hubert_state_dict_from_hf",
+    "load_hubert_extractor",
+    "read_hubert_onnx",
 ]
 
 _POS = "encoder.pos_conv_embed.conv."
@@ -80,7 +84,7 @@ def hubert_state_dict_from_hf(state_dict: Mapping[str, Tensor]) -> dict[str, Ten
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if key.startswith("hubert."):
-            key = key[len("hubert."):]
+            key = key[len("hubert.") :]
         if key == "masked_spec_embed" or key.startswith("lm_head."):
             continue
         key = key.replace("parametrizations.weight.original0", "weight_g")
@@ -173,14 +177,26 @@ def _state_key_order(cfg: Mapping[str, Any]) -> Iterator[str]:
             yield base + "conv.bias"
         yield base + "layer_norm.weight"
         yield base + "layer_norm.bias"
-    yield from ("feature_projection.layer_norm.weight", "feature_projection.layer_norm.bias",
-                "feature_projection.projection.weight", "feature_projection.projection.bias")
+    yield from (
+        "feature_projection.layer_norm.weight",
+        "feature_projection.layer_norm.bias",
+        "feature_projection.projection.weight",
+        "feature_projection.projection.bias",
+    )
     yield "POS"
     yield _POS + "bias"
     for n in range(cfg["num_layers"]):
         base = f"encoder.layers.{n}."
-        for part in ("layer_norm", "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.out_proj",
-                     "final_layer_norm", "feed_forward.intermediate_dense", "feed_forward.output_dense"):
+        for part in (
+            "layer_norm",
+            "attention.q_proj",
+            "attention.k_proj",
+            "attention.v_proj",
+            "attention.out_proj",
+            "final_layer_norm",
+            "feed_forward.intermediate_dense",
+            "feed_forward.output_dense",
+        ):
             yield base + part + ".weight"
             yield base + part + ".bias"
     yield "encoder.layer_norm.weight"
@@ -192,8 +208,11 @@ def _infer_config(g: _Graph) -> dict[str, Any]:
     cfg = {name: p.default for name, p in inspect.signature(HubertLarge).parameters.items()}
     convs = [n for n in g.nodes if n.op_type == "Conv"]
     pos = next((n for n in convs if int(g.attrs(n).get("group", 1)) > 1), None)
-    feature = [n for n in convs[: convs.index(pos) if pos is not None else len(convs)]
-               if int(g.attrs(n).get("group", 1)) == 1 and n.input[1] in g.values]
+    feature = [
+        n
+        for n in convs[: convs.index(pos) if pos is not None else len(convs)]
+        if int(g.attrs(n).get("group", 1)) == 1 and n.input[1] in g.values
+    ]
     if feature:
         cfg["conv_kernels"] = tuple(int(g.values[n.input[1]].shape[-1]) for n in feature)
         cfg["conv_strides"] = tuple(int(list(g.attrs(n).get("strides", [1]))[0]) for n in feature)
@@ -279,8 +298,9 @@ class _Mismatch(Exception):
         self.detail = detail
 
 
-def _map_by_name(g: _Graph, cfg: Mapping[str, Any],
-                 shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+def _map_by_name(
+    g: _Graph, cfg: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, np.ndarray] | None:
     """Values for every key found by name, None if some key has no (unique) name; _Mismatch on a bad shape."""
 
     def lookup(key: str) -> _Weight | None:
@@ -303,7 +323,8 @@ def _map_by_name(g: _Graph, cfg: Mapping[str, Any],
             if g_w is not None and g_w.array.size != shapes[_POS + "weight_g"][-1]:
                 raise _Mismatch(f"tensor {g_w.describe()} does not fit {_POS}weight_g {shapes[_POS + 'weight_g']}")
             out[_POS + "weight_g"], out[_POS + "weight_v"] = _weight_norm_parts(
-                v_w.array, g_w.array if g_w is not None else None)
+                v_w.array, g_w.array if g_w is not None else None
+            )
             continue
         w = lookup(key)
         if w is None:
@@ -332,8 +353,10 @@ def _map_by_order(g: _Graph, cfg: Mapping[str, Any], shapes: Mapping[str, tuple[
             w = take(key, shapes[key])
             value = _fit(w, key, shapes[key])
             if value is None:
-                raise _Mismatch(f"tensor {w.describe()} (use #{g.weights.index(w)}, by {w.op}) is where "
-                                f"{key} {shapes[key]} should be")
+                raise _Mismatch(
+                    f"tensor {w.describe()} (use #{g.weights.index(w)}, by {w.op}) is where "
+                    f"{key} {shapes[key]} should be"
+                )
             out[key] = value
             continue
         first = take(_POS + "weight", v_shape)
@@ -343,13 +366,17 @@ def _map_by_order(g: _Graph, cfg: Mapping[str, Any], shapes: Mapping[str, tuple[
         second = take(_POS + "weight_g", (1, 1, k))
         pair = sorted((first, second), key=lambda w: w.array.size)  # g (K values) before v
         if pair[0].array.size != k or pair[1].array.shape != v_shape:
-            raise _Mismatch(f"tensors {first.describe()}, {second.describe()} are where the positional conv's "
-                            f"weight norm (g {(1, 1, k)}, v {v_shape}) should be")
+            raise _Mismatch(
+                f"tensors {first.describe()}, {second.describe()} are where the positional conv's "
+                f"weight norm (g {(1, 1, k)}, v {v_shape}) should be"
+            )
         out[_POS + "weight_g"], out[_POS + "weight_v"] = _weight_norm_parts(pair[1].array, pair[0].array)
     extra = next(weights, None)
     if extra is not None:
-        raise _Mismatch(f"tensor {extra.describe()} (use #{g.weights.index(extra)}, by {extra.op}) is left over "
-                        f"after the last HuBERT weight")
+        raise _Mismatch(
+            f"tensor {extra.describe()} (use #{g.weights.index(extra)}, by {extra.op}) is left over "
+            f"after the last HuBERT weight"
+        )
     return out
 
 
@@ -411,16 +438,24 @@ def hubert_module_from_onnx(path: str | os.PathLike[str]) -> HubertLarge:
 
 
 def _describe(cfg: Mapping[str, Any]) -> str:
-    return (f"{cfg['num_layers']} layers, hidden {cfg['hidden_size']}, {cfg['num_heads']} heads, "
-            f"FFN {cfg['intermediate_size']}, {len(cfg['conv_kernels'])} convs of {cfg['conv_dim']}")
+    return (
+        f"{cfg['num_layers']} layers, hidden {cfg['hidden_size']}, {cfg['num_heads']} heads, "
+        f"FFN {cfg['intermediate_size']}, {len(cfg['conv_kernels'])} convs of {cfg['conv_dim']}"
+    )
 
 
 # --------------------------------------------------------------------------- checks and loading
 
 
-def check_module_matches_runner(module: torch.nn.Module, runner: Runner, path: str | os.PathLike[str], *,
-                                num_samples: int = split_len(DEFAULT_CHUNKSIZE), seed: int = 0,
-                                rtol: float = MATCH_RTOL) -> float:
+def check_module_matches_runner(
+    module: torch.nn.Module,
+    runner: Runner,
+    path: str | os.PathLike[str],
+    *,
+    num_samples: int = split_len(DEFAULT_CHUNKSIZE),
+    seed: int = 0,
+    rtol: float = MATCH_RTOL,
+) -> float:
     """Run one noise window through ``module`` (fp32, on its device) and ``runner``; return the relative L2 error.
 
     Raises:
@@ -437,8 +472,14 @@ def check_module_matches_runner(module: torch.nn.Module, runner: Runner, path: s
     return err
 
 
-def load_hubert_extractor(path: str | os.PathLike[str] | None, runner: Runner, device: torch.device | str, *,
-                          prefer_torch: bool | None = None, autocast_fp16: bool = False) -> HubertFeatureExtractor:
+def load_hubert_extractor(
+    path: str | os.PathLike[str] | None,
+    runner: Runner,
+    device: torch.device | str,
+    *,
+    prefer_torch: bool | None = None,
+    autocast_fp16: bool = False,
+) -> HubertFeatureExtractor:
     """The HuBERT feature extractor for the backend.
 
     With ``prefer_torch`` (default: on CUDA devices), an ``.onnx`` HuBERT whose weights map onto

@@ -70,7 +70,13 @@ ONNX_INPUT_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
 ONNX_OUTPUT_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
     "appearance_extractor": {"pred": (1, 32, 16, 64, 64)},
     "motion_extractor": {
-        "pitch": (1, 66), "yaw": (1, 66), "roll": (1, 66), "t": (1, 3), "exp": (1, 63), "scale": (1, 1), "kp": (1, 63),
+        "pitch": (1, 66),
+        "yaw": (1, 66),
+        "roll": (1, 66),
+        "t": (1, 3),
+        "exp": (1, 63),
+        "scale": (1, 1),
+        "kp": (1, 63),
     },
     "warp_network": {"out": (1, 256, 64, 64)},
     "decoder": {"output": (1, 3, 512, 512)},
@@ -133,5 +139,12 @@ def export_onnx(
         inputs = make_example_inputs(name)
     args = tuple(inputs[key] for key in input_names)
     wrapped = _OrderedOutputs(model, output_names) if name == "motion_extractor" else model
-    export_torch_onnx(wrapped, args, path, input_names=input_names, output_names=output_names,
-                      opset_version=opset_version, dynamic_batch=dynamic_batch)
+    export_torch_onnx(
+        wrapped,
+        args,
+        path,
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset_version,
+        dynamic_batch=dynamic_batch,
+    )

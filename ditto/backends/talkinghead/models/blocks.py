@@ -76,7 +76,9 @@ class DownBlock2d(nn.Module):
 class DownBlock3d(nn.Module):
     """Conv3d → BatchNorm3d → ReLU → (1,2,2) average pooling (depth kept, H and W halved)."""
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1, groups: int = 1
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_features, out_features, kernel_size, padding=padding, groups=groups)
         self.norm = nn.BatchNorm3d(out_features, affine=True)
@@ -89,7 +91,9 @@ class DownBlock3d(nn.Module):
 class UpBlock3d(nn.Module):
     """Nearest ×(1,2,2) upsampling → Conv3d → BatchNorm3d → ReLU."""
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1, groups: int = 1
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_features, out_features, kernel_size, padding=padding, groups=groups)
         self.norm = nn.BatchNorm3d(out_features, affine=True)

@@ -28,9 +28,16 @@ from torch import nn
 BATCH_DIM = "batch"
 
 
-def export_torch_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: str | os.PathLike[str], *,
-                      input_names: Sequence[str], output_names: Sequence[str], opset_version: int,
-                      dynamic_batch: bool = False) -> None:
+def export_torch_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: str | os.PathLike[str],
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset_version: int,
+    dynamic_batch: bool = False,
+) -> None:
     """``torch.onnx.export`` (TorchScript exporter, constant folding) of ``module(*args)``.
 
     Args:
@@ -41,9 +48,16 @@ def export_torch_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: s
     """
     if not dynamic_batch:
         with torch.no_grad():
-            torch.onnx.export(module, args, os.fspath(path), input_names=list(input_names),
-                              output_names=list(output_names), opset_version=opset_version, dynamo=False,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                args,
+                os.fspath(path),
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=opset_version,
+                dynamo=False,
+                do_constant_folding=True,
+            )
         return
     import onnx
 
@@ -58,10 +72,17 @@ def export_torch_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: s
         buffer = io.BytesIO()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
-            torch.onnx.export(module, args, buffer, input_names=list(input_names),
-                              output_names=list(output_names), opset_version=opset_version, dynamo=False,
-                              do_constant_folding=True,
-                              dynamic_axes={name: {0: BATCH_DIM} for name in (*input_names, *output_names)})
+            torch.onnx.export(
+                module,
+                args,
+                buffer,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=opset_version,
+                dynamo=False,
+                do_constant_folding=True,
+                dynamic_axes={name: {0: BATCH_DIM} for name in (*input_names, *output_names)},
+            )
     finally:
         hook.remove()
     model = onnx.load_from_string(buffer.getvalue())

@@ -52,8 +52,9 @@ LARGE_CONV_KERNELS: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
 LARGE_CONV_STRIDES: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 
 
-def num_frames(num_samples: int, kernels: Sequence[int] = LARGE_CONV_KERNELS,
-               strides: Sequence[int] = LARGE_CONV_STRIDES) -> int:
+def num_frames(
+    num_samples: int, kernels: Sequence[int] = LARGE_CONV_KERNELS, strides: Sequence[int] = LARGE_CONV_STRIDES
+) -> int:
     """Output frames of the feature encoder for ``num_samples`` inputs (20 for 6480 samples)."""
     n = num_samples
     for k, s in zip(kernels, strides):
@@ -66,8 +67,9 @@ def num_frames(num_samples: int, kernels: Sequence[int] = LARGE_CONV_KERNELS,
 class ConvLayerNormBlock(nn.Module):
     """One feature-encoder layer: Conv1d → LayerNorm over channels → GELU (``feat_extract_norm="layer"``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool,
-                 eps: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool, eps: float
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
         self.layer_norm = nn.LayerNorm(out_channels, eps=eps)
@@ -206,8 +208,16 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """Positional conv embedding, the transformer layers, then the final LayerNorm."""
 
-    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int,
-                 pos_conv_kernel: int, pos_conv_groups: int, eps: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        pos_conv_kernel: int,
+        pos_conv_groups: int,
+        eps: float,
+    ) -> None:
         super().__init__()
         self.pos_conv_embed = PositionalConvEmbedding(hidden_size, pos_conv_kernel, pos_conv_groups)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
@@ -237,23 +247,40 @@ class HubertLarge(nn.Module):
         layer_norm_eps: every LayerNorm's epsilon (1e-5).
     """
 
-    def __init__(self, conv_dim: int = 512, conv_kernels: Sequence[int] = LARGE_CONV_KERNELS,
-                 conv_strides: Sequence[int] = LARGE_CONV_STRIDES, conv_bias: bool = True,
-                 hidden_size: int = 1024, num_layers: int = 24, num_heads: int = 16,
-                 intermediate_size: int = 4096, pos_conv_kernel: int = 128, pos_conv_groups: int = 16,
-                 layer_norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        conv_dim: int = 512,
+        conv_kernels: Sequence[int] = LARGE_CONV_KERNELS,
+        conv_strides: Sequence[int] = LARGE_CONV_STRIDES,
+        conv_bias: bool = True,
+        hidden_size: int = 1024,
+        num_layers: int = 24,
+        num_heads: int = 16,
+        intermediate_size: int = 4096,
+        pos_conv_kernel: int = 128,
+        pos_conv_groups: int = 16,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.config = {
-            "conv_dim": conv_dim, "conv_kernels": tuple(conv_kernels), "conv_strides": tuple(conv_strides),
-            "conv_bias": conv_bias, "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
-            "intermediate_size": intermediate_size, "pos_conv_kernel": pos_conv_kernel,
-            "pos_conv_groups": pos_conv_groups, "layer_norm_eps": layer_norm_eps,
+            "conv_dim": conv_dim,
+            "conv_kernels": tuple(conv_kernels),
+            "conv_strides": tuple(conv_strides),
+            "conv_bias": conv_bias,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "intermediate_size": intermediate_size,
+            "pos_conv_kernel": pos_conv_kernel,
+            "pos_conv_groups": pos_conv_groups,
+            "layer_norm_eps": layer_norm_eps,
         }
         self.hidden_size = hidden_size
         self.feature_extractor = FeatureEncoder(conv_dim, conv_kernels, conv_strides, conv_bias, layer_norm_eps)
         self.feature_projection = FeatureProjection(conv_dim, hidden_size, layer_norm_eps)
-        self.encoder = Encoder(hidden_size, num_layers, num_heads, intermediate_size, pos_conv_kernel,
-                               pos_conv_groups, layer_norm_eps)
+        self.encoder = Encoder(
+            hidden_size, num_layers, num_heads, intermediate_size, pos_conv_kernel, pos_conv_groups, layer_norm_eps
+        )
 
     def num_frames(self, num_samples: int) -> int:
         """Output rows for ``num_samples`` input samples."""
@@ -285,8 +312,14 @@ class _OfficialIO(nn.Module):
         return self.hubert(input_values)[0]
 
 
-def export_hubert_onnx(model: HubertLarge, path: str | PathLike[str], *, opset_version: int = 17,
-                       constant_folding: bool = False, example_samples: int = 6480) -> None:
+def export_hubert_onnx(
+    model: HubertLarge,
+    path: str | PathLike[str],
+    *,
+    opset_version: int = 17,
+    constant_folding: bool = False,
+    example_samples: int = 6480,
+) -> None:
     """Export ``model`` with the official IO: ``input_values`` (1, L), L dynamic → ``encoding_out`` (T, hidden).
 
     TorchScript exporter (``dynamo=False``, no onnxscript needed; ~1.3 GB of fp32 weights stay
@@ -306,10 +339,15 @@ def export_hubert_onnx(model: HubertLarge, path: str | PathLike[str], *, opset_v
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
             torch.onnx.export(
-                _OfficialIO(model).eval(), (example,), os.fspath(path),
-                input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
+                _OfficialIO(model).eval(),
+                (example,),
+                os.fspath(path),
+                input_names=[ONNX_INPUT_NAME],
+                output_names=[ONNX_OUTPUT_NAME],
                 dynamic_axes={ONNX_INPUT_NAME: {1: "num_samples"}, ONNX_OUTPUT_NAME: {0: "num_frames"}},
-                opset_version=opset_version, do_constant_folding=constant_folding, dynamo=False,
+                opset_version=opset_version,
+                do_constant_folding=constant_folding,
+                dynamo=False,
             )
     finally:
         model.train(was_training)

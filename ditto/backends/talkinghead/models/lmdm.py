@@ -155,8 +155,7 @@ RotTables = tuple[Tensor, Tensor]
 class ConditionEncoderLayer(nn.Module):
     """Pre-norm transformer encoder layer with rotary q/k (keys of ``cond_encoder.i``)."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
-                 rotary: RotaryEmbedding) -> None:
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, rotary: RotaryEmbedding) -> None:
         super().__init__()
         self.self_attn = Attention(d_model, nhead, dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -186,8 +185,7 @@ class FiLMDecoderLayer(nn.Module):
     x = x + (scale + 1)·h + shift with (scale, shift) = film_i(t).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
-                 rotary: RotaryEmbedding) -> None:
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, rotary: RotaryEmbedding) -> None:
         super().__init__()
         self.self_attn = Attention(d_model, nhead, dropout)
         self.multihead_attn = Attention(d_model, nhead, dropout)
@@ -205,9 +203,15 @@ class FiLMDecoderLayer(nn.Module):
         self.film3 = FiLM(d_model)
         self.rotary = rotary
 
-    def forward(self, x: Tensor, memory: Tensor, t: Tensor,
-                rot_x: RotTables | None = None, rot_mem: RotTables | None = None,
-                memory_rotated: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        t: Tensor,
+        rot_x: RotTables | None = None,
+        rot_mem: RotTables | None = None,
+        memory_rotated: Tensor | None = None,
+    ) -> Tensor:
         """x (B,L,E), memory (B,M,E), t (B,E) FiLM input.
 
         ``memory_rotated`` (rotary applied to ``memory``) may be passed in so
@@ -357,8 +361,7 @@ class MotionDecoder(nn.Module):
 
     # -- public -------------------------------------------------------------
 
-    def branch(self, x: Tensor, cond_frame: Tensor, cond: Tensor, time_cond: Tensor, *,
-               conditional: bool) -> Tensor:
+    def branch(self, x: Tensor, cond_frame: Tensor, cond: Tensor, time_cond: Tensor, *, conditional: bool) -> Tensor:
         """One unguided pass (x0 prediction) of one guidance branch, unbatched.
 
         Slow path kept for tests and analysis; :meth:`forward` batches both.
@@ -423,14 +426,11 @@ def _state_dict_of(obj: Any) -> dict[str, Tensor]:
         raise ConfigError(f"LMDM checkpoint must be a dict, got {type(obj).__name__}")
     sd = obj.get("model_state_dict", None)
     if sd is None:
-        raise ConfigError(
-            "LMDM checkpoint has no 'model_state_dict' entry "
-            f"(keys: {sorted(map(str, obj.keys()))[:8]})"
-        )
+        raise ConfigError(f"LMDM checkpoint has no 'model_state_dict' entry (keys: {sorted(map(str, obj.keys()))[:8]})")
     if not isinstance(sd, Mapping):
         raise ConfigError("LMDM checkpoint 'model_state_dict' is not a dict")
     prefix = "module."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in sd.items()}
 
 
 def lmdm_hparams_from_state_dict(sd: Mapping[str, Tensor]) -> dict[str, int]:

@@ -23,7 +23,9 @@ class StitchingNetwork(nn.Module):
     2-vector (tx, ty) added to the x and y of every keypoint.
     """
 
-    def __init__(self, input_size: int = 126, hidden_sizes: Sequence[int] = (128, 128, 64), output_size: int = 65) -> None:
+    def __init__(
+        self, input_size: int = 126, hidden_sizes: Sequence[int] = (128, 128, 64), output_size: int = 65
+    ) -> None:
         super().__init__()
         widths = [input_size, *hidden_sizes]
         layers: list[nn.Module] = []

@@ -22,7 +22,9 @@ class _HourglassEncoder(nn.Module):
     def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int) -> None:
         super().__init__()
         widths = [in_features] + [min(max_features, block_expansion * 2 ** (i + 1)) for i in range(num_blocks)]
-        self.down_blocks = nn.ModuleList(DownBlock3d(a, b, kernel_size=3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.down_blocks = nn.ModuleList(
+            DownBlock3d(a, b, kernel_size=3, padding=1) for a, b in zip(widths[:-1], widths[1:])
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         pyramid = [x]
@@ -109,7 +111,9 @@ class DenseMotionNetwork(nn.Module):
         """(B, K+1, D, H, W, 3) sampling grids: identity, then grid − kp_d[k] + kp_s[k] per keypoint."""
         batch, _, depth, height, width = volume.shape
         base = identity_grid_3d(depth, height, width, kp_source).view(1, 1, depth, height, width, 3)
-        shifted = base - kp_driving.view(batch, self.num_kp, 1, 1, 1, 3) + kp_source.view(batch, self.num_kp, 1, 1, 1, 3)
+        shifted = (
+            base - kp_driving.view(batch, self.num_kp, 1, 1, 1, 3) + kp_source.view(batch, self.num_kp, 1, 1, 1, 3)
+        )
         return torch.cat([base.expand(batch, 1, depth, height, width, 3), shifted], dim=1)
 
     def _warp_per_hypothesis(self, volume: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
@@ -122,10 +126,14 @@ class DenseMotionNetwork(nn.Module):
         warped = F.grid_sample(tiled, grids, align_corners=False)
         return warped.reshape(batch, hypotheses, channels, depth, height, width)
 
-    def _heatmap_difference(self, like: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor) -> torch.Tensor:
+    def _heatmap_difference(
+        self, like: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
+    ) -> torch.Tensor:
         """(B, K+1, 1, D, H, W): zero background channel, then gaussian(kp_d) − gaussian(kp_s)."""
         size = tuple(like.shape[3:])
-        diff = gaussian_heatmaps(kp_driving, size, self.kp_variance) - gaussian_heatmaps(kp_source, size, self.kp_variance)
+        diff = gaussian_heatmaps(kp_driving, size, self.kp_variance) - gaussian_heatmaps(
+            kp_source, size, self.kp_variance
+        )
         background = diff.new_zeros((diff.shape[0], 1) + size)
         return torch.cat([background, diff], dim=1).unsqueeze(2)
 

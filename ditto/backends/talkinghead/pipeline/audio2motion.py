@@ -74,7 +74,7 @@ def vector_to_motion(row: Tensor) -> MotionInfo:
     out: dict[str, Tensor] = {}
     start = 0
     for key, width in _LAYOUT:
-        v = flat[start:start + width].reshape(1, width)
+        v = flat[start : start + width].reshape(1, width)
         out[key] = v + 1 if key == "scale" else v
         start += width
     return MotionInfo(**out)  # type: ignore[arg-type]
@@ -84,8 +84,9 @@ def as_v_min_max(v_min_max: Any, device: torch.device | str) -> Tensor | None:
     """``v_min_max_for_clip`` pkl option ((4,265) array or None) -> (2,265) float32 tensor."""
     if v_min_max is None:
         return None
-    arr = torch.as_tensor(np.asarray(v_min_max, dtype=np.float32) if not isinstance(v_min_max, Tensor)
-                          else v_min_max, device=device).float()
+    arr = torch.as_tensor(
+        np.asarray(v_min_max, dtype=np.float32) if not isinstance(v_min_max, Tensor) else v_min_max, device=device
+    ).float()
     if arr.ndim != 2 or arr.shape[0] < 2:
         raise ValueError(f"v_min_max_for_clip must be (>=2, {MOTION_DIM}), got {tuple(arr.shape)}")
     return arr[:2]
@@ -117,7 +118,7 @@ def smooth_motion(seq: Tensor, k: int, start: int, end: int, dims: int = SMOOTH_
     padded = torch.cat([pad, part, pad], 0)
     acc = padded[start:end]
     for off in range(1, 2 * half + 1):
-        acc = acc + padded[start + off:end + off]
+        acc = acc + padded[start + off : end + off]
     rows = torch.arange(start, end, device=seq.device)
     count = (rows + half + 1).clamp_max(length) - (rows - half).clamp_min(0)
     out = seq.clone()
@@ -141,15 +142,15 @@ class MotionWindowing:
         smo_k_d: int = 3,
     ) -> None:
         """Args:
-            sample_window: LMDM DDIM sampler (kp_cond (1,265), cond (1,80,D)) -> (1,80,265).
-            source_motion: (265,) motion vector of the conditioning identity's frame 0
-                (``motion_to_vector(condition_source.x_s_info_0)``); initial kp_cond.
-            seq_frames: LMDM window length (``audio2motion_cfg.seq_frames``, 80).
-            overlap: ``overlap_v2`` (offline pkl style 10, online pkl 70).
-            online: fuse length min(overlap, V) instead of overlap.
-            fix_kp_cond: 0 never reset kp_cond; k > 0 reset to the source vector every k-th window.
-            fix_kp_cond_dim: [ds, de] columns kept from generation on reset (online pkl [0, 202]).
-            smo_k_d: mean-filter width over dims 0..201 (<= 1 disables).
+        sample_window: LMDM DDIM sampler (kp_cond (1,265), cond (1,80,D)) -> (1,80,265).
+        source_motion: (265,) motion vector of the conditioning identity's frame 0
+            (``motion_to_vector(condition_source.x_s_info_0)``); initial kp_cond.
+        seq_frames: LMDM window length (``audio2motion_cfg.seq_frames``, 80).
+        overlap: ``overlap_v2`` (offline pkl style 10, online pkl 70).
+        online: fuse length min(overlap, V) instead of overlap.
+        fix_kp_cond: 0 never reset kp_cond; k > 0 reset to the source vector every k-th window.
+        fix_kp_cond_dim: [ds, de] columns kept from generation on reset (online pkl [0, 202]).
+        smo_k_d: mean-filter width over dims 0..201 (<= 1 disables).
         """
         if not 0 <= overlap < seq_frames:
             raise ValueError(f"overlap_v2 must be in [0, {seq_frames}), got {overlap}")
@@ -159,23 +160,23 @@ class MotionWindowing:
         self.valid_len = seq_frames - overlap
         self.fuse_len = min(overlap, self.valid_len) if online else overlap
         self.fix_kp_cond = int(fix_kp_cond)
-        self.fix_kp_cond_dim = None if fix_kp_cond_dim is None else (int(fix_kp_cond_dim[0]),
-                                                                     int(fix_kp_cond_dim[1]))
+        self.fix_kp_cond_dim = None if fix_kp_cond_dim is None else (int(fix_kp_cond_dim[0]), int(fix_kp_cond_dim[1]))
         self.smo_k_d = int(smo_k_d)
         self.source_kp_cond = source_motion.reshape(1, MOTION_DIM).float()
         self.kp_cond = self.source_kp_cond
         self.window_index = 0
         device = self.source_kp_cond.device
-        self._alpha = (torch.arange(self.fuse_len, dtype=torch.float32, device=device)
-                       / max(self.fuse_len, 1)).unsqueeze(1)  # (F,1)
+        self._alpha = (
+            torch.arange(self.fuse_len, dtype=torch.float32, device=device) / max(self.fuse_len, 1)
+        ).unsqueeze(1)  # (F,1)
 
     def _fuse(self, res: Tensor, pred: Tensor) -> Tensor:
         f, v, s = self.fuse_len, self.valid_len, self.seq_frames
         length = res.shape[0]
-        r1 = res[length - f:]
-        r2 = pred[s - v - f:s - v]
+        r1 = res[length - f :]
+        r2 = pred[s - v - f : s - v]
         fused = r1 * (1 - self._alpha) + r2 * self._alpha
-        return torch.cat([res[:length - f], fused, pred[s - v:]], 0)
+        return torch.cat([res[: length - f], fused, pred[s - v :]], 0)
 
     def restart(self, kp_cond: Tensor) -> None:
         """Start a new window sequence conditioned on ``kp_cond`` (265,): the motion to continue
@@ -211,8 +212,7 @@ class MotionWindowing:
         else:
             res = self._fuse(res, pred)
             length = res.shape[0]
-            res = smooth_motion(res, self.smo_k_d, length - self.valid_len - self.fuse_len,
-                                length - self.valid_len + 1)
+            res = smooth_motion(res, self.smo_k_d, length - self.valid_len - self.fuse_len, length - self.valid_len + 1)
         self.window_index += 1
         self.update_kp_cond(res)
         return res
@@ -279,7 +279,7 @@ def iter_motion_offline(
     res: Tensor | None = None
     emitted = 0
     for k, start in enumerate(starts):
-        window = cond_all[start:start + s]
+        window = cond_all[start : start + s]
         if window.shape[0] < s:
             window = torch.cat([window, window[-1:].expand(s - window.shape[0], -1)], 0)
         res = windowing.step(window.unsqueeze(0), res)
@@ -288,7 +288,7 @@ def iter_motion_offline(
         ready = num_frames if last else min(length - windowing.fuse_len - 1, num_frames)
         if ready <= emitted:
             continue
-        seq = res[:min(length, num_frames)]
+        seq = res[: min(length, num_frames)]
         rows = smooth_motion(seq, windowing.smo_k_d, emitted, ready)[emitted:ready]
         yield MotionChunk(start_frame=first_frame + emitted, motion=clip_motion(rows, v_min_max))
         emitted = ready
@@ -340,8 +340,7 @@ class OnlineAudio2Motion:
             ValueError: prefix length differs from the overlap.
         """
         if prefix_features.shape[0] != windowing.overlap:
-            raise ValueError(f"prefix has {prefix_features.shape[0]} rows, overlap_v2 is "
-                             f"{windowing.overlap}")
+            raise ValueError(f"prefix has {prefix_features.shape[0]} rows, overlap_v2 is {windowing.overlap}")
         self.windowing = windowing
         self.condition = condition
         self.v_min_max = v_min_max
@@ -403,10 +402,10 @@ class OnlineAudio2Motion:
             missing = self._local + s - self._feat.shape[0]
             if missing > 0:
                 self._feat = torch.cat([self._feat, self._feat[-1:].expand(missing, -1)], 0)
-            out.append(self._step(self._feat[self._local:self._local + s], v))
+            out.append(self._step(self._feat[self._local : self._local + s], v))
         if self._res is not None:
             self._continue_at(end_frame)
-        motion = torch.cat(out, 0)[:max(0, end_frame - first)]
+        motion = torch.cat(out, 0)[: max(0, end_frame - first)]
         return MotionChunk(start_frame=first, motion=motion)
 
     def _frame_of_row(self, row: int) -> int:
@@ -420,12 +419,12 @@ class OnlineAudio2Motion:
         assert self._res is not None and self._valid_start is not None
         w = self.windowing
         res_row = self._valid_start - (self._emitted - frame)
-        self._res = self._res[:res_row + w.fuse_len]
+        self._res = self._res[: res_row + w.fuse_len]
         self._valid_start, self._emitted = res_row, frame
         start = frame - (w.seq_frames - w.valid_len - w.fuse_len)
         self._local += start - self._frame_of_row(self._local)
         self._global = start + w.overlap
-        self._feat = self._feat[:self._local + frame - start]
+        self._feat = self._feat[: self._local + frame - start]
         w.update_kp_cond(self._res)
         self._trim_features()
 
@@ -437,7 +436,7 @@ class OnlineAudio2Motion:
             available = self._feat.shape[0] - self._local
             if available <= 0 or (available < s and not is_end):
                 break
-            window = self._feat[self._local:self._local + s]
+            window = self._feat[self._local : self._local + s]
             real_valid = self.windowing.valid_len
             if window.shape[0] < s:
                 real_valid = window.shape[0]
@@ -460,7 +459,7 @@ class OnlineAudio2Motion:
             self._valid_start = self._res.shape[0] - w.fuse_len
             self.d0 = vector_to_motion(clip_motion(self._res[:1], self.v_min_max)[0])
         else:
-            rows = clip_motion(self._res[self._valid_start:self._valid_start + real_valid], self.v_min_max)
+            rows = clip_motion(self._res[self._valid_start : self._valid_start + real_valid], self.v_min_max)
             self._emitted += rows.shape[0]
             self._valid_start += real_valid
         self._local += real_valid

@@ -72,7 +72,7 @@ def blink_schedule(
     pos = first_gap
     gap_i = 1
     while pos < last_start:
-        idx[pos:pos + blink_len] = range(blink_len)
+        idx[pos : pos + blink_len] = range(blink_len)
         if gaps:
             gap = gaps[gap_i % len(gaps)]
             gap_i += 1

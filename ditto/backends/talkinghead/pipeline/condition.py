@@ -136,14 +136,13 @@ def condition_source_from_source(source: SourceInfo) -> ConditionSource:
     )
 
 
-def condition_source_from_ch_info(
-    ch_info: Mapping[str, Any], device: torch.device | str
-) -> ConditionSource:
+def condition_source_from_ch_info(ch_info: Mapping[str, Any], device: torch.device | str) -> ConditionSource:
     """Conditioning identity from the cfg pkl's ``ch_info`` dict (numpy arrays).
 
     Keys used: ``x_s_info_lst`` (list of motion dicts; entry 0 used), ``sc`` (63,),
     ``eye_open_lst`` (list of (1,2)), ``eye_ball_lst`` (list of (1,6)).
     """
+
     def stack(rows: Sequence[Any], width: int) -> Tensor:
         arr = np.concatenate([np.asarray(r, dtype=np.float32).reshape(-1, width) for r in rows], 0)
         return torch.as_tensor(arr, device=device)
@@ -175,10 +174,10 @@ class ConditionHandler:
         use_sc: bool = True,
     ) -> None:
         """Args:
-            source: conditioning identity (``condition_source_from_*``).
-            emo: ``emo`` setup option (see :func:`parse_emo`); upstream code default 4 (Neutral).
-            eye_f0_mode: use source frame 0's eye rows for every frame (video sources).
-            use_*: ``audio2motion_cfg`` flags (all True for the shipped LMDM).
+        source: conditioning identity (``condition_source_from_*``).
+        emo: ``emo`` setup option (see :func:`parse_emo`); upstream code default 4 (Neutral).
+        eye_f0_mode: use source frame 0's eye rows for every frame (video sources).
+        use_*: ``audio2motion_cfg`` flags (all True for the shipped LMDM).
         """
         self.device = source.sc.device
         self.source = source
@@ -193,8 +192,9 @@ class ConditionHandler:
     @property
     def cond_dim(self) -> int:
         """Width of a condition row (1103 with every flag on)."""
-        return cond_width(use_emo=self.use_emo, use_eye_open=self.use_eye_open, use_eye_ball=self.use_eye_ball,
-                          use_sc=self.use_sc)
+        return cond_width(
+            use_emo=self.use_emo, use_eye_open=self.use_eye_open, use_eye_ball=self.use_eye_ball, use_sc=self.use_sc
+        )
 
     def _eye_rows(self, table: Tensor, idx: Tensor) -> Tensor:
         n = table.shape[0]

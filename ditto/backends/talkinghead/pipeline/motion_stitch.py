@@ -98,8 +98,7 @@ def transform_keypoint(info: Mapping[str, Tensor] | MotionInfo) -> Tensor:
     d = info.as_dict() if isinstance(info, MotionInfo) else info
     kp = d["kp"]
     bs = kp.shape[0]
-    rot = rotation_matrix(pose_to_degrees(d["pitch"]), pose_to_degrees(d["yaw"]),
-                          pose_to_degrees(d["roll"]))
+    rot = rotation_matrix(pose_to_degrees(d["pitch"]), pose_to_degrees(d["yaw"]), pose_to_degrees(d["roll"]))
     out = kp.reshape(bs, NUM_KP, 3) @ rot + d["exp"].reshape(bs, NUM_KP, 3)
     out = out * d["scale"].reshape(bs, 1, 1)
     t = d["t"].reshape(bs, 1, 3)
@@ -117,9 +116,7 @@ def gaze_basis(device: torch.device | str | None = None) -> Tensor:
     return basis
 
 
-def gaze_exp_delta(
-    delta_yaw: Tensor, delta_pitch: Tensor, exp: Tensor, basis: Tensor | None = None
-) -> Tensor:
+def gaze_exp_delta(delta_yaw: Tensor, delta_pitch: Tensor, exp: Tensor, basis: Tensor | None = None) -> Tensor:
     """Add the gaze correction to an (1,63) exp, given driven-minus-source yaw/pitch (degrees).
 
     dx = 0.26*dyaw, dy = 0.28*dpitch; exp[33] += dx*0.0007 (dx>0) else dx*0.001;
@@ -220,7 +217,8 @@ class MotionStitcher:
 
         if use_d_keys is None:
             keys: tuple[str, ...] | dict[str, float] = (
-                ("exp", "pitch", "yaw", "roll", "t") if self.is_image else ("exp",))
+                ("exp", "pitch", "yaw", "roll", "t") if self.is_image else ("exp",)
+            )
         elif isinstance(use_d_keys, Mapping):
             keys = dict(use_d_keys)
         else:
@@ -231,8 +229,7 @@ class MotionStitcher:
             self.scale_ratio = ch / float(frame0.scale.item())
             if self.scale_ratio != 1:
                 if isinstance(keys, dict):
-                    keys = {k: v * (self.scale_ratio if k in _SCALED_BY_CH_RATIO else 1)
-                            for k, v in keys.items()}
+                    keys = {k: v * (self.scale_ratio if k in _SCALED_BY_CH_RATIO else 1) for k, v in keys.items()}
                 else:
                     keys = {k: (self.scale_ratio if k in _SCALED_BY_CH_RATIO else 1) for k in keys}
         self.use_d_keys = keys
@@ -278,12 +275,14 @@ class MotionStitcher:
     def _build_blinks(self, n_frames: int) -> None:
         open_n = self.delta_eye_open_n
         random_gaps = (isinstance(open_n, int) and open_n == 0) or (
-            isinstance(open_n, (list, tuple)) and len(open_n) == 0)
+            isinstance(open_n, (list, tuple)) and len(open_n) == 0
+        )
         if random_gaps and self._rng is None:
             raise ValueError("random blink gaps need a seeded rng")
         assert self.delta_eye_arr is not None
-        rows = blink_schedule(schedule_frames(n_frames), self.delta_eye_arr.shape[0], open_n,
-                              rng=self._rng or random.Random(0))
+        rows = blink_schedule(
+            schedule_frames(n_frames), self.delta_eye_arr.shape[0], open_n, rng=self._rng or random.Random(0)
+        )
         self.blink_rows = rows if rows else None
 
     def set_num_frames(self, n_frames: int) -> None:
@@ -337,9 +336,7 @@ class MotionStitcher:
                 out[k] = out[k] * a
         return out
 
-    def __call__(
-        self, source_frame: int, motion: MotionInfo, ctrl: Mapping[str, Any] | None = None
-    ) -> DrivenKeypoints:
+    def __call__(self, source_frame: int, motion: MotionInfo, ctrl: Mapping[str, Any] | None = None) -> DrivenKeypoints:
         """Keypoints for one output frame.
 
         Args:
@@ -363,7 +360,7 @@ class MotionStitcher:
         if self._exp_a3 is not None:
             assert self.delta_eye_arr is not None
             row = 0 if self.blink_rows is None else self.blink_rows[self.index % len(self.blink_rows)]
-            exp = exp + self.delta_eye_arr[row:row + 1] * self._exp_a3
+            exp = exp + self.delta_eye_arr[row : row + 1] * self._exp_a3
         xd["exp"] = exp
 
         vad = kwargs.get("vad_alpha", 1)
@@ -393,7 +390,7 @@ class MotionStitcher:
                 if self.is_image:
                     self._fade_dst = dst
             assert dst is not None
-            for k in (xd.keys() if fade_keys is None else fade_keys):
+            for k in xd.keys() if fade_keys is None else fade_keys:
                 if k == "kp":
                     continue
                 xd[k] = xd[k] * alpha + dst[k] * (1 - alpha)

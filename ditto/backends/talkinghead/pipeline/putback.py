@@ -43,8 +43,9 @@ _INTER_BITS = 5  # ... then rounded to 1/32 px for the interpolation table
 _INTER_TAB = 1 << _INTER_BITS
 
 
-def make_feather_mask(width: int = CROP_SIZE, height: int = CROP_SIZE,
-                      ratio_w: float = 0.9, ratio_h: float = 0.9) -> np.ndarray:
+def make_feather_mask(
+    width: int = CROP_SIZE, height: int = CROP_SIZE, ratio_w: float = 0.9, ratio_h: float = 0.9
+) -> np.ndarray:
     """The feathered paste-back mask (H,W) float32.
 
     Inner box of int(W*ratio_w) x int(H*ratio_h) (460x460 for 512) is 1. Each border strip is a
@@ -192,13 +193,17 @@ def build_paste_plan(
     if mask is None:
         mask_t = torch.as_tensor(make_feather_mask(cw, ch), device=device)
     else:
-        mask_t = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, Tensor)
-                                 else mask, device=device).float().reshape(ch, cw)
+        mask_t = (
+            torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, Tensor) else mask, device=device)
+            .float()
+            .reshape(ch, cw)
+        )
     m = _sample(mask_t.reshape(1, -1), index, weight)[0].clamp(0, 1)
     region = frame[y0:y1, x0:x1].reshape(bh * bw, 3).t().float()  # (3,P)
     background = (1 - m).unsqueeze(0) * region
-    return PastePlan(frame=frame, box=(y0, y1, x0, x1), index=index, weight=weight, mask=m,
-                     background=background, crop_size=(ch, cw))
+    return PastePlan(
+        frame=frame, box=(y0, y1, x0, x1), index=index, weight=weight, mask=m, background=background, crop_size=(ch, cw)
+    )
 
 
 def _sample(src: Tensor, index: Tensor, weight: Tensor) -> Tensor:
@@ -228,4 +233,3 @@ def paste_back(plan: PastePlan, render: Tensor) -> Tensor:
     region = blended.clamp(0, 255).to(torch.uint8)  # truncation toward 0, like the C loop
     out[y0:y1, x0:x1] = region.t().reshape(y1 - y0, x1 - x0, 3)
     return out
-

@@ -96,9 +96,17 @@ class SourceRegistrar:
         device: pipeline device; the registered tensors live there.
     """
 
-    def __init__(self, *, detector: FaceDetector, landmark106: Landmark106, landmark203: Landmark203,
-                 face_mesh: FaceMesh, motion_extractor: ModelRunner, appearance_extractor: ModelRunner,
-                 device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        detector: FaceDetector,
+        landmark106: Landmark106,
+        landmark203: Landmark203,
+        face_mesh: FaceMesh,
+        motion_extractor: ModelRunner,
+        appearance_extractor: ModelRunner,
+        device: torch.device | str,
+    ) -> None:
         self.detector = detector
         self.landmark106 = landmark106
         self.landmark203 = landmark203
@@ -116,8 +124,14 @@ class SourceRegistrar:
         box, _ = largest_face(self.detector(image_rgb))
         pts106 = self.landmark106(image_rgb, box)
         pts203 = self.landmark203.from_landmarks(image_rgb, pts106)
-        crop = crop_by_landmarks(image_rgb, pts203, dsize=CROP_SIZE, scale=options.scale,
-                                 vy_ratio=options.vy_ratio, flag_do_rot=options.do_rot)
+        crop = crop_by_landmarks(
+            image_rgb,
+            pts203,
+            dsize=CROP_SIZE,
+            scale=options.scale,
+            vy_ratio=options.vy_ratio,
+            flag_do_rot=options.do_rot,
+        )
         return crop.image, crop.M_c2o.astype(np.float64)
 
     def source_frame(self, image_rgb: np.ndarray, options: CropOptions) -> SourceFrame:

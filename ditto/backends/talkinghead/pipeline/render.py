@@ -58,8 +58,10 @@ class _Graph:
                 forward(self.f_s, self.x_s, self.x_d)
         torch.cuda.current_stream(dev).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=dev),
-                                                      capture_error_mode="thread_local"):
+        with (
+            torch.inference_mode(),
+            torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=dev), capture_error_mode="thread_local"),
+        ):
             self.out = forward(self.f_s, self.x_s, self.x_d)
 
     def __call__(self, f_s: Sequence[Tensor], x_s: Tensor, x_d: Tensor) -> Tensor:
@@ -90,15 +92,27 @@ class FrameRenderer:
     A graph's output is a view of its static buffer: valid until the next call.
     """
 
-    def __init__(self, warp: ModelRunner, decoder: ModelRunner, *, use_graph: bool = True,
-                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, compile_min_batch: int | None = None,
-                 warmup_iters: int = 3) -> None:
+    def __init__(
+        self,
+        warp: ModelRunner,
+        decoder: ModelRunner,
+        *,
+        use_graph: bool = True,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        compile_min_batch: int | None = None,
+        warmup_iters: int = 3,
+    ) -> None:
         self.warp = warp
         self.decoder = decoder
         device = warp.device
         self.device = device
-        self.use_graph = (bool(use_graph) and device.type == "cuda" and torch.cuda.is_available()
-                          and isinstance(warp, TorchRunner) and isinstance(decoder, TorchRunner))
+        self.use_graph = (
+            bool(use_graph)
+            and device.type == "cuda"
+            and torch.cuda.is_available()
+            and isinstance(warp, TorchRunner)
+            and isinstance(decoder, TorchRunner)
+        )
         self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
         self.warmup_iters = warmup_iters
         self.compile_min_batch = compile_min_batch if self.use_graph else None
@@ -124,13 +138,15 @@ class FrameRenderer:
 
     def _compile(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         assert isinstance(self.warp, TorchRunner) and isinstance(self.decoder, TorchRunner)
+
         def prepared(module: torch.nn.Module) -> torch.nn.Module:
             fast = pad_conv_channels(depth_tap_convs(copy.deepcopy(module).half()))
             return torch.compile(channels_last(fast), dynamic=False)
 
         warp, decoder = prepared(self.warp.module), prepared(self.decoder.module)
-        logger.info("Compiling the renderer for batches of %d and more (about a minute per batch size)",
-                    self.compile_min_batch)
+        logger.info(
+            "Compiling the renderer for batches of %d and more (about a minute per batch size)", self.compile_min_batch
+        )
 
         def forward(f_s: Tensor, x_s: Tensor, x_d: Tensor) -> Tensor:
             volume = f_s.half().contiguous(memory_format=torch.channels_last_3d)
@@ -142,8 +158,9 @@ class FrameRenderer:
         """Render ``len(f_s)`` frames; ``f_s[i]`` is frame i's (1,32,16,64,64) volume."""
         n = len(f_s)
         if not self.use_graph:
-            return self.eager(torch.cat([v.reshape(1, *F_S_SHAPE) for v in f_s]), x_s.reshape(n, *KP_SHAPE),
-                              x_d.reshape(n, *KP_SHAPE))
+            return self.eager(
+                torch.cat([v.reshape(1, *F_S_SHAPE) for v in f_s]), x_s.reshape(n, *KP_SHAPE), x_d.reshape(n, *KP_SHAPE)
+            )
         largest = self.batch_sizes[-1]
         parts = []
         for start in range(0, n, largest):
@@ -196,8 +213,9 @@ class _PaddedConv(nn.Module):
         self.conv = copy.deepcopy(conv)
         self.conv.weight = nn.Parameter(weight, requires_grad=False)
         if conv.bias is not None:
-            self.conv.bias = nn.Parameter(torch.cat([conv.bias.data, conv.bias.new_zeros(-out_ch % multiple)]),
-                                          requires_grad=False)
+            self.conv.bias = nn.Parameter(
+                torch.cat([conv.bias.data, conv.bias.new_zeros(-out_ch % multiple)]), requires_grad=False
+            )
         self.conv.in_channels, self.conv.out_channels = weight.shape[1], weight.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,8 +228,11 @@ def pad_conv_channels(module: nn.Module, multiple: int = 8) -> nn.Module:
     """Replace (in place) every plain Conv2d/Conv3d whose channel counts are not multiples of
     ``multiple`` by a :class:`_PaddedConv` computing the same result."""
     for name, child in list(module.named_children()):
-        if (isinstance(child, (nn.Conv2d, nn.Conv3d)) and child.groups == 1
-                and (child.in_channels % multiple or child.out_channels % multiple)):
+        if (
+            isinstance(child, (nn.Conv2d, nn.Conv3d))
+            and child.groups == 1
+            and (child.in_channels % multiple or child.out_channels % multiple)
+        ):
             setattr(module, name, _PaddedConv(child, multiple))
         else:
             pad_conv_channels(child, multiple)
@@ -242,8 +263,9 @@ class DepthTapConv3d(nn.Module):
         self.padding = conv.padding[1:]
         weight = F.pad(conv.weight.data, (0, 0, 0, 0, 0, 0, 0, self.in_pad, 0, self.group - out_ch))
         # (C_out, C_in, kd, kh, kw) -> (kd * C_out, C_in, kh, kw): tap t's filters are group t
-        self.weight = nn.Parameter(weight.permute(2, 0, 1, 3, 4).reshape(taps * self.group, -1, kh, kw).contiguous(),
-                                   requires_grad=False)
+        self.weight = nn.Parameter(
+            weight.permute(2, 0, 1, 3, 4).reshape(taps * self.group, -1, kh, kw).contiguous(), requires_grad=False
+        )
         bias = conv.bias.data if conv.bias is not None else conv.weight.new_zeros(out_ch)
         self.bias = nn.Parameter(bias.view(1, out_ch, 1, 1, 1).clone(), requires_grad=False)
 
@@ -254,13 +276,14 @@ class DepthTapConv3d(nn.Module):
         # (B, C, D, H, W) -> (B·D, C, H, W): a view when x is channels-last (NDHWC memory)
         slices = x.permute(0, 2, 1, 3, 4).reshape(batch * depth, -1, height, width)
         taps = F.conv2d(slices, self.weight, padding=self.padding).reshape(
-            batch, depth, self.taps, self.group, height, width)
+            batch, depth, self.taps, self.group, height, width
+        )
         # accumulate in NDHWC memory, so that the result is channels-last like the input
         out = taps.new_zeros((batch, depth, height, width, self.group)).permute(0, 1, 4, 2, 3)
         for tap in range(self.taps):
             offset = tap - self.depth_padding  # output depth d reads input depth d + offset
             lo, hi = max(0, -offset), min(depth, depth - offset)
-            out[:, lo:hi] += taps[:, lo + offset:hi + offset, tap]
+            out[:, lo:hi] += taps[:, lo + offset : hi + offset, tap]
         return out.permute(0, 2, 1, 3, 4)[:, : self.out_channels] + self.bias
 
 
@@ -273,9 +296,15 @@ def depth_tap_convs(module: nn.Module, max_out_channels: int = NARROW_CONV3D_CHA
     """Replace (in place) every stride-1 Conv3d with a kernel depth over 1 and at most
     ``max_out_channels`` output channels by a :class:`DepthTapConv3d` computing the same result."""
     for name, child in list(module.named_children()):
-        if (isinstance(child, nn.Conv3d) and child.kernel_size[0] > 1 and child.out_channels <= max_out_channels
-                and child.stride == (1, 1, 1) and child.dilation == (1, 1, 1) and child.groups == 1
-                and child.padding_mode == "zeros"):
+        if (
+            isinstance(child, nn.Conv3d)
+            and child.kernel_size[0] > 1
+            and child.out_channels <= max_out_channels
+            and child.stride == (1, 1, 1)
+            and child.dilation == (1, 1, 1)
+            and child.groups == 1
+            and child.padding_mode == "zeros"
+        ):
             setattr(module, name, DepthTapConv3d(child))
         else:
             depth_tap_convs(child, max_out_channels)

@@ -79,8 +79,14 @@ class DDIMSampler:
     same S and no generator keeps the existing noise (as the official setup does).
     """
 
-    def __init__(self, shape: tuple[int, ...] = (1, 80, 265), *, device: torch.device | str = "cpu",
-                 eta: float = 1.0, n_train_steps: int = N_TRAIN_STEPS) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (1, 80, 265),
+        *,
+        device: torch.device | str = "cpu",
+        eta: float = 1.0,
+        n_train_steps: int = N_TRAIN_STEPS,
+    ) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.device = torch.device(device)
         self.eta = float(eta)
@@ -117,8 +123,7 @@ class DDIMSampler:
         # float32 like upstream; 1 − ᾱ_next − σ² cancels almost exactly at the first
         # step and can round below 0 for small S (upstream then yields NaN): clamp.
         c = (1 - alpha_next - sigma**2).clamp_min(0).sqrt()
-        noise = torch.randn((len(moving), *self.shape), generator=generator, device=self.device,
-                            dtype=torch.float32)
+        noise = torch.randn((len(moving), *self.shape), generator=generator, device=self.device, dtype=torch.float32)
         self.schedule = DDIMSchedule(
             time_pairs=tuple(pairs),
             time_conds=time_conds,
@@ -153,8 +158,15 @@ class DDIMSampler:
         return self.schedule
 
 
-def sample_window(denoise_fn: DenoiseFn, kp_cond: Tensor, cond: Tensor, sampler: DDIMSampler, *,
-                  generator: torch.Generator | None = None, x_T: Tensor | None = None) -> Tensor:
+def sample_window(
+    denoise_fn: DenoiseFn,
+    kp_cond: Tensor,
+    cond: Tensor,
+    sampler: DDIMSampler,
+    *,
+    generator: torch.Generator | None = None,
+    x_T: Tensor | None = None,
+) -> Tensor:
     """Sample one motion window with S denoiser calls.
 
     Args:
@@ -206,8 +218,15 @@ class CudaGraphSampler:
         warmup_iters: eager runs on a side stream before capture (lazy inits, cuBLAS workspaces).
     """
 
-    def __init__(self, denoise_fn: DenoiseFn, sampler: DDIMSampler, *, cond_shape: tuple[int, int, int],
-                 enabled: bool = True, warmup_iters: int = 2) -> None:
+    def __init__(
+        self,
+        denoise_fn: DenoiseFn,
+        sampler: DDIMSampler,
+        *,
+        cond_shape: tuple[int, int, int],
+        enabled: bool = True,
+        warmup_iters: int = 2,
+    ) -> None:
         self.denoise_fn = denoise_fn
         self.sampler = sampler
         self.cond_shape = tuple(cond_shape)
@@ -221,8 +240,9 @@ class CudaGraphSampler:
     def captured(self) -> bool:
         return self._graph is not None
 
-    def __call__(self, kp_cond: Tensor, cond: Tensor, *, generator: torch.Generator | None = None,
-                 x_T: Tensor | None = None) -> Tensor:
+    def __call__(
+        self, kp_cond: Tensor, cond: Tensor, *, generator: torch.Generator | None = None, x_T: Tensor | None = None
+    ) -> Tensor:
         """Sample one window; same contract as :func:`sample_window`."""
         if not self.use_graph:
             return sample_window(self.denoise_fn, kp_cond, cond, self.sampler, generator=generator, x_T=x_T)
@@ -262,8 +282,10 @@ class CudaGraphSampler:
         graph = torch.cuda.CUDAGraph()
         # Capture on a private stream, and only forbid unsafe CUDA calls in this thread
         # (the default "global" mode would fail work other threads issue meanwhile).
-        with torch.inference_mode(), torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev),
-                                                      capture_error_mode="thread_local"):
+        with (
+            torch.inference_mode(),
+            torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev), capture_error_mode="thread_local"),
+        ):
             self._static["out"] = self._loop()
         self._graph = graph
         self._graph_version = sampler.version
@@ -286,8 +308,13 @@ class BatchedWindowSampler:
     Called from one thread (the device engine).
     """
 
-    def __init__(self, runner: Callable[..., Mapping[str, Tensor]], *, device: torch.device | str,
-                 batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES) -> None:
+    def __init__(
+        self,
+        runner: Callable[..., Mapping[str, Tensor]],
+        *,
+        device: torch.device | str,
+        batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    ) -> None:
         from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 
         self.denoise_fn = denoise_fn_from_runner(runner)
@@ -311,8 +338,9 @@ class BatchedWindowSampler:
         if sampler is None:
             static = DDIMSampler((size, *window_shape), device=self.device)
             static.set_timesteps(steps, generator=torch.Generator(device=self.device).manual_seed(0))
-            sampler = CudaGraphSampler(self.denoise_fn, static, cond_shape=(size, window_shape[0], cond_dim),
-                                       enabled=self.use_graph)
+            sampler = CudaGraphSampler(
+                self.denoise_fn, static, cond_shape=(size, window_shape[0], cond_dim), enabled=self.use_graph
+            )
             self._samplers[key] = sampler
         return sampler
 
@@ -323,8 +351,9 @@ class BatchedWindowSampler:
         parts = []
         for start in range(0, n, largest):
             stop = min(n, start + largest)
-            parts.append(self._sample(steps, kp_cond[start:stop], cond[start:stop], x_T[start:stop],
-                                      noise[:, start:stop]))
+            parts.append(
+                self._sample(steps, kp_cond[start:stop], cond[start:stop], x_T[start:stop], noise[:, start:stop])
+            )
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _sample(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor) -> Tensor:

@@ -106,8 +106,7 @@ class MotionInfo:
         Arrays are converted to float32 tensors on ``device`` and given a leading batch axis of 1
         (scale (1,1), pose (1,66), t (1,3), exp/kp (1,63)). Extra keys are ignored.
         """
-        shapes = {"scale": 1, "pitch": POSE_BINS, "yaw": POSE_BINS, "roll": POSE_BINS,
-                  "t": 3, "exp": 63, "kp": 63}
+        shapes = {"scale": 1, "pitch": POSE_BINS, "yaw": POSE_BINS, "roll": POSE_BINS, "t": 3, "exp": 63, "kp": 63}
         kwargs: dict[str, Tensor | None] = {}
         for key in _MOTION_KEYS:
             if key not in values:

@@ -38,8 +38,9 @@ class ModelRunner(Protocol):
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
-def run_in_batches(run: Callable[[Mapping[str, Tensor]], dict[str, Tensor]], inputs: Mapping[str, Tensor], *,
-                   max_batch: int | None) -> dict[str, Tensor]:
+def run_in_batches(
+    run: Callable[[Mapping[str, Tensor]], dict[str, Tensor]], inputs: Mapping[str, Tensor], *, max_batch: int | None
+) -> dict[str, Tensor]:
     """``run(inputs)``, or, when the batch is larger than ``max_batch``, ``run`` on consecutive
     slices of at most ``max_batch`` rows with each output concatenated along axis 0.
 
@@ -61,8 +62,10 @@ def run_in_batches(run: Callable[[Mapping[str, Tensor]], dict[str, Tensor]], inp
     if len(sizes) != 1:
         shapes = {name: tuple(t.shape) for name, t in inputs.items()}
         raise ValueError(f"inputs do not share a leading batch axis: {shapes}")
-    parts = [run({name: t[start:start + max_batch] for name, t in inputs.items()})
-             for start in range(0, largest, max_batch)]
+    parts = [
+        run({name: t[start : start + max_batch] for name, t in inputs.items()})
+        for start in range(0, largest, max_batch)
+    ]
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
@@ -89,8 +92,6 @@ def leading_batch_limit(dims: Mapping[str, int | None]) -> int | None:
     the smallest bound, or ``None`` when no input bounds it."""
     bounds = [d for d in dims.values() if d is not None]
     return min(bounds) if bounds else None
-
-
 
 
 class RowwiseRunner:
@@ -121,5 +122,13 @@ def batch_invariant(runner: ModelRunner) -> ModelRunner:
     return runner if runner.device.type == "cuda" else RowwiseRunner(runner)
 
 
-__all__ = ["DEFAULT_BATCH_SIZES", "ModelRunner", "RowwiseRunner", "batch_invariant", "batch_sizes_up_to",
-           "leading_batch_limit", "padded_batch_size", "run_in_batches"]
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "ModelRunner",
+    "RowwiseRunner",
+    "batch_invariant",
+    "batch_sizes_up_to",
+    "leading_batch_limit",
+    "padded_batch_size",
+    "run_in_batches",
+]

@@ -96,11 +96,12 @@ def read_torch_state_dict(path: str | os.PathLike[str], kind: str, *, trust_pick
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ConfigError(f"{p}: expected a state dict of tensors for {kind!r}, got {type(obj).__name__}")
     prefix = "module."
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in obj.items()}
 
 
-def build_torch_module(path: str | os.PathLike[str], kind: str, module_factory: ModuleFactory | None, *,
-                       trust_pickle: bool = False) -> nn.Module:
+def build_torch_module(
+    path: str | os.PathLike[str], kind: str, module_factory: ModuleFactory | None, *, trust_pickle: bool = False
+) -> nn.Module:
     """Read the checkpoint, build the module with the factory, load strictly, eval mode (on the CPU)."""
     factory = module_factory or DEFAULT_FACTORIES.get(kind)
     if factory is None:
@@ -117,10 +118,17 @@ def build_torch_module(path: str | os.PathLike[str], kind: str, module_factory: 
     return module.eval()
 
 
-def load_runner(kind: str, path: str | os.PathLike[str], *, module_factory: ModuleFactory | None = None,
-                device: torch.device | str = "cpu", autocast_fp16: bool | None = None,
-                io_names: tuple[Sequence[str], Sequence[str]] | None = None,
-                plugin_paths: Sequence[str | os.PathLike[str]] = (), trust_pickle: bool = False) -> ModelRunner:
+def load_runner(
+    kind: str,
+    path: str | os.PathLike[str],
+    *,
+    module_factory: ModuleFactory | None = None,
+    device: torch.device | str = "cpu",
+    autocast_fp16: bool | None = None,
+    io_names: tuple[Sequence[str], Sequence[str]] | None = None,
+    plugin_paths: Sequence[str | os.PathLike[str]] = (),
+    trust_pickle: bool = False,
+) -> ModelRunner:
     """Build the runner for ``path``, the engine picked by its suffix.
 
     Args:
@@ -170,5 +178,10 @@ def load_runner(kind: str, path: str | os.PathLike[str], *, module_factory: Modu
 
 
 __all__ = [
-    "MODEL_IO", "ModelIO", "ModuleFactory", "build_torch_module", "load_runner", "read_torch_state_dict",
+    "MODEL_IO",
+    "ModelIO",
+    "ModuleFactory",
+    "build_torch_module",
+    "load_runner",
+    "read_torch_state_dict",
 ]

@@ -59,8 +59,9 @@ class OnnxRunner:
         ConfigError: onnxruntime is not installed or the file cannot be loaded.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cpu",
-                 session_options: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, device: torch.device | str = "cpu", session_options: Any = None
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - env dependent
@@ -70,10 +71,8 @@ class OnnxRunner:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
         if self.device.type == "cuda":
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index}),
-                                    "CPUExecutionProvider"]
-            providers = [p for p in providers
-                         if (p[0] if isinstance(p, tuple) else p) in ort.get_available_providers()]
+            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index}), "CPUExecutionProvider"]
+            providers = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in ort.get_available_providers()]
         else:
             providers = ["CPUExecutionProvider"]
         try:
@@ -93,11 +92,13 @@ class OnnxRunner:
         }
         #: Largest axis 0 one run takes: a static axis 0 is fixed, a symbolic one is free.
         self.max_batch: int | None = leading_batch_limit(
-            {i.name: (i.shape[0] if isinstance(i.shape[0], int) else None) for i in ins if i.shape})
+            {i.name: (i.shape[0] if isinstance(i.shape[0], int) else None) for i in ins if i.shape}
+        )
         # Outputs whose only symbolic axis is a batch axis named as an input's: preallocated on CUDA.
         batch_inputs = {i.shape[0]: i.name for i in ins if i.shape and isinstance(i.shape[0], str)}
         self._out_batch_of: dict[str, tuple[str, tuple[int, ...]]] = {  # output → (input, shape after axis 0)
-            o.name: (batch_inputs[o.shape[0]], tuple(o.shape[1:])) for o in outs
+            o.name: (batch_inputs[o.shape[0]], tuple(o.shape[1:]))
+            for o in outs
             if o.shape and o.shape[0] in batch_inputs and all(isinstance(d, int) and d >= 0 for d in o.shape[1:])
         }
 
@@ -159,4 +160,3 @@ class OnnxRunner:
                     out[name] = torch.from_numpy(ort_value.numpy()).to(self.device)
         del keep
         return {n: out[n] for n in self.output_names}
-

@@ -145,8 +145,9 @@ class EngineMismatch:
     problems: tuple[str, ...]  # trt_bindings.binding_problems(..., shapes=False)
 
 
-TrtFailure: TypeAlias = (TensorRTMissing | TensorRTTooOld | NoCudaDevice | PluginMissing | PluginUnloadable
-                         | EngineRejected | EngineMismatch)
+TrtFailure: TypeAlias = (
+    TensorRTMissing | TensorRTTooOld | NoCudaDevice | PluginMissing | PluginUnloadable | EngineRejected | EngineMismatch
+)
 
 
 class TensorRTUnusable(ConfigError):
@@ -202,8 +203,14 @@ def check_tensorrt_version(trt: Any) -> tuple[int, ...]:
 
 
 _DTYPE_NAMES = (
-    ("FLOAT", "float32"), ("HALF", "float16"), ("INT32", "int32"), ("INT64", "int64"), ("INT8", "int8"),
-    ("UINT8", "uint8"), ("BOOL", "bool"), ("BF16", "bfloat16"),
+    ("FLOAT", "float32"),
+    ("HALF", "float16"),
+    ("INT32", "int32"),
+    ("INT64", "int64"),
+    ("INT8", "int8"),
+    ("UINT8", "uint8"),
+    ("BOOL", "bool"),
+    ("BF16", "bfloat16"),
 )
 
 
@@ -216,8 +223,16 @@ def dtype_name(trt: Any, dt: Any) -> str:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32, "int64": torch.int64,
-            "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool, "bfloat16": torch.bfloat16}[name]
+    return {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "int32": torch.int32,
+        "int64": torch.int64,
+        "int8": torch.int8,
+        "uint8": torch.uint8,
+        "bool": torch.bool,
+        "bfloat16": torch.bfloat16,
+    }[name]
 
 
 # -- plugins, TensorRT's log, the GPU -----------------------------------------------------------
@@ -279,8 +294,15 @@ class _Binding:
     profile: ShapeProfile | None  # profile 0 of a dynamic input
 
 
-def _binding(trt: Any, index: int, name: str, is_input: bool, shape: Sequence[int], trt_dtype: Any,
-             profile_shapes: Callable[[], Sequence[Sequence[int]]]) -> _Binding:
+def _binding(
+    trt: Any,
+    index: int,
+    name: str,
+    is_input: bool,
+    shape: Sequence[int],
+    trt_dtype: Any,
+    profile_shapes: Callable[[], Sequence[Sequence[int]]],
+) -> _Binding:
     """One IO tensor; ``profile_shapes()`` (min, opt, max of profile 0) is asked for dynamic inputs only."""
     shape = tuple(int(d) for d in shape)
     dt = dtype_name(trt, trt_dtype)
@@ -341,10 +363,18 @@ class BindingsApi(TrtApi):
     @classmethod
     def io_table(cls, engine: Any, trt: Any) -> list[_Binding]:
         per_profile = engine.num_bindings // max(1, int(getattr(engine, "num_optimization_profiles", 1)))
-        return [_binding(trt, i, engine.get_binding_name(i), bool(engine.binding_is_input(i)),
-                         engine.get_binding_shape(i), engine.get_binding_dtype(i),
-                         lambda i=i: engine.get_profile_shape(0, i))
-                for i in range(per_profile)]
+        return [
+            _binding(
+                trt,
+                i,
+                engine.get_binding_name(i),
+                bool(engine.binding_is_input(i)),
+                engine.get_binding_shape(i),
+                engine.get_binding_dtype(i),
+                lambda i=i: engine.get_profile_shape(0, i),
+            )
+            for i in range(per_profile)
+        ]
 
     def set_input_shape(self, b: _Binding, shape: tuple[int, ...]) -> bool:
         return bool(self.context.set_binding_shape(b.index, shape))
@@ -369,9 +399,17 @@ class TensorsApi(TrtApi):
         out = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            out.append(_binding(trt, i, name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                                engine.get_tensor_shape(name), engine.get_tensor_dtype(name),
-                                lambda name=name: engine.get_tensor_profile_shape(name, 0)))
+            out.append(
+                _binding(
+                    trt,
+                    i,
+                    name,
+                    engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                    engine.get_tensor_shape(name),
+                    engine.get_tensor_dtype(name),
+                    lambda name=name: engine.get_tensor_profile_shape(name, 0),
+                )
+            )
         return out
 
     def set_input_shape(self, b: _Binding, shape: tuple[int, ...]) -> bool:
@@ -420,9 +458,15 @@ class TensorRTEngine:
         ConfigError: an unreadable file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cuda",
-                 plugin_paths: Sequence[str | os.PathLike[str]] = (), model: str | None = None,
-                 lmdm_dims: tuple[int, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cuda",
+        plugin_paths: Sequence[str | os.PathLike[str]] = (),
+        model: str | None = None,
+        lmdm_dims: tuple[int, int, int] | None = None,
+    ) -> None:
         trt = import_tensorrt()
         self.trt = trt
         self.version = check_tensorrt_version(trt)
@@ -455,9 +499,14 @@ class TensorRTEngine:
                 engine = None
         del blob
         if engine is None:
-            raise TensorRTUnusable(EngineRejected(
-                self.path, ".".join(map(str, self.version)), gpu_description(self.device),
-                tuple(self._logger.messages)))
+            raise TensorRTUnusable(
+                EngineRejected(
+                    self.path,
+                    ".".join(map(str, self.version)),
+                    gpu_description(self.device),
+                    tuple(self._logger.messages),
+                )
+            )
         self.engine = engine
         self.bindings = read_io_table(engine, trt, self.flavor)
         self.model = model if model is not None else model_for_file(self.path)
@@ -486,8 +535,7 @@ class TensorRTEngine:
         with torch.cuda.device(self.device):
             ctx = self.engine.create_execution_context()
         if ctx is None:
-            raise ConfigError(f"TensorRT could not create an execution context for {self.path} "
-                              "(out of GPU memory?)")
+            raise ConfigError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)")
         return ctx
 
 
@@ -519,8 +567,14 @@ class TensorRTRunner:
         ConfigError: see :class:`TensorRTEngine`.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, device: torch.device | str = "cuda",
-                 plugin_paths: Sequence[str | os.PathLike[str]] = (), engine: TensorRTEngine | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        device: torch.device | str = "cuda",
+        plugin_paths: Sequence[str | os.PathLike[str]] = (),
+        engine: TensorRTEngine | None = None,
+    ) -> None:
         if engine is None:
             if path is None:
                 raise TypeError("TensorRTRunner needs a path or an engine")
@@ -536,7 +590,8 @@ class TensorRTRunner:
         self.output_names: tuple[str, ...] = tuple(b.spec.name for b in self._outputs)
         #: Rows one engine call takes: axis 0 of a fixed input, or its profile's maximum.
         self.max_batch: int | None = leading_batch_limit(
-            {b.spec.name: _batch_bound(b) for b in self._inputs if b.spec.shape})
+            {b.spec.name: _batch_bound(b) for b in self._inputs if b.spec.shape}
+        )
         self._shapes: dict[str, tuple[int, ...]] = {}  # last input shapes set on the context
         self._lock = threading.Lock()
 
@@ -562,7 +617,8 @@ class TensorRTRunner:
             if w < 0 and prof is not None and not prof.min[axis] <= d <= prof.max[axis]:
                 raise ValueError(
                     f"{self!r}: input {b.spec.name!r} axis {axis} is {d}, outside the engine's profile "
-                    f"[{prof.min[axis]}, {prof.max[axis]}]")
+                    f"[{prof.min[axis]}, {prof.max[axis]}]"
+                )
 
     def __call__(self, **inputs: Tensor) -> dict[str, Tensor]:
         """One engine call, or one per slice of :attr:`max_batch` rows for a larger batch.
@@ -595,8 +651,9 @@ class TensorRTRunner:
             for b in self._outputs:
                 shape = api.output_shape(b)
                 if any(d < 0 for d in shape):
-                    raise RuntimeError(f"{self!r}: output {b.spec.name!r} has a data-dependent shape {shape} "
-                                       "(unsupported)")
+                    raise RuntimeError(
+                        f"{self!r}: output {b.spec.name!r} has a data-dependent shape {shape} (unsupported)"
+                    )
                 out[b.spec.name] = torch.empty(shape, dtype=b.torch_dtype, device=self.device)
             for b, t in zip(self._inputs, keep, strict=True):
                 api.bind(b, t.data_ptr())
@@ -612,9 +669,29 @@ class TensorRTRunner:
 
 
 __all__ = [
-    "MIN_TRT_VERSION", "PLUGIN_FILE_NAME", "TRT_APIS", "BindingsApi", "EngineMismatch", "EngineRejected",
-    "NoCudaDevice", "PluginMissing", "PluginUnloadable", "TensorRTEngine", "TensorRTMissing", "TensorRTRunner",
-    "TensorRTTooOld", "TensorRTUnusable", "TensorsApi", "TrtApi", "TrtFailure", "api_flavor",
-    "check_tensorrt_version", "dtype_name", "gpu_description", "import_tensorrt", "load_plugin_library",
-    "read_io_table", "tensorrt_version",
+    "MIN_TRT_VERSION",
+    "PLUGIN_FILE_NAME",
+    "TRT_APIS",
+    "BindingsApi",
+    "EngineMismatch",
+    "EngineRejected",
+    "NoCudaDevice",
+    "PluginMissing",
+    "PluginUnloadable",
+    "TensorRTEngine",
+    "TensorRTMissing",
+    "TensorRTRunner",
+    "TensorRTTooOld",
+    "TensorRTUnusable",
+    "TensorsApi",
+    "TrtApi",
+    "TrtFailure",
+    "api_flavor",
+    "check_tensorrt_version",
+    "dtype_name",
+    "gpu_description",
+    "import_tensorrt",
+    "load_plugin_library",
+    "read_io_table",
+    "tensorrt_version",
 ]

@@ -34,8 +34,15 @@ class TorchRunner:
 
     max_batch: int | None = None
 
-    def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str], *,
-                 device: torch.device | str = "cpu", autocast_fp16: bool = False) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        *,
+        device: torch.device | str = "cpu",
+        autocast_fp16: bool = False,
+    ) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.input_names = tuple(input_names)
@@ -66,9 +73,7 @@ class TorchRunner:
         else:
             values = tuple(raw)
         if len(values) != len(self.output_names):
-            raise RuntimeError(
-                f"{self!r}: module returned {len(values)} outputs, expected {list(self.output_names)}"
-            )
+            raise RuntimeError(f"{self!r}: module returned {len(values)} outputs, expected {list(self.output_names)}")
         out = dict(zip(self.output_names, values))
         if self.autocast_fp16:
             out = {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}

@@ -81,9 +81,11 @@ class ShapeProfile:
 
 #: HuBERT's dynamic sample axis (official ``scripts/cvt_onnx_to_trt.py``): half, one and two
 #: 6480-sample windows (6480 = (3 + 5 + 2) frames × 640 samples + 80).
-SHAPE_PROFILES: Mapping[str, Mapping[str, ShapeProfile]] = MappingProxyType({
-    "hubert": MappingProxyType({"input_values": ShapeProfile((1, 3240), (1, 6480), (1, 12960))}),
-})
+SHAPE_PROFILES: Mapping[str, Mapping[str, ShapeProfile]] = MappingProxyType(
+    {
+        "hubert": MappingProxyType({"input_values": ShapeProfile((1, 3240), (1, 6480), (1, 12960))}),
+    }
+)
 
 #: Models whose every IO tensor may have a dynamic leading (batch) axis instead of the official 1.
 BATCH_AXIS_MODELS: frozenset[str] = frozenset({"decoder", "lmdm", "stitch_network", "warp_network"})
@@ -91,15 +93,21 @@ BATCH_AXIS_MODELS: frozenset[str] = frozenset({"decoder", "lmdm", "stitch_networ
 #: Auxiliary models without an IO table elsewhere: name → (inputs, outputs), each (name, shape).
 #: Shapes: docs/pipeline.md §4.1 (batch 1; detector and HuBERT outputs have no batch axis).
 AUX_IO: Mapping[str, tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[tuple[str, tuple[int, ...]], ...]]] = (
-    MappingProxyType({
-        "landmark106": ((("data", (1, 3, 192, 192)),), (("fc1", (1, 212)),)),
-        "landmark203": ((("input", (1, 3, 224, 224)),), (("landmarks", (1, 406)),)),
-        "blaze_face": ((("input", (1, 128, 128, 3)),),
-                       (("regressors", (1, 896, 16)), ("classificators", (1, 896, 1)))),
-        "face_mesh": ((("input", (1, 256, 256, 3)),),
-                      (("Identity", (1, 1, 1, 1434)), ("Identity_1", (1, 1, 1, 1)), ("Identity_2", (1, 1, 1, 1)))),
-        "hubert": ((("input_values", (1, DYNAMIC)),), (("encoding_out", (DYNAMIC, 1024)),)),
-    })
+    MappingProxyType(
+        {
+            "landmark106": ((("data", (1, 3, 192, 192)),), (("fc1", (1, 212)),)),
+            "landmark203": ((("input", (1, 3, 224, 224)),), (("landmarks", (1, 406)),)),
+            "blaze_face": (
+                (("input", (1, 128, 128, 3)),),
+                (("regressors", (1, 896, 16)), ("classificators", (1, 896, 1))),
+            ),
+            "face_mesh": (
+                (("input", (1, 256, 256, 3)),),
+                (("Identity", (1, 1, 1, 1434)), ("Identity_1", (1, 1, 1, 1)), ("Identity_2", (1, 1, 1, 1))),
+            ),
+            "hubert": ((("input_values", (1, DYNAMIC)),), (("encoding_out", (DYNAMIC, 1024)),)),
+        }
+    )
 )
 
 #: SCRFD anchors per stride (8, 16, 32) on the 512 input: 2 anchors per cell.
@@ -108,8 +116,18 @@ _DET_WIDTH = {"scores": 1, "boxes": 4, "kps": 10}
 
 #: Every model of the Ditto engine folder (``ditto_trt_Ampere_Plus``), by ONNX/engine base name.
 ENGINE_MODELS: tuple[str, ...] = (
-    "appearance_extractor", "blaze_face", "decoder", "face_mesh", "hubert", "insightface_det",
-    "landmark106", "landmark203", "lmdm", "motion_extractor", "stitch_network", "warp_network",
+    "appearance_extractor",
+    "blaze_face",
+    "decoder",
+    "face_mesh",
+    "hubert",
+    "insightface_det",
+    "landmark106",
+    "landmark203",
+    "lmdm",
+    "motion_extractor",
+    "stitch_network",
+    "warp_network",
 )
 
 
@@ -143,8 +161,7 @@ def _lmdm_specs(dims: tuple[int, int, int] | None) -> tuple[TensorSpec, ...]:
 
     seq, nfeats, cond_dim = dims or lmdm_default_dims()
     input_shapes = {"x": (1, seq, nfeats), "cond_frame": (1, nfeats), "cond": (1, seq, cond_dim), "time_cond": (1,)}
-    specs = [TensorSpec(n, True, input_shapes[n], "int64" if n == "time_cond" else "float32")
-             for n in ONNX_INPUT_NAMES]
+    specs = [TensorSpec(n, True, input_shapes[n], "int64" if n == "time_cond" else "float32") for n in ONNX_INPUT_NAMES]
     specs += [TensorSpec(n, False, (1, seq, nfeats), "float32") for n in ONNX_OUTPUT_NAMES]
     return tuple(specs)
 
@@ -159,8 +176,9 @@ def _detector_specs() -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def expected_bindings(model: str, *, lmdm_dims: tuple[int, int, int] | None = None,
-                      dynamic_batch: bool = False) -> tuple[TensorSpec, ...]:
+def expected_bindings(
+    model: str, *, lmdm_dims: tuple[int, int, int] | None = None, dynamic_batch: bool = False
+) -> tuple[TensorSpec, ...]:
     """The IO tensors an engine of ``model`` must have, inputs first, each in ONNX order.
 
     Args:
@@ -190,19 +208,23 @@ def _official_bindings(model: str, lmdm_dims: tuple[int, int, int] | None) -> tu
         return _detector_specs()
     if model in AUX_IO:
         ins, outs = AUX_IO[model]
-        return tuple([TensorSpec(n, True, s, "float32") for n, s in ins]
-                     + [TensorSpec(n, False, s, "float32") for n, s in outs])
+        return tuple(
+            [TensorSpec(n, True, s, "float32") for n, s in ins] + [TensorSpec(n, False, s, "float32") for n, s in outs]
+        )
     from ditto.backends.talkinghead.models import ONNX_INPUT_SHAPES, ONNX_IO, ONNX_OUTPUT_SHAPES
 
     if model not in ONNX_IO:
         raise KeyError(f"unknown Ditto model {model!r}; known: {', '.join(ENGINE_MODELS)}")
     in_names, out_names = ONNX_IO[model]
-    return tuple([TensorSpec(n, True, ONNX_INPUT_SHAPES[model][n], "float32") for n in in_names]
-                 + [TensorSpec(n, False, ONNX_OUTPUT_SHAPES[model][n], "float32") for n in out_names])
+    return tuple(
+        [TensorSpec(n, True, ONNX_INPUT_SHAPES[model][n], "float32") for n in in_names]
+        + [TensorSpec(n, False, ONNX_OUTPUT_SHAPES[model][n], "float32") for n in out_names]
+    )
 
 
-def binding_problems(model: str, actual: Sequence[TensorSpec], *,
-                     lmdm_dims: tuple[int, int, int] | None = None, shapes: bool = True) -> list[str]:
+def binding_problems(
+    model: str, actual: Sequence[TensorSpec], *, lmdm_dims: tuple[int, int, int] | None = None, shapes: bool = True
+) -> list[str]:
     """Differences between an engine's IO tensors and :func:`expected_bindings` (empty: it fits).
 
     Names and input/output roles must match; each type must be one of
@@ -225,8 +247,10 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
             continue
         e, a = expected[name], got[name]
         if e.is_input != a.is_input:
-            problems.append(f"{name!r} is an {'input' if a.is_input else 'output'}, expected an "
-                            f"{'input' if e.is_input else 'output'}")
+            problems.append(
+                f"{name!r} is an {'input' if a.is_input else 'output'}, expected an "
+                f"{'input' if e.is_input else 'output'}"
+            )
         batch_free = model in BATCH_AXIS_MODELS and tuple(a.shape) == _with_dynamic_batch(e).shape
         if shapes and tuple(a.shape) != tuple(e.shape) and not batch_free:
             problems.append(f"{name!r} has shape {tuple(a.shape)}, expected {e.shape}")
@@ -236,6 +260,15 @@ def binding_problems(model: str, actual: Sequence[TensorSpec], *,
 
 
 __all__ = [
-    "AUX_IO", "BATCH_AXIS_MODELS", "DYNAMIC", "ENGINE_MODELS", "SHAPE_PROFILES", "ShapeProfile", "TensorSpec",
-    "binding_problems", "expected_bindings", "lmdm_default_dims", "model_for_file",
+    "AUX_IO",
+    "BATCH_AXIS_MODELS",
+    "DYNAMIC",
+    "ENGINE_MODELS",
+    "SHAPE_PROFILES",
+    "ShapeProfile",
+    "TensorSpec",
+    "binding_problems",
+    "expected_bindings",
+    "lmdm_default_dims",
+    "model_for_file",
 ]
