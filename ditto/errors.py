@@ -127,7 +127,7 @@ class BackendError(DittoError):
     code = ErrorCode.BACKEND_FAILED
 
     @classmethod
-    def from_fault(cls, exc: Exception) -> "BackendError":
+    def from_fault(cls, exc: BaseException) -> "BackendError":
         """What the client is told of ``exc``, raised inside a backend (torch, onnxruntime, TensorRT,
         the backend's own code): ``out_of_memory`` when the device or host ran out, else ``backend_failed``."""
         if is_out_of_memory(exc):

@@ -271,6 +271,13 @@ class DittoVideoService(FrameProcessor):
         self._video_failed = False  # after an error every frame passes through
         self._warned_format = False
 
+    @property
+    def _paired(self) -> AudioVideoPairing:
+        """The pairing made in ``setup()``; Pipecat calls ``setup()`` before any frame arrives."""
+        if self._pairing is None:
+            raise RuntimeError("DittoVideoService used before setup()")
+        return self._pairing
+
     async def setup(self, setup: FrameProcessorSetup) -> None:
         await super().setup(setup)
         self._pairing = AudioVideoPairing(self._requested_sample_rate_hz or setup.audio_out_sample_rate)
@@ -306,32 +313,32 @@ class DittoVideoService(FrameProcessor):
         if self._video_failed:
             await self.push_frame(frame)
             return
-        if frame.sample_rate != self._pairing.sample_rate_hz or frame.num_channels != 1:
+        if frame.sample_rate != self._paired.sample_rate_hz or frame.num_channels != 1:
             if not self._warned_format:
                 self._warned_format = True
                 logger.warning(
                     "TTS audio at %d Hz, %d channel(s) is not the session's %d Hz mono: passed on without video",
                     frame.sample_rate,
                     frame.num_channels,
-                    self._pairing.sample_rate_hz,
+                    self._paired.sample_rate_hz,
                 )
             await self.push_frame(frame)
             return
-        self._pairing.hold_audio(frame)
+        self._paired.hold_audio(frame)
         self._outbox.put_nowait(pack_audio_chunk(AudioChunkHeader(SampleType.INT16, self._chunks_queued), frame.audio))
         self._chunks_queued += 1
 
     async def _handle_tts_stopped(self, frame: TTSStoppedFrame) -> None:
-        if self._video_failed or self._pairing.hold_stop(frame) is None:
+        if self._video_failed or self._paired.hold_stop(frame) is None:
             await self.push_frame(frame)
             return
         self._outbox.put_nowait(_END_OF_UTTERANCE)
 
     async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
-        if not self._video_failed and self._pairing.speaking:
+        if not self._video_failed and self._paired.speaking:
             # Queued behind the audio already queued, so the server counts utterances as we do.
             self._outbox.put_nowait(_INTERRUPT)
-        released = self._pairing.interrupt()
+        released = self._paired.interrupt()
         await self.push_frame(frame, direction)
         for stopped in released:
             await self.push_frame(stopped)
@@ -347,7 +354,7 @@ class DittoVideoService(FrameProcessor):
                     self._finish_timeout_s,
                 )
         await self._close()
-        for frame in self._pairing.release_all():
+        for frame in self._paired.release_all():
             await self.push_frame(frame)
 
     async def _close(self) -> None:
@@ -363,7 +370,7 @@ class DittoVideoService(FrameProcessor):
             "type": "start_streaming",
             "live": True,
             "source": self._source,
-            "audio_format": {"sample_rate_hz": self._pairing.sample_rate_hz, "channels": 1, "sample_type": "int16"},
+            "audio_format": {"sample_rate_hz": self._paired.sample_rate_hz, "channels": 1, "sample_type": "int16"},
         }
         return start if self._seed is None else {**start, "seed": self._seed}
 
@@ -382,7 +389,7 @@ class DittoVideoService(FrameProcessor):
                         logger.info("Ditto live session %s started (backend %s)", self._client_id, reply.backend)
                         self._sender_task = self.create_task(self._send(ws), f"{self}::sender")
                     elif isinstance(reply, msg.PlaybackFinished):
-                        for frame in self._pairing.finished(reply.utterance, interrupted=reply.interrupted):
+                        for frame in self._paired.finished(reply.utterance, interrupted=reply.interrupted):
                             await self.push_frame(frame)
                     elif isinstance(reply, msg.StreamingCompleted):
                         return
@@ -418,13 +425,13 @@ class DittoVideoService(FrameProcessor):
         if header.kind != FrameKind.JPEG:
             return  # an audio echo: this session does not ask for them
         image = await asyncio.to_thread(_decode_jpeg, bytes(payload))  # ~ms per frame: off the event loop
-        for frame in self._pairing.video(header, image):
+        for frame in self._paired.video(header, image):
             await self.push_frame(frame)
 
     async def _fail(self, error: msg.Error, category: ErrorCategory = ErrorCategory.SERVER) -> None:
         """No more video: report it, and let the audio through (held and to come)."""
         self._video_failed = True
-        held = self._pairing.release_all()
+        held = self._paired.release_all()
         await self.push_error(
             f"Ditto video stopped, the audio goes on without it: [{error.code.value}] {error.message}",
             category=category,

@@ -95,7 +95,8 @@ def decode_audio(data: bytes, *, max_seconds: float, name: str = "audio") -> Aud
     """
     if not data:
         raise MediaError(f"{name} is empty (0 bytes)", code=ErrorCode.AUDIO_EMPTY)
-    samples = rate = None
+    samples: np.ndarray | None = None
+    rate = 0
     errors = []
     for decode in (_decode_soundfile, _decode_pyav):
         try:

@@ -337,7 +337,12 @@ class DeviceEngine:
             torch.cuda.empty_cache()
 
     def _execute(self, stage: Stage, works: list[Any]) -> list[Any]:
-        run = {Stage.HUBERT: self._run_hubert, Stage.LMDM: self._run_lmdm, Stage.RENDER: self._run_render}[stage]
+        runs: dict[Stage, Callable[[list[Any]], list[Any]]] = {
+            Stage.HUBERT: self._run_hubert,
+            Stage.LMDM: self._run_lmdm,
+            Stage.RENDER: self._run_render,
+        }
+        run = runs[stage]
         return run(works)
 
     # -- stages -----------------------------------------------------------------------------
@@ -376,8 +381,9 @@ class DeviceEngine:
                 x_d[rows] = out
         renders = self._renderer([w.f_s for w in works], x_s, x_d)
         images = [paste_back(w.plan, renders[i]) for i, w in enumerate(works)]
-        jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
-        encoded = self._encode_jpeg([images[i] for i in jpeg_rows], [works[i].jpeg_quality for i in jpeg_rows])
+        jpeg_qualities = {i: w.jpeg_quality for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg}
+        jpeg_rows = list(jpeg_qualities)
+        encoded = self._encode_jpeg([images[i] for i in jpeg_rows], list(jpeg_qualities.values()))
         jpegs = dict(zip(jpeg_rows, encoded))
         frames = []
         for i, (work, image) in enumerate(zip(works, images)):

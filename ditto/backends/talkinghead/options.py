@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 import numpy as np
 from pydantic import (
@@ -91,8 +91,8 @@ Number = Annotated[float, Strict(), BeforeValidator(_numpy_scalar_to_python)]  #
 #: A 2-D array, kept as the same object.
 Array2D = Annotated[InstanceOf[np.ndarray], _check(lambda a: a.ndim == 2, "a 2-D numpy array")]
 #: Dicts and lists kept as the same objects.
-AnyMapping = InstanceOf[Mapping]
-AnyList = InstanceOf[list] | InstanceOf[tuple]
+AnyMapping: TypeAlias = InstanceOf[Mapping]
+AnyList: TypeAlias = InstanceOf[list] | InstanceOf[tuple]
 
 
 class SetupOptions(BaseModel):

@@ -432,16 +432,19 @@ def load_checked_cfg(settings: TrtSettings) -> DittoCfg:
         ConfigError: a bad pkl, or TensorRT unusable without ``--fallback`` (or with
             no tree to fall back to).
     """
-    cfg = load_cfg(settings.cfg_pkl, settings.data_root, check_files=False)
+    cfg_pkl, data_root = settings.cfg_pkl, settings.data_root
+    if cfg_pkl is None or data_root is None:
+        raise ConfigError("the Ditto backend needs --data_root and --cfg_pkl")
+    cfg = load_cfg(cfg_pkl, data_root, check_files=False)
     if not uses_tensorrt(cfg):
-        return load_cfg(settings.cfg_pkl, settings.data_root)
+        return load_cfg(cfg_pkl, data_root)
     try:
         check_trt_tree(cfg, settings)
-        return load_cfg(settings.cfg_pkl, settings.data_root)
+        return load_cfg(cfg_pkl, data_root)
     except ConfigError as exc:
         if not settings.fallback:
             raise
-        data_root, cfg_pkl = fallback_tree(settings.data_root, settings.cfg_pkl)
+        data_root, cfg_pkl = fallback_tree(data_root, cfg_pkl)
         logger.warning("TensorRT cannot serve here (%s). --fallback: serving %s (cfg %s)", exc, data_root, cfg_pkl)
         return load_cfg(cfg_pkl, data_root)
 

@@ -24,6 +24,7 @@ few lengths (e.g. 4480 samples → 8); these helpers use exact integer math.
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import numpy as np
 import torch
@@ -179,7 +180,7 @@ class HubertFeatureExtractor:
             raise ValueError("HubertFeatureExtractor takes a runner or a module (exactly one)")
         self._runner = runner
         self._module = module.eval() if module is not None else None
-        self.chunksize = tuple(chunksize)
+        self.chunksize = cast(tuple[int, int, int], tuple(chunksize))
         self.max_batch = max(1, int(max_batch))
         if module is not None:
             self.device = next(module.parameters()).device

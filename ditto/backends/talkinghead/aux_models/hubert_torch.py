@@ -237,9 +237,11 @@ def _infer_config(g: _Graph) -> dict[str, Any]:
     splits: Counter[int] = Counter()
     for node in g.nodes:  # the attention's (B, T, heads, head width) reshapes; -1 for one of the two
         entries = g.int_entries(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
-        if not entries or len(entries) != 4 or None in entries[2:]:
+        if not entries or len(entries) != 4:
             continue
         heads, width = entries[2], entries[3]
+        if heads is None or width is None:
+            continue
         if heads == -1 and 0 < width < hidden and hidden % width == 0:
             heads = hidden // width
         elif width == -1 and 0 < heads < hidden and hidden % heads == 0:
