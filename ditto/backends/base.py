@@ -80,8 +80,12 @@ class StageStats:
 class Avatar(Protocol):
     """A registered source portrait; backends attach whatever they precomputed."""
 
-    width: int
-    height: int
+    # Read-only: the backends' avatars are frozen dataclasses shared by every session.
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
 
 
 class AnimationStream(Protocol):

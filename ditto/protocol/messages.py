@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Annotated, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -156,7 +156,7 @@ CLIENT_MESSAGE_TYPES = ("start_streaming", "audio_chunk", "end_of_utterance", "i
 
 def encode_audio_chunk(pcm: bytes, seq: int | None = None) -> dict:
     """The JSON form of an :class:`AudioChunk`."""
-    out = {"type": "audio_chunk", "data": base64.b64encode(pcm).decode("ascii")}
+    out: dict[str, Any] = {"type": "audio_chunk", "data": base64.b64encode(pcm).decode("ascii")}
     if seq is not None:
         out["seq"] = seq
     return out

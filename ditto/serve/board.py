@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from ray import serve
@@ -71,7 +72,7 @@ class SessionBoard:
         for server_id, (at, _) in list(self._reports.items()):
             if now - at > self._stale_after_s:
                 del self._reports[server_id]
-        replicas = [
+        replicas: list[dict[str, Any]] = [
             {
                 "server_id": r.server_id,
                 "backend": r.backend,

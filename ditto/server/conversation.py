@@ -187,6 +187,7 @@ class Conversation:
         unfinished = [u for u in self._utterances.values() if not u.finished]
         if not unfinished:
             return []
+        assert self._latest is not None  # there are unfinished utterances
         actions: list[Action] = [DropQueuedAudio(), DiscardUnsentFrames(through=self._latest.number)]
         for utterance in unfinished:  # each gets its answer, even one none of whose frames was sent yet
             utterance.ended = utterance.finished = True
@@ -270,8 +271,10 @@ class Conversation:
         if self._clock_origin is None or self._rewinding:
             return []
         speaking = self._latest is not None and not self._latest.ended
-        if speaking and now - self._last_audio_at <= self._limits.idle_after_s:
-            return []
+        if speaking:
+            assert self._last_audio_at is not None  # set with the utterance's first audio
+            if now - self._last_audio_at <= self._limits.idle_after_s:
+                return []
         due_s = now - self._clock_origin - self._limits.idle_after_s
         frames = min(FPS, math.ceil((due_s - self.media_s) * FPS))
         if frames <= 0:
@@ -279,6 +282,7 @@ class Conversation:
         actions: list[Action] = []
         partial = self._position % SAMPLES_PER_FRAME
         if partial:  # the open utterance's last frame is completed with silence (it still holds speech)
+            assert self._latest is not None  # audio was fed
             pad = np.zeros(SAMPLES_PER_FRAME - partial, np.float32)
             actions.append(FeedAudio(pad, self._latest.number, self._clock_origin))
             self._position += len(pad)
@@ -308,6 +312,7 @@ class Conversation:
     def _feed(self, utterance: _Utterance, samples: np.ndarray) -> list[Action]:
         utterance.spans.append((self._position, self._position + len(samples)))
         self._position += len(samples)
+        assert self._clock_origin is not None  # set by the first audio
         return [FeedAudio(samples, utterance.number, self._clock_origin)]
 
     def _to_frame_boundary(self) -> None:

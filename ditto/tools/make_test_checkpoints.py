@@ -179,8 +179,9 @@ class CheckpointTree:
 
     def cfg_pkl(self, flavor: str) -> Path:
         """``pytorch`` / ``trt`` / ``trt_online`` (official names) or ``onnx`` / ``onnx_online``."""
-        names = {**CFG_PKL_NAMES, **ONNX_CFG_PKL_NAMES}
-        return self.cfg / names[flavor]  # type: ignore[index]
+        names: dict[str, str] = dict(CFG_PKL_NAMES.items())
+        names.update(ONNX_CFG_PKL_NAMES)
+        return self.cfg / names[flavor]
 
     @classmethod
     def at(cls, root: str | os.PathLike[str]) -> CheckpointTree:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import StageStats, StreamOptions, VideoFrame
+from ditto.backends.base import Avatar, StageStats, StreamOptions, VideoFrame
 from ditto.backends.lite.compositor import FrameCompositor, MouthStyle, mouth_style
 from ditto.backends.lite.geometry import FaceGeometry, build_geometry
 from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
@@ -176,7 +176,7 @@ class LiteBackend:
     """
 
     name = "lite"
-    live_capacity = None  # not measured: the server's --max_sessions bounds it
+    live_capacity: int | None = None  # not measured: the server's --max_sessions bounds it
 
     def __init__(
         self,
@@ -221,7 +221,7 @@ class LiteBackend:
         style = mouth_style(image, geo)
         return LiteAvatar(width, height, image, face, geo, rig, warp, style)
 
-    def open_stream(self, avatar: LiteAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> LiteStream:
+    def open_stream(self, avatar: Avatar, *, seed: int, options: StreamOptions = StreamOptions()) -> LiteStream:
         """A new stream over ``avatar``; the same seed and audio give the same frames (``options``
         change nothing here: frames are rendered on the CPU and encoded by the server)."""
         if not isinstance(avatar, LiteAvatar):

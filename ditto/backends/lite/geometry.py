@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ditto.backends.lite import landmarks as lm
 from ditto.errors import SourceError
+
+if TYPE_CHECKING:
+    from scipy.spatial import Delaunay
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class Mesh:
     vertices: np.ndarray  # (n_vertices, 2) float32 ROI pixels; rows 0..477 are the landmarks, then anchors
     triangles: np.ndarray  # (n_triangles, 3) int32 vertex indices
     neighbors: np.ndarray  # (n_triangles, 3) int32, triangle opposite vertex k, -1 on the ROI border
-    locator: object  # scipy.spatial.Delaunay of the same triangles (point location at registration)
+    locator: Delaunay  # scipy.spatial.Delaunay of the same triangles (point location at registration)
 
     @property
     def num_vertices(self) -> int:

@@ -143,8 +143,8 @@ def _lip_basis(local: np.ndarray, geo: FaceGeometry, corner_travel: float, thick
     if thicken:
         across = 1.0 - np.clip(u / mouth_w, -1.0, 1.0) ** 2
         for idx, sign in ((lm.LIPS_OUTER_UPPER, -1.0), (lm.LIPS_OUTER_LOWER, 1.0)):
-            idx = list(idx)
-            basis[idx] += (sign * thicken * mouth_w * across[idx])[:, None] * fr.y_axis
+            rows = list(idx)
+            basis[rows] += (sign * thicken * mouth_w * across[rows])[:, None] * fr.y_axis
     return basis
 
 

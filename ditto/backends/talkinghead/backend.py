@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ditto import FPS, SAMPLES_PER_FRAME
-from ditto.backends.base import StageStats, StreamOptions
+from ditto.backends.base import Avatar, StageStats, StreamOptions
 from ditto.backends.talkinghead.aux_models.hubert import split_len
 from ditto.backends.talkinghead.avatar import DittoAvatar, host_copy
 from ditto.backends.talkinghead.config import DittoCfg
@@ -280,8 +280,10 @@ class DittoBackend:
             host_source=host_copy(registered.source),
         )
 
-    def open_stream(self, avatar: DittoAvatar, *, seed: int, options: StreamOptions = StreamOptions()) -> DittoStream:
+    def open_stream(self, avatar: Avatar, *, seed: int, options: StreamOptions = StreamOptions()) -> DittoStream:
         """Start a session; ``seed`` fixes its diffusion noise and blink timing."""
+        if not isinstance(avatar, DittoAvatar):
+            raise TypeError("avatar was not registered by the Ditto backend")
         return DittoStream(
             engine=self.models.engine,
             audio2motion=self.cfg.audio2motion,

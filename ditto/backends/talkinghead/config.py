@@ -337,7 +337,17 @@ def _parse_audio2motion(raw: Any, data_root: Path, pkl: Path, check_files: bool)
     model = _parse_model(
         "audio2motion_cfg", {k: section[k] for k in ("model_path", "device")}, data_root, pkl, check_files
     )
-    return Audio2MotionCfg(model=model, w2f_type=section["w2f_type"], **ints, **bools)
+    return Audio2MotionCfg(
+        model=model,
+        motion_feat_dim=ints["motion_feat_dim"],
+        audio_feat_dim=ints["audio_feat_dim"],
+        seq_frames=ints["seq_frames"],
+        use_emo=bools["use_emo"],
+        use_sc=bools["use_sc"],
+        use_eye_open=bools["use_eye_open"],
+        use_eye_ball=bools["use_eye_ball"],
+        w2f_type=section["w2f_type"],
+    )
 
 
 def read_cfg_dict(cfg_pkl: str | os.PathLike[str]) -> dict[str, Any]:

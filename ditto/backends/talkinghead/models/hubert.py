@@ -41,6 +41,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from os import PathLike
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -262,7 +263,7 @@ class HubertLarge(nn.Module):
         layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "conv_dim": conv_dim,
             "conv_kernels": tuple(conv_kernels),
             "conv_strides": tuple(conv_strides),

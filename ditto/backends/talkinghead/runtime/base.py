@@ -102,7 +102,7 @@ class RowwiseRunner:
     keeps every session's result what it is alone. On CUDA batches run as they are.
     """
 
-    max_batch = 1
+    max_batch: int | None = 1
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
