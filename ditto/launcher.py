@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split mixed flags into (server argv, client argv) by which parser knows each flag."""
-    owners = [(server_parser(), []), (client_parser(), [])]
+    owners: list[tuple[argparse.ArgumentParser, list[str]]] = [(server_parser(), []), (client_parser(), [])]
     i = 0
     while i < len(argv):
         token = argv[i]

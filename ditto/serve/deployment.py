@@ -119,5 +119,7 @@ class StreamingReplica:
 def build_app(args: dict) -> serve.Application:
     """The application ``serve run serve_config.yaml`` (and ``python -m ditto.serve``) deploys."""
     options = ServeOptions.model_validate(args)
-    board = SessionBoard.bind(stale_after_s=3 * options.report_interval_s + 2)
-    return StreamingReplica.options(**options.replica_deployment_options()).bind(options.model_dump(mode="json"), board)
+    # @serve.deployment turns both classes into Deployments; mypy does not apply class decorators.
+    board = SessionBoard.bind(stale_after_s=3 * options.report_interval_s + 2)  # type: ignore[attr-defined]
+    replica = StreamingReplica.options(**options.replica_deployment_options())  # type: ignore[attr-defined]
+    return replica.bind(options.model_dump(mode="json"), board)

@@ -40,7 +40,7 @@ class AvatarCache:
                 return self._items[key]
             registering = self._pending.get(key)
             waiting = registering is not None
-            if waiting:
+            if registering is not None:
                 self.hits += 1
             else:
                 registering = self._pending[key] = concurrent.futures.Future()

@@ -174,10 +174,12 @@ class LivePipeline:
             self.idle_frames += frame.idle
 
     def _echo_slice(self, frame: VideoFrame) -> np.ndarray:
+        echo = self._echo
+        assert echo is not None  # only called when the session echoes audio
         lo = frame.sample_start - self._echo_base
-        out = audio_window(self._echo, lo, frame.sample_count)
-        drop = max(0, min(lo + frame.sample_count, len(self._echo)))  # frames come in order
-        self._echo = self._echo[drop:]
+        out = audio_window(echo, lo, frame.sample_count)
+        drop = max(0, min(lo + frame.sample_count, len(echo)))  # frames come in order
+        self._echo = echo[drop:]
         self._echo_base += drop
         return out
 

@@ -192,11 +192,13 @@ class Session:
             )
         )
         if start.live:
+            assert start.audio_format is not None  # StartStreaming requires it in live mode
             await self._stream_live(job, start.audio_format, writer, sender)
         else:
             await self._stream_file(job, writer, sender)
 
     async def _stream_file(self, job: _Job, writer: WebSocketFrameWriter, sender: asyncio.Task) -> None:
+        assert job.audio is not None  # file mode: decoded by _prepare
         render = functools.partial(
             render_file,
             audio=job.audio,
@@ -432,6 +434,7 @@ class Session:
         while True:
             message = await self._receive(None)
             now = time.monotonic()
+            pcm: bytes | memoryview
             if isinstance(message, bytes):
                 header, pcm = AudioChunkHeader.unpack(message)
                 if header.sample_type != expected_type:
@@ -499,7 +502,11 @@ class Session:
     def _prepare(self, start: msg.StartStreaming) -> _Job:
         s = self.ctx.settings
         # every file is read before any is decoded: a missing file is reported before bad content
-        audio_bytes, audio_name = (b"", "live") if start.live else self._read_media(start.audio)
+        if start.live:
+            audio_bytes, audio_name = b"", "live"
+        else:
+            assert start.audio is not None  # StartStreaming requires it outside live mode
+            audio_bytes, audio_name = self._read_media(start.audio)
         image_bytes, source_name = self._read_media(start.source)
         audio = None if start.live else decode_audio(audio_bytes, max_seconds=s.max_audio_seconds, name=audio_name)
         image = decode_image(image_bytes, max_pixels=s.max_image_pixels, max_size=s.max_size, name=source_name)

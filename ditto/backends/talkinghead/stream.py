@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import random
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,7 +75,8 @@ INTERRUPT_EASE_FRAMES = 6
 """Frames over which the face returns from where an interrupt left it to the new (neutral) motion."""
 
 
-class _Row(NamedTuple):
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Row:
     """The final motion of one frame, waiting to be rendered or in flight."""
 
     index: int

@@ -58,9 +58,10 @@ def blink_schedule(
     """
     idx = [0] * max(int(n_frames), 0)
     if isinstance(open_n, numbers.Integral) and not isinstance(open_n, bool):
-        if open_n < 0:
+        gap = int(open_n)
+        if gap < 0:
             return idx
-        gaps: list[int] = [int(open_n)] if open_n > 0 else []
+        gaps: list[int] = [gap] if gap > 0 else []
     elif isinstance(open_n, (list, tuple)):
         gaps = [int(g) for g in open_n]
     else:

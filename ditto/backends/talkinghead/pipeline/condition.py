@@ -54,7 +54,7 @@ def emo_from_labels(labels: int | Sequence[int]) -> np.ndarray:
     Returns (8,) float32; one label puts ~0.9977 on it.
     """
     logits = np.zeros(EMO_DIM, dtype=np.float32)
-    chosen = [labels] if isinstance(labels, numbers.Integral) else list(labels)
+    chosen = [labels] if isinstance(labels, (int, numbers.Integral)) else list(labels)
     for label in chosen:
         logits[int(label)] = _EMO_LOGIT
     shifted = logits - logits.max()

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -371,7 +372,7 @@ class BindingsApi(TrtApi):
                 bool(engine.binding_is_input(i)),
                 engine.get_binding_shape(i),
                 engine.get_binding_dtype(i),
-                lambda i=i: engine.get_profile_shape(0, i),
+                functools.partial(engine.get_profile_shape, 0, i),
             )
             for i in range(per_profile)
         ]
@@ -407,7 +408,7 @@ class TensorsApi(TrtApi):
                     engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
                     engine.get_tensor_shape(name),
                     engine.get_tensor_dtype(name),
-                    lambda name=name: engine.get_tensor_profile_shape(name, 0),
+                    functools.partial(engine.get_tensor_profile_shape, name, 0),
                 )
             )
         return out
