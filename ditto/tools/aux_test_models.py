@@ -197,6 +197,9 @@ class ScrfdStandIn(nn.Module):
     # keypoints relative to the box (fraction of side): eyes, nose, mouth corners
     KPS = ((0.32, 0.40), (0.68, 0.40), (0.50, 0.58), (0.36, 0.76), (0.64, 0.76))
 
+    index: torch.Tensor  # buffers
+    kps_rel: torch.Tensor
+
     def __init__(self, size: int = 512, tau: float = 0.03, gain: float = 300.0) -> None:
         super().__init__()
         self.size, self.tau, self.gain = size, tau, gain
@@ -234,6 +237,9 @@ class ScrfdStandIn(nn.Module):
 class TemplateLandmarks(nn.Module):
     """Image → template landmarks + a small image-dependent global shift."""
 
+    template: torch.Tensor  # buffers
+    mix: torch.Tensor
+
     def __init__(self, template: np.ndarray, input_scale: float, shift: float, generator: torch.Generator) -> None:
         super().__init__()
         self.register_buffer("template", torch.tensor(template.reshape(1, -1), dtype=torch.float32))
@@ -264,6 +270,11 @@ class BlazeStandIn(nn.Module):
 
     BOX = (0.5, 0.58, 0.42, 0.42)  # cx, cy, w, h of the face in the 512 crop (normalised)
     KPS = ((0.41, 0.52), (0.59, 0.52), (0.5, 0.6), (0.5, 0.68), (0.3, 0.55), (0.7, 0.55))
+
+    raw: torch.Tensor  # buffers
+    prior: torch.Tensor
+    xy_mask: torch.Tensor
+    mix: torch.Tensor
 
     def __init__(self, anchors: np.ndarray, generator: torch.Generator, tau: float = 0.03, gain: float = 300.0) -> None:
         super().__init__()
@@ -299,6 +310,9 @@ class BlazeStandIn(nn.Module):
 class MeshStandIn(nn.Module):
     """(1,256,256,3) ROI → Identity (1,1,1,1434), Identity_1/Identity_2 (1,1,1,1)."""
 
+    template: torch.Tensor  # buffers
+    mix: torch.Tensor
+
     def __init__(self, template: np.ndarray, generator: torch.Generator) -> None:
         super().__init__()
         self.register_buffer("template", torch.tensor(template.reshape(1, 1, 1, -1), dtype=torch.float32))
@@ -318,6 +332,7 @@ class HubertStandIn(nn.Module):
         super().__init__()
         self.front = nn.Conv1d(1, channels, kernel_size=400, stride=320)
         self.proj = nn.Conv1d(channels, 1024, kernel_size=1)
+        assert self.front.bias is not None and self.proj.bias is not None  # Conv1d's bias=True default
         with torch.no_grad():
             self.front.weight.copy_(torch.randn(self.front.weight.shape, generator=generator) * 0.2)
             self.front.bias.zero_()
@@ -382,7 +397,7 @@ def _export(
         torch.onnx.export(
             module,
             args,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file-like object works (legacy exporter); torch annotates paths only
             input_names=safe_inputs,
             output_names=safe_outputs,
             dynamic_axes=dynamic_axes,

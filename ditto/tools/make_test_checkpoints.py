@@ -156,8 +156,9 @@ def build_test_module(name: str, seed: int) -> nn.Module:
             if network != name:
                 continue
             linear = module.get_submodule(layer)
-            linear.weight.mul_(init.weight_gain)
-            linear.bias.copy_(init.bias(linear.bias, gen))
+            linear.get_parameter("weight").mul_(init.weight_gain)
+            bias = linear.get_parameter("bias")
+            bias.copy_(init.bias(bias, gen))
     return module.eval()
 
 

@@ -176,6 +176,9 @@ class SpectralNormConv2d(nn.Module):
     attribute), which keeps TorchScript-based ONNX export simple (it folds to a constant weight).
     """
 
+    weight_u: torch.Tensor  # buffer (out_channels,)
+    weight_v: torch.Tensor  # buffer (in_channels·kh·kw,)
+
     def __init__(
         self,
         in_channels: int,

@@ -75,7 +75,7 @@ def export_torch_onnx(
             torch.onnx.export(
                 module,
                 args,
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file-like object works (legacy exporter); torch annotates paths only
                 input_names=list(input_names),
                 output_names=list(output_names),
                 opset_version=opset_version,

@@ -57,6 +57,8 @@ class RotaryEmbedding(nn.Module):
     ``cond_encoder.0.rotary.freqs``, ...), matching the official checkpoint.
     """
 
+    freqs: Tensor  # buffer (dim/2,)
+
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         if dim % 2:
@@ -72,7 +74,7 @@ class RotaryEmbedding(nn.Module):
         return angles.cos(), angles.sin()
 
     @staticmethod
-    def apply(t: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    def rotate(t: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
         """Rotate (…, L, dim) by precomputed ``tables`` for length L."""
         cos, sin = tables
         cos = cos.to(t.dtype)
@@ -84,7 +86,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """Rotate (…, L, dim) with positions 0..L-1 along dim -2."""
-        return self.apply(t, self.tables(t.shape[-2], t.device))
+        return self.rotate(t, self.tables(t.shape[-2], t.device))
 
 
 class Attention(nn.Module):
@@ -171,7 +173,7 @@ class ConditionEncoderLayer(nn.Module):
         if rot is None:
             rot = self.rotary.tables(x.shape[-2], x.device)
         h = self.norm1(x)
-        qk = RotaryEmbedding.apply(h, rot)
+        qk = RotaryEmbedding.rotate(h, rot)
         x = x + self.dropout1(self.self_attn(qk, qk, h))
         h = self.norm2(x)
         h = self.linear2(self.dropout(F.gelu(self.linear1(h))))
@@ -222,15 +224,15 @@ class FiLMDecoderLayer(nn.Module):
         if memory_rotated is None:
             if rot_mem is None:
                 rot_mem = self.rotary.tables(memory.shape[-2], memory.device)
-            memory_rotated = RotaryEmbedding.apply(memory, rot_mem)
+            memory_rotated = RotaryEmbedding.rotate(memory, rot_mem)
 
         h = self.norm1(x)
-        qk = RotaryEmbedding.apply(h, rot_x)
+        qk = RotaryEmbedding.rotate(h, rot_x)
         h = self.dropout1(self.self_attn(qk, qk, h))
         x = x + _modulate(h, self.film1(t))
 
         h = self.norm2(x)
-        h = self.dropout2(self.multihead_attn(RotaryEmbedding.apply(h, rot_x), memory_rotated, memory))
+        h = self.dropout2(self.multihead_attn(RotaryEmbedding.rotate(h, rot_x), memory_rotated, memory))
         x = x + _modulate(h, self.film2(t))
 
         h = self.norm3(x)
@@ -276,6 +278,9 @@ class MotionDecoder(nn.Module):
         guidance_weight: classifier-free guidance weight w (2, fixed in the official engine).
         n_train_steps: diffusion steps of the noise schedule used for ``pred_noise``.
     """
+
+    sqrt_recip_one_minus_ac: Tensor  # buffer (n_train_steps,)
+    sqrt_recip_ac_minus_one: Tensor  # buffer (n_train_steps,)
 
     def __init__(
         self,
@@ -350,7 +355,7 @@ class MotionDecoder(nn.Module):
     def _decode(self, h: Tensor, memory: Tensor, film_t: Tensor) -> Tensor:
         rot_x = self.rotary.tables(h.shape[-2], h.device)
         rot_mem = self.rotary.tables(memory.shape[-2], memory.device)
-        memory_rotated = RotaryEmbedding.apply(memory, rot_mem)
+        memory_rotated = RotaryEmbedding.rotate(memory, rot_mem)
         for layer in self.seqTransDecoder.stack:
             h = layer(h, memory, film_t, rot_x, memory_rotated=memory_rotated)
         return self.final_layer(h)
