@@ -404,7 +404,10 @@ class _LiveMode:
             logger.error("Sending audio failed: %s", sender.exception())
 
 
-_ERRORS_BY_CLOSE_CODE = {CloseCode.TRY_AGAIN_LATER: ErrorCode.BUSY, CloseCode.SERVICE_RESTART: ErrorCode.SHUTTING_DOWN}
+_ERRORS_BY_CLOSE_CODE: dict[int, ErrorCode] = {
+    CloseCode.TRY_AGAIN_LATER: ErrorCode.BUSY,
+    CloseCode.SERVICE_RESTART: ErrorCode.SHUTTING_DOWN,
+}
 
 
 def error_from_close(close: Close | None) -> msg.Error:
@@ -479,7 +482,7 @@ async def _converse(
             result.error = error_from_close(exc.rcvd)
             logger.error("Server closed the connection: [%s] %s", result.error.code.value, result.error.message)
     except (OSError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
-        result.error = msg.Error(code="internal", message=f"connection failed: {exc}")
+        result.error = msg.Error(code=ErrorCode.INTERNAL, message=f"connection failed: {exc}")
         logger.error("Connection to %s failed: %s", url, exc)
     return result
 

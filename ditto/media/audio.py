@@ -56,7 +56,7 @@ def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
 def _decode_pyav(data: bytes) -> tuple[np.ndarray, int]:
     import av
 
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]

@@ -35,7 +35,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_size: int, name: str = "im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
                 raise MediaError(

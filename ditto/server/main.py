@@ -15,12 +15,16 @@ import sys
 import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import uvicorn
 from pydantic import ValidationError
 
 from ditto.errors import ConfigError
 from ditto.server import LOGGER_NAME
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -165,8 +169,12 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._first_seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> monotonic s
 
+    @property
+    def _app(self) -> FastAPI:
+        return cast("FastAPI", self.config.app)  # an app of create_app (see above)
+
     async def shutdown(self, sockets=None) -> None:
-        state = self.config.app.state
+        state = self._app.state
         await state.registry.close_all(state.settings.shutdown_grace_s)
         await super().shutdown(sockets)
 
@@ -179,7 +187,7 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
     def _drop_stalled_connections(self, now: float) -> None:
-        timeout_s = self.config.app.state.settings.request_timeout_s
+        timeout_s = self._app.state.settings.request_timeout_s
         first_seen = self._first_seen
         for connection in list(self.server_state.connections):
             if getattr(connection, "cycle", True) is not None:  # a request arrived, or not HTTP (WebSocket)

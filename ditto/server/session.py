@@ -462,6 +462,7 @@ class Session:
                         else conversation.receive_end_of_audio(now)
                     )
                     continue
+                assert isinstance(parsed, msg.AudioChunk)  # stop and start_streaming were refused above
                 pcm = parsed.data
             if conversation.ended:  # before decoding: the state error is what the client needs to hear
                 raise ProtocolError("audio chunk after end_of_audio", code=ErrorCode.INVALID_STATE)

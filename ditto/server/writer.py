@@ -209,6 +209,7 @@ class WebSocketFrameWriter:
     def _encode(self, header: FrameHeader, frame: VideoFrame) -> bytearray:
         if frame.jpeg is not None:  # encoded by the backend (on the GPU, at our quality)
             return pack_frame(header, frame.jpeg)
+        assert frame.image is not None  # a frame carries its JPEG or its image
         started = time.perf_counter()
         payload = encode_jpeg(frame.image, self._quality)
         self._metrics.frame_encode.observe(time.perf_counter() - started)

@@ -135,7 +135,8 @@ def paint_mouth(
         return False
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     poly = np.round((ring - [x0, y0]) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-    cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=_SUBPIXEL_BITS)
+    # cv2's stubs type a colour as a sequence; the binding takes a number (the same Scalar)
+    cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=_SUBPIXEL_BITS)  # type: ignore[call-overload]
 
     xs = np.arange(x0, x1, dtype=np.float32)
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
@@ -207,6 +208,7 @@ class FrameCompositor:
         np.copyto(frame[r.y0 : r.y1, r.x1 :], self._image[r.y0 : r.y1, r.x1 :])
         roi = frame[r.slices]
         table = self._warp.remap_table(target, out=self._map, scratch=self._scratch)
-        cv2.remap(self._source_roi, table, None, cv2.INTER_LINEAR, dst=roi, borderMode=cv2.BORDER_REPLICATE)
+        # map2 None: ``table`` holds (x, y) pairs (documented); cv2's stubs do not allow None there
+        cv2.remap(self._source_roi, table, None, cv2.INTER_LINEAR, dst=roi, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
         paint_mouth(roi, self._source_roi, self._geo.mesh.vertices, target, self._style)
         return frame

@@ -161,7 +161,7 @@ def build_geometry(face: lm.FaceLandmarks, image_width: int, image_height: int) 
     roi = choose_roi(face.points, image_width, image_height, grid_step_px)
     if roi.width < 16 * grid_step_px or roi.height < 16 * grid_step_px:
         raise SourceError("the face is too small or too close to the image border to animate")
-    points = face.points - np.array([roi.x0, roi.y0], dtype=np.float32)
+    points: np.ndarray = face.points - np.array([roi.x0, roi.y0], dtype=np.float32)
     mesh = build_mesh(points, roi.width, roi.height)
     frame = face_frame(mesh.vertices[: lm.NUM_LANDMARKS])
     logger.info(

@@ -88,13 +88,18 @@ LOCAL_ENGINE_DIR = "ditto_trt_local"
 
 
 class TrtSettings(Protocol):
-    """The settings this module reads (``ditto.settings.Settings`` has them)."""
+    """The settings this module reads (``ditto.settings.Settings`` has them; read-only, as it is frozen)."""
 
-    data_root: Path | None
-    cfg_pkl: Path | None
-    device: str
-    trt_plugin: Path | None
-    fallback: bool
+    @property
+    def data_root(self) -> Path | None: ...
+    @property
+    def cfg_pkl(self) -> Path | None: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def trt_plugin(self) -> Path | None: ...
+    @property
+    def fallback(self) -> bool: ...
 
 
 # -- what the cfg asks for ----------------------------------------------------------------------

@@ -202,7 +202,8 @@ class Landmark106:
         """(106, 2) float32 landmarks in frame pixels for ``box`` (x1 y1 x2 y2)."""
         size = self.input_size
         M = box_crop_matrix(box, size)
-        crop = cv2.warpAffine(img_rgb, M, (size, size), borderValue=0.0)
+        # cv2's stubs type borderValue as a sequence; the binding takes a number (the same Scalar)
+        crop = cv2.warpAffine(img_rgb, M, (size, size), borderValue=0.0)  # type: ignore[call-overload]
         blob = crop[..., ::-1].astype(np.float32).transpose(2, 0, 1)[None].copy()
         out = run_numpy(self._runner, {self._input_name: blob})
         pred = out.get(self._output_name, next(iter(out.values())))
