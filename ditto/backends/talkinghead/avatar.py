@@ -4,6 +4,7 @@ returns and every :class:`~ditto.backends.talkinghead.stream.DittoStream` of tha
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -25,12 +26,11 @@ class DittoAvatar:
 
 
 def _motion_to(info: MotionInfo, device: torch.device) -> MotionInfo:
-    return MotionInfo(
-        **{
-            f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
-            for f in dataclasses.fields(info)
-        }
-    )
+    fields: dict[str, Any] = {
+        f.name: None if getattr(info, f.name) is None else getattr(info, f.name).to(device)
+        for f in dataclasses.fields(info)
+    }
+    return MotionInfo(**fields)
 
 
 def host_copy(source: SourceInfo) -> SourceInfo:

@@ -349,6 +349,7 @@ class DeviceEngine:
 
     def _run_hubert(self, windows: list[np.ndarray]) -> list[Tensor]:
         batch = np.stack(windows)
+        features: np.ndarray | list[np.ndarray]
         if self._hubert_graphs is None:
             features = self._hubert.chunk_features_batch(batch)
         else:

@@ -378,6 +378,7 @@ class DittoStream:
         kp_cond), its first frame ``start``."""
         state.windowing.restart(state.windowing.source_kp_cond)
         if state.online is not None:
+            assert self._silence_features is not None  # checked when the online session was set up
             state.windower = StreamingWindower()
             state.online = OnlineAudio2Motion(
                 state.windowing, state.condition, self._silence_features, v_min_max=state.v_min_max, first_frame=start

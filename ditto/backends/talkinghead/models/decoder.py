@@ -90,6 +90,7 @@ class SPADEDecoder(nn.Module):
         self.up_0 = SPADEResnetBlock(mid_width, in_width, label_nc=in_width)
         self.up_1 = SPADEResnetBlock(in_width, out_channels, label_nc=in_width)
         self.up = nn.Upsample(scale_factor=2)
+        self.conv_img: nn.Module
         if upscale is None or upscale <= 1:
             self.conv_img = nn.Conv2d(out_channels, 3, kernel_size=3, padding=1)
         else:

@@ -102,6 +102,7 @@ class DenseMotionNetwork(nn.Module):
         self.mask = nn.Conv3d(hidden, num_kp + 1, kernel_size=7, padding=3)
         self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
         self.norm = nn.BatchNorm3d(compress, affine=True)
+        self.occlusion: nn.Conv2d | None
         if estimate_occlusion_map:
             self.occlusion = nn.Conv2d(hidden * reshape_depth, 1, kernel_size=7, padding=3)
         else:
@@ -130,7 +131,8 @@ class DenseMotionNetwork(nn.Module):
         self, like: torch.Tensor, kp_source: torch.Tensor, kp_driving: torch.Tensor
     ) -> torch.Tensor:
         """(B, K+1, 1, D, H, W): zero background channel, then gaussian(kp_d) − gaussian(kp_s)."""
-        size = tuple(like.shape[3:])
+        depth, height, width = like.shape[3:]
+        size = (depth, height, width)
         diff = gaussian_heatmaps(kp_driving, size, self.kp_variance) - gaussian_heatmaps(
             kp_source, size, self.kp_variance
         )

@@ -174,8 +174,8 @@ def build_paste_plan(
     qy = torch.floor((row_y[:, None] + col_y[None, :]) / shift).to(torch.int64).reshape(-1)
     sx = torch.div(qx, _INTER_TAB, rounding_mode="floor")
     sy = torch.div(qy, _INTER_TAB, rounding_mode="floor")
-    tx = (qx - sx * _INTER_TAB).to(torch.float32) * np.float32(1.0 / _INTER_TAB)
-    ty = (qy - sy * _INTER_TAB).to(torch.float32) * np.float32(1.0 / _INTER_TAB)
+    tx = (qx - sx * _INTER_TAB).to(torch.float32) * (1.0 / _INTER_TAB)  # 1/32: exact in float32
+    ty = (qy - sy * _INTER_TAB).to(torch.float32) * (1.0 / _INTER_TAB)
 
     wx = (1 - tx, tx)
     wy = (1 - ty, ty)

@@ -139,7 +139,7 @@ class FrameRenderer:
     def _compile(self) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         assert isinstance(self.warp, TorchRunner) and isinstance(self.decoder, TorchRunner)
 
-        def prepared(module: torch.nn.Module) -> torch.nn.Module:
+        def prepared(module: torch.nn.Module) -> Callable[..., Tensor]:
             fast = pad_conv_channels(depth_tap_convs(copy.deepcopy(module).half()))
             return torch.compile(channels_last(fast), dynamic=False)
 
@@ -255,6 +255,8 @@ class DepthTapConv3d(nn.Module):
         super().__init__()
         if conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError("DepthTapConv3d computes stride-1, undilated, ungrouped, zero-padded convolutions only")
+        if isinstance(conv.padding, str):
+            raise ValueError("DepthTapConv3d needs explicit (int) padding, not 'same' / 'valid'")
         out_ch, in_ch, taps, kh, kw = conv.weight.shape
         self.in_pad = -in_ch % multiple
         self.out_channels, self.taps = out_ch, taps
