@@ -28,10 +28,13 @@ deterministically on real portraits:
 
 The ``.task`` bundle holds MediaPipe's own short-range BlazeFace detector
 (``face_detection_short_range.tflite``, shipped inside the mediapipe wheel,
-Apache-2.0) and a hand-built TFLite landmarks model; it has no blend-shape
-model and no geometry metadata, so FaceLandmarker must be created with
-``output_face_blendshapes=False`` and ``output_facial_transformation_matrixes=False``.
-Without mediapipe installed the ``.task`` file is skipped (logged).
+Apache-2.0), a hand-built TFLite landmarks model, a hand-built blend-shape model
+(``face_blendshapes.tflite``: (1, 146, 2) → (52,) sigmoid scores from seeded random
+weights) and ``geometry_pipeline_metadata_landmarks.binarypb`` (a canonical mesh made
+from the template's 468 face points), so FaceLandmarker opens it with upstream's
+``output_face_blendshapes=True`` and ``output_facial_transformation_matrixes=True``
+as well as without them (the blend shapes and matrices mean nothing; the landmarks
+are the same either way). Without mediapipe installed the ``.task`` file is skipped (logged).
 
 Not imported by the runtime. Usage::
 
@@ -421,6 +424,60 @@ def _rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
         node.output[:] = [mapping.get(n, n) for n in node.output]
 
 
+class _TfliteGraph:
+    """A one-subgraph TFLite model written with the flatbuffer schema shipped in mediapipe."""
+
+    def __init__(self) -> None:
+        from mediapipe.tasks.metadata import schema_py_generated as fb
+
+        self.fb = fb
+        self.buffers = [fb.BufferT()]
+        self.tensors: list = []
+        self.opcodes: list = []
+        self.operators: list = []
+
+    def tensor(
+        self, name: str, shape: tuple[int, ...], const: np.ndarray | None = None, dtype: int | None = None
+    ) -> int:
+        fb = self.fb
+        buf = fb.BufferT()
+        if const is not None:
+            buf.data = np.frombuffer(np.ascontiguousarray(const).tobytes(), dtype=np.uint8)
+        self.buffers.append(buf)
+        t = fb.TensorT()
+        t.name, t.shape, t.buffer = name, list(shape), len(self.buffers) - 1
+        t.type = fb.TensorType.FLOAT32 if dtype is None else dtype
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def op(self, code: int, inputs: list[int], outputs: list[int], options_type: int, options) -> None:
+        fb = self.fb
+        index = next((i for i, c in enumerate(self.opcodes) if c.builtinCode == code), None)
+        if index is None:
+            c = fb.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            self.opcodes.append(c)
+            index = len(self.opcodes) - 1
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = index, inputs, outputs
+        o.builtinOptionsType, o.builtinOptions = options_type, options
+        self.operators.append(o)
+
+    def finish(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        import flatbuffers
+
+        fb = self.fb
+        graph = fb.SubGraphT()
+        graph.tensors, graph.inputs, graph.outputs, graph.operators = self.tensors, inputs, outputs, self.operators
+        graph.name = "main"
+        model = fb.ModelT()
+        model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, self.opcodes, [graph], self.buffers
+        model.description = description
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
 def _tflite_mesh_model(template: np.ndarray) -> bytes:
     """A TFLite face-landmarks model for the FaceLandmarker task: template + tiny input term.
 
@@ -428,77 +485,34 @@ def _tflite_mesh_model(template: np.ndarray) -> bytes:
     given image metadata (NormalizationOptions mean 0, std 255) which the Tasks
     image preprocessing requires for float inputs.
     """
-    import flatbuffers
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
 
     # isort: split
     from mediapipe.tasks.metadata import schema_py_generated as fb  # kept after metadata_writers, as first written
 
-    buffers = [fb.BufferT()]
-    tensors: list = []
-    opcodes: list = []
-    operators: list = []
-
-    def tensor(
-        name: str, shape: tuple[int, ...], const: np.ndarray | None = None, dtype: int = fb.TensorType.FLOAT32
-    ) -> int:
-        buf = fb.BufferT()
-        if const is not None:
-            buf.data = np.frombuffer(np.ascontiguousarray(const).tobytes(), dtype=np.uint8)
-        buffers.append(buf)
-        t = fb.TensorT()
-        t.name, t.shape, t.type, t.buffer = name, list(shape), dtype, len(buffers) - 1
-        tensors.append(t)
-        return len(tensors) - 1
-
-    def op(code: int, inputs: list[int], outputs: list[int], options_type: int, options) -> None:
-        index = next((i for i, c in enumerate(opcodes) if c.builtinCode == code), None)
-        if index is None:
-            c = fb.OperatorCodeT()
-            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
-            opcodes.append(c)
-            index = len(opcodes) - 1
-        o = fb.OperatorT()
-        o.opcodeIndex, o.inputs, o.outputs = index, inputs, outputs
-        o.builtinOptionsType, o.builtinOptions = options_type, options
-        operators.append(o)
-
+    g = _TfliteGraph()
     n = template.size
-    image = tensor("input_1", (1, 256, 256, 3))
-    axes = tensor("axes", (3,), np.array([1, 2, 3], np.int32), fb.TensorType.INT32)
-    mean = tensor("mean", (1, 1, 1, 1))
+    image = g.tensor("input_1", (1, 256, 256, 3))
+    axes = g.tensor("axes", (3,), np.array([1, 2, 3], np.int32), fb.TensorType.INT32)
+    mean = g.tensor("mean", (1, 1, 1, 1))
     reducer = fb.ReducerOptionsT()
     reducer.keepDims = True
-    op(fb.BuiltinOperator.MEAN, [image, axes], [mean], fb.BuiltinOptions.ReducerOptions, reducer)
-    gain = tensor("gain", (1, 1, 1, n), np.full((1, 1, 1, n), 0.5, np.float32))
-    scaled = tensor("scaled", (1, 1, 1, n))
-    op(fb.BuiltinOperator.MUL, [mean, gain], [scaled], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
-    tpl = tensor("template", (1, 1, 1, n), template.reshape(1, 1, 1, n).astype(np.float32))
-    out_mesh = tensor("Identity", (1, 1, 1, n))
-    op(fb.BuiltinOperator.ADD, [scaled, tpl], [out_mesh], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
-    zero = tensor("zero", (1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.float32))
-    muted = tensor("muted", (1, 1, 1, 1))
-    op(fb.BuiltinOperator.MUL, [mean, zero], [muted], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
-    ten = tensor("ten", (1, 1, 1, 1), np.full((1, 1, 1, 1), 10.0, np.float32))
-    out_flag = tensor("Identity_1", (1, 1, 1, 1))
-    op(fb.BuiltinOperator.ADD, [muted, ten], [out_flag], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
-    out_aux = tensor("Identity_2", (1, 1, 1, 1))
-    op(fb.BuiltinOperator.SUB, [ten, muted], [out_aux], fb.BuiltinOptions.SubOptions, fb.SubOptionsT())
-
-    graph = fb.SubGraphT()
-    graph.tensors, graph.inputs, graph.outputs, graph.operators = (
-        tensors,
-        [image],
-        [out_mesh, out_flag, out_aux],
-        operators,
-    )
-    graph.name = "main"
-    model = fb.ModelT()
-    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, opcodes, [graph], buffers
-    model.description = "ditto test stand-in face landmarks"
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    raw = bytes(builder.Output())
+    g.op(fb.BuiltinOperator.MEAN, [image, axes], [mean], fb.BuiltinOptions.ReducerOptions, reducer)
+    gain = g.tensor("gain", (1, 1, 1, n), np.full((1, 1, 1, n), 0.5, np.float32))
+    scaled = g.tensor("scaled", (1, 1, 1, n))
+    g.op(fb.BuiltinOperator.MUL, [mean, gain], [scaled], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    tpl = g.tensor("template", (1, 1, 1, n), template.reshape(1, 1, 1, n).astype(np.float32))
+    out_mesh = g.tensor("Identity", (1, 1, 1, n))
+    g.op(fb.BuiltinOperator.ADD, [scaled, tpl], [out_mesh], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
+    zero = g.tensor("zero", (1, 1, 1, 1), np.zeros((1, 1, 1, 1), np.float32))
+    muted = g.tensor("muted", (1, 1, 1, 1))
+    g.op(fb.BuiltinOperator.MUL, [mean, zero], [muted], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    ten = g.tensor("ten", (1, 1, 1, 1), np.full((1, 1, 1, 1), 10.0, np.float32))
+    out_flag = g.tensor("Identity_1", (1, 1, 1, 1))
+    g.op(fb.BuiltinOperator.ADD, [muted, ten], [out_flag], fb.BuiltinOptions.AddOptions, fb.AddOptionsT())
+    out_aux = g.tensor("Identity_2", (1, 1, 1, 1))
+    g.op(fb.BuiltinOperator.SUB, [ten, muted], [out_aux], fb.BuiltinOptions.SubOptions, fb.SubOptionsT())
+    raw = g.finish([image], [out_mesh, out_flag, out_aux], "ditto test stand-in face landmarks")
 
     writer = metadata_writer.MetadataWriter.create(bytearray(raw))
     writer.add_general_info("face_landmarks_detector", "test stand-in")
@@ -509,7 +523,77 @@ def _tflite_mesh_model(template: np.ndarray) -> bytes:
     return bytes(content)
 
 
-def _write_task_bundle(path: Path, template: np.ndarray) -> bool:
+BLENDSHAPE_LANDMARKS = 146  # MediaPipe's face_blendshapes.tflite: (1, 146, 2) landmark subset in
+NUM_BLENDSHAPES = 52  # → (52,) scores out
+
+
+def _tflite_blendshapes_model(rng: np.random.Generator) -> bytes:
+    """A face_blendshapes.tflite stand-in: (1, 146, 2) → reshape → seeded random FC → sigmoid → (52,).
+
+    The shapes are the ones FaceLandmarker's blend-shape graph checks; the scores mean nothing.
+    """
+    from mediapipe.tasks.metadata import schema_py_generated as fb
+
+    g = _TfliteGraph()
+    k = BLENDSHAPE_LANDMARKS * 2
+    points = g.tensor("input_points", (1, BLENDSHAPE_LANDMARKS, 2))
+    flat_shape = g.tensor("flat_shape", (2,), np.array([1, k], np.int32), fb.TensorType.INT32)
+    flat = g.tensor("flat", (1, k))
+    reshape = fb.ReshapeOptionsT()
+    reshape.newShape = [1, k]
+    g.op(fb.BuiltinOperator.RESHAPE, [points, flat_shape], [flat], fb.BuiltinOptions.ReshapeOptions, reshape)
+    weights = (rng.standard_normal((NUM_BLENDSHAPES, k)) * 1e-4).astype(np.float32)
+    bias = (rng.standard_normal(NUM_BLENDSHAPES) * 0.5).astype(np.float32)
+    w = g.tensor("weights", (NUM_BLENDSHAPES, k), weights)
+    b = g.tensor("bias", (NUM_BLENDSHAPES,), bias)
+    logits = g.tensor("logits", (1, NUM_BLENDSHAPES))
+    g.op(
+        fb.BuiltinOperator.FULLY_CONNECTED,
+        [flat, w, b],
+        [logits],
+        fb.BuiltinOptions.FullyConnectedOptions,
+        fb.FullyConnectedOptionsT(),
+    )
+    probs = g.tensor("probs", (1, NUM_BLENDSHAPES))
+    g.op(fb.BuiltinOperator.LOGISTIC, [logits], [probs], fb.BuiltinOptions.NONE, None)
+    out_shape = g.tensor("out_shape", (1,), np.array([NUM_BLENDSHAPES], np.int32), fb.TensorType.INT32)
+    scores = g.tensor("output", (NUM_BLENDSHAPES,))
+    reshape = fb.ReshapeOptionsT()
+    reshape.newShape = [NUM_BLENDSHAPES]
+    g.op(fb.BuiltinOperator.RESHAPE, [probs, out_shape], [scores], fb.BuiltinOptions.ReshapeOptions, reshape)
+    return g.finish([points], [scores], "ditto test stand-in face blendshapes")
+
+
+def _geometry_metadata(template: np.ndarray) -> bytes:
+    """geometry_pipeline_metadata_landmarks.binarypb: a canonical mesh from the template's 468 face points.
+
+    Vertices (x, y, z, u, v) in centimetre-like units (centred, y up), a strip of triangles over
+    consecutive vertices and every vertex in the Procrustes basis with weight 1.
+    """
+    from mediapipe.tasks.cc.vision.face_geometry.proto import geometry_pipeline_metadata_pb2 as gp
+    from mediapipe.tasks.cc.vision.face_geometry.proto import mesh_3d_pb2
+
+    pts = template.reshape(-1, 3)[:CANONICAL_MESH_VERTICES].astype(np.float64)
+    uv = (pts[:, :2] - pts[:, :2].min(0)) / np.ptp(pts[:, :2], axis=0)
+    xyz = (pts - pts.mean(0)) * (15.0 / 256.0) * np.array([1.0, -1.0, -1.0])
+    vertices = np.concatenate([xyz, uv], axis=1).astype(np.float32)
+    triangles = [(i, i + 1, i + 2) for i in range(0, CANONICAL_MESH_VERTICES - 2, 2)]
+    meta = gp.GeometryPipelineMetadata()
+    meta.input_source = gp.InputSource.FACE_LANDMARK_PIPELINE
+    meta.canonical_mesh.vertex_type = mesh_3d_pb2.Mesh3d.VERTEX_PT
+    meta.canonical_mesh.primitive_type = mesh_3d_pb2.Mesh3d.TRIANGLE
+    meta.canonical_mesh.vertex_buffer.extend(vertices.reshape(-1).tolist())
+    meta.canonical_mesh.index_buffer.extend([i for tri in triangles for i in tri])
+    for i in range(CANONICAL_MESH_VERTICES):
+        meta.procrustes_landmark_basis.add(landmark_id=i, weight=1.0)
+    return meta.SerializeToString(deterministic=True)
+
+
+CANONICAL_MESH_VERTICES = 468  # the face mesh without the 10 iris points
+
+
+def _write_task_bundle(path: Path, template: np.ndarray, seed: int = 0) -> bool:
+    """face_landmarker.task: detector, landmarks, blend-shape model and geometry metadata (module docstring)."""
     try:
         import mediapipe
     except ImportError:
@@ -519,6 +603,8 @@ def _write_task_bundle(path: Path, template: np.ndarray) -> bool:
     members = {
         "face_detector.tflite": detector.read_bytes(),
         "face_landmarks_detector.tflite": _tflite_mesh_model(template),
+        "face_blendshapes.tflite": _tflite_blendshapes_model(np.random.default_rng([int(seed), 52])),
+        "geometry_pipeline_metadata_landmarks.binarypb": _geometry_metadata(template),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
@@ -592,7 +678,7 @@ def write_aux_test_models(onnx_dir: Path, pytorch_aux_dir: Path, *, seed: int, h
         for path in (onnx_dir / "hubert.onnx", pytorch_aux_dir / "hubert_streaming_fix_kv.onnx"):
             _export(small_hubert, (audio,), path, ["input_values"], ["encoding_out"], axes)
 
-    _write_task_bundle(pytorch_aux_dir / "face_landmarker.task", template)
+    _write_task_bundle(pytorch_aux_dir / "face_landmarker.task", template, seed)
 
 
 def main(argv: list[str] | None = None) -> None:

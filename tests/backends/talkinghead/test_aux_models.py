@@ -17,7 +17,7 @@ from ditto.backends.talkinghead.aux_models import hubert as hb
 from ditto.backends.talkinghead.aux_models import landmarks as lm
 from ditto.errors import ErrorCode, SourceError
 from ditto.tools.aux_test_models import write_aux_test_models
-from tests.conftest import astronaut
+from tests.conftest import EXAMPLE_IMAGE, astronaut
 
 
 class OrtRunner:
@@ -536,3 +536,37 @@ def test_face_landmarker_task_bundle(models, portrait):
             landmarker(np.full((512, 512, 3), 128, np.uint8))
     finally:
         landmarker.close()
+
+
+def test_face_landmarker_task_opens_with_blendshapes_and_matrixes(models):
+    """Upstream's options (blend shapes + transformation matrixes on) open the stand-in bundle too."""
+    pytest.importorskip("mediapipe")
+    import cv2
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    task = models["ori"] / "face_landmarker.task"
+    image = cv2.cvtColor(cv2.imread(str(EXAMPLE_IMAGE)), cv2.COLOR_BGR2RGB)
+    options = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(task)),
+        output_face_blendshapes=True,
+        output_facial_transformation_matrixes=True,
+        num_faces=1,
+    )
+    with vision.FaceLandmarker.create_from_options(options) as landmarker:
+        result = landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+    assert len(result.face_landmarks) == 1 and len(result.face_landmarks[0]) == fm.NUM_MESH_POINTS
+    assert len(result.face_blendshapes) == 1 and len(result.face_blendshapes[0]) == 52
+    scores = np.array([c.score for c in result.face_blendshapes[0]])
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert len(result.facial_transformation_matrixes) == 1
+    matrix = np.asarray(result.facial_transformation_matrixes[0])
+    assert matrix.shape == (4, 4) and np.isfinite(matrix).all()
+
+    both = fm.MediaPipeFaceLandmarker(task, output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+    plain = fm.MediaPipeFaceLandmarker(task)
+    try:
+        np.testing.assert_array_equal(both(image), plain(image))  # the extra outputs leave the landmarks alone
+    finally:
+        both.close()
+        plain.close()

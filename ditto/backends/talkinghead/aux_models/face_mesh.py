@@ -230,8 +230,9 @@ class MediaPipeFaceLandmarker:
 
     Upstream also asks for blend shapes and transformation matrices; they do not
     change the landmarks and need extra files in the bundle
-    (``face_blendshapes.tflite``, ``geometry_pipeline_metadata_landmarks.binarypb``),
-    so they are off by default here. Call :meth:`close` when done.
+    (``face_blendshapes.tflite``, ``geometry_pipeline_metadata_landmarks.binarypb``;
+    the official bundle and the test stand-in both have them), so they are off by
+    default here. Call :meth:`close` when done.
     """
 
     def __init__(
