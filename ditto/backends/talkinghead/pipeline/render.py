@@ -251,12 +251,24 @@ class DepthTapConv3d(nn.Module):
     The result is the convolution's (channels zero-padded to multiples of ``multiple``).
     """
 
+    @staticmethod
+    def computes(conv: nn.Conv3d) -> bool:
+        """Whether ``conv`` is one it computes: stride 1, undilated, ungrouped, explicit zero padding."""
+        return (
+            conv.stride == (1, 1, 1)
+            and conv.dilation == (1, 1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+        )
+
     def __init__(self, conv: nn.Conv3d, multiple: int = 8) -> None:
         super().__init__()
-        if conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError("DepthTapConv3d computes stride-1, undilated, ungrouped, zero-padded convolutions only")
-        if isinstance(conv.padding, str):
-            raise ValueError("DepthTapConv3d needs explicit (int) padding, not 'same' / 'valid'")
+        if not self.computes(conv):
+            raise ValueError(
+                "DepthTapConv3d computes stride-1, undilated, ungrouped convolutions with explicit zero padding only"
+            )
+        assert not isinstance(conv.padding, str)  # for the type checker: computes() refused it
         out_ch, in_ch, taps, kh, kw = conv.weight.shape
         self.in_pad = -in_ch % multiple
         self.out_channels, self.taps = out_ch, taps
@@ -295,17 +307,14 @@ compiled renderer (the warp network's mask convolution, 22, and its last up-bloc
 
 
 def depth_tap_convs(module: nn.Module, max_out_channels: int = NARROW_CONV3D_CHANNELS) -> nn.Module:
-    """Replace (in place) every stride-1 Conv3d with a kernel depth over 1 and at most
-    ``max_out_channels`` output channels by a :class:`DepthTapConv3d` computing the same result."""
+    """Replace (in place) every Conv3d that :meth:`DepthTapConv3d.computes`, with a kernel depth over 1
+    and at most ``max_out_channels`` output channels, by a :class:`DepthTapConv3d` computing the same result."""
     for name, child in list(module.named_children()):
         if (
             isinstance(child, nn.Conv3d)
             and child.kernel_size[0] > 1
             and child.out_channels <= max_out_channels
-            and child.stride == (1, 1, 1)
-            and child.dilation == (1, 1, 1)
-            and child.groups == 1
-            and child.padding_mode == "zeros"
+            and DepthTapConv3d.computes(child)
         ):
             setattr(module, name, DepthTapConv3d(child))
         else:
