@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.server_process import free_port  # noqa: E402
 from ditto.client.connection import read_pcm, run_live_session  # noqa: E402
 from ditto.client.stats import FrameTiming, compute_stats, end_to_end_lags_ms  # noqa: E402
 
 FIRST_FRAME_TARGET_S = 1.0
 LAG_P95_TARGET_MS = 500.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:

@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.server_process import free_port, wait_for_health  # noqa: E402
 from ditto.client.connection import read_pcm, run_live_session  # noqa: E402
 from ditto.tools import load_test  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 FIRST_FRAME_BUDGET_MS = 50.0
 LAG_BUDGET_MS = 10.0
@@ -71,24 +71,12 @@ class PathFigures:
         }
 
 
-def wait_healthy(server: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            load_test.read_health(server, timeout_s=2)
-            return
-        except (OSError, ValueError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{process.args} did not come up (exit {process.poll()})") from None
-            time.sleep(0.5)
-
-
 def measure(command: list[str], plan: load_test.LoadPlan, sessions: int, rounds: int) -> PathFigures:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
-        wait_healthy(plan.server, process, timeout_s=180)
+        wait_for_health(plan.server, process, timeout_s=180)
         startup_s = time.monotonic() - started
         warmup = asyncio.run(
             run_live_session(

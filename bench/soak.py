@@ -53,6 +53,7 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.server_process import free_port  # noqa: E402
 from ditto.protocol import messages as msg  # noqa: E402
 from ditto.protocol.frames import AudioChunkHeader, FrameHeader, FrameKind, SampleType, pack_audio_chunk  # noqa: E402
 
@@ -65,12 +66,6 @@ END_OF_AUDIO = json.dumps({"type": "end_of_audio"})
 
 
 # --- the server process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def poll_until(predicate, timeout_s: float, step_s: float = 0.05) -> bool:
