@@ -112,11 +112,18 @@ def run_level(
     complete = all(s["frames"] == expected for s in live)
     p95 = percentile(lags, 95)
     file_opts = StreamOptions(jpeg_quality=jpeg_quality)
+    engine = backend.models.engine
+    live_stats = backend.stage_stats()
+    idle_before = engine.idle_s
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
         t0 = time.perf_counter()
         frames = sum(pool.map(lambda i: file_session(backend, avatar, audio, 200 + i, file_opts), range(n)))
         file_s = time.perf_counter() - t0
     stats = backend.stage_stats()
+    file_batches = {
+        stage: (s.items - live_stats[stage].items) / max(1, s.batches - live_stats[stage].batches)
+        for stage, s in stats.items()
+    }
     return {
         "sessions": n,
         "live_sustained": bool(complete and shed == 0 and p95 is not None and p95 <= LOOKAHEAD_S + lag_bound_s),
@@ -126,6 +133,8 @@ def run_level(
         "live_first_frame_p95_s": percentile([s["first_frame_s"] for s in live if s["first_frame_s"]], 95),
         "file_fps_aggregate": frames / file_s,
         "mean_batch": {stage: round(s.mean_batch, 2) for stage, s in stats.items()},
+        "file_mean_batch": {stage: round(b, 2) for stage, b in file_batches.items()},
+        "file_engine_idle_share": (engine.idle_s - idle_before) / file_s,
     }
 
 
@@ -224,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jpeg_quality", type=int, default=85)
     p.add_argument("--compile_min_batch", type=int, default=16, help="0: no compiled renderer")
     p.add_argument("--skip_alone", action="store_true", help="only the batched engine")
+    p.add_argument(
+        "--launch_compare",
+        action="store_true",
+        help="also the batched engine resolving each batch before launching the next (the path before overlap)",
+    )
     p.add_argument("--stages", action="store_true", help="also time each engine stage per batch size")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: 1 level, 1 s")
     p.add_argument("--json", type=Path)
@@ -256,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     batched = DittoBackend(cfg, device, max_size=args.max_size, compile_min_batch=args.compile_min_batch or None)
     variants = {"batched": batched}
+    if args.launch_compare:
+        variants["batched, one launch at a time"] = DittoBackend(
+            cfg, device, max_size=args.max_size, models=dataclasses.replace(batched.models, launched_batches=1)
+        )
     if not args.skip_alone:
         variants["alone"] = DittoBackend(
             cfg,
@@ -323,8 +341,8 @@ def print_table(results: dict[str, Any], levels: list[int]) -> None:
     header = f"{'sessions':>8} | " + " | ".join(
         f"{n + ': live p95 lag, shed, ok':>30} | {n + ' file FPS':>16}" for n in names
     )
-    if len(names) == 2:
-        header += " | file FPS ratio"
+    if len(names) > 1:
+        header += " | file FPS ratio " + ", ".join(f"{names[0]} / {n}" for n in names[1:])
     print(header)
     for i, level in enumerate(levels):
         cells = []
@@ -336,9 +354,9 @@ def print_table(results: dict[str, Any], levels: list[int]) -> None:
                 f"{r['file_fps_aggregate']:16.1f}"
             )
         line = f"{level:>8} | " + " | ".join(cells)
-        if len(names) == 2:
-            a, b = (results["levels"][n][i]["file_fps_aggregate"] for n in names)
-            line += f" | {a / b:.2f}x"
+        if len(names) > 1:
+            first, *others = (results["levels"][n][i]["file_fps_aggregate"] for n in names)
+            line += " | " + ", ".join(f"{first / other:.2f}x" for other in others)
         print(line)
     for name in names:
         sustained = [r["sessions"] for r in results["levels"][name] if r["live_sustained"]]

@@ -24,6 +24,12 @@ A batch that fails is retried item by item, so a fault (CUDA out of memory, say)
 the sessions it concerns; the engine keeps serving. Cancelled futures (a session that
 left) are dropped before their batch runs.
 
+On CUDA the engine thread only *launches* a batch (host preparation, kernels and graph replays,
+the device→host copies into pinned memory, all queued on its stream) and hands it to a second
+thread, which waits for it, JPEG-encodes its frames on a stream of its own and resolves the
+futures; meanwhile the engine thread prepares and launches the next batch, so the device does
+not idle while the host works. At most :data:`LAUNCHED_BATCHES` batches are in flight.
+
 Sessions hold only host tensors and their own state; nothing but this thread touches the
 device (on CUDA it works on a stream of its own).
 """
@@ -36,6 +42,7 @@ import dataclasses
 import enum
 import importlib.util
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +68,9 @@ from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork"]
+
+LAUNCHED_BATCHES = 2
+"""Batches launched on the device and not yet resolved (CUDA): one running, one queued behind it."""
 
 
 class Stage(str, enum.Enum):
@@ -103,6 +113,18 @@ class _Request:
     expires: float | None = None  # past this the result is None (shed) instead of computed
 
 
+Finish = Callable[[], list[Any]]
+"""Waits for a launched batch and returns its results (runs on the completion thread on CUDA)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Launched:
+    batch: list[_Request]
+    finish: Finish
+    started: float  # perf_counter at launch
+    span: tuple[torch.cuda.Event, torch.cuda.Event] | None  # device time of the batch (CUDA)
+
+
 class DeviceEngine:
     """Runs every session's HuBERT, LMDM and render work on ``device``, batched.
 
@@ -114,6 +136,8 @@ class DeviceEngine:
         device: the device the renderer and LMDM live on.
         batch_sizes: the batch sizes graphs are captured for; larger batches are split,
             smaller ones padded to the next size.
+        launched_batches: CUDA: batches launched and not yet resolved at once (1: the engine
+            thread waits for each batch's results before it launches the next).
         clock: monotonic seconds (injected by tests).
 
     Call :meth:`close` to stop the thread; futures still pending then fail with
@@ -129,6 +153,7 @@ class DeviceEngine:
         renderer: FrameRenderer,
         device: torch.device,
         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        launched_batches: int = LAUNCHED_BATCHES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = torch.device(device)
@@ -153,11 +178,21 @@ class DeviceEngine:
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
         # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
         self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
+        self._jpeg_stream = torch.cuda.Stream(device=self.device) if self._nvjpeg else None
         module = getattr(hubert, "module", None)
         self._hubert_graphs = (
             _HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes) if self._cuda and module is not None else None
         )
+        self.idle_s = 0.0  # engine thread time spent waiting for work
+        self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
+        self._in_flight = threading.BoundedSemaphore(max(1, int(launched_batches)))
+        self._launched: queue.SimpleQueue[_Launched | None] = queue.SimpleQueue()
+        self._completer = (
+            threading.Thread(target=self._complete, name="ditto-engine-results", daemon=True) if self._cuda else None
+        )
         self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
+        if self._completer is not None:
+            self._completer.start()
         self._thread.start()
 
     # -- submitting (any thread) ------------------------------------------------------------
@@ -213,6 +248,8 @@ class DeviceEngine:
             self._cv.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
+        if self._completer is not None and self._completer.is_alive():
+            self._completer.join()
 
     def stage_stats(self) -> dict[str, StageStats]:
         """A snapshot of every stage's counters, with the items waiting now."""
@@ -235,7 +272,7 @@ class DeviceEngine:
         with self._on_device():
             for _ in range(repeats):
                 started = time.perf_counter()
-                self._execute(stage, works)
+                self._launch(stage, works)()
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
                 elapsed = time.perf_counter() - started
@@ -243,25 +280,29 @@ class DeviceEngine:
 
     # -- the engine thread ------------------------------------------------------------------
 
-    def _next_batch(self) -> list[_Request] | None:
-        """Wait for work; take the batch of the stage whose earliest deadline is nearest.
-        None: closing (pending work has been failed)."""
+    def _next_batch(self) -> tuple[list[_Request], bool] | None:
+        """Wait for work; take the batch of the stage whose earliest deadline is nearest, or one
+        item to retry alone (then True). None: closing (pending work has been failed)."""
         with self._cv:
+            waited = time.perf_counter()
             while True:
                 if self._closing:
                     self._fail_pending()
                     return None
+                if self._retries:
+                    return [self._retries.pop(0)], True
                 stages = [stage for stage, items in self._pending.items() if items]
                 if stages and not self._holds:
                     break
                 self._cv.wait()
+            self.idle_s += time.perf_counter() - waited
             stage = min(stages, key=lambda s: min(r.deadline for r in self._pending[s]))
-            queue = self._pending[stage]
-            queue.sort(key=lambda r: r.deadline)
-            key = queue[0].key
-            batch = [r for r in queue if r.key == key][: self.max_batch]
+            pending = self._pending[stage]
+            pending.sort(key=lambda r: r.deadline)
+            key = pending[0].key
+            batch = [r for r in pending if r.key == key][: self.max_batch]
             taken = set(map(id, batch))
-            self._pending[stage] = [r for r in queue if id(r) not in taken]
+            self._pending[stage] = [r for r in pending if id(r) not in taken]
         now = self._clock()
         live = []
         for request in batch:
@@ -272,16 +313,18 @@ class DeviceEngine:
                 request.future.set_result(None)
                 continue
             live.append(request)
-        return live
+        return live, False
 
     def _fail_pending(self) -> None:
-        for queue in self._pending.values():
-            for request in queue:
+        failure = BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+        for request in self._retries:
+            request.future.set_exception(failure)
+        self._retries.clear()
+        for pending in self._pending.values():
+            for request in pending:
                 if request.future.set_running_or_notify_cancel():
-                    request.future.set_exception(
-                        BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
-                    )
-            queue.clear()
+                    request.future.set_exception(failure)
+            pending.clear()
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:
@@ -291,44 +334,91 @@ class DeviceEngine:
             yield
 
     def _run(self) -> None:
-        with self._on_device():
-            while True:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                try:
-                    self._run_batch(batch)
-                except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
-                    logger.exception("engine: %s batch failed outside its stage", batch[0].stage.value)
-                    for request in batch:
-                        if not request.future.done():
-                            request.future.set_exception(exc)
+        try:
+            with self._on_device():
+                while True:
+                    taken = self._next_batch()
+                    if taken is None:
+                        return
+                    batch, alone = taken
+                    try:
+                        self._run_batch(batch, overlap=not alone)
+                    except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
+                        logger.exception("engine: %s batch failed outside its stage", batch[0].stage.value)
+                        for request in batch:
+                            if not request.future.done():
+                                request.future.set_exception(exc)
+        finally:
+            self._launched.put(None)  # the completion thread stops after the batches before it
 
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _run_batch(self, batch: list[_Request], *, overlap: bool) -> None:
+        """Launch ``batch``; resolve it on the completion thread (``overlap``, CUDA) or here."""
         if not batch:
             return
         stage = batch[0].stage
-        stats = self.stats[stage]
+        self._in_flight.acquire()
         started = time.perf_counter()
+        span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
         try:
-            results = self._execute(stage, [r.work for r in batch])
+            if span is not None:
+                span[0].record()
+            finish = self._launch(stage, [r.work for r in batch])
+            if span is not None:
+                span[1].record()
         except Exception as exc:
-            stats.failures += 1
+            self._in_flight.release()
+            self.stats[stage].failures += 1
             if len(batch) > 1:  # find the items at fault: each alone
                 logger.warning(
                     "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
                 )
                 self._release_memory(exc)
                 for request in batch:
-                    self._run_batch([request])
+                    self._run_batch([request], overlap=False)
                 return
             self._release_memory(exc)
             batch[0].future.set_exception(_as_backend_error(exc))
             return
+        launched = _Launched(batch, finish, started, span)
+        if overlap and self._completer is not None:
+            self._launched.put(launched)
+        else:
+            self._resolve(launched)
+
+    def _complete(self) -> None:
+        """The completion thread (CUDA): resolve launched batches in launch order."""
+        with torch.inference_mode():
+            while (launched := self._launched.get()) is not None:
+                self._resolve(launched)
+
+    def _resolve(self, launched: _Launched) -> None:
+        batch = launched.batch
+        stage = batch[0].stage
+        stats = self.stats[stage]
+        try:
+            results = launched.finish()
+        except Exception as exc:
+            stats.failures += 1
+            self._release_memory(exc)
+            if len(batch) > 1:  # the engine thread runs each item again alone
+                logger.warning(
+                    "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
+                )
+                with self._cv:
+                    self._retries.extend(batch)
+                    self._cv.notify()
+            else:
+                batch[0].future.set_exception(_as_backend_error(exc))
+            return
+        finally:
+            self._in_flight.release()
         stats.batches += 1
         stats.items += len(batch)
         stats.last_batch = len(batch)
-        stats.busy_s += time.perf_counter() - started
+        if launched.span is not None:
+            stats.busy_s += launched.span[0].elapsed_time(launched.span[1]) / 1000
+        else:
+            stats.busy_s += time.perf_counter() - launched.started
         for request, result in zip(batch, results):
             request.future.set_result(result)
 
@@ -336,37 +426,44 @@ class DeviceEngine:
         if self._cuda and is_out_of_memory(exc):
             torch.cuda.empty_cache()
 
-    def _execute(self, stage: Stage, works: list[Any]) -> list[Any]:
-        runs: dict[Stage, Callable[[list[Any]], list[Any]]] = {
-            Stage.HUBERT: self._run_hubert,
-            Stage.LMDM: self._run_lmdm,
-            Stage.RENDER: self._run_render,
+    def _launch(self, stage: Stage, works: list[Any]) -> Finish:
+        launches: dict[Stage, Callable[[list[Any]], Finish]] = {
+            Stage.HUBERT: self._launch_hubert,
+            Stage.LMDM: self._launch_lmdm,
+            Stage.RENDER: self._launch_render,
         }
-        run = runs[stage]
-        return run(works)
+        return launches[stage](works)
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _run_hubert(self, windows: list[np.ndarray]) -> list[Tensor]:
+    def _launch_hubert(self, windows: list[np.ndarray]) -> Finish:
         batch = np.stack(windows)
-        features: np.ndarray | list[np.ndarray]
-        if self._hubert_graphs is None:
+        if self._hubert_graphs is None:  # onnxruntime, or the CPU: computed here
             features = self._hubert.chunk_features_batch(batch)
-        else:
-            features = [window_features(e, self._hubert.chunksize) for e in self._hubert_graphs(batch)]
-        return [torch.from_numpy(f) for f in features]
+            return lambda: [torch.from_numpy(f) for f in features]
+        embeddings, ready = _to_host(self._hubert_graphs(batch))
 
-    def _run_lmdm(self, works: list[WindowWork]) -> list[Tensor]:
+        def finish() -> list[Any]:
+            ready.synchronize()
+            return [torch.from_numpy(window_features(e, self._hubert.chunksize)) for e in embeddings.numpy()]
+
+        return finish
+
+    def _launch_lmdm(self, works: list[WindowWork]) -> Finish:
         dev = self.device
         kp_cond = _to_device(torch.cat([w.kp_cond for w in works]), dev)
         cond = _to_device(torch.cat([w.cond for w in works]), dev)
         x_T = _to_device(torch.cat([w.x_T for w in works]), dev)
         noise = _to_device(torch.cat([w.noise for w in works], dim=1), dev)
-        out = self.sampler(works[0].steps, kp_cond, cond, x_T, noise)
-        host = out.float().cpu()  # synchronises the engine stream
-        return list(host)
+        motion, ready = _to_host(self.sampler(works[0].steps, kp_cond, cond, x_T, noise).float())
 
-    def _run_render(self, works: list[RenderWork]) -> list[VideoFrame]:
+        def finish() -> list[Any]:
+            ready.synchronize()
+            return list(motion)
+
+        return finish
+
+    def _launch_render(self, works: list[RenderWork]) -> Finish:
         dev = self.device
         x_s = _to_device(torch.cat([w.x_s for w in works]), dev)
         x_d = _to_device(torch.cat([w.x_d for w in works]), dev)
@@ -382,34 +479,54 @@ class DeviceEngine:
                 x_d[rows] = out
         renders = self._renderer([w.f_s for w in works], x_s, x_d)
         images = [paste_back(w.plan, renders[i]) for i, w in enumerate(works)]
-        jpeg_qualities = {i: w.jpeg_quality for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg}
-        jpeg_rows = list(jpeg_qualities)
-        encoded = self._encode_jpeg([images[i] for i in jpeg_rows], list(jpeg_qualities.values()))
-        jpegs = dict(zip(jpeg_rows, encoded))
-        frames = []
-        for i, (work, image) in enumerate(zip(works, images)):
-            if i in jpegs:
-                frames.append(VideoFrame(index=work.index, image=None, jpeg=jpegs[i]))
-            else:
-                frames.append(VideoFrame(index=work.index, image=image.cpu().numpy()))
-        return frames
+        jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
+        host_rows = [i for i in range(len(works)) if i not in set(jpeg_rows)]
+        host_images = {i: _to_host(images[i]) for i in host_rows}
+        rendered = torch.cuda.Event() if self._cuda else None
+        if rendered is not None:
+            rendered.record()
 
-    def _encode_jpeg(self, images: list[Tensor], qualities: list[int]) -> list[bytes]:
-        """nvjpeg through torchvision: one batched call per quality; one device→host copy in all."""
+        def finish() -> list[Any]:
+            encoded = self._encode_jpeg(
+                [images[i] for i in jpeg_rows], [int(works[i].jpeg_quality or 0) for i in jpeg_rows], rendered
+            )
+            jpegs = dict(zip(jpeg_rows, encoded))
+            frames = []
+            for i, work in enumerate(works):
+                if i in jpegs:
+                    frames.append(VideoFrame(index=work.index, image=None, jpeg=jpegs[i]))
+                else:
+                    image, ready = host_images[i]
+                    ready.synchronize()
+                    frames.append(VideoFrame(index=work.index, image=image.numpy()))
+            return frames
+
+        return finish
+
+    def _encode_jpeg(
+        self, images: list[Tensor], qualities: list[int], rendered: torch.cuda.Event | None
+    ) -> list[bytes]:
+        """nvjpeg through torchvision, on the JPEG stream once ``rendered`` is reached: one batched
+        call per quality; one device→host copy in all."""
         if not images:
             return []
         from torchvision.io import encode_jpeg
 
+        assert self._jpeg_stream is not None and rendered is not None  # nvjpeg is CUDA only
         out: list[bytes | None] = [None] * len(images)
-        for quality in sorted(set(qualities)):
-            rows = [i for i, q in enumerate(qualities) if q == quality]
-            chw = [images[i].permute(2, 0, 1).contiguous() for i in rows]
-            encoded = encode_jpeg(chw, quality=int(quality))
-            sizes = [int(e.numel()) for e in encoded]
-            flat = torch.cat([e.reshape(-1) for e in encoded]).cpu().numpy()
-            offsets = np.cumsum([0, *sizes])
-            for row, start, end in zip(rows, offsets[:-1], offsets[1:]):
-                out[row] = flat[start:end].tobytes()
+        with torch.cuda.stream(self._jpeg_stream):
+            self._jpeg_stream.wait_event(rendered)
+            for image in images:  # made on the engine stream, read on this one
+                image.record_stream(self._jpeg_stream)
+            for quality in sorted(set(qualities)):
+                rows = [i for i, q in enumerate(qualities) if q == quality]
+                chw = [images[i].permute(2, 0, 1).contiguous() for i in rows]
+                encoded = encode_jpeg(chw, quality=int(quality))
+                sizes = [int(e.numel()) for e in encoded]
+                flat = torch.cat([e.reshape(-1) for e in encoded]).cpu().numpy()
+                offsets = np.cumsum([0, *sizes])
+                for row, start, end in zip(rows, offsets[:-1], offsets[1:]):
+                    out[row] = flat[start:end].tobytes()
         return out  # type: ignore[return-value]
 
 
@@ -453,7 +570,9 @@ class _HubertGraphs:
         for size in self.batch_sizes:
             self._graph(size, length)
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
+    def __call__(self, windows: np.ndarray) -> Tensor:
+        """(B, samples) windows → (B, frames, 1024) float32 embeddings on the device (B > the
+        largest graph: a new tensor; else a view of the graph's output, valid until its next replay)."""
         parts = []
         largest = self.batch_sizes[-1]
         for start in range(0, len(windows), largest):
@@ -463,14 +582,33 @@ class _HubertGraphs:
             graph, static, out = self._graph(size, rows.shape[1])
             static[:n].copy_(_to_device(rows, self.device))
             graph.replay()
-            parts.append(out[:n].cpu().numpy())
-        return np.concatenate(parts)
+            parts.append(out[:n] if len(windows) <= largest else out[:n].clone())
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class _Ready:
+    """Done at once: what a host tensor's copy "event" is on the CPU."""
+
+    def synchronize(self) -> None:
+        return None
+
+
+def _to_host(tensor: Tensor) -> tuple[Tensor, torch.cuda.Event | _Ready]:
+    """A host copy of ``tensor`` and the event after which it holds the values: on CUDA the copy
+    into pinned memory is queued on the current stream (no wait here)."""
+    if tensor.device.type != "cuda":
+        return tensor, _Ready()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 def _as_backend_error(exc: BaseException) -> BaseException:

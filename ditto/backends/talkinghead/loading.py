@@ -22,7 +22,7 @@ from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor
 from ditto.backends.talkinghead.aux_models.hubert_torch import load_hubert_extractor
 from ditto.backends.talkinghead.aux_models.landmarks import Landmark106, Landmark203
 from ditto.backends.talkinghead.config import DittoCfg, ModelCfg
-from ditto.backends.talkinghead.engine import DEFAULT_BATCH_SIZES, DeviceEngine
+from ditto.backends.talkinghead.engine import DEFAULT_BATCH_SIZES, LAUNCHED_BATCHES, DeviceEngine
 from ditto.backends.talkinghead.models import RENDERER_MODELS
 from ditto.backends.talkinghead.pipeline.registration import SourceRegistrar
 from ditto.backends.talkinghead.pipeline.render import FrameRenderer
@@ -147,6 +147,7 @@ class DittoModels:
     decoder: ModelRunner
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # the engine's batches (CUDA graphs per size)
     compile_min_batch: int | None = None  # CUDA: render batches this large run compiled fp16 networks
+    launched_batches: int = LAUNCHED_BATCHES  # CUDA: batches in flight at once (1: each resolved before the next)
     # Built from the runners above (dataclasses.replace builds new ones).
     renderer: FrameRenderer = dataclasses.field(init=False, repr=False, compare=False)
     engine: DeviceEngine = dataclasses.field(init=False, repr=False, compare=False)
@@ -173,7 +174,7 @@ class DittoModels:
             renderer=self.renderer,
             device=self.warp.device,
             batch_sizes=self.batch_sizes,
-            **engine_options,
+            **{"launched_batches": self.launched_batches, **engine_options},
         )
 
     @classmethod

@@ -295,6 +295,27 @@ def test_cuda_batches_equal_each_item_alone_within_fp16(cuda_backend, portrait) 
 
 @pytest.mark.gpu
 @cuda
+def test_cuda_batches_launched_back_to_back_each_equal_their_items_alone(cuda_backend, portrait) -> None:
+    """40 frames and 20 HuBERT windows submitted at once run as several batches launched one behind
+    the other (the next one's inputs are copied into the graphs' buffers while the last is still
+    running or being resolved): every result is still its own item's."""
+    avatar = cuda_backend.register_source(portrait)
+    engine = cuda_backend.models.engine
+    works = render_works(cuda_backend, avatar, 40, seed=3)
+    batches_before = engine.stats[Stage.RENDER].batches
+    batched = run_batched(engine, lambda w: engine.render(w, deadline=0.0), works)
+    assert engine.stats[Stage.RENDER].batches - batches_before >= 3
+    for work, frame in zip(works[::7], batched[::7], strict=True):
+        alone = engine.render(work, deadline=0.0).result(timeout=60)
+        assert np.abs(frame.image.astype(int) - alone.image.astype(int)).max() <= 2
+    windows = [speech_like(6480 / 16000, seed=k) for k in range(20)]
+    features = run_batched(engine, lambda w: engine.features(w, deadline=0.0), windows)
+    for window, feature in zip(windows[::6], features[::6], strict=True):
+        torch.testing.assert_close(feature, engine.features(window, deadline=0.0).result(timeout=60), rtol=0, atol=2e-2)
+
+
+@pytest.mark.gpu
+@cuda
 def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
     from tests.backends.talkinghead.test_backend import cuda_settings
 
