@@ -12,7 +12,9 @@ with an fp32 eager reference (max |Δ| of the (0, 1) image):
 * ``half``: weights and activations fp16, NCHW (grid_sample in fp16 too);
 * ``half_cl``: fp16, channels-last (NDHWC for the 3-D convolutions, NHWC for the 2-D ones);
 * ``autocast_cl``: fp16 autocast, channels-last;
-* with ``--compile``: ``half_cl`` through ``torch.compile`` (compile time reported).
+* with ``--compile``: ``half_cl`` through ``torch.compile`` (compile time reported), and
+  ``production``: the engine's compiled renderer (:class:`FrameRenderer` from ``compile_min_batch``
+  on: fp16, channels-last, channels padded, narrow 3-D convolutions as depth taps).
 
 Also prints the 15 CUDA kernels with the most time for ``autocast`` and the best variant.
 """
@@ -32,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ditto.backends.talkinghead.models import SPADEDecoder, WarpingNetwork  # noqa: E402
-from ditto.backends.talkinghead.pipeline.render import channels_last  # noqa: E402
+from ditto.backends.talkinghead.pipeline.render import FrameRenderer, channels_last  # noqa: E402
+from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa: E402
 
 
 def timed_ms(fn, iters: int) -> float:
@@ -54,7 +57,7 @@ def top_kernels(fn, n: int = 15) -> list[str]:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=n)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=n, max_name_column_width=70)
     return table.splitlines()
 
 
@@ -105,6 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
         results["compile_s"] = time.perf_counter() - t0
         variants["half_cl_compiled"] = run
+        renderer = FrameRenderer(
+            TorchRunner(warp, ("feature_3d", "kp_source", "kp_driving"), ("out",), device=dev),
+            TorchRunner(decoder, ("feature",), ("output",), device=dev),
+            compile_min_batch=1,
+        )
+        production = renderer.forward_for(b)
+
+        def run_production() -> torch.Tensor:
+            with torch.inference_mode():
+                return production(f_s, x_s, x_d)
+
+        t0 = time.perf_counter()
+        run_production()
+        torch.cuda.synchronize()
+        results["production_compile_s"] = time.perf_counter() - t0
+        variants["production"] = run_production
     for name, run in variants.items():
         try:
             ms = timed_ms(run, args.iters) / b
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         f"best: {best} {timings[best]:.2f} ms/frame vs autocast {timings['autocast']:.2f} "
         f"({timings['autocast'] / timings[best]:.2f}x)"
     )
-    for name in dict.fromkeys(["autocast", best]):
+    for name in dict.fromkeys(["autocast", best, *(["production"] if "production" in variants else [])]):
         print(f"--- top kernels: {name}")
         print("\n".join(top_kernels(variants[name])))
     if args.json:

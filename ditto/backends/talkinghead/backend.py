@@ -53,7 +53,6 @@ from ditto.backends.talkinghead.pipeline.condition import cond_width
 from ditto.backends.talkinghead.pipeline.putback import CROP_SIZE, build_paste_plan
 from ditto.backends.talkinghead.pipeline.registration import CropOptions, fit_to_max_size
 from ditto.backends.talkinghead.preflight import load_checked_cfg, trt_plugin_paths
-from ditto.backends.talkinghead.runtime.base import padded_batch_size
 from ditto.backends.talkinghead.stream import DittoStream
 from ditto.errors import ConfigError
 from ditto.settings import Settings
@@ -62,8 +61,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DittoBackend"]
 
-TARGET_UTILIZATION = 0.8
-"""Device time per second the measured live capacity may fill (headroom for bursts and file sessions)."""
+TARGET_UTILIZATION = 0.9
+"""Device time per second the measured live capacity may fill (headroom for bursts and file sessions).
+Calibrated on the H200 (bench/bench_server_load.py): 8 live sessions sustained where this model puts
+the load at 0.89, 10 not sustained."""
 
 
 class DittoBackend:
@@ -149,7 +150,8 @@ class DittoBackend:
     def warmup(self) -> None:
         """On CUDA: capture the engine's warp+decode and LMDM graphs (every batch size, this
         backend's ``sampling_timesteps``) now, so that no session pays for it (cuDNN autotuning
-        included). Nothing to do on the CPU."""
+        included), measure the engine's batch costs, and from them the live capacity. Nothing to
+        do on the CPU."""
         if self.device.type != "cuda":
             return
         a2m = self.cfg.audio2motion
@@ -160,20 +162,13 @@ class DittoBackend:
             )
             self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
         torch.cuda.synchronize(self.device)
+        self._measure_batch_costs()
         if self.options.online_mode:
-            self.live_capacity = self._measure_live_capacity()
+            self.live_capacity = self._live_capacity()
 
-    def _measure_live_capacity(self) -> int:
-        """How many live sessions the engine keeps real time, from its own batch costs.
-
-        Each stage is timed on synthetic work at every batch size (a frame of the server's
-        ``max_size``, JPEG on the GPU). A live session asks per second for 25 frames, 25/V LMDM
-        windows (V = 80 − overlap_v2) and 5 HuBERT windows. Its frames become ready V at a time
-        (one LMDM window); the sessions' windows arrive spread out, so a third of the N sessions
-        is counted as overlapping: render batches of min(max batch, V·⌈N/3⌉) frames, LMDM and
-        HuBERT batches of ⌈N/3⌉. The capacity is the largest N whose device time per second stays
-        under ``TARGET_UTILIZATION``.
-        """
+    def _measure_batch_costs(self) -> None:
+        """Time each engine stage on synthetic work at every batch size (a frame of the server's
+        ``max_size``, JPEG on the GPU): the engine plans its batches by these costs."""
         engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         gen = torch.Generator(device="cpu").manual_seed(0)
         side = self.max_size
@@ -208,30 +203,36 @@ class DittoBackend:
                 )
             ] * n
 
-        per_item = {
-            stage: {b: engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes} for stage in Stage
-        }
+        engine.measure_batch_costs(works)
 
-        def cost(stage: Stage, batch: float) -> float:
-            """Per-item cost at the graph size a batch of ``batch`` items is padded to."""
-            return per_item[stage][padded_batch_size(math.ceil(batch), engine.batch_sizes)]
+    def _live_capacity(self) -> int:
+        """How many live sessions the engine keeps real time, from its measured batch costs.
 
+        A live session asks per second for 25 frames, 25/V LMDM windows (V = 80 − overlap_v2) and
+        5 HuBERT windows. Its frames become ready V at a time (one LMDM window); the sessions'
+        windows arrive spread out, so a third of the N sessions is counted as overlapping: V·⌈N/3⌉
+        frames wait for the render, ⌈N/3⌉ windows for LMDM and HuBERT, each batched as the engine
+        plans it (:meth:`DeviceEngine.cost_per_item`). The capacity is the largest N whose device
+        time per second stays under ``TARGET_UTILIZATION``.
+        """
+        engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         valid = a2m.seq_frames - opts.overlap_v2
-        # (stage, items per second per session, items that batch together per overlapping session)
+        # (stage, items per second per session, items that wait together per overlapping session)
         demand = ((Stage.RENDER, FPS, valid), (Stage.LMDM, FPS / valid, 1), (Stage.HUBERT, FPS / 5, 1))
         capacity = 0
         for n in range(1, 257):
             overlapping = math.ceil(n / 3)
-            load = sum(rate * n * cost(stage, min(per * overlapping, engine.max_batch)) for stage, rate, per in demand)
+            load = sum(rate * n * engine.cost_per_item(stage, per * overlapping) for stage, rate, per in demand)
             if load > TARGET_UTILIZATION:
                 break
             capacity = n
+        costs = engine.batch_costs
         logger.info(
             "Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
             "HuBERT %.1f/%.1f ms)",
             capacity,
             engine.max_batch,
-            *(1000 * per_item[stage][b] for stage in Stage for b in (1, engine.max_batch)),
+            *(1000 * costs[stage][b] / b for stage in Stage for b in (1, engine.max_batch)),
         )
         return max(1, capacity)
 

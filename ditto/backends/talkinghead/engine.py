@@ -17,6 +17,12 @@ Three stages, each batched across sessions:
   JPEG encoded on the GPU (nvjpeg) when the session asked for one and the device is CUDA,
   else the uint8 RGB image on the host. The one device→host copy per frame is its result.
 
+How many items a batch takes, and the graph size it runs at, follow the stage's batch costs measured
+at start-up (:meth:`DeviceEngine.measure_batch_costs`): the pair with the lowest device time per
+item taken (13 frames waiting: 12 at size 12 rather than 13 padded to 16; 5 frames: padded to the
+compiled size 8 rather than the plain size 4). Without measured costs a batch takes what waits,
+padded to the next size.
+
 Scheduling is earliest-deadline-first: a live session's frame is due when its audio is
 (plus the session's budget), file sessions give their work a later deadline, so they use
 the capacity live sessions leave and, since deadlines are absolute times, never starve.
@@ -54,7 +60,7 @@ from torch import Tensor
 
 from ditto.backends.base import StageStats, VideoFrame
 from ditto.backends.talkinghead.aux_models.hubert import HubertFeatureExtractor, window_features
-from ditto.backends.talkinghead.pipeline.putback import PastePlan, paste_back
+from ditto.backends.talkinghead.pipeline.putback import PastePlan, paste_back_many
 from ditto.backends.talkinghead.pipeline.render import FrameRenderer
 from ditto.backends.talkinghead.pipeline.sampler import BatchedWindowSampler
 from ditto.backends.talkinghead.runtime.base import (
@@ -115,6 +121,16 @@ class _Request:
 
 Finish = Callable[[], list[Any]]
 """Waits for a launched batch and returns its results (runs on the completion thread on CUDA)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Taken:
+    """A batch taken from the queue: its items, the graph size to run them at (None: the next size
+    up), and whether it is an item of a failed batch run again alone."""
+
+    batch: list[_Request]
+    size: int | None = None
+    alone: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -184,6 +200,7 @@ class DeviceEngine:
             _HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes) if self._cuda and module is not None else None
         )
         self.idle_s = 0.0  # engine thread time spent waiting for work
+        self.batch_costs: dict[Stage, dict[int, float]] = {}  # seconds per batch at each graph size
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
         self._in_flight = threading.BoundedSemaphore(max(1, int(launched_batches)))
         self._launched: queue.SimpleQueue[_Launched | None] = queue.SimpleQueue()
@@ -264,25 +281,53 @@ class DeviceEngine:
             self._hubert_graphs.capture(hubert_window)
 
     def time_batch(self, stage: Stage, works: list[Any], repeats: int = 2) -> float:
-        """Seconds one batch of ``works`` takes (the last of ``repeats`` runs, synchronised).
+        """Seconds one batch of ``works`` takes (synchronised; the median of ``repeats`` runs from 3 on, else the last).
 
         Runs in the calling thread: for start-up measurements, before any session submits work.
         """
-        elapsed = 0.0
+        elapsed = []
         with self._on_device():
             for _ in range(repeats):
                 started = time.perf_counter()
-                self._launch(stage, works)()
+                self._launch(stage, works, None)()
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
-                elapsed = time.perf_counter() - started
-        return elapsed
+                elapsed.append(time.perf_counter() - started)
+        return elapsed[-1] if repeats < 3 else sorted(elapsed)[len(elapsed) // 2]
+
+    def measure_batch_costs(self, works: Callable[[Stage, int], list[Any]]) -> dict[Stage, dict[int, float]]:
+        """Time every stage at every graph size on ``works(stage, size)`` (start-up, before any session
+        submits work); from then on batches are planned by these costs (:meth:`plan_batch`)."""
+        self.batch_costs = {
+            stage: {size: self.time_batch(stage, works(stage, size), repeats=3) for size in self.batch_sizes}
+            for stage in Stage
+        }
+        return self.batch_costs
+
+    def plan_batch(self, stage: Stage, waiting: int) -> tuple[int, int | None]:
+        """(items to take, graph size to run them at) when ``waiting`` items of ``stage`` wait.
+
+        With measured costs: the size with the lowest cost per item taken (``min(waiting, size)``
+        items; the larger size on a tie). Without: everything up to the largest size, at the next
+        size up (None)."""
+        costs = self.batch_costs.get(stage)
+        if not costs:
+            return min(waiting, self.max_batch), None
+        size = min(costs, key=lambda s: (costs[s] / min(waiting, s), -s))
+        return min(waiting, size), size
+
+    def cost_per_item(self, stage: Stage, waiting: int) -> float:
+        """Device seconds per item when ``waiting`` items of ``stage`` wait (measured costs needed)."""
+        taken, size = self.plan_batch(stage, waiting)
+        assert size is not None, "measure_batch_costs() first"
+        return self.batch_costs[stage][size] / taken
 
     # -- the engine thread ------------------------------------------------------------------
 
-    def _next_batch(self) -> tuple[list[_Request], bool] | None:
-        """Wait for work; take the batch of the stage whose earliest deadline is nearest, or one
-        item to retry alone (then True). None: closing (pending work has been failed)."""
+    def _next_batch(self) -> _Taken | None:
+        """Wait for work; take the batch of the stage whose earliest deadline is nearest (as many
+        items as :meth:`plan_batch` says), or one item to retry alone. None: closing (pending work
+        has been failed)."""
         with self._cv:
             waited = time.perf_counter()
             while True:
@@ -290,7 +335,7 @@ class DeviceEngine:
                     self._fail_pending()
                     return None
                 if self._retries:
-                    return [self._retries.pop(0)], True
+                    return _Taken([self._retries.pop(0)], alone=True)
                 stages = [stage for stage, items in self._pending.items() if items]
                 if stages and not self._holds:
                     break
@@ -300,7 +345,9 @@ class DeviceEngine:
             pending = self._pending[stage]
             pending.sort(key=lambda r: r.deadline)
             key = pending[0].key
-            batch = [r for r in pending if r.key == key][: self.max_batch]
+            compatible = [r for r in pending if r.key == key]
+            count, size = self.plan_batch(stage, len(compatible))
+            batch = compatible[:count]
             taken = set(map(id, batch))
             self._pending[stage] = [r for r in pending if id(r) not in taken]
         now = self._clock()
@@ -313,7 +360,7 @@ class DeviceEngine:
                 request.future.set_result(None)
                 continue
             live.append(request)
-        return live, False
+        return _Taken(live, size)
 
     def _fail_pending(self) -> None:
         failure = BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
@@ -337,32 +384,34 @@ class DeviceEngine:
         try:
             with self._on_device():
                 while True:
+                    # a launch slot first: the batch is formed when it can go, with all the work waiting by then
+                    self._in_flight.acquire()
                     taken = self._next_batch()
                     if taken is None:
                         return
-                    batch, alone = taken
                     try:
-                        self._run_batch(batch, overlap=not alone)
+                        self._run_batch(taken.batch, taken.size, overlap=not taken.alone)
                     except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
-                        logger.exception("engine: %s batch failed outside its stage", batch[0].stage.value)
-                        for request in batch:
+                        logger.exception("engine: %s batch failed outside its stage", taken.batch[0].stage.value)
+                        for request in taken.batch:
                             if not request.future.done():
                                 request.future.set_exception(exc)
         finally:
             self._launched.put(None)  # the completion thread stops after the batches before it
 
-    def _run_batch(self, batch: list[_Request], *, overlap: bool) -> None:
-        """Launch ``batch``; resolve it on the completion thread (``overlap``, CUDA) or here."""
+    def _run_batch(self, batch: list[_Request], size: int | None, *, overlap: bool) -> None:
+        """Launch ``batch`` (at graph ``size``) in the launch slot the caller holds; resolve it on the
+        completion thread (``overlap``, CUDA) or here. The slot is released once it is resolved."""
         if not batch:
+            self._in_flight.release()
             return
         stage = batch[0].stage
-        self._in_flight.acquire()
         started = time.perf_counter()
         span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
         try:
             if span is not None:
                 span[0].record()
-            finish = self._launch(stage, [r.work for r in batch])
+            finish = self._launch(stage, [r.work for r in batch], size)
             if span is not None:
                 span[1].record()
         except Exception as exc:
@@ -374,7 +423,8 @@ class DeviceEngine:
                 )
                 self._release_memory(exc)
                 for request in batch:
-                    self._run_batch([request], overlap=False)
+                    self._in_flight.acquire()
+                    self._run_batch([request], None, overlap=False)
                 return
             self._release_memory(exc)
             batch[0].future.set_exception(_as_backend_error(exc))
@@ -426,22 +476,23 @@ class DeviceEngine:
         if self._cuda and is_out_of_memory(exc):
             torch.cuda.empty_cache()
 
-    def _launch(self, stage: Stage, works: list[Any]) -> Finish:
-        launches: dict[Stage, Callable[[list[Any]], Finish]] = {
+    def _launch(self, stage: Stage, works: list[Any], size: int | None) -> Finish:
+        """Queue ``works`` on the device at graph ``size`` (None: the next size up); returns what waits for them."""
+        launches: dict[Stage, Callable[[list[Any], int | None], Finish]] = {
             Stage.HUBERT: self._launch_hubert,
             Stage.LMDM: self._launch_lmdm,
             Stage.RENDER: self._launch_render,
         }
-        return launches[stage](works)
+        return launches[stage](works, size)
 
     # -- stages -----------------------------------------------------------------------------
 
-    def _launch_hubert(self, windows: list[np.ndarray]) -> Finish:
+    def _launch_hubert(self, windows: list[np.ndarray], size: int | None) -> Finish:
         batch = np.stack(windows)
         if self._hubert_graphs is None:  # onnxruntime, or the CPU: computed here
             features = self._hubert.chunk_features_batch(batch)
             return lambda: [torch.from_numpy(f) for f in features]
-        embeddings, ready = _to_host(self._hubert_graphs(batch))
+        embeddings, ready = _to_host(self._hubert_graphs(batch, size))
 
         def finish() -> list[Any]:
             ready.synchronize()
@@ -449,13 +500,13 @@ class DeviceEngine:
 
         return finish
 
-    def _launch_lmdm(self, works: list[WindowWork]) -> Finish:
+    def _launch_lmdm(self, works: list[WindowWork], size: int | None) -> Finish:
         dev = self.device
         kp_cond = _to_device(torch.cat([w.kp_cond for w in works]), dev)
         cond = _to_device(torch.cat([w.cond for w in works]), dev)
         x_T = _to_device(torch.cat([w.x_T for w in works]), dev)
         noise = _to_device(torch.cat([w.noise for w in works], dim=1), dev)
-        motion, ready = _to_host(self.sampler(works[0].steps, kp_cond, cond, x_T, noise).float())
+        motion, ready = _to_host(self.sampler(works[0].steps, kp_cond, cond, x_T, noise, size=size).float())
 
         def finish() -> list[Any]:
             ready.synchronize()
@@ -463,13 +514,13 @@ class DeviceEngine:
 
         return finish
 
-    def _launch_render(self, works: list[RenderWork]) -> Finish:
+    def _launch_render(self, works: list[RenderWork], size: int | None) -> Finish:
         dev = self.device
         x_s = _to_device(torch.cat([w.x_s for w in works]), dev)
         x_d = _to_device(torch.cat([w.x_d for w in works]), dev)
         stitched = [i for i, w in enumerate(works) if w.stitch]
         if stitched:
-            rows = torch.tensor(stitched, device=dev) if len(stitched) < len(works) else None
+            rows = _to_device(torch.tensor(stitched), dev) if len(stitched) < len(works) else None
             src, drv = (x_s, x_d) if rows is None else (x_s[rows], x_d[rows])
             out = self._stitch(kp_source=src, kp_driving=drv)["out"].reshape(drv.shape).to(x_d.dtype)
             if rows is None:
@@ -477,8 +528,8 @@ class DeviceEngine:
             else:
                 x_d = x_d.clone()
                 x_d[rows] = out
-        renders = self._renderer([w.f_s for w in works], x_s, x_d)
-        images = [paste_back(w.plan, renders[i]) for i, w in enumerate(works)]
+        renders = self._renderer([w.f_s for w in works], x_s, x_d, size=size)
+        images = _paste_back_by_plan(works, renders)
         jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
         host_rows = [i for i in range(len(works)) if i not in set(jpeg_rows)]
         host_images = {i: _to_host(images[i]) for i in host_rows}
@@ -570,20 +621,38 @@ class _HubertGraphs:
         for size in self.batch_sizes:
             self._graph(size, length)
 
-    def __call__(self, windows: np.ndarray) -> Tensor:
+    def __call__(self, windows: np.ndarray, size: int | None = None) -> Tensor:
         """(B, samples) windows → (B, frames, 1024) float32 embeddings on the device (B > the
-        largest graph: a new tensor; else a view of the graph's output, valid until its next replay)."""
+        largest graph: a new tensor; else a view of the graph's output, valid until its next replay).
+        ``size``: the graph to run B ≤ size windows at (None: the next size up)."""
         parts = []
         largest = self.batch_sizes[-1]
         for start in range(0, len(windows), largest):
             rows = torch.from_numpy(windows[start : start + largest])
             n = rows.shape[0]
-            size = padded_batch_size(n, self.batch_sizes)
-            graph, static, out = self._graph(size, rows.shape[1])
+            graph, static, out = self._graph(padded_batch_size(max(n, size or n), self.batch_sizes), rows.shape[1])
             static[:n].copy_(_to_device(rows, self.device))
             graph.replay()
             parts.append(out[:n] if len(windows) <= largest else out[:n].clone())
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _paste_back_by_plan(works: list[RenderWork], renders: Tensor) -> list[Tensor]:
+    """Each render pasted into its source frame: the frames of one paste plan (one avatar's source
+    frame, shared by its sessions) at once."""
+    rows_by_plan: dict[int, list[int]] = {}
+    for i, work in enumerate(works):
+        rows_by_plan.setdefault(id(work.plan), []).append(i)
+    images: list[Tensor | None] = [None] * len(works)
+    for rows in rows_by_plan.values():
+        if len(rows) == renders.shape[0]:
+            own = renders
+        else:  # the row indices go up pinned and asynchronously: a plain copy would wait for the stream
+            own = renders.index_select(0, _to_device(torch.tensor(rows), renders.device))
+        pasted = paste_back_many(works[rows[0]].plan, own)
+        for row, image in zip(rows, pasted):
+            images[row] = image
+    return images  # type: ignore[return-value]
 
 
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:

@@ -245,6 +245,44 @@ def test_stage_stats_report_batches(fast_backend, avatar) -> None:
     assert stats["render"].items >= 3 and stats["render"].mean_batch >= 1 and stats["render"].queued == 0
 
 
+# seconds per batch at each graph size: the render stage as measured on an H200 (compiled from 8 on)
+RENDER_COSTS = {1: 0.0114, 2: 0.0184, 4: 0.0329, 8: 0.0286, 12: 0.0421, 16: 0.0570}
+
+
+@pytest.mark.parametrize(
+    ("waiting", "plan"),
+    [
+        (1, (1, 1)),
+        (3, (2, 2)),
+        (5, (5, 8)),  # padded to the compiled size 8 rather than split at the plain size 4
+        (8, (8, 8)),
+        (13, (12, 12)),  # 12 now, one left for the next batch, rather than 13 padded to 16
+        (16, (12, 12)),  # 12 costs a little less per frame than 16
+        (40, (12, 12)),
+    ],
+)
+def test_measured_costs_plan_the_batch(engine, waiting, plan) -> None:
+    engine.batch_costs = {Stage.RENDER: RENDER_COSTS}
+    try:
+        assert engine.plan_batch(Stage.RENDER, waiting) == plan
+        assert engine.cost_per_item(Stage.RENDER, waiting) == pytest.approx(RENDER_COSTS[plan[1]] / plan[0])
+        assert engine.plan_batch(Stage.LMDM, waiting) == (min(waiting, 16), None)  # not measured: all, next size
+    finally:
+        engine.batch_costs = {}
+
+
+def test_the_engine_takes_the_planned_batches(fast_backend, avatar) -> None:
+    engine = engine_like(fast_backend)
+    try:
+        engine.batch_costs = {Stage.RENDER: RENDER_COSTS}
+        frames = run_batched(engine, lambda w: engine.render(w, deadline=0.0), render_works(fast_backend, avatar, 13))
+        assert [f.index for f in frames] == list(range(13))
+        stats = engine.stats[Stage.RENDER]
+        assert (stats.batches, stats.items, stats.last_batch) == (2, 13, 1)  # 12, then the one left
+    finally:
+        engine.close()
+
+
 def test_backend_without_capacity_measurement_on_cpu(fast_backend) -> None:
     assert fast_backend.live_capacity is None  # only measured on CUDA (warmup)
 
@@ -274,7 +312,11 @@ def test_cuda_batches_equal_each_item_alone_within_fp16(cuda_backend, portrait) 
     avatar = cuda_backend.register_source(portrait)
     engine = cuda_backend.models.engine
     works = render_works(cuda_backend, avatar, 5)
-    batched = run_batched(engine, lambda w: engine.render(w, deadline=0.0), works)
+    measured, engine.batch_costs = engine.batch_costs, {}  # all 5 in one batch, not as the costs plan it
+    try:
+        batched = run_batched(engine, lambda w: engine.render(w, deadline=0.0), works)
+    finally:
+        engine.batch_costs = measured
     assert engine.stats[Stage.RENDER].last_batch == 5
     for work, frame in zip(works, batched, strict=True):
         alone = engine.render(work, deadline=0.0).result(timeout=60)
@@ -324,6 +366,8 @@ def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
         online = base.with_options(online_mode=True)
         online.warmup()
         assert online.live_capacity is not None and online.live_capacity >= 1
+        costs = online.models.engine.batch_costs
+        assert set(costs) == set(Stage) and all(set(c) == set(online.models.engine.batch_sizes) for c in costs.values())
     finally:
         base.close()
 

@@ -781,3 +781,16 @@ def test_offline_rows_stream_out_window_by_window(overlap, n):
         res = ref_win.step(w.unsqueeze(0), res)
     one_shot = a2m.clip_motion(a2m.smooth_motion(res[:n], 3, 0, n), vmm)
     assert torch.equal(whole, one_shot)
+
+
+def test_paste_back_many_equals_each_render_pasted_alone():
+    rng = np.random.default_rng(4)
+    frame = torch.from_numpy(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8))
+    M = np.array([[0.4, -0.05, 20.0], [0.05, 0.4, 15.0], [0, 0, 1]], dtype=np.float32)
+    plan = pb.build_paste_plan(frame, M)
+    renders = torch.from_numpy(rng.uniform(-0.1, 1.1, (3, 3, 512, 512)).astype(np.float32))
+    together = pb.paste_back_many(plan, renders)
+    assert together.shape == (3, 300, 280, 3)
+    for render, image in zip(renders, together, strict=True):
+        assert torch.equal(image, pb.paste_back(plan, render[None]))
+    assert not torch.equal(together[0], together[1])

@@ -35,6 +35,7 @@ __all__ = [
     "PastePlan",
     "build_paste_plan",
     "paste_back",
+    "paste_back_many",
 ]
 
 CROP_SIZE = 512  # decoder output / crop side
@@ -207,10 +208,10 @@ def build_paste_plan(
 
 
 def _sample(src: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """Bilinear gather: src (C, h*w) -> (C, P), summed in OpenCV's order."""
+    """Bilinear gather: src (..., C, h*w) -> (..., C, P), summed in OpenCV's order."""
     p = weight.shape[1]
-    g = src.index_select(1, index).reshape(src.shape[0], 4, p)
-    return g[:, 0] * weight[0] + g[:, 1] * weight[1] + g[:, 2] * weight[2] + g[:, 3] * weight[3]
+    g = src.index_select(-1, index).unflatten(-1, (4, p))
+    return g[..., 0, :] * weight[0] + g[..., 1, :] * weight[1] + g[..., 2, :] * weight[2] + g[..., 3, :] * weight[3]
 
 
 def paste_back(plan: PastePlan, render: Tensor) -> Tensor:
@@ -223,13 +224,27 @@ def paste_back(plan: PastePlan, render: Tensor) -> Tensor:
     Returns:
         (H,W,3) uint8 frame on the device (a new tensor).
     """
+    return paste_back_many(plan, render.reshape(1, 3, *render.shape[-2:]))[0]
+
+
+def paste_back_many(plan: PastePlan, renders: Tensor) -> Tensor:
+    """:func:`paste_back` of k renders into the same source frame at once (the same arithmetic, one
+    launch per step for all k instead of k).
+
+    Args:
+        plan: the source frame's :class:`PastePlan`.
+        renders: (k,3,h,w) decoder outputs in [0,1] (any float dtype), on plan's device.
+
+    Returns:
+        (k,H,W,3) uint8 frames on the device (a new tensor).
+    """
     y0, y1, x0, x1 = plan.box
-    out = plan.frame.clone()
+    out = plan.frame.expand(renders.shape[0], *plan.frame.shape).clone()
     if y1 <= y0 or x1 <= x0:
         return out
-    rgb = render.reshape(3, -1).float().clamp(0, 1) * 255
-    warped = _sample(rgb, plan.index, plan.weight)  # (3,P)
+    rgb = renders.reshape(renders.shape[0], 3, -1).float().clamp(0, 1) * 255
+    warped = _sample(rgb, plan.index, plan.weight)  # (k,3,P)
     blended = plan.mask * warped + plan.background
     region = blended.clamp(0, 255).to(torch.uint8)  # truncation toward 0, like the C loop
-    out[y0:y1, x0:x1] = region.t().reshape(y1 - y0, x1 - x0, 3)
+    out[:, y0:y1, x0:x1] = region.transpose(1, 2).reshape(-1, y1 - y0, x1 - x0, 3)
     return out

@@ -154,8 +154,9 @@ class FrameRenderer:
 
         return forward
 
-    def __call__(self, f_s: Sequence[Tensor], x_s: Tensor, x_d: Tensor) -> Tensor:
-        """Render ``len(f_s)`` frames; ``f_s[i]`` is frame i's (1,32,16,64,64) volume."""
+    def __call__(self, f_s: Sequence[Tensor], x_s: Tensor, x_d: Tensor, *, size: int | None = None) -> Tensor:
+        """Render ``len(f_s)`` frames; ``f_s[i]`` is frame i's (1,32,16,64,64) volume. ``size``: the graph
+        to run ``len(f_s) ≤ size`` frames at (None: the next size up)."""
         n = len(f_s)
         if not self.use_graph:
             return self.eager(
@@ -165,7 +166,7 @@ class FrameRenderer:
         parts = []
         for start in range(0, n, largest):
             stop = min(n, start + largest)
-            graph = self._graph_for(stop - start)
+            graph = self._graph_for(max(stop - start, size or 0))
             out = graph(f_s[start:stop], x_s[start:stop], x_d[start:stop])
             parts.append(out if n <= largest else out.clone())
         return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -344,23 +344,28 @@ class BatchedWindowSampler:
             self._samplers[key] = sampler
         return sampler
 
-    def __call__(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor) -> Tensor:
-        """B windows: kp_cond (B,265), cond (B,80,C), x_T (B,80,265), noise (S-1,B,80,265) -> (B,80,265)."""
+    def __call__(
+        self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor, *, size: int | None = None
+    ) -> Tensor:
+        """B windows: kp_cond (B,265), cond (B,80,C), x_T (B,80,265), noise (S-1,B,80,265) -> (B,80,265).
+        ``size``: the graph to run B ≤ size windows at (None: the next size up)."""
         n = kp_cond.shape[0]
         largest = self.batch_sizes[-1] if self.use_graph else n
         parts = []
         for start in range(0, n, largest):
             stop = min(n, start + largest)
             parts.append(
-                self._sample(steps, kp_cond[start:stop], cond[start:stop], x_T[start:stop], noise[:, start:stop])
+                self._sample(
+                    steps, kp_cond[start:stop], cond[start:stop], x_T[start:stop], noise[:, start:stop], size or 0
+                )
             )
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _sample(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor) -> Tensor:
+    def _sample(self, steps: int, kp_cond: Tensor, cond: Tensor, x_T: Tensor, noise: Tensor, at_least: int) -> Tensor:
         n = kp_cond.shape[0]
         size = n
         if self.use_graph:
-            size = padded_batch_size(n, self.batch_sizes)
+            size = padded_batch_size(max(n, at_least), self.batch_sizes)
         sampler = self._sampler_for(steps, size, tuple(x_T.shape[1:]), int(cond.shape[-1]))
         if sampler.use_graph and not sampler.captured:
             sampler._capture()  # before the noise copy below: a capture re-creates the static buffers
