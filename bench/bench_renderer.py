@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in dict.fromkeys(["autocast", best, *(["production"] if "production" in variants else [])]):
         print(f"--- top kernels: {name}")
-        print("\n".join(top_kernels(variants[name])))
+        results.setdefault("top_kernels", {})[name] = lines = top_kernels(variants[name])
+        print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
