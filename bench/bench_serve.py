@@ -5,12 +5,14 @@ Usage::
     python bench/bench_serve.py [--sessions 4] [--rounds 3] [--audio_s 8] [--json out.json]
 
 Starts ``streaming_server.py --backend lite --max_size 256`` (small frames: the load must fit the
-machine, or the figures measure its saturation, not Serve) and then ``python -m ditto.serve --replicas 1`` (same
-flags, same port, one after the other on the same machine), warms each up with one short session
-(the portrait is registered and cached), then runs ``--rounds`` times ``--sessions`` live sessions
-at once (the load test's client, audio sent in 200 ms chunks at real time). Per path: first frame
+machine, or the figures measure its saturation, not Serve) and ``python -m ditto.serve --replicas 1`` (same
+flags, each on its own port, both running at once), warms each up with one short session (the
+portrait is registered and cached), then runs ``--rounds`` rounds of ``--sessions`` live sessions at
+once on each, alternating between the two and swapping their order every round (the load test's
+client, audio sent in 200 ms chunks at real time). Per path: first frame
 (first audio chunk sent -> first frame received, per session) and per-frame lag (end-to-end, every
-speech frame), median and p95. The target: Serve's medians within +50 ms (first frame) and +10 ms
+speech frame), median and p95, and each frame's transit (the server's ``sent_us`` stamp -> received: the
+Serve proxy's hop alone, free of the render's noise). The target: Serve's medians within +50 ms (first frame) and +10 ms
 (lag) of the plain server's. Each server is stopped with SIGTERM and must exit 0.
 """
 
@@ -57,6 +59,7 @@ class PathFigures:
     startup_s: float
     first_frame_ms: list[float]  # one per session
     lag_ms: list[float]  # every speech frame of every session
+    transit_ms: list[float]  # every frame: the server's send (sent_us) -> received; the Serve proxy's hop
     incomplete: int  # sessions that missed frames or ended with an error
 
     def summary(self) -> dict:
@@ -67,71 +70,111 @@ class PathFigures:
             "startup_s": round(self.startup_s, 1),
             "first_frame_ms": stats(self.first_frame_ms),
             "lag_ms": stats(self.lag_ms),
+            "transit_ms": stats(self.transit_ms),
             "incomplete_sessions": self.incomplete,
         }
 
 
-def measure(command: list[str], plan: load_test.LoadPlan, sessions: int, rounds: int) -> PathFigures:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    try:
-        wait_for_health(plan.server, process, timeout_s=180)
-        startup_s = time.monotonic() - started
+@dataclasses.dataclass
+class _Path:
+    """One server being measured: its process, its plan (address) and what its rounds gave."""
+
+    command: list[str]
+    plan: load_test.LoadPlan
+    process: subprocess.Popen | None = None
+    startup_s: float = 0.0
+    outcomes: list = dataclasses.field(default_factory=list)
+    transits: list[float] = dataclasses.field(default_factory=list)
+
+    def start(self) -> None:
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+        started = time.monotonic()
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=env)
+        wait_for_health(self.plan.server, self.process, timeout_s=180)
+        self.startup_s = time.monotonic() - started
         warmup = asyncio.run(
             run_live_session(
-                plan.server,
+                self.plan.server,
                 "warmup",
-                load_test.warmup_audio(plan.audio),
-                plan.source_path,
+                load_test.warmup_audio(self.plan.audio),
+                self.plan.source_path,
                 timeout_s=60,
                 realtime=False,
                 log_every=load_test.NO_LOGGING,
             )
         )
         assert warmup.ok, warmup.error
-        outcomes = []
+
+    def run_round(self, sessions: int) -> None:
+        results, _ = asyncio.run(load_test.run_level(self.plan, sessions))
+        self.outcomes += [load_test.session_outcome(r) for r in results]
+        self.transits += [f.transit_ms for r in results for f in r.frames if f.transit_ms is not None]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            exit_code = self.process.wait(120)
+            assert exit_code == 0, f"{self.command} exited {exit_code}"
+
+    def figures(self) -> PathFigures:
+        return PathFigures(
+            self.startup_s,
+            [1000 * o.first_frame_s for o in self.outcomes if o.first_frame_s is not None],
+            [lag for o in self.outcomes for lag in o.lags_ms],
+            self.transits,
+            sum(not o.complete for o in self.outcomes),
+        )
+
+
+def measure(paths: dict[str, _Path], sessions: int, rounds: int) -> dict[str, PathFigures]:
+    """Both servers up at once (the machine's state the same for both), their rounds alternating and
+    the order swapped each round, so that drift and the frame clock's phase fall on both alike."""
+    try:
+        for path in paths.values():
+            path.start()
+        order = list(paths.values())
         for _ in range(rounds):
-            results, _ = asyncio.run(load_test.run_level(plan, sessions))
-            outcomes += [load_test.session_outcome(r) for r in results]
+            for path in order:
+                path.run_round(sessions)
+            order.reverse()
     finally:
-        process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(120)
-    assert exit_code == 0, f"{command} exited {exit_code}"
-    return PathFigures(
-        startup_s,
-        [1000 * o.first_frame_s for o in outcomes if o.first_frame_s is not None],
-        [lag for o in outcomes for lag in o.lags_ms],
-        sum(not o.complete for o in outcomes),
-    )
+        for path in paths.values():
+            path.stop()
+    return {name: path.figures() for name, path in paths.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--audio_s", type=float, default=8.0, help="seconds of example/audio.wav each session streams")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
-    port = free_port()
-    server = f"ws://127.0.0.1:{port}"
     audio = read_pcm(str(ROOT / "example" / "audio.wav"))
     audio = dataclasses.replace(
         audio, pcm=audio.pcm[: int(args.audio_s * audio.sample_rate_hz) * audio.bytes_per_frame]
     )
-    plan = load_test.LoadPlan(server, True, "", audio, str(ROOT / "example" / "image.png"), 200.0, 120.0)
-    flags = [*SERVER_FLAGS, "--port", str(port)]
-    paths = {
-        "plain": measure([sys.executable, "streaming_server.py", *flags], plan, args.sessions, args.rounds),
-        "serve": measure(
-            [sys.executable, "-m", "ditto.serve", "--replicas", "1", *flags], plan, args.sessions, args.rounds
-        ),
-    }
+
+    def path(command: list[str]) -> _Path:
+        port = free_port()
+        plan = load_test.LoadPlan(
+            f"ws://127.0.0.1:{port}", True, "", audio, str(ROOT / "example" / "image.png"), 200.0, 120.0
+        )
+        return _Path([*command, *SERVER_FLAGS, "--port", str(port)], plan)
+
+    paths = measure(
+        {
+            "plain": path([sys.executable, "streaming_server.py"]),
+            "serve": path([sys.executable, "-m", "ditto.serve", "--replicas", "1"]),
+        },
+        args.sessions,
+        args.rounds,
+    )
     figures = {name: f.summary() for name, f in paths.items()}
     deltas = {
         f"{metric}_{stat}_ms": figures["serve"][metric][stat] - figures["plain"][metric][stat]
-        for metric in ("first_frame_ms", "lag_ms")
+        for metric in ("first_frame_ms", "lag_ms", "transit_ms")
         for stat in ("median", "p95")
     }
     passed = (
@@ -143,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:>5}: start-up {f['startup_s']:5.1f} s | first frame median {f['first_frame_ms']['median']:6.1f} "
             f"p95 {f['first_frame_ms']['p95']:6.1f} ms | lag median {f['lag_ms']['median']:6.1f} "
-            f"p95 {f['lag_ms']['p95']:6.1f} ms | incomplete {f['incomplete_sessions']}"
+            f"p95 {f['lag_ms']['p95']:6.1f} ms | frame transit median {f['transit_ms']['median']:5.1f} "
+            f"p95 {f['transit_ms']['p95']:5.1f} ms | incomplete {f['incomplete_sessions']}"
         )
     print("delta: " + ", ".join(f"{k} {v:+.1f}" for k, v in deltas.items()))
     print(

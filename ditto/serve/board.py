@@ -6,9 +6,15 @@ where" (``GET /serve/sessions`` on any replica, ``python -m ditto.serve status``
 a dependency: a replica keeps serving when the board is unreachable, and a replica that stops
 reporting (killed, restarted under a new id) drops off the board after ``stale_after_s``.
 
-The answer to a report also carries the application's stop: ``python -m ditto.serve`` sets
-``draining`` before it shuts Serve down, and each replica then ends its sessions with
-``shutting_down`` / close code 1012, as the plain server does on SIGTERM.
+The answer to a report (:class:`BoardReply`) also carries two stops:
+
+* the application's: ``python -m ditto.serve`` sets ``draining`` before it shuts Serve down, and
+  each replica then ends its sessions with ``shutting_down`` / close code 1012, as the plain server
+  does on SIGTERM;
+* the replica's own: Serve is stopping it (scale-down, redeploy). Serve routes it no new sessions
+  and waits up to the drain timeout for its running ones; it calls no hook before it then kills the
+  replica, so the board reads the replica states from the Serve controller and tells a stopping
+  replica, which ends what still runs with 1012 just before that deadline.
 """
 
 from __future__ import annotations
@@ -23,6 +29,19 @@ from ray import serve
 logger = logging.getLogger(__name__)
 
 BOARD_DEPLOYMENT = "SessionBoard"
+
+
+STOPPING_POLL_S = 0.5
+"""The board asks the Serve controller for the stopping replicas at most this often."""
+
+
+class BoardReply(BaseModel):
+    """What a replica learns from its report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    application_stopping: bool  # end every session now (1012)
+    replica_stopping: bool  # Serve is draining this replica: end what still runs before its drain timeout
 
 
 class ReplicaReport(BaseModel):
@@ -51,11 +70,25 @@ class SessionBoard:
         self._stale_after_s = stale_after_s
         self._reports: dict[str, tuple[float, ReplicaReport]] = {}  # server_id -> (monotonic s, report)
         self._draining = False
+        self._stopping: frozenset[str] = frozenset()  # replica ids the Serve controller is stopping
+        self._stopping_read_at = -float("inf")
 
-    def report(self, report: ReplicaReport) -> bool:
-        """Record ``report``; returns True when the application is stopping (end your sessions)."""
+    def report(self, report: ReplicaReport) -> BoardReply:
+        """Record ``report``; the reply says whether the application or this replica is stopping."""
         self._reports[report.server_id] = (time.monotonic(), report)
-        return self._draining
+        return BoardReply(
+            application_stopping=self._draining, replica_stopping=report.server_id in self._stopping_ids()
+        )
+
+    def _stopping_ids(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._stopping_read_at >= STOPPING_POLL_S:
+            self._stopping_read_at = now
+            try:
+                self._stopping = stopping_replicas(_serve_details())
+            except Exception as exc:  # the controller restarting: keep the last answer
+                logger.warning("Session board: replica states unavailable (%s)", exc)
+        return self._stopping
 
     def leave(self, server_id: str) -> None:
         """A replica stopped cleanly: take it off the board at once."""
@@ -84,3 +117,23 @@ class SessionBoard:
         ]
         totals = {key: sum(r["sessions"][key] for r in replicas) for key in ("active", "max", "live", "live_max")}
         return {"replicas": replicas, "sessions": totals, "draining": self._draining}
+
+
+def _serve_details() -> dict[str, Any]:
+    """The Serve controller's view of every application (``serve status``'s source), as a dict."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None  # inside a Serve application the controller runs
+    return client.get_serve_details()
+
+
+def stopping_replicas(details: dict[str, Any]) -> frozenset[str]:
+    """The ids of the replicas in state STOPPING in ``details`` (a ``ServeInstanceDetails`` dict)."""
+    return frozenset(
+        replica["replica_id"]
+        for application in (details.get("applications") or {}).values()
+        for deployment in (application.get("deployments") or {}).values()
+        for replica in deployment.get("replicas") or ()
+        if replica.get("state") == "STOPPING"
+    )

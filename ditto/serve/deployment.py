@@ -11,7 +11,9 @@ the server's own; this module adds only what a replica needs beyond them:
 * ``check_health``: the app is up and the backend still renders a frame of silence for a portrait
   registered at start-up; Serve restarts a replica whose check fails;
 * a reporter that tells the session board the replica's counters, and ends the replica's sessions
-  (``shutting_down``, close code 1012) when the board says the application is stopping;
+  (``shutting_down``, close code 1012) when the board says the application is stopping, or, when
+  Serve is stopping this replica (scale-down, redeploy), lets them run and ends those still running
+  just before Serve's drain timeout would kill the replica;
 * ``GET /serve/sessions``: the board's view of every replica.
 
 ``serve run serve_config.yaml`` calls :func:`build_app` with the file's ``args`` (a
@@ -101,18 +103,33 @@ class StreamingReplica:
     async def _report_forever(self, app: FastAPI) -> None:
         registry = app.state.registry
         board_reachable = True
+        drain_deadline: float | None = None  # monotonic s: when a stopping replica ends what still runs
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                draining = await self._board.report.remote(self._report(app))
+                reply = await self._board.report.remote(self._report(app))
             except Exception as exc:  # the board is a view: serving goes on without it
                 if board_reachable:
                     logger.warning("Replica %s: session board unreachable (%s)", self.server_id, exc)
                 board_reachable = False
             else:
                 board_reachable = True
-                if draining and registry.accepting:
+                if reply.application_stopping and registry.accepting:
                     logger.info("Replica %s: application stopping, ending %d sessions", self.server_id, registry.active)
                     await registry.close_all(self._settings.shutdown_grace_s)
+                elif reply.replica_stopping and drain_deadline is None:
+                    drain_deadline = loop.time() + self._options.forced_stop_after_s(self._settings.shutdown_grace_s)
+                    logger.info(
+                        "Replica %s: stopping (scale-down or redeploy); its %d sessions may run %.0f s more",
+                        self.server_id,
+                        registry.active,
+                        drain_deadline - loop.time(),
+                    )
+            if drain_deadline is not None and loop.time() >= drain_deadline and registry.accepting:
+                logger.info(
+                    "Replica %s: drain timeout, ending %d sessions with shutting_down", self.server_id, registry.active
+                )
+                await registry.close_all(self._settings.shutdown_grace_s)
             await asyncio.sleep(self._options.report_interval_s)  # a period, not synchronisation
 
 

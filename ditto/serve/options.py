@@ -58,6 +58,12 @@ class ServeOptions(BaseModel):
         settings = self.server_settings()
         return 1.0 if settings.backend_name == "ditto" and settings.device != "cpu" else 0.0
 
+    def forced_stop_after_s(self, shutdown_grace_s: float) -> float:
+        """How long a stopping replica lets its sessions run once it learns it is stopping: the drain
+        timeout less the time to learn it (two report intervals) and to close them (``shutdown_grace_s``),
+        so that they end with 1012 before Serve kills the replica."""
+        return max(0.0, self.drain_timeout_s - 2 * self.report_interval_s - shutdown_grace_s)
+
     def replica_deployment_options(self) -> dict[str, Any]:
         """``Deployment.options`` of the streaming replicas.
 

@@ -20,6 +20,13 @@ def test_a_replica_takes_one_connection_past_its_sessions_to_answer_busy() -> No
     assert options.server_settings(server_id="r1").server_name == "r1"
 
 
+def test_a_stopping_replica_ends_its_sessions_before_the_drain_timeout() -> None:
+    options = ServeOptions(settings={"backend": "lite"}, drain_timeout_s=600, report_interval_s=1)
+    assert options.replica_deployment_options()["graceful_shutdown_timeout_s"] == 600
+    assert options.forced_stop_after_s(shutdown_grace_s=5) == 600 - 2 - 5
+    assert ServeOptions(settings={"backend": "lite"}, drain_timeout_s=3).forced_stop_after_s(5) == 0
+
+
 def test_autoscaling_replaces_a_fixed_count() -> None:
     deployment = ServeOptions(
         sessions_per_replica=8, min_replicas=1, max_replicas=4, num_replicas=2
