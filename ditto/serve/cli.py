@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ditto.serve --replicas 2 [--sessions_per_replica 7] [server flags]   # serve until Ctrl+C
+    python -m ditto.serve --replicas 2 [--sessions_per_replica 8] [server flags]   # serve until Ctrl+C
     python -m ditto.serve --min_replicas 1 --max_replicas 4 [server flags]       # autoscaling
     python -m ditto.serve status [--address auto] [--json]                       # every replica's sessions
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sessions_per_replica",
         type=int,
         help="sessions one replica admits: its measured live capacity (default --max_sessions, else "
-        f"7 for Ditto on an H200 at 1024 px, {LITE_SESSIONS_PER_REPLICA} for lite)",
+        f"8 for Ditto on an H200 at 1024 px, {LITE_SESSIONS_PER_REPLICA} for lite)",
     )
     g.add_argument("--cpus_per_replica", type=float, help="CPU cores Ray reserves per replica (default 1)")
     g.add_argument(

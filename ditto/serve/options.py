@@ -21,8 +21,8 @@ class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     settings: dict[str, Any] = Field(default_factory=dict)
-    # sessions one replica admits: its measured live capacity (H200, 1024 px: 7; see docs/scaling.md)
-    sessions_per_replica: int = Field(7, ge=1, le=256)
+    # sessions one replica admits: its measured live capacity (H200, 1024 px: 8; see docs/scaling.md)
+    sessions_per_replica: int = Field(8, ge=1, le=256)
     num_replicas: int = Field(1, ge=1)  # without autoscaling
     # autoscaling on ongoing sessions when max_replicas is given: between min_replicas and max_replicas
     min_replicas: int = Field(1, ge=0)
