@@ -19,6 +19,7 @@ from ditto.protocol import messages as msg  # noqa: E402
 from ditto.serve.board import stopping_replicas  # noqa: E402
 from ditto.serve.deployment import build_app  # noqa: E402
 from tests.conftest import astronaut, free_port  # noqa: E402
+from tests.serve.helpers import one_session_per_replica  # noqa: E402
 from tests.server.helpers import END_OF_AUDIO, LiveClient, live_start, png_bytes, wait_until  # noqa: E402
 
 APP = "ditto-drain-test"
@@ -80,17 +81,7 @@ def test_a_redeploy_lets_sessions_finish_and_ends_the_rest_with_1012(port) -> No
     url = f"ws://127.0.0.1:{port}/ws/" + "{}"
 
     async def main():
-        clients: dict[str, LiveClient] = {}
-        for i in range(6):  # until each replica serves one (the router spreads them, not strictly)
-            client = await LiveClient.start(url.format(f"drain-{i}"), live_start(image=image))
-            server_id = client.of_type(msg.StreamingStarted)[0].server_id
-            if server_id in clients:
-                await client.ws.close()
-            else:
-                clients[server_id] = client
-            if len(clients) == 2:
-                break
-        assert len(clients) == 2, "the router put every session on one replica"
+        clients = await one_session_per_replica(lambda name: url.format(name), live_start(image=image))
         finisher_id, lingerer_id = sorted(clients)
         finisher, lingerer = clients[finisher_id], clients[lingerer_id]
         redeploy = asyncio.create_task(asyncio.to_thread(serve.run, build_app(app_args(1)), name=APP, route_prefix="/"))

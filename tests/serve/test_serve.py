@@ -20,6 +20,7 @@ from ditto.errors import ErrorCode  # noqa: E402
 from ditto.protocol import messages as msg  # noqa: E402
 from ditto.serve.deployment import STREAMING_DEPLOYMENT, build_app  # noqa: E402
 from tests.conftest import astronaut, free_port  # noqa: E402
+from tests.serve.helpers import one_session_per_replica  # noqa: E402
 from tests.server.helpers import (  # noqa: E402
     END_OF_AUDIO,
     LiveClient,
@@ -139,16 +140,7 @@ def test_a_killed_replica_ends_its_sessions_and_serve_restarts_it(serve_app) -> 
     image = png_bytes(astronaut(SIZE))
 
     async def main():
-        clients: dict[str, LiveClient] = {}
-        for i in range(6):  # until each replica serves one (the router spreads them, not strictly)
-            client = await LiveClient.start(serve_app.ws(f"kill-{i}"), live_start(image=image))
-            server_id = client.of_type(msg.StreamingStarted)[0].server_id
-            if server_id in clients:
-                await client.ws.close()
-            else:
-                clients[server_id] = client
-            if len(clients) == 2:
-                break
+        clients = await one_session_per_replica(serve_app.ws, live_start(image=image))
         victim, survivor = sorted(clients)
         actor_name = next(
             a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(f"#{victim}")
