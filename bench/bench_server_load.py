@@ -4,11 +4,15 @@ Usage::
 
     python bench/bench_server_load.py --tree /tmp/tree --sessions 1,4,8,10 [--mode live] \\
         [--max_live_sessions 16] [--compile_min_batch 16] --json out.json --plot out.png
+    python bench/bench_server_load.py --tree /tmp/tree --sessions 8,16,17 --serve_replicas 1,2 \\
+        --sessions_per_replica 8 --json out.json --plot out.png     # one GPU vs two (out-1.png, out-2.png)
 
 Starts ``streaming_server.py`` (Ditto backend on the test checkpoint tree with the online pkl, or
-``--backend lite``) as a subprocess, times it from launch to the first ``/healthz`` answer, then
+``--backend lite``) as a subprocess (with ``--serve_replicas 1,2``: the Ray Serve application
+``python -m ditto.serve``, once with one replica and once with two, a curve for each), times it
+from launch to the first ``/healthz`` answer, then
 runs ``python -m ditto.tools.load_test`` one level at a time against it while reading the server
-process's CPU time from ``/proc`` (cores = CPU seconds / wall seconds of the level). Prints the
+process tree's CPU time from ``/proc`` (cores = CPU seconds / wall seconds of the level). Prints the
 load test's table plus the CPU column and writes the levels (each with ``server_cpu_cores``), the
 start-up time and the server's ``/healthz`` (capacity, engine stages) as JSON; the PNG is the load
 test's capacity curve. Linux only (``/proc``).
@@ -27,16 +31,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import LOOKAHEAD_S  # noqa: E402
-from bench.server_process import ditto_server_flags, running_server  # noqa: E402
+from bench.server_process import PLAIN_SERVER, ditto_server_flags, running_server, serve_application  # noqa: E402
 from ditto.tools import load_test  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its waited-for children so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
+    """User + system CPU time so far of process ``pid`` and every process below it (a Ray Serve
+    application's raylet, proxy and replicas are), waited-for children included."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]) / CLOCK_TICKS)
+
+    def below(p: int) -> bool:
+        while p > 1:
+            if p == pid:
+                return True
+            p = stats[p][0] if p in stats else 0
+        return False
+
+    return sum(cpu for p, (_, cpu) in stats.items() if below(p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="sustained: lag p95 within this (default 500 ms, plus Ditto's online look-ahead)",
     )
+    p.add_argument(
+        "--serve_replicas",
+        type=load_test.parse_levels,
+        help="measure the Ray Serve application instead (python -m ditto.serve), once per replica count "
+        "given (1,2: one replica, then two; Ditto replicas take a GPU each)",
+    )
+    p.add_argument("--sessions_per_replica", type=int, help="Serve: sessions one replica admits")
+    p.add_argument("--spawn_rate", type=float, help="the load test's sessions started per second (default: at once)")
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
@@ -66,9 +94,34 @@ def main(argv: list[str] | None = None) -> int:
         flags += ditto_server_flags(args.tree, compile_min_batch=args.compile_min_batch)
     if args.max_live_sessions is not None:
         flags += ["--max_live_sessions", str(args.max_live_sessions)]
-    with running_server(flags, startup_timeout_s=args.startup_timeout) as started:
+    if not args.serve_replicas:
+        result = run_curve(args, flags, PLAIN_SERVER, lag_bound_ms, "server")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        if args.plot:
+            plot(result, args.plot, f"{args.backend} server, {args.mode}, {args.max_size}px")
+        return 0
+    if args.sessions_per_replica is not None:
+        flags += ["--sessions_per_replica", str(args.sessions_per_replica)]
+    curves = {}
+    for replicas in args.serve_replicas:
+        name = f"serve, {replicas} replica{'s' if replicas > 1 else ''}"
+        curves[name] = run_curve(args, flags, serve_application(replicas), lag_bound_ms, name)
+        if args.plot:
+            plot(curves[name], args.plot.with_stem(f"{args.plot.stem}-{replicas}"), f"{args.backend} {name}")
+    print("\ncapacity: " + ", ".join(f"{name}: {c['capacity']}" for name, c in curves.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"curves": curves}, indent=1))
+    return 0
+
+
+def run_curve(
+    args: argparse.Namespace, flags: list[str], launcher: tuple[str, ...], lag_bound_ms: float, name: str
+) -> dict:
+    """Start the server (``launcher``), run every level of ``args.sessions`` against it, stop it."""
+    with running_server(flags, startup_timeout_s=args.startup_timeout, launcher=launcher) as started:
         server, log, startup_s = started.url, started.log, started.startup_s
-        print(f"# server up in {startup_s:.1f} s: {json.dumps(started.health['sessions'])}", flush=True)
+        print(f"# {name} up in {startup_s:.1f} s: {json.dumps(started.health['sessions'])}", flush=True)
         levels = []
         for n in args.sessions:
             level_json = log.with_name(f"level{n}.json")
@@ -89,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(lag_bound_ms),
                     "--json",
                     str(level_json),
+                    *(["--spawn_rate", str(args.spawn_rate)] if args.spawn_rate else []),
                 ]
             )
             cores = (cpu_seconds(started.process.pid) - cpu0) / (time.monotonic() - t0)
@@ -97,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             level = json.loads(level_json.read_text())["levels"][0]
             level["server_cpu_cores"] = round(cores, 2)
             levels.append(level)
-            print(f"# level {n}: server CPU {cores:.2f} cores", flush=True)
+            print(f"# {name}, level {n}: server CPU {cores:.2f} cores", flush=True)
         final_health = load_test.read_health(server)
-    reports = [load_test.LevelReport(**{k: v for k, v in level.items() if k != "server_cpu_cores"}) for level in levels]
+    reports = reports_of(levels)
+    print(f"{name}:")
     print(load_test.format_table(reports))
     print("server CPU (cores):", ", ".join(f"{lv['sessions']}: {lv['server_cpu_cores']}" for lv in levels))
-    result = {
+    return {
         "backend": args.backend,
         "mode": args.mode,
         "max_size": args.max_size,
@@ -114,16 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         "levels": levels,
         "server_log_tail": log.read_text().splitlines()[-15:],
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.plot:
-        load_test.plot_levels(
-            reports,
-            args.plot,
-            lag_bound_ms=lag_bound_ms,
-            title=f"{args.backend} server, {args.mode}, {args.max_size}px",
-        )
-    return 0
+
+
+def reports_of(levels: list[dict]) -> list[load_test.LevelReport]:
+    return [load_test.LevelReport(**{k: v for k, v in level.items() if k != "server_cpu_cores"}) for level in levels]
+
+
+def plot(result: dict, path: Path, title: str) -> None:
+    load_test.plot_levels(reports_of(result["levels"]), path, lag_bound_ms=result["lag_bound_ms"], title=title)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,20 @@ def ditto_server_flags(tree: Path | None, *, compile_min_batch: int) -> list[str
     ]
 
 
+PLAIN_SERVER = (str(ROOT / "streaming_server.py"),)
+
+
+def serve_application(replicas: int) -> tuple[str, ...]:
+    """The launcher of the Ray Serve application with ``replicas`` replicas (for :func:`running_server`)."""
+    return ("-m", "ditto.serve", "--replicas", str(replicas))
+
+
 @contextlib.contextmanager
-def running_server(flags: list[str], *, startup_timeout_s: float) -> Iterator[ServerProcess]:
-    """``streaming_server.py --port FREE *flags`` until the block ends (then terminated and waited for).
+def running_server(
+    flags: list[str], *, startup_timeout_s: float, launcher: tuple[str, ...] = PLAIN_SERVER
+) -> Iterator[ServerProcess]:
+    """``python LAUNCHER --port FREE *flags`` (the plain ``streaming_server.py``, or
+    :func:`serve_application`) until the block ends (then terminated and waited for).
 
     Raises:
         RuntimeError: the server exited, or did not answer ``/healthz`` within ``startup_timeout_s``.
@@ -80,7 +91,7 @@ def running_server(flags: list[str], *, startup_timeout_s: float) -> Iterator[Se
     launched = time.monotonic()
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "streaming_server.py"), "--port", str(port), *flags],
+            [sys.executable, *launcher, "--port", str(port), *flags],
             cwd=ROOT,
             stdout=log_file,
             stderr=subprocess.STDOUT,

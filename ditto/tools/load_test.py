@@ -201,6 +201,7 @@ class LoadPlan:
     source_path: str
     chunk_ms: float
     timeout_s: float
+    spawn_rate: float | None = None  # sessions started per second within a level; None: all at once
 
 
 async def run_one(plan: LoadPlan, client_id: str) -> SessionResult:
@@ -221,9 +222,16 @@ async def run_one(plan: LoadPlan, client_id: str) -> SessionResult:
 
 
 async def run_level(plan: LoadPlan, sessions: int) -> tuple[list[SessionResult], float]:
-    """``sessions`` sessions started at once; their results and the level's wall time in seconds."""
+    """``sessions`` sessions, started at once or ``plan.spawn_rate`` a second; their results and the
+    level's wall time in seconds (the ramp included)."""
+
+    async def session(i: int) -> SessionResult:
+        if plan.spawn_rate:
+            await asyncio.sleep(i / plan.spawn_rate)  # the ramp itself, not a wait for anything
+        return await run_one(plan, f"load-{sessions}-{i}")
+
     started_s = time.monotonic()
-    results = await asyncio.gather(*(run_one(plan, f"load-{sessions}-{i}") for i in range(sessions)))
+    results = await asyncio.gather(*(session(i) for i in range(sessions)))
     return list(results), time.monotonic() - started_s
 
 
@@ -301,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, help="seconds before a session counts as failed (default: 60 + 3 x the audio's length)"
     )
+    p.add_argument(
+        "--spawn_rate",
+        type=float,
+        help="start a level's sessions at this many per second (default: all at once, the harshest case; "
+        "behind a router such as Ray Serve's, simultaneous handshakes can find a replica full before it "
+        "counts the others)",
+    )
     p.add_argument("--json", type=Path, help="write the levels as JSON")
     p.add_argument("--plot", type=Path, help="write the capacity curve as PNG")
     return p
@@ -317,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(CLIENT_LOGGER_NAME).setLevel(logging.WARNING)  # per-session chatter; errors still show
     if args.chunk_ms <= 0:
         return _fail("--chunk_ms must be > 0", 2)
+    if args.spawn_rate is not None and args.spawn_rate <= 0:
+        return _fail("--spawn_rate must be > 0", 2)
     for name in (args.audio, args.source):
         if not Path(name).is_file():
             return _fail(f"no such file: {name}", 2)
@@ -334,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         args.source,
         args.chunk_ms,
         args.timeout if args.timeout is not None else 60.0 + 3.0 * audio.duration_s,
+        args.spawn_rate,
     )
     logger.info("Server %s: backend %s, sessions %s", args.server, health.get("backend"), health.get("sessions"))
 

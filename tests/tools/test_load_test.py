@@ -4,20 +4,23 @@ to end against a real uvicorn server with the lite backend (a 1.5 s clip, levels
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 
 import pytest
 
-from ditto.client.connection import ReceivedFrame, SessionResult
+from ditto.client.connection import ReceivedFrame, SessionResult, read_pcm
 from ditto.protocol import messages as msg
 from ditto.tools.load_test import (
     CLIENT_TIMEOUT,
     LevelReport,
+    LoadPlan,
     SessionOutcome,
     capacity,
     format_table,
     main,
     parse_levels,
+    run_level,
     session_outcome,
     summarize_level,
 )
@@ -253,3 +256,23 @@ def test_unreachable_server_is_one_error_line(short_clip, tmp_path, capsys):
     assert code == 1 and len(err) == 1
     assert err[0].startswith("python -m ditto.tools.load_test: error: cannot reach the server at ws://127.0.0.1:")
     assert not (tmp_path / "load.json").exists()
+
+
+def test_spawn_rate_staggers_the_sessions_of_a_level(start_server, lite_backend, short_clip):
+    server = start_server(backend=lite_backend, max_size=256, max_sessions=4)
+    plan = LoadPlan(
+        server.ws, True, str(short_clip), read_pcm(str(short_clip)), str(EXAMPLE_IMAGE), 200.0, 60.0, spawn_rate=4.0
+    )
+    results, wall_s = asyncio.run(run_level(plan, 3))
+    assert all(r.ok for r in results)
+    firsts = [r.frames[0].arrival_s for r in results]
+    assert firsts[1] - firsts[0] > 0.15 and firsts[2] - firsts[1] > 0.15  # started 250 ms apart
+    assert wall_s > 0.5
+
+
+def test_a_spawn_rate_must_be_positive(short_clip, tmp_path, capsys):
+    code = main(
+        ["--server", "ws://127.0.0.1:9", "--sessions", "1", "--audio", str(short_clip), "--source", str(short_clip)]
+        + ["--spawn_rate", "0"]
+    )
+    assert code == 2 and "--spawn_rate must be > 0" in capsys.readouterr().err
