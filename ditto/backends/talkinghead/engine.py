@@ -30,11 +30,12 @@ A batch that fails is retried item by item, so a fault (CUDA out of memory, say)
 the sessions it concerns; the engine keeps serving. Cancelled futures (a session that
 left) are dropped before their batch runs.
 
-On CUDA the engine thread only *launches* a batch (host preparation, kernels and graph replays,
-the device→host copies into pinned memory, all queued on its stream) and hands it to a second
-thread, which waits for it, JPEG-encodes its frames on a stream of its own and resolves the
-futures; meanwhile the engine thread prepares and launches the next batch, so the device does
-not idle while the host works. At most :data:`LAUNCHED_BATCHES` batches are in flight.
+The engine thread only *launches* a batch (on CUDA: host preparation, kernels and graph replays,
+the device→host copies into pinned memory, all queued on its stream; on the CPU the work itself)
+and hands it to a second thread, which waits for it, JPEG-encodes its frames on a stream of its
+own (CUDA) and resolves the futures; meanwhile the engine thread prepares and launches the next
+batch, so the device does not idle while the host works. At most :data:`LAUNCHED_BATCHES`
+batches are in flight.
 
 Sessions hold only host tensors and their own state; nothing but this thread touches the
 device (on CUDA it works on a stream of its own).
@@ -76,7 +77,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork"]
 
 LAUNCHED_BATCHES = 2
-"""Batches launched on the device and not yet resolved (CUDA): one running, one queued behind it."""
+"""Batches launched and not yet resolved: one running on the device, one queued behind it."""
 
 
 class Stage(str, enum.Enum):
@@ -152,7 +153,7 @@ class DeviceEngine:
         device: the device the renderer and LMDM live on.
         batch_sizes: the batch sizes graphs are captured for; larger batches are split,
             smaller ones padded to the next size.
-        launched_batches: CUDA: batches launched and not yet resolved at once (1: the engine
+        launched_batches: batches launched and not yet resolved at once (1: the engine
             thread waits for each batch's results before it launches the next).
         clock: monotonic seconds (injected by tests).
 
@@ -204,12 +205,9 @@ class DeviceEngine:
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
         self._in_flight = threading.BoundedSemaphore(max(1, int(launched_batches)))
         self._launched: queue.SimpleQueue[_Launched | None] = queue.SimpleQueue()
-        self._completer = (
-            threading.Thread(target=self._complete, name="ditto-engine-results", daemon=True) if self._cuda else None
-        )
+        self._completer = threading.Thread(target=self._complete, name="ditto-engine-results", daemon=True)
         self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
-        if self._completer is not None:
-            self._completer.start()
+        self._completer.start()
         self._thread.start()
 
     # -- submitting (any thread) ------------------------------------------------------------
@@ -265,7 +263,7 @@ class DeviceEngine:
             self._cv.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
-        if self._completer is not None and self._completer.is_alive():
+        if self._completer.is_alive() and threading.current_thread() is not self._completer:
             self._completer.join()
 
     def stage_stats(self) -> dict[str, StageStats]:
@@ -360,6 +358,9 @@ class DeviceEngine:
                 request.future.set_result(None)
                 continue
             live.append(request)
+        if size is not None and len(live) < count:  # some left or were shed: the cheapest graph that holds the rest
+            costs = self.batch_costs[stage]
+            size = min((s for s in costs if s >= len(live)), key=lambda s: costs[s], default=size)
         return _Taken(live, size)
 
     def _fail_pending(self) -> None:
@@ -416,7 +417,8 @@ class DeviceEngine:
                 span[1].record()
         except Exception as exc:
             self._in_flight.release()
-            self.stats[stage].failures += 1
+            with self._cv:
+                self.stats[stage].failures += 1
             if len(batch) > 1:  # find the items at fault: each alone
                 logger.warning(
                     "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
@@ -430,7 +432,7 @@ class DeviceEngine:
             batch[0].future.set_exception(_as_backend_error(exc))
             return
         launched = _Launched(batch, finish, started, span)
-        if overlap and self._completer is not None:
+        if overlap:
             self._launched.put(launched)
         else:
             self._resolve(launched)
@@ -439,42 +441,65 @@ class DeviceEngine:
         """The completion thread (CUDA): resolve launched batches in launch order."""
         with torch.inference_mode():
             while (launched := self._launched.get()) is not None:
-                self._resolve(launched)
+                try:
+                    self._resolve(launched)
+                except Exception as exc:  # a bug outside finish(): fail the batch, keep resolving the next ones
+                    logger.exception("engine: resolving a %s batch failed", launched.batch[0].stage.value)
+                    for request in launched.batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
 
     def _resolve(self, launched: _Launched) -> None:
+        """Wait for a launched batch and resolve its futures; the batch's launch slot is released here."""
+        try:
+            self._resolve_batch(launched)
+        finally:
+            self._in_flight.release()
+
+    def _resolve_batch(self, launched: _Launched) -> None:
         batch = launched.batch
         stage = batch[0].stage
-        stats = self.stats[stage]
         try:
             results = launched.finish()
         except Exception as exc:
-            stats.failures += 1
-            self._release_memory(exc)
-            if len(batch) > 1:  # the engine thread runs each item again alone
-                logger.warning(
-                    "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
-                )
-                with self._cv:
+            with self._cv:
+                self.stats[stage].failures += 1
+                if len(batch) > 1 and not self._closing:  # the engine thread runs each item again alone
+                    logger.warning(
+                        "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
+                    )
                     self._retries.extend(batch)
                     self._cv.notify()
-            else:
-                batch[0].future.set_exception(_as_backend_error(exc))
+                    batch = []
+            failure = (
+                BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+                if len(batch) > 1
+                else _as_backend_error(exc)
+            )
+            for request in batch:  # one item alone, or the engine is closing: nobody would run them again
+                request.future.set_exception(failure)
+            self._release_memory(exc)
             return
-        finally:
-            self._in_flight.release()
-        stats.batches += 1
-        stats.items += len(batch)
-        stats.last_batch = len(batch)
         if launched.span is not None:
-            stats.busy_s += launched.span[0].elapsed_time(launched.span[1]) / 1000
+            launched.span[1].synchronize()  # finish() waited for the results, recorded just before this
+            busy_s = launched.span[0].elapsed_time(launched.span[1]) / 1000
         else:
-            stats.busy_s += time.perf_counter() - launched.started
+            busy_s = time.perf_counter() - launched.started
+        with self._cv:  # the engine thread resolves the items it runs again alone
+            stats = self.stats[stage]
+            stats.batches += 1
+            stats.items += len(batch)
+            stats.last_batch = len(batch)
+            stats.busy_s += busy_s
         for request, result in zip(batch, results):
             request.future.set_result(result)
 
     def _release_memory(self, exc: BaseException) -> None:
         if self._cuda and is_out_of_memory(exc):
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError as error:  # e.g. a graph being captured meanwhile: the memory stays cached
+                logger.warning("engine: could not release cached device memory: %s", error)
 
     def _launch(self, stage: Stage, works: list[Any], size: int | None) -> Finish:
         """Queue ``works`` on the device at graph ``size`` (None: the next size up); returns what waits for them."""
@@ -510,7 +535,7 @@ class DeviceEngine:
 
         def finish() -> list[Any]:
             ready.synchronize()
-            return list(motion)
+            return list(motion.clone())  # sessions keep the rows: in pageable memory, not the pinned pool
 
         return finish
 
@@ -549,7 +574,7 @@ class DeviceEngine:
                 else:
                     image, ready = host_images[i]
                     ready.synchronize()
-                    frames.append(VideoFrame(index=work.index, image=image.numpy()))
+                    frames.append(VideoFrame(index=work.index, image=image.numpy().copy()))  # out of the pinned pool
             return frames
 
         return finish

@@ -147,7 +147,7 @@ class DittoModels:
     decoder: ModelRunner
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # the engine's batches (CUDA graphs per size)
     compile_min_batch: int | None = None  # CUDA: render batches this large run compiled fp16 networks
-    launched_batches: int = LAUNCHED_BATCHES  # CUDA: batches in flight at once (1: each resolved before the next)
+    launched_batches: int = LAUNCHED_BATCHES  # batches in flight at once (1: each resolved before the next)
     # Built from the runners above (dataclasses.replace builds new ones).
     renderer: FrameRenderer = dataclasses.field(init=False, repr=False, compare=False)
     engine: DeviceEngine = dataclasses.field(init=False, repr=False, compare=False)

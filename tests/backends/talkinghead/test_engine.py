@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -187,6 +188,64 @@ def test_a_failing_item_fails_only_its_session_and_the_engine_keeps_serving(fast
         assert engine.render(good[1], deadline=0.0).result(timeout=60).index == 1
 
 
+def failing_when_resolved(engine: DeviceEngine, fails, before_raising=None) -> None:
+    """Make the engine's launched render batches fail when they are resolved (where CUDA's
+    device→host copies and JPEG encoding go wrong) whenever ``fails(works)``; the stage runs for real."""
+    launch = engine._launch
+
+    def launched(stage, works, size):
+        finish = launch(stage, works, size)
+        if stage is not Stage.RENDER or not fails(works):
+            return finish
+
+        def failing():
+            if before_raising is not None:
+                before_raising()
+            raise RuntimeError("the batch went wrong after its launch")
+
+        return failing
+
+    engine._launch = launched
+
+
+def test_a_batch_failing_after_its_launch_is_run_again_item_by_item(fast_backend, avatar) -> None:
+    with contextlib.closing(engine_like(fast_backend)) as engine:
+        good = render_works(fast_backend, avatar, 3)
+        failing_when_resolved(engine, lambda works: any(w.index == 1 for w in works))
+        with engine.paused():
+            futures = [engine.render(work, deadline=0.0) for work in good]
+        assert futures[0].result(timeout=60).index == 0 and futures[2].result(timeout=60).index == 2
+        with pytest.raises(RuntimeError, match="after its launch"):
+            futures[1].result(timeout=60)
+        assert engine.stats[Stage.RENDER].failures == 2  # the batch, then the item alone
+        assert engine.render(good[2], deadline=0.0).result(timeout=60).index == 2
+
+
+def test_a_batch_failing_after_close_fails_its_items_with_shutting_down(fast_backend, avatar) -> None:
+    """Close while a batch is being resolved: nobody would run its items again, so they must not hang."""
+    engine = engine_like(fast_backend)
+    resolving, go_on = threading.Event(), threading.Event()
+
+    def wait_for_close() -> None:
+        resolving.set()
+        assert go_on.wait(60)
+
+    failing_when_resolved(engine, lambda works: len(works) > 1, before_raising=wait_for_close)
+    with engine.paused():
+        futures = [engine.render(work, deadline=0.0) for work in render_works(fast_backend, avatar, 2)]
+    assert resolving.wait(60)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    engine._thread.join(60)  # the engine thread has seen the close and stopped
+    go_on.set()
+    closer.join(60)
+    assert not closer.is_alive()
+    for future in futures:
+        with pytest.raises(BackendError) as info:
+            future.result(timeout=10)
+        assert info.value.code == ErrorCode.SHUTTING_DOWN
+
+
 def test_out_of_memory_in_a_batch_becomes_a_structured_error(fast_backend, avatar) -> None:
     class OutOfMemoryOnce:
         def __init__(self, runner) -> None:
@@ -350,6 +409,16 @@ def test_cuda_batches_launched_back_to_back_each_equal_their_items_alone(cuda_ba
     for work, frame in zip(works[::7], batched[::7], strict=True):
         alone = engine.render(work, deadline=0.0).result(timeout=60)
         assert np.abs(frame.image.astype(int) - alone.image.astype(int)).max() <= 2
+    # the same frames JPEG-encoded on the GPU while the next batch renders: each decodes to its own image
+    import cv2
+
+    encoded = run_batched(
+        engine, lambda w: engine.render(w, deadline=0.0), [dataclasses.replace(w, jpeg_quality=90) for w in works]
+    )
+    for frame, plain in zip(encoded[::7], batched[::7], strict=True):
+        decoded = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        mse = float(np.mean((decoded.astype(float) - plain.image.astype(float)) ** 2))
+        assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 30
     windows = [speech_like(6480 / 16000, seed=k) for k in range(20)]
     features = run_batched(engine, lambda w: engine.features(w, deadline=0.0), windows)
     for window, feature in zip(windows[::6], features[::6], strict=True):
