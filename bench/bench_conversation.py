@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio", default=str(ROOT / "example" / "audio.wav"))
     p.add_argument("--source", default=str(ROOT / "example" / "image.png"))
     p.add_argument("--max_size", type=int, help="default 512 (lite), 1024 (ditto)")
-    p.add_argument("--compile_min_batch", type=int, default=16)
+    p.add_argument("--compile_min_batch", type=int, default=8)
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--lag_bound_ms", type=float, default=500.0, help="lag allowed beyond the look-ahead")
     p.add_argument("--jpeg_quality", type=int, default=85)
-    p.add_argument("--compile_min_batch", type=int, default=16, help="0: no compiled renderer")
+    p.add_argument("--compile_min_batch", type=int, default=8, help="0: no compiled renderer")
     p.add_argument("--skip_alone", action="store_true", help="only the batched engine")
     p.add_argument(
         "--launch_compare",

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_server_load.py --tree /tmp/tree --sessions 1,4,8,10 [--mode live] \\
-        [--max_live_sessions 16] [--compile_min_batch 16] --json out.json --plot out.png
+        [--max_live_sessions 16] [--compile_min_batch 8] --json out.json --plot out.png
     python bench/bench_server_load.py --tree /tmp/tree --sessions 8,16,17 --serve_replicas 1,2 \\
         --sessions_per_replica 8 --json out.json --plot out.png     # one GPU vs two (out-1.png, out-2.png)
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default=str(ROOT / "example" / "image.png"))
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--max_live_sessions", type=int, help="admission override (default: the server's measure)")
-    p.add_argument("--compile_min_batch", type=int, default=16)
+    p.add_argument("--compile_min_batch", type=int, default=8)
     p.add_argument(
         "--lag_bound_ms",
         type=float,

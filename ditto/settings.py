@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # CUDA), else max_sessions
     max_live_sessions: int | None = Field(None, ge=1, le=256)
     max_batch: int = Field(16, ge=1, le=64)  # Ditto: frames / windows the device engine runs at once
-    compile_min_batch: int = Field(16, ge=0, le=64)  # Ditto on CUDA: render batches this large run compiled; 0: never
+    compile_min_batch: int = Field(8, ge=0, le=64)  # Ditto on CUDA: render batches this large run compiled; 0: never
     jpeg_quality: int = Field(85, ge=1, le=100)
     max_size: int = Field(1920, ge=64, le=8192)  # longest side of the output video
 
