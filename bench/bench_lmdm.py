@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also list the kernels of one window at the largest batch")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if device.type == "auto":
-        device = torch.device("cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the device engine sets it
     batch_sizes = tuple(int(b) for b in args.batches.split(","))
