@@ -54,7 +54,7 @@ class FakeStream:
             yield VideoFrame(self.emitted, self.avatar.image, idle=idle)
             self.emitted += 1
 
-    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
+    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
         self.samples += len(audio)
         return self._frames(self.samples // SAMPLES_PER_FRAME)
 

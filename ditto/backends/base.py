@@ -89,8 +89,12 @@ class Avatar(Protocol):
 
 
 class AnimationStream(Protocol):
-    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
-        """Append float32 16 kHz mono samples; yield every frame that can now be rendered."""
+    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
+        """Append float32 16 kHz mono samples; yield every frame that can now be rendered.
+
+        ``received_at``: when the audio arrived (``time.monotonic()``; None: now). A live stream counts
+        its lag bound (``StreamOptions.max_lag_s``) from then: a frame whose audio waited in queues
+        before its motion was computed is shed sooner."""
 
     def idle(self, frames: int) -> Iterator[VideoFrame]:
         """Append ``frames`` frames without speech (blinks and sway go on), flagged ``idle``; the

@@ -54,6 +54,7 @@ class FeedAudio:
     samples: np.ndarray  # (n,) float32 16 kHz mono
     utterance: int  # 1-based; the frames starting in these samples carry it
     clock_origin: float  # monotonic s at which media time 0 was due (frame deadlines)
+    received_at: float  # monotonic s the audio arrived (the backend's lag bound counts from then)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,7 +160,7 @@ class Conversation:
         if self._latest is None or self._latest.ended:
             number = self._latest.number + 1 if self._latest else 1
             self._latest = self._utterances[number] = _Utterance(number)
-        return self._now_or_held(functools.partial(self._feed, self._latest, samples))
+        return self._now_or_held(functools.partial(self._feed, self._latest, samples, now))
 
     def receive_end_of_utterance(self, now: float) -> list[Action]:
         """The open utterance's audio is complete: render its tail now. No open utterance
@@ -284,7 +285,7 @@ class Conversation:
         if partial:  # the open utterance's last frame is completed with silence (it still holds speech)
             assert self._latest is not None  # audio was fed
             pad = np.zeros(SAMPLES_PER_FRAME - partial, np.float32)
-            actions.append(FeedAudio(pad, self._latest.number, self._clock_origin))
+            actions.append(FeedAudio(pad, self._latest.number, self._clock_origin, now))
             self._position += len(pad)
         actions.append(Idle(frames, self._clock_origin))
         self._position += frames * SAMPLES_PER_FRAME
@@ -309,11 +310,11 @@ class Conversation:
             return []
         return emit()
 
-    def _feed(self, utterance: _Utterance, samples: np.ndarray) -> list[Action]:
+    def _feed(self, utterance: _Utterance, samples: np.ndarray, received_at: float) -> list[Action]:
         utterance.spans.append((self._position, self._position + len(samples)))
         self._position += len(samples)
         assert self._clock_origin is not None  # set by the first audio
-        return [FeedAudio(samples, utterance.number, self._clock_origin)]
+        return [FeedAudio(samples, utterance.number, self._clock_origin, received_at)]
 
     def _to_frame_boundary(self) -> None:
         self._position = -(-self._position // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME

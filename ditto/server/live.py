@@ -115,7 +115,7 @@ class LivePipeline:
     def feed(self, command: FeedAudio) -> None:
         self._clock_origin = command.clock_origin
         self._record(command.samples, command.utterance)
-        self._emit(self._stream.feed(command.samples))
+        self._emit(self._stream.feed(command.samples, received_at=command.received_at))
 
     def idle(self, command: Idle) -> None:
         self._clock_origin = command.clock_origin

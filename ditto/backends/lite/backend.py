@@ -78,7 +78,7 @@ class LiteStream:
         self._finished = False
         self._closed = False
 
-    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
+    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; iterate the result to get every frame now renderable.
 
         Frame i is renderable once the audio of frames i..i+LOOKAHEAD_FRAMES has arrived.

@@ -81,7 +81,7 @@ class _Row:
 
     index: int
     motion: Tensor  # (265,)
-    ready_at: float  # monotonic time it became final
+    ready_at: float  # monotonic time it became final, or its audio arrived (live, if that was earlier)
     last: bool  # the last frame of an utterance or of the session: never shed
 
 
@@ -97,7 +97,8 @@ class _SessionState:
     online: OnlineAudio2Motion | None  # online mode only
     windower: StreamingWindower | None  # online mode only
     audio: list[np.ndarray] = dataclasses.field(default_factory=list)  # offline mode: the whole clip
-    pending_windows: collections.deque[np.ndarray] = dataclasses.field(default_factory=collections.deque)
+    # HuBERT windows not run yet, each with when its audio arrived (monotonic s)
+    pending_windows: collections.deque[tuple[np.ndarray, float]] = dataclasses.field(default_factory=collections.deque)
     pending_rows: collections.deque[_Row] = dataclasses.field(default_factory=collections.deque)  # not submitted
     # frames submitted to the engine, in index order
     inflight: collections.deque[tuple[_Row, concurrent.futures.Future]] = dataclasses.field(
@@ -243,8 +244,12 @@ class DittoStream:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def feed(self, audio: np.ndarray) -> Iterator[VideoFrame]:
+    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; iterate the result for every frame now renderable.
+
+        ``received_at`` (monotonic s, None: now): when the audio arrived. Live, the motion computed
+        from it counts as ready from then, so a frame that waited for HuBERT or LMDM is shed as one
+        that waited for the render (``max_lag_s``).
 
         Offline cfgs render nothing before :meth:`flush` or :meth:`finish` (the whole clip is
         generated at once).
@@ -263,7 +268,7 @@ class DittoStream:
             self._restart_recursion(state, self._segment_start)
             state.ease = MotionEase(state.windowing.source_kp_cond, self._segment_start, INTERRUPT_EASE_FRAMES)
             state.resting = False
-        self._append(state, samples.astype(np.float32, copy=False))
+        self._append(state, samples.astype(np.float32, copy=False), received_at)
         return self._guarded(self._drain())
 
     def idle(self, frames: int) -> Iterator[VideoFrame]:
@@ -342,7 +347,8 @@ class DittoStream:
         if self._total_frames == self._segment_start:  # nothing fed since the last flush() or interrupt()
             return self._guarded(self._drain())
         if state.windower is not None:
-            state.pending_windows.extend(state.windower.flush())
+            now = self._engine.now()
+            state.pending_windows.extend((window, now) for window in state.windower.flush())
             return self._guarded(self._finish_online())
         return self._guarded(self._finish_offline())
 
@@ -366,10 +372,11 @@ class DittoStream:
             raise RuntimeError("the stream is finished")
         return state
 
-    def _append(self, state: _SessionState, samples: np.ndarray) -> None:
+    def _append(self, state: _SessionState, samples: np.ndarray, received_at: float | None = None) -> None:
         self._samples += samples.shape[0]
         if state.windower is not None:
-            state.pending_windows.extend(state.windower.push(samples))
+            at = self._engine.now() if received_at is None else received_at
+            state.pending_windows.extend((window, at) for window in state.windower.push(samples))
         else:
             state.audio.append(samples)
 
@@ -445,19 +452,22 @@ class DittoStream:
             else:
                 return
 
-    def _features(self, windows: Sequence[np.ndarray]) -> list[Tensor]:
-        """HuBERT features of ``windows``, submitted at once (they batch)."""
-        deadline = self._deadline(self._engine.now())
+    def _features(self, windows: Sequence[np.ndarray], since: float | None = None) -> list[Tensor]:
+        """HuBERT features of ``windows``, submitted at once (they batch), due as work possible since ``since``
+        (None: now)."""
+        deadline = self._deadline(self._engine.now() if since is None else since)
         futures = [self._engine.features(window, deadline=deadline) for window in windows]
         return [future.result() for future in futures]
 
     def _run_windows(self, state: _SessionState) -> None:
         """Every pending HuBERT window, then their motion, in order."""
         assert state.online is not None
-        windows = list(state.pending_windows)
+        if not state.pending_windows:
+            return
+        windows, received = zip(*state.pending_windows)
         state.pending_windows.clear()
-        for features in self._features(windows):
-            self._queue_rows(state, state.online.push(features), self._total_frames)
+        for features, at in zip(self._features(windows, since=min(received)), received):
+            self._queue_rows(state, state.online.push(features), self._total_frames, ready_at=at)
 
     def _flush_online(self, state: _SessionState, end: int) -> None:
         assert state.online is not None and state.windower is not None
@@ -499,8 +509,11 @@ class DittoStream:
             yield from self._drain(block=False)
         yield from self._drain()
 
-    def _queue_rows(self, state: _SessionState, chunk: MotionChunk, end: int | None) -> None:
-        """Queue a MotionChunk's rows, dropping those from frame ``end`` on (past the audio)."""
+    def _queue_rows(
+        self, state: _SessionState, chunk: MotionChunk, end: int | None, *, ready_at: float | None = None
+    ) -> None:
+        """Queue a MotionChunk's rows, dropping those from frame ``end`` on (past the audio); they count
+        as ready from ``ready_at`` (when their audio arrived; None or later than now: now)."""
         if state.online is not None and state.online.d0 is not None and state.stitcher.d0 is None:
             state.stitcher.set_d0(state.online.d0)  # relative-driving reference: the silence frame
         if state.ease is not None:
@@ -508,12 +521,13 @@ class DittoStream:
             if chunk.start_frame + len(chunk) >= state.ease.start_frame + state.ease.frames:
                 state.ease = None
         now = self._engine.now()
+        ready = now if ready_at is None else min(now, ready_at)
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
             if end is not None and index >= end:
                 break
             last = end is not None and index == end - 1
-            state.pending_rows.append(_Row(index, chunk.motion[offset], now, last))
+            state.pending_rows.append(_Row(index, chunk.motion[offset], ready, last))
 
     def _submit_rows(self, state: _SessionState) -> None:
         """Stitch the ready rows (host) and hand their frames to the engine, up to the in-flight cap.

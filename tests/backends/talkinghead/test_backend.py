@@ -154,6 +154,32 @@ def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(onlin
     assert not any(f.shed for f in relaxed[0] + relaxed[1])
 
 
+def test_the_lag_bound_counts_from_when_the_audio_arrived(online_backend, avatar) -> None:
+    """Audio that waited in queues before the session fed it (received 30 s ago): the frames its chunks
+    make computable are past a 10 s lag bound however fast the motion and the render then are, so they
+    are shed; the same audio received now is rendered in full. (The tail that finish() makes
+    computable became possible only then.)"""
+    import time
+
+    from ditto.backends.base import StreamOptions
+
+    audio = speech_like(1.2)
+    options = StreamOptions(live=True, max_lag_s=10.0)
+
+    def frames(received_at: float | None) -> tuple[list, list]:
+        stream = online_backend.open_stream(avatar, seed=2, options=options)
+        chunks = [audio[start : start + 1000] for start in range(0, len(audio), 1000)]
+        during = [frame for chunk in chunks for frame in stream.feed(chunk, received_at=received_at)]
+        after = list(stream.finish())
+        stream.close()
+        return during, after
+
+    during, after = frames(time.monotonic() - 30.0)
+    assert during and all(f.shed for f in during)
+    assert not after[-1].shed
+    assert not any(f.shed for part in frames(None) for f in part)
+
+
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
     """Upstream's blink rule with random gaps (delta_eye_open_n 0; docs/pipeline.md §3.3): draw the
     first gap, then the end guard, then one gap after each blink, all ``randint(60, 100)``; a blink
