@@ -177,12 +177,9 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for stage in Stage:
-        out[stage.value] = {
-            b: 1000 * engine.time_batch(stage, works(stage, b), repeats=3) / b for b in engine.batch_sizes
-        }
+        out[stage.value] = {b: 1000 * engine.time_batch(stage, works(stage, b)) / b for b in engine.batch_sizes}
     out["render_no_jpeg"] = {
-        b: 1000 * engine.time_batch(Stage.RENDER, works(Stage.RENDER, b, None), repeats=3) / b
-        for b in engine.batch_sizes
+        b: 1000 * engine.time_batch(Stage.RENDER, works(Stage.RENDER, b, None)) / b for b in engine.batch_sizes
     }
     dev = backend.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -118,12 +118,13 @@ class StreamingReplica:
                     logger.info("Replica %s: application stopping, ending %d sessions", self.server_id, registry.active)
                     await registry.close_all(self._settings.shutdown_grace_s)
                 elif reply.replica_stopping and drain_deadline is None:
-                    drain_deadline = loop.time() + self._options.forced_stop_after_s(self._settings.shutdown_grace_s)
+                    grace = self._options.forced_stop_after_s(self._settings.shutdown_grace_s)
+                    drain_deadline = loop.time() + grace
                     logger.info(
                         "Replica %s: stopping (scale-down or redeploy); its %d sessions may run %.0f s more",
                         self.server_id,
                         registry.active,
-                        drain_deadline - loop.time(),
+                        grace,
                     )
             if drain_deadline is not None and loop.time() >= drain_deadline and registry.accepting:
                 logger.info(

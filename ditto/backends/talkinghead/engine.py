@@ -121,7 +121,7 @@ class _Request:
 
 
 Finish = Callable[[], list[Any]]
-"""Waits for a launched batch and returns its results (runs on the completion thread on CUDA)."""
+"""Waits for a launched batch and returns its results (runs on the completion thread)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,8 +278,8 @@ class DeviceEngine:
         if self._hubert_graphs is not None:
             self._hubert_graphs.capture(hubert_window)
 
-    def time_batch(self, stage: Stage, works: list[Any], repeats: int = 2) -> float:
-        """Seconds one batch of ``works`` takes (synchronised; the median of ``repeats`` runs from 3 on, else the last).
+    def time_batch(self, stage: Stage, works: list[Any], repeats: int = 3) -> float:
+        """Seconds one batch of ``works`` takes (synchronised; the median of ``repeats`` runs).
 
         Runs in the calling thread: for start-up measurements, before any session submits work.
         """
@@ -291,14 +291,13 @@ class DeviceEngine:
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
                 elapsed.append(time.perf_counter() - started)
-        return elapsed[-1] if repeats < 3 else sorted(elapsed)[len(elapsed) // 2]
+        return sorted(elapsed)[len(elapsed) // 2]
 
     def measure_batch_costs(self, works: Callable[[Stage, int], list[Any]]) -> dict[Stage, dict[int, float]]:
         """Time every stage at every graph size on ``works(stage, size)`` (start-up, before any session
         submits work); from then on batches are planned by these costs (:meth:`plan_batch`)."""
         self.batch_costs = {
-            stage: {size: self.time_batch(stage, works(stage, size), repeats=3) for size in self.batch_sizes}
-            for stage in Stage
+            stage: {size: self.time_batch(stage, works(stage, size)) for size in self.batch_sizes} for stage in Stage
         }
         return self.batch_costs
 
@@ -364,7 +363,7 @@ class DeviceEngine:
         return _Taken(live, size)
 
     def _fail_pending(self) -> None:
-        failure = BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+        failure = _shutting_down()
         for request in self._retries:
             request.future.set_exception(failure)
         self._retries.clear()
@@ -394,15 +393,13 @@ class DeviceEngine:
                         self._run_batch(taken.batch, taken.size, overlap=not taken.alone)
                     except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
                         logger.exception("engine: %s batch failed outside its stage", taken.batch[0].stage.value)
-                        for request in taken.batch:
-                            if not request.future.done():
-                                request.future.set_exception(exc)
+                        _fail_unresolved(taken.batch, exc)
         finally:
             self._launched.put(None)  # the completion thread stops after the batches before it
 
     def _run_batch(self, batch: list[_Request], size: int | None, *, overlap: bool) -> None:
         """Launch ``batch`` (at graph ``size``) in the launch slot the caller holds; resolve it on the
-        completion thread (``overlap``, CUDA) or here. The slot is released once it is resolved."""
+        completion thread (``overlap``) or here. The slot is released once it is resolved."""
         if not batch:
             self._in_flight.release()
             return
@@ -438,16 +435,14 @@ class DeviceEngine:
             self._resolve(launched)
 
     def _complete(self) -> None:
-        """The completion thread (CUDA): resolve launched batches in launch order."""
+        """The completion thread: resolve launched batches in launch order."""
         with torch.inference_mode():
             while (launched := self._launched.get()) is not None:
                 try:
                     self._resolve(launched)
                 except Exception as exc:  # a bug outside finish(): fail the batch, keep resolving the next ones
                     logger.exception("engine: resolving a %s batch failed", launched.batch[0].stage.value)
-                    for request in launched.batch:
-                        if not request.future.done():
-                            request.future.set_exception(exc)
+                    _fail_unresolved(launched.batch, exc)
 
     def _resolve(self, launched: _Launched) -> None:
         """Wait for a launched batch and resolve its futures; the batch's launch slot is released here."""
@@ -471,11 +466,7 @@ class DeviceEngine:
                     self._retries.extend(batch)
                     self._cv.notify()
                     batch = []
-            failure = (
-                BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
-                if len(batch) > 1
-                else _as_backend_error(exc)
-            )
+            failure = _shutting_down() if len(batch) > 1 else _as_backend_error(exc)
             for request in batch:  # one item alone, or the engine is closing: nobody would run them again
                 request.future.set_exception(failure)
             self._release_memory(exc)
@@ -703,6 +694,16 @@ def _to_host(tensor: Tensor) -> tuple[Tensor, torch.cuda.Event | _Ready]:
     event = torch.cuda.Event()
     event.record()
     return host, event
+
+
+def _shutting_down() -> BackendError:
+    return BackendError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+
+
+def _fail_unresolved(batch: list[_Request], exc: BaseException) -> None:
+    for request in batch:
+        if not request.future.done():
+            request.future.set_exception(exc)
 
 
 def _as_backend_error(exc: BaseException) -> BaseException:

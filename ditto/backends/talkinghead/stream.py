@@ -347,8 +347,7 @@ class DittoStream:
         if self._total_frames == self._segment_start:  # nothing fed since the last flush() or interrupt()
             return self._guarded(self._drain())
         if state.windower is not None:
-            now = self._engine.now()
-            state.pending_windows.extend((window, now) for window in state.windower.flush())
+            self._queue_windows(state, state.windower.flush())
             return self._guarded(self._finish_online())
         return self._guarded(self._finish_offline())
 
@@ -375,10 +374,14 @@ class DittoStream:
     def _append(self, state: _SessionState, samples: np.ndarray, received_at: float | None = None) -> None:
         self._samples += samples.shape[0]
         if state.windower is not None:
-            at = self._engine.now() if received_at is None else received_at
-            state.pending_windows.extend((window, at) for window in state.windower.push(samples))
+            self._queue_windows(state, state.windower.push(samples), received_at)
         else:
             state.audio.append(samples)
+
+    def _queue_windows(self, state: _SessionState, windows: list[np.ndarray], received_at: float | None = None) -> None:
+        """Queue HuBERT windows with when their audio arrived (None: now)."""
+        at = self._engine.now() if received_at is None else received_at
+        state.pending_windows.extend((window, at) for window in windows)
 
     def _restart_recursion(self, state: _SessionState, start: int) -> None:
         """The window recursion as at session start (silence prefix, the source's neutral motion as
