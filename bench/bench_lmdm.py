@@ -3,19 +3,23 @@
 Usage::
 
     python bench/bench_lmdm.py [--device cuda] [--batches 1,8,16] [--steps 10] [--json out.json]
-    python bench/bench_lmdm.py --device cpu --batches 1 --steps 2 --repeats 1    # CPU smoke run
+    python bench/bench_lmdm.py --device cpu --batches 1,4 --steps 10 --repeats 3    # on the CPU
 
 The full-size LMDM (47.8 M parameters, random weights: the cost is the architecture's), the
-engine's own sampler (:class:`BatchedWindowSampler`: the whole S-step loop as one CUDA graph per
-batch size, fp32 matmuls in TF32 as the engine sets them). Per batch size it prints milliseconds
-per window (per session) for
+engine's own sampler (:class:`BatchedWindowSampler`: on CUDA the whole S-step loop as one graph
+per batch size, fp32 matmuls in TF32 as the engine sets them). Per batch size it prints
+milliseconds per window (per session) for
 
-* ``today``: the sampler as the engine runs it;
-* ``bf16``: the same loop under bf16 autocast (reported with its largest deviation from ``today``);
-* ``compiled``: the denoiser through ``torch.compile`` inside the same graph;
+* ``per_step``: every step the whole official call (``MotionDecoder.forward``: the condition
+  encoder and the memory's keys and values again each step), the path before the split;
+* ``window``: what the engine runs: ``prepare_window`` once, then S ``denoise_step`` calls
+  (reported with its largest deviation from ``per_step``, float rounding);
+* ``compiled`` (CUDA): ``window`` with both methods through ``torch.compile``;
 
-and, with ``--profile``, the CUDA kernels of one ``today`` window at the largest batch by total
-time (``torch.profiler``).
+the arithmetic of one window of each (GFLOP per session, ``torch.utils.flop_counter``), and,
+with ``--profile``, the kernels (CUDA) or operators (CPU) one window launches in
+``per_step`` and ``window`` at the smallest and the largest batch, and the top ones of ``window``
+by time (``torch.profiler``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ditto.backends.talkinghead.models.lmdm import ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, MotionDecoder  # noqa: E402
-from ditto.backends.talkinghead.pipeline.sampler import BatchedWindowSampler  # noqa: E402
+from ditto.backends.talkinghead.pipeline.sampler import (  # noqa: E402
+    BatchedWindowSampler,
+    DDIMSampler,
+    PerStepDenoiser,
+    WindowDenoiser,
+    denoise_fn_from_runner,
+    sample_window,
+)
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa: E402
 
 SEQ, MOTION, COND = 80, 265, 1103
@@ -62,57 +73,72 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) ->
     return (time.perf_counter() - started) / repeats, out
 
 
-class _Autocast(torch.nn.Module):
-    """The LMDM under bf16 autocast, returning float32 (what the sampler's arithmetic expects)."""
+class CompiledWindowDenoiser:
+    """The LMDM's window/step split with each method through ``torch.compile``."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            pred_noise, x_start = self.module(*args)
-        return pred_noise.float(), x_start.float()
+    def __init__(self, model: MotionDecoder) -> None:
+        self.prepare_window = torch.compile(model.prepare_window, dynamic=False)
+        self.denoise_step = torch.compile(model.denoise_step, dynamic=False)
 
 
 def variants(model: MotionDecoder, device: torch.device, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
-    def sampler(module: torch.nn.Module) -> BatchedWindowSampler:
-        runner = TorchRunner(module, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, device=device)
-        return BatchedWindowSampler(runner, device=device, batch_sizes=batch_sizes)
+    runner = TorchRunner(model, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES, device=device)
 
-    out = {"today": sampler(model)}
+    def sampler(denoiser: WindowDenoiser | None) -> BatchedWindowSampler:
+        return BatchedWindowSampler(runner, device=device, batch_sizes=batch_sizes, denoiser=denoiser)
+
+    out = {"per_step": sampler(PerStepDenoiser(denoise_fn_from_runner(runner))), "window": sampler(None)}
     if device.type == "cuda":
-        out["bf16"] = sampler(_Autocast(model))
-        out["compiled"] = sampler(torch.compile(model, dynamic=False))
+        out["compiled"] = sampler(CompiledWindowDenoiser(model))
     return out
 
 
-def profile(sampler: BatchedWindowSampler, args: tuple[torch.Tensor, ...], steps: int, top: int) -> list[dict]:
+def profile(sampler: BatchedWindowSampler, args: tuple[torch.Tensor, ...], steps: int) -> Any:
+    """The profiler's averages over one eager window (inside a graph replay it sees one launch)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    # eager: inside a graph replay the profiler sees one launch, not the kernels
-    denoise = sampler.denoise_fn
     kp_cond, cond, x_T, noise = args
-    from ditto.backends.talkinghead.pipeline.sampler import DDIMSampler, sample_window
-
     ddim = DDIMSampler(tuple(x_T.shape), device=x_T.device)
     ddim.set_timesteps(steps, generator=torch.Generator(device=x_T.device).manual_seed(0))
-    sample_window(denoise, kp_cond, cond, ddim, x_T=x_T)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        sample_window(denoise, kp_cond, cond, ddim, x_T=x_T)
+    cuda = x_T.device.type == "cuda"
+    sample_window(sampler.denoiser, kp_cond, cond, ddim, x_T=x_T)
+    if cuda:
         torch.cuda.synchronize()
-    events = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)
-    total = sum(e.device_time_total for e in events) or 1.0
+    with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        sample_window(sampler.denoiser, kp_cond, cond, ddim, x_T=x_T)
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    if not cuda:  # operators that launch work, not their wrappers (aten::linear → aten::addmm)
+        events = [e for e in events if e.self_cpu_time_total > 0 and e.key.startswith("aten::")]
+    return events
+
+
+def gflop_per_session(sampler: BatchedWindowSampler, args: tuple[torch.Tensor, ...], steps: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kp_cond, cond, x_T, _ = args
+    ddim = DDIMSampler(tuple(x_T.shape), device=x_T.device)
+    ddim.set_timesteps(steps, generator=torch.Generator(device=x_T.device).manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        sample_window(sampler.denoiser, kp_cond, cond, ddim, x_T=x_T)
+    return counter.get_total_flops() / 1e9 / x_T.shape[0]
+
+
+def launches(events: Any) -> int:
+    return int(sum(e.count for e in events))
+
+
+def top_by_time(events: Any, top: int) -> list[dict]:
+    def own_time(e: Any) -> float:
+        return e.device_time_total if e.device_time_total else e.self_cpu_time_total
+
+    ranked = sorted(events, key=own_time, reverse=True)
+    total = sum(own_time(e) for e in ranked) or 1.0
     return [
-        {
-            "kernel": e.key[:90],
-            "calls": e.count,
-            "ms": e.device_time_total / 1000,
-            "share": e.device_time_total / total,
-        }
-        for e in events[:top]
+        {"name": e.key[:90], "calls": e.count, "ms": own_time(e) / 1000, "share": own_time(e) / total}
+        for e in ranked[:top]
     ]
 
 
@@ -122,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8,16")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--profile", action="store_true", help="also list the kernels of one window at the largest batch")
+    p.add_argument("--profile", action="store_true", help="also count the kernels (operators on the CPU) of a window")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "steps": args.steps,
         "ms_per_window": {},
-        "max_abs_diff_vs_today": {},
+        "max_abs_diff_vs_per_step": {},
     }
     samplers = variants(model, device, batch_sizes)
     with torch.inference_mode():
@@ -149,25 +175,40 @@ def main(argv: list[str] | None = None) -> int:
                     reference = out
                 else:
                     diff = float((out.float() - reference.float()).abs().max())
-                    results["max_abs_diff_vs_today"].setdefault(name, {})[batch] = diff
-        if args.profile and device.type == "cuda":
-            results["kernels"] = profile(samplers["today"], inputs(batch_sizes[-1], args.steps, device), args.steps, 15)
+                    results["max_abs_diff_vs_per_step"].setdefault(name, {})[batch] = diff
+        work = inputs(batch_sizes[0], args.steps, device)
+        results["gflop_per_window"] = {
+            name: gflop_per_session(samplers[name], work, args.steps) for name in ("per_step", "window")
+        }
+        if args.profile:
+            counts: dict[str, dict[int, int]] = {}
+            for batch in sorted({batch_sizes[0], batch_sizes[-1]}):
+                work = inputs(batch, args.steps, device)
+                for name in ("per_step", "window"):
+                    events = profile(samplers[name], work, args.steps)
+                    counts.setdefault(name, {})[batch] = launches(events)
+            results["launches_per_window"] = counts
+            results["top_window"] = top_by_time(events, 15)
 
-    today = results["ms_per_window"]["today"]
+    base = results["ms_per_window"]["per_step"]
     print(f"LMDM window ({args.steps} steps), ms per session-window on {results['device']}")
-    print(f"{'batch':>6}" + "".join(f"{name:>14}" for name in samplers) + "   ratio vs today")
+    print(f"{'batch':>6}" + "".join(f"{name:>14}" for name in samplers) + "   ratio vs per_step")
     for batch in batch_sizes:
         row = "".join(f"{results['ms_per_window'][name][batch]:>14.2f}" for name in samplers)
         ratios = " ".join(
-            f"{name} {today[batch] / results['ms_per_window'][name][batch]:.2f}x"
+            f"{name} {base[batch] / results['ms_per_window'][name][batch]:.2f}x"
             for name in samplers
-            if name != "today"
+            if name != "per_step"
         )
         print(f"{batch:>6}{row}   {ratios}")
-    for name, diffs in results["max_abs_diff_vs_today"].items():
-        print(f"max |{name} - today|: " + ", ".join(f"b{b} {d:.2e}" for b, d in diffs.items()))
-    for k in results.get("kernels", []):
-        print(f"{k['ms']:8.2f} ms {100 * k['share']:5.1f}% x{k['calls']:<5} {k['kernel']}")
+    for name, diffs in results["max_abs_diff_vs_per_step"].items():
+        print(f"max |{name} - per_step|: " + ", ".join(f"b{b} {d:.2e}" for b, d in diffs.items()))
+    print("GFLOP per session-window: " + ", ".join(f"{n} {g:.1f}" for n, g in results["gflop_per_window"].items()))
+    what = "kernels" if device.type == "cuda" else "operators"
+    for name, by_batch in results.get("launches_per_window", {}).items():
+        print(f"{what} per window, {name}: " + ", ".join(f"b{b} {n}" for b, n in by_batch.items()))
+    for k in results.get("top_window", []):
+        print(f"{k['ms']:8.2f} ms {100 * k['share']:5.1f}% x{k['calls']:<5} {k['name']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -16,6 +16,17 @@ contract as the official ONNX/TensorRT ``lmdm`` model::
 with classifier-free guidance ``uncond + w * (cond - uncond)`` (w = 2) computed
 inside. Both guidance branches run as ONE transformer pass over a batch of 2B.
 
+A DDIM window makes S such calls with the same ``cond_frame`` and ``cond`` at S known time
+steps, so the call is split in two (``forward`` is the pair, for one step):
+:meth:`MotionDecoder.prepare_window` does once per window everything that does not depend
+on x (the condition encoder; the condition tokens' cross-attention keys and values in every
+layer; the motion-before-the-window's share of the input projection; and, for all S steps in
+one batch, the time embedding, every layer's FiLM scales and shifts and the two time tokens'
+keys and values); :meth:`MotionDecoder.denoise_step` does step i's x-dependent rest (a
+quarter of a step's arithmetic and a fifth of its kernels leave the loop). The per-token
+LayerNorm, rotation and projections make this exact up to float rounding: the memory's keys
+are the condition tokens' keys followed by the two time tokens' keys.
+
 Architecture (docs/pipeline.md §4.3): pre-norm transformer layers; a rotary position
 embedding over the full 512-d width (before the head split) applied to queries
 and keys, never values; FiLM modulation from the diffusion-time embedding; a
@@ -32,8 +43,9 @@ lives with the tools that write checkpoints (:mod:`ditto.tools.onnx_export`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,10 +132,23 @@ class Attention(nn.Module):
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:
             q, k = F.linear(query, w[: 2 * e], b[: 2 * e]).split(e, dim=-1)
+            v = F.linear(value, w[2 * e :], b[2 * e :])
         else:
-            q = F.linear(query, w[:e], b[:e])
-            k = F.linear(key, w[e : 2 * e], b[e : 2 * e])
-        v = F.linear(value, w[2 * e :], b[2 * e :])
+            q = self.project_query(query)
+            k, v = self.project_key_value(key, value)
+        return self.attend(q, k, v)
+
+    def project_query(self, query: Tensor) -> Tensor:
+        e = self.embed_dim
+        return F.linear(query, self.in_proj_weight[:e], self.in_proj_bias[:e])
+
+    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (…, M, E) of ``key``/``value`` tokens; per token, so tokens may be projected apart."""
+        e, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        return F.linear(key, w[e : 2 * e], b[e : 2 * e]), F.linear(value, w[2 * e :], b[2 * e :])
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Projected q (B,L,E), k and v (B,M,E) → the heads' attention through ``out_proj``, (B,L,E)."""
         out = F.scaled_dot_product_attention(
             self._heads(q),
             self._heads(k),
@@ -131,18 +156,26 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         bsz, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(bsz, n, e))
+        return self.out_proj(out.transpose(1, 2).reshape(bsz, n, self.embed_dim))
 
 
 class FiLM(nn.Module):
-    """Time-conditioned scale/shift: Mish → Linear(E, 2E). Key ``block.1``."""
+    """Time-conditioned scale/shift: Mish → Linear(E, 2E). Key ``block.1``.
+
+    Every FiLM of a step sees the same input, so callers apply the Mish once
+    (:meth:`from_activated`); ``forward`` is the whole block.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.block = nn.Sequential(nn.Mish(), nn.Linear(dim, 2 * dim))
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        scale, shift = self.block(t).unsqueeze(1).chunk(2, dim=-1)
+        return self.from_activated(self.block[0](t))
+
+    def from_activated(self, mish_t: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift), each (…,B,1,E), from Mish(t) (…,B,E)."""
+        scale, shift = self.block[1](mish_t).unsqueeze(-2).chunk(2, dim=-1)
         return scale, shift
 
 
@@ -152,6 +185,7 @@ def _modulate(h: Tensor, film: tuple[Tensor, Tensor]) -> Tensor:
 
 
 RotTables = tuple[Tensor, Tensor]
+LayerFilms = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class ConditionEncoderLayer(nn.Module):
@@ -205,39 +239,27 @@ class FiLMDecoderLayer(nn.Module):
         self.film3 = FiLM(d_model)
         self.rotary = rotary
 
-    def forward(
-        self,
-        x: Tensor,
-        memory: Tensor,
-        t: Tensor,
-        rot_x: RotTables | None = None,
-        rot_mem: RotTables | None = None,
-        memory_rotated: Tensor | None = None,
-    ) -> Tensor:
-        """x (B,L,E), memory (B,M,E), t (B,E) FiLM input.
+    def films(self, mish_t: Tensor) -> LayerFilms:
+        """The three sub-blocks' (scale, shift) from Mish(t) (…,B,E)."""
+        return (self.film1.from_activated(mish_t), self.film2.from_activated(mish_t), self.film3.from_activated(mish_t))
 
-        ``memory_rotated`` (rotary applied to ``memory``) may be passed in so
-        a stack of layers rotates the shared memory once.
+    def forward(self, x: Tensor, films: LayerFilms, rot_x: RotTables, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """x (B,L,E) → (B,L,E).
+
+        ``films``: :meth:`films`; ``rot_x``: rotary tables of x's L positions; ``memory_kv``: the
+        cross-attention keys (of the rotated memory) and values (of the memory), each (B,M,E).
         """
-        if rot_x is None:
-            rot_x = self.rotary.tables(x.shape[-2], x.device)
-        if memory_rotated is None:
-            if rot_mem is None:
-                rot_mem = self.rotary.tables(memory.shape[-2], memory.device)
-            memory_rotated = RotaryEmbedding.rotate(memory, rot_mem)
-
         h = self.norm1(x)
         qk = RotaryEmbedding.rotate(h, rot_x)
-        h = self.dropout1(self.self_attn(qk, qk, h))
-        x = x + _modulate(h, self.film1(t))
+        x = x + _modulate(self.dropout1(self.self_attn(qk, qk, h)), films[0])
 
         h = self.norm2(x)
-        h = self.dropout2(self.multihead_attn(RotaryEmbedding.rotate(h, rot_x), memory_rotated, memory))
-        x = x + _modulate(h, self.film2(t))
+        q = self.multihead_attn.project_query(RotaryEmbedding.rotate(h, rot_x))
+        x = x + _modulate(self.dropout2(self.multihead_attn.attend(q, *memory_kv)), films[1])
 
         h = self.norm3(x)
         h = self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(h)))))
-        return x + _modulate(h, self.film3(t))
+        return x + _modulate(h, films[2])
 
 
 class DecoderStack(nn.Module):
@@ -261,6 +283,22 @@ class SinusoidalTimeEmbedding(nn.Module):
         freqs = torch.exp(k * (-math.log(10000.0) / (half - 1)))
         angles = t.to(torch.float32)[:, None] * freqs[None, :]
         return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+@dataclass(frozen=True, slots=True)
+class MotionWindow:
+    """What the S denoising steps of one window share (:meth:`MotionDecoder.prepare_window`).
+
+    Batch rows [0, B) are the conditional guidance branch, [B, 2B) the unconditional one;
+    a leading S axis indexes the steps.
+    """
+
+    frame_projection: Tensor  # (B,1,E): cond_frame's share of the input projection, bias included
+    memory_kv: tuple[tuple[Tensor, Tensor], ...]  # per layer: the condition tokens' cross-attn k, v (2B,L,E)
+    time_kv: tuple[tuple[Tensor, Tensor], ...]  # per layer: the two time tokens' cross-attn k, v (S,2B,2,E)
+    films: tuple[LayerFilms, ...]  # per layer: its three (scale, shift), each (S,2B,1,E)
+    noise_scales: tuple[Tensor, Tensor]  # 1/√(1−ᾱ_t) and √(1/ᾱ_t − 1), each (S,B,1,1)
+    rot_x: RotTables  # rotary tables of positions 0..L-1 (the window's frames and the condition tokens)
 
 
 class MotionDecoder(nn.Module):
@@ -337,6 +375,10 @@ class MotionDecoder(nn.Module):
 
     # -- pieces -------------------------------------------------------------
 
+    @property
+    def decoder_layers(self) -> list[FiLMDecoderLayer]:
+        return cast(list[FiLMDecoderLayer], list(self.seqTransDecoder.stack))
+
     def _time_embedding(self, time_cond: Tensor) -> tuple[Tensor, Tensor]:
         """(B,) steps → FiLM input (B,E) and two memory tokens (B,2,E)."""
         hidden = self.time_mlp(time_cond)
@@ -352,54 +394,64 @@ class MotionDecoder(nn.Module):
         pooled = self.non_attn_cond_projection(tokens.mean(dim=-2))
         return tokens, pooled
 
-    def _decode(self, h: Tensor, memory: Tensor, film_t: Tensor) -> Tensor:
-        rot_x = self.rotary.tables(h.shape[-2], h.device)
-        rot_mem = self.rotary.tables(memory.shape[-2], memory.device)
-        memory_rotated = RotaryEmbedding.rotate(memory, rot_mem)
-        for layer in self.seqTransDecoder.stack:
-            h = layer(h, memory, film_t, rot_x, memory_rotated=memory_rotated)
-        return self.final_layer(h)
-
-    def _project_input(self, x: Tensor, cond_frame: Tensor) -> Tensor:
-        frames = cond_frame.unsqueeze(1).expand(-1, x.shape[1], -1)
-        return self.input_projection(torch.cat((x, frames), dim=-1))
-
     # -- public -------------------------------------------------------------
 
-    def branch(self, x: Tensor, cond_frame: Tensor, cond: Tensor, time_cond: Tensor, *, conditional: bool) -> Tensor:
-        """One unguided pass (x0 prediction) of one guidance branch, unbatched.
-
-        Slow path kept for tests and analysis; :meth:`forward` batches both.
-        """
-        b = x.shape[0]
-        film_t, time_tokens = self._time_embedding(time_cond)
-        if conditional:
-            rot_c = self.rotary.tables(cond.shape[-2], cond.device)
-            tokens, pooled = self._encode_condition(cond, rot_c)
-        else:
-            tokens = self.null_cond_embed.to(x.dtype).expand(b, -1, -1)
-            pooled = self.null_cond_hidden.to(x.dtype).expand(b, -1)
-        memory = self.norm_cond(torch.cat((tokens, time_tokens), dim=-2))
-        return self._decode(self._project_input(x, cond_frame), memory, film_t + pooled)
-
-    def guided_x_start(self, x: Tensor, cond_frame: Tensor, cond: Tensor, time_cond: Tensor) -> Tensor:
-        """x0 = uncond + w·(cond − uncond), both branches in one 2B-batch pass."""
-        b = x.shape[0]
-        film_t, time_tokens = self._time_embedding(time_cond)
-        rot_c = self.rotary.tables(cond.shape[-2], cond.device)
-        tokens, pooled = self._encode_condition(cond, rot_c)
+    def prepare_window(self, cond_frame: Tensor, cond: Tensor, time_conds: Sequence[Tensor]) -> MotionWindow:
+        """The work of S guided calls that does not depend on x: ``cond_frame`` (B,265), ``cond``
+        (B,L,D), and the steps' ``time_conds`` (S tensors (B,) int64)."""
+        b, length = cond.shape[:2]
+        steps = len(time_conds)
+        cos, sin = self.rotary.tables(length + 2, cond.device)
+        rot_x, rot_time = (cos[:length], sin[:length]), (cos[length:], sin[length:])
+        tokens, pooled = self._encode_condition(cond, rot_x)
         null_tokens = self.null_cond_embed.to(tokens.dtype).expand(b, -1, -1)
         null_pooled = self.null_cond_hidden.to(pooled.dtype).expand(b, -1)
+        memory = self.norm_cond(torch.cat((tokens, null_tokens), dim=0))
+        memory_rotated = RotaryEmbedding.rotate(memory, rot_x)
 
-        # Batch rows [0, B) = conditional branch, [B, 2B) = unconditional.
-        memory = self.norm_cond(
-            torch.cat((torch.cat((tokens, null_tokens), dim=0), time_tokens.repeat(2, 1, 1)), dim=-2)
+        time_cond = torch.cat(tuple(time_conds))  # (S·B,)
+        film_t, time_tokens = self._time_embedding(time_cond)
+        mish_t = F.mish(film_t.unflatten(0, (steps, b)).repeat(1, 2, 1) + torch.cat((pooled, null_pooled)))
+        time_memory = self.norm_cond(time_tokens).unflatten(0, (steps, b)).repeat(1, 2, 1, 1)
+        time_rotated = RotaryEmbedding.rotate(time_memory, rot_time)
+
+        layers = self.decoder_layers
+        frame_weight = self.input_projection.weight[:, self.nfeats :]
+        noise_shape = (steps, b, 1, 1)
+        return MotionWindow(
+            frame_projection=F.linear(cond_frame, frame_weight, self.input_projection.bias).unsqueeze(1),
+            memory_kv=tuple(layer.multihead_attn.project_key_value(memory_rotated, memory) for layer in layers),
+            time_kv=tuple(layer.multihead_attn.project_key_value(time_rotated, time_memory) for layer in layers),
+            films=tuple(layer.films(mish_t) for layer in layers),
+            noise_scales=(
+                self.sqrt_recip_one_minus_ac[time_cond].view(noise_shape),
+                self.sqrt_recip_ac_minus_one[time_cond].view(noise_shape),
+            ),
+            rot_x=rot_x,
         )
-        film = torch.cat((film_t + pooled, film_t + null_pooled), dim=0)
-        h = self._project_input(x, cond_frame).repeat(2, 1, 1)
-        out = self._decode(h, memory, film)
+
+    def denoise_step(self, x: Tensor, window: MotionWindow, step: int) -> tuple[Tensor, Tensor]:
+        """The guided call of the window's ``step``-th time step on x (B,L,265): ``forward`` without
+        the work :meth:`prepare_window` did."""
+        b = x.shape[0]
+        h = F.linear(x, self.input_projection.weight[:, : self.nfeats]) + window.frame_projection
+        h = h.repeat(2, 1, 1)
+        for layer, (cond_k, cond_v), (time_k, time_v), films in zip(
+            self.decoder_layers, window.memory_kv, window.time_kv, window.films
+        ):
+            memory_kv = (torch.cat((cond_k, time_k[step]), dim=1), torch.cat((cond_v, time_v[step]), dim=1))
+            step_films = (
+                (films[0][0][step], films[0][1][step]),
+                (films[1][0][step], films[1][1][step]),
+                (films[2][0][step], films[2][1][step]),
+            )
+            h = layer(h, step_films, window.rot_x, memory_kv)
+        out = self.final_layer(h)
         conditioned, unconditioned = out[:b], out[b:]
-        return unconditioned + (conditioned - unconditioned) * self.guidance_weight
+        x_start = unconditioned + (conditioned - unconditioned) * self.guidance_weight
+        a, c = (scale[step].to(x.dtype) for scale in window.noise_scales)
+        pred_noise = a * x - x_start / c
+        return pred_noise, x_start
 
     def forward(self, x: Tensor, cond_frame: Tensor, cond: Tensor, time_cond: Tensor) -> tuple[Tensor, Tensor]:
         """One guided denoising call (the official ``lmdm`` engine contract).
@@ -412,15 +464,10 @@ class MotionDecoder(nn.Module):
 
         Returns:
             (pred_noise, x_start), each (B, seq_len, nfeats): the guided x0
-            prediction and the noise implied by it,
+            prediction x0 = uncond + w·(cond − uncond) and the noise implied by it,
             ε = x_t/√(1−ᾱ_t) − x0/√(1/ᾱ_t − 1).
         """
-        x_start = self.guided_x_start(x, cond_frame, cond, time_cond)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        a = self.sqrt_recip_one_minus_ac[time_cond].view(shape).to(x.dtype)
-        c = self.sqrt_recip_ac_minus_one[time_cond].view(shape).to(x.dtype)
-        pred_noise = a * x - x_start / c
-        return pred_noise, x_start
+        return self.denoise_step(x, self.prepare_window(cond_frame, cond, (time_cond,)), 0)
 
 
 # -- checkpoints ---------------------------------------------------------------

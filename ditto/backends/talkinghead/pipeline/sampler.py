@@ -1,9 +1,9 @@
 """DDIM sampling for the LMDM motion diffusion model.
 
 The sampler is not the model: :class:`DDIMSampler` owns the noise schedule,
-the time steps and the per-step noise; the denoiser is any callable
-``denoise_fn(x, cond_frame, cond, time_cond) -> (pred_noise, x_start)`` (the
-torch :class:`~ditto.backends.talkinghead.models.lmdm.MotionDecoder`, or a runner of
+the time steps and the per-step noise; the denoiser is the torch
+:class:`~ditto.backends.talkinghead.models.lmdm.MotionDecoder` or any callable
+``denoise_fn(x, cond_frame, cond, time_cond) -> (pred_noise, x_start)`` (a runner of
 the ONNX/TensorRT ``lmdm`` model wrapped by :func:`denoise_fn_from_runner`).
 :func:`sample_window` keeps the loop in plain view.
 
@@ -21,6 +21,11 @@ Numerics follow the official LMDM (docs/pipeline.md §5):
 * The S−1 noise tensors z_k are drawn ONCE in :meth:`DDIMSampler.set_timesteps`
   and reused for every window; only x_T is drawn fresh per window.
 
+A window's S calls share ``cond_frame``, ``cond`` and the S time steps. A denoiser that makes
+use of that is a :class:`WindowDenoiser` (the torch ``MotionDecoder``: ``prepare_window`` once,
+then S ``denoise_step`` calls); a plain ``DenoiseFn`` (the ONNX/TensorRT runners, which take the
+official per-call contract) runs through :class:`PerStepDenoiser`.
+
 Everything stays in torch on the sampler's device. Shapes are static and the
 loop has no host synchronisation, so :class:`CudaGraphSampler` can capture the
 whole S-step loop in one CUDA graph (eager fallback on the CPU).
@@ -28,8 +33,9 @@ whole S-step loop in one CUDA graph (eager fallback on the CPU).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -39,6 +45,44 @@ from ditto.backends.talkinghead.runtime.base import DEFAULT_BATCH_SIZES, padded_
 
 # (x_t, cond_frame, cond, time_cond) -> (pred_noise, x_start)
 DenoiseFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@runtime_checkable
+class WindowDenoiser(Protocol):
+    """A denoiser that does the work a window's steps share once: ``prepare_window(cond_frame,
+    cond, time_conds)``, then ``denoise_step(x, window, i)`` for step i of ``time_conds``."""
+
+    def prepare_window(self, cond_frame: Tensor, cond: Tensor, time_conds: Sequence[Tensor]) -> Any: ...
+
+    def denoise_step(self, x: Tensor, window: Any, step: int) -> tuple[Tensor, Tensor]: ...
+
+
+class PerStepDenoiser:
+    """A plain :data:`DenoiseFn` as a :class:`WindowDenoiser`: nothing prepared, the whole call per step."""
+
+    def __init__(self, denoise_fn: DenoiseFn) -> None:
+        self.denoise_fn = denoise_fn
+
+    def prepare_window(self, cond_frame: Tensor, cond: Tensor, time_conds: Sequence[Tensor]) -> tuple:
+        return cond_frame, cond, tuple(time_conds)
+
+    def denoise_step(self, x: Tensor, window: tuple, step: int) -> tuple[Tensor, Tensor]:
+        cond_frame, cond, time_conds = window
+        return self.denoise_fn(x, cond_frame, cond, time_conds[step])
+
+
+def as_window_denoiser(denoiser: WindowDenoiser | DenoiseFn) -> WindowDenoiser:
+    return denoiser if isinstance(denoiser, WindowDenoiser) else PerStepDenoiser(denoiser)
+
+
+def window_denoiser_for(runner: Callable[..., Mapping[str, Tensor]]) -> WindowDenoiser:
+    """The LMDM runner's fastest exact denoiser: a PyTorch module's own window/step split when it has
+    one (and runs in its own precision), else the runner's per-call contract."""
+    from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
+
+    if isinstance(runner, TorchRunner) and not runner.autocast_fp16 and isinstance(runner.module, WindowDenoiser):
+        return runner.module
+    return PerStepDenoiser(denoise_fn_from_runner(runner))
 
 
 def ddim_time_pairs(sampling_timesteps: int, n_train_steps: int = N_TRAIN_STEPS) -> list[tuple[int, int]]:
@@ -159,7 +203,7 @@ class DDIMSampler:
 
 
 def sample_window(
-    denoise_fn: DenoiseFn,
+    denoiser: WindowDenoiser | DenoiseFn,
     kp_cond: Tensor,
     cond: Tensor,
     sampler: DDIMSampler,
@@ -170,7 +214,8 @@ def sample_window(
     """Sample one motion window with S denoiser calls.
 
     Args:
-        denoise_fn: ``(x, cond_frame, cond, time_cond) -> (pred_noise, x_start)``.
+        denoiser: a :class:`WindowDenoiser`, or a plain
+            ``(x, cond_frame, cond, time_cond) -> (pred_noise, x_start)``.
         kp_cond: motion of the frame before the window, (B, motion_dim).
         cond: per-frame condition, (B, seq_frames, cond_dim).
         sampler: a :class:`DDIMSampler` after ``set_timesteps``.
@@ -181,10 +226,13 @@ def sample_window(
         The sampled window, ``sampler.shape`` = (B, seq_frames, motion_dim).
     """
     sched = sampler._require_schedule()
+    denoiser = as_window_denoiser(denoiser)
     x = sampler.initial_noise(generator) if x_T is None else x_T
-    for i, time_cond in enumerate(sched.time_conds):
-        pred_noise, x0 = denoise_fn(x, kp_cond, cond, time_cond)
-        x = sampler.step(x, x0, pred_noise, i)
+    with torch.inference_mode():
+        window = denoiser.prepare_window(kp_cond, cond, sched.time_conds)
+        for i in range(len(sched.time_conds)):
+            pred_noise, x0 = denoiser.denoise_step(x, window, i)
+            x = sampler.step(x, x0, pred_noise, i)
     return x
 
 
@@ -211,7 +259,7 @@ class CudaGraphSampler:
     outside the graph (so a generator controls it), and the output is cloned.
 
     Args:
-        denoise_fn: the model call.
+        denoiser: the model (see :func:`sample_window`).
         sampler: a :class:`DDIMSampler`; its ``device`` decides CUDA vs eager.
         cond_shape: (B, seq_frames, cond_dim) of ``cond``.
         enabled: set ``False`` to force the eager path.
@@ -220,14 +268,14 @@ class CudaGraphSampler:
 
     def __init__(
         self,
-        denoise_fn: DenoiseFn,
+        denoiser: WindowDenoiser | DenoiseFn,
         sampler: DDIMSampler,
         *,
         cond_shape: tuple[int, int, int],
         enabled: bool = True,
         warmup_iters: int = 2,
     ) -> None:
-        self.denoise_fn = denoise_fn
+        self.denoiser = as_window_denoiser(denoiser)
         self.sampler = sampler
         self.cond_shape = tuple(cond_shape)
         self.warmup_iters = warmup_iters
@@ -245,7 +293,7 @@ class CudaGraphSampler:
     ) -> Tensor:
         """Sample one window; same contract as :func:`sample_window`."""
         if not self.use_graph:
-            return sample_window(self.denoise_fn, kp_cond, cond, self.sampler, generator=generator, x_T=x_T)
+            return sample_window(self.denoiser, kp_cond, cond, self.sampler, generator=generator, x_T=x_T)
         if self._graph is None or self._graph_version != self.sampler.version:
             self._capture()
         st = self._static
@@ -261,7 +309,7 @@ class CudaGraphSampler:
 
     def _loop(self) -> Tensor:
         st = self._static
-        return sample_window(self.denoise_fn, st["kp_cond"], st["cond"], self.sampler, x_T=st["x_T"])
+        return sample_window(self.denoiser, st["kp_cond"], st["cond"], self.sampler, x_T=st["x_T"])
 
     def _capture(self) -> None:
         sampler = self.sampler
@@ -304,6 +352,7 @@ class BatchedWindowSampler:
         runner: the LMDM runner (``x, cond_frame, cond, time_cond -> pred_noise, x_start``).
         device: where the loop runs (the runner's device).
         batch_sizes: the graph sizes (CUDA).
+        denoiser: what the loop calls; default :func:`window_denoiser_for` the runner.
 
     Called from one thread (the device engine).
     """
@@ -314,10 +363,11 @@ class BatchedWindowSampler:
         *,
         device: torch.device | str,
         batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+        denoiser: WindowDenoiser | None = None,
     ) -> None:
         from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 
-        self.denoise_fn = denoise_fn_from_runner(runner)
+        self.denoiser = window_denoiser_for(runner) if denoiser is None else denoiser
         self.device = torch.device(device)
         self.batch_sizes = tuple(sorted(batch_sizes))
         self.use_graph = isinstance(runner, TorchRunner) and self.device.type == "cuda" and torch.cuda.is_available()
@@ -339,7 +389,7 @@ class BatchedWindowSampler:
             static = DDIMSampler((size, *window_shape), device=self.device)
             static.set_timesteps(steps, generator=torch.Generator(device=self.device).manual_seed(0))
             sampler = CudaGraphSampler(
-                self.denoise_fn, static, cond_shape=(size, window_shape[0], cond_dim), enabled=self.use_graph
+                self.denoiser, static, cond_shape=(size, window_shape[0], cond_dim), enabled=self.use_graph
             )
             self._samplers[key] = sampler
         return sampler
