@@ -74,11 +74,14 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) ->
 
 
 class CompiledWindowDenoiser:
-    """The LMDM's window/step split with each method through ``torch.compile``."""
+    """The LMDM's window/step split with each method through ``torch.compile``. Shapes left to
+    dynamo's automatic dynamism: ``dynamic=False`` would compile ``denoise_step`` once per step
+    index (and hit the recompile limit); as it is, the step and, from the second batch size on,
+    the batch become symbolic after one recompile each."""
 
     def __init__(self, model: MotionDecoder) -> None:
-        self.prepare_window = torch.compile(model.prepare_window, dynamic=False)
-        self.denoise_step = torch.compile(model.denoise_step, dynamic=False)
+        self.prepare_window = torch.compile(model.prepare_window)
+        self.denoise_step = torch.compile(model.denoise_step)
 
 
 def variants(model: MotionDecoder, device: torch.device, batch_sizes: tuple[int, ...]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_renderer.py [--batch 16] [--iters 10] [--compile] [--json out.json]
+    python bench/bench_renderer.py [--batch 16] [--iters 10] [--compile [--autotune]] [--json out.json]
 
 The official network shapes with random weights (``ditto.backends.talkinghead.models``), CUDA only.
 Variants, each timed with warm-up and ``torch.cuda.synchronize()`` (ms per frame) and compared
@@ -14,7 +14,10 @@ with an fp32 eager reference (max |Δ| of the (0, 1) image):
 * ``autocast_cl``: fp16 autocast, channels-last;
 * with ``--compile``: ``half_cl`` through ``torch.compile`` (compile time reported), and
   ``production``: the engine's compiled renderer (:class:`FrameRenderer` from ``compile_min_batch``
-  on: fp16, channels-last, channels padded, narrow 3-D convolutions as depth taps).
+  on: fp16, channels-last, channels padded, narrow 3-D convolutions as depth taps);
+* with ``--autotune`` too: ``production_autotune``, the same compiled with
+  ``mode="max-autotune-no-cudagraphs"`` (Triton convolution and matmul kernels timed against
+  cuDNN's; minutes of compilation).
 
 Also prints the 15 CUDA kernels with the most time for ``autocast`` and the best variant.
 """
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--autotune", action="store_true", help="with --compile: also the max-autotune production")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     dev = torch.device("cuda")
@@ -108,22 +112,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
         results["compile_s"] = time.perf_counter() - t0
         variants["half_cl_compiled"] = run
-        renderer = FrameRenderer(
-            TorchRunner(warp, ("feature_3d", "kp_source", "kp_driving"), ("out",), device=dev),
-            TorchRunner(decoder, ("feature",), ("output",), device=dev),
-            compile_min_batch=1,
-        )
-        production = renderer.forward_for(b)
+        warp_runner = TorchRunner(warp, ("feature_3d", "kp_source", "kp_driving"), ("out",), device=dev)
+        decoder_runner = TorchRunner(decoder, ("feature",), ("output",), device=dev)
+        modes = {"production": None, **({"production_autotune": "max-autotune-no-cudagraphs"} if args.autotune else {})}
+        for name, mode in modes.items():
+            renderer = FrameRenderer(warp_runner, decoder_runner, compile_min_batch=1, compile_mode=mode)
+            forward = renderer.forward_for(b)
 
-        def run_production() -> torch.Tensor:
-            with torch.inference_mode():
-                return production(f_s, x_s, x_d)
+            def run_compiled(forward=forward) -> torch.Tensor:
+                with torch.inference_mode():
+                    return forward(f_s, x_s, x_d)
 
-        t0 = time.perf_counter()
-        run_production()
-        torch.cuda.synchronize()
-        results["production_compile_s"] = time.perf_counter() - t0
-        variants["production"] = run_production
+            t0 = time.perf_counter()
+            run_compiled()
+            torch.cuda.synchronize()
+            results[f"{name}_compile_s"] = time.perf_counter() - t0
+            variants[name] = run_compiled
     for name, run in variants.items():
         try:
             ms = timed_ms(run, args.iters) / b

@@ -87,6 +87,8 @@ class FrameRenderer:
         batch_sizes: the batch sizes a graph is captured for (lazily, or by :meth:`capture`).
         compile_min_batch: graphs of at least this batch size run the compiled fp16 channels-last
             networks (None: never).
+        compile_mode: ``torch.compile``'s ``mode`` for them (None: its default; for example
+            ``"max-autotune-no-cudagraphs"`` times Triton kernels against cuDNN's per convolution).
         warmup_iters: eager runs on a side stream before each capture (cuDNN autotuning, lazy inits).
 
     A graph's output is a view of its static buffer: valid until the next call.
@@ -100,6 +102,7 @@ class FrameRenderer:
         use_graph: bool = True,
         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
         compile_min_batch: int | None = None,
+        compile_mode: str | None = None,
         warmup_iters: int = 3,
     ) -> None:
         self.warp = warp
@@ -116,6 +119,7 @@ class FrameRenderer:
         self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
         self.warmup_iters = warmup_iters
         self.compile_min_batch = compile_min_batch if self.use_graph else None
+        self.compile_mode = compile_mode
         self._compiled: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
         self._graphs: dict[int, _Graph] = {}
 
@@ -141,7 +145,7 @@ class FrameRenderer:
 
         def prepared(module: torch.nn.Module) -> Callable[..., Tensor]:
             fast = pad_conv_channels(depth_tap_convs(copy.deepcopy(module).half()))
-            return torch.compile(channels_last(fast), dynamic=False)
+            return torch.compile(channels_last(fast), dynamic=False, mode=self.compile_mode)
 
         warp, decoder = prepared(self.warp.module), prepared(self.decoder.module)
         logger.info(
