@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ditto on CUDA: render batches of at least this many frames run torch.compile-d fp16 "
         "networks (2.2x faster per frame at 16; ~40 s more start-up per graph size compiled). Default 8; 0: never",
     )
+    p.add_argument(
+        "--motion_stream",
+        action="store_true",
+        default=None,
+        help="Ditto on CUDA: run the HuBERT and LMDM batches on a CUDA stream of their own, concurrently with "
+        "the render batches (their small kernels use the GPU the render leaves idle)",
+    )
     p.add_argument("--jpeg_quality", type=int, help="JPEG quality of streamed frames (1-100, default 85)")
     p.add_argument("--max_size", type=int, help="longest side of the output video in pixels (default 1920)")
     return p

@@ -50,6 +50,13 @@ def test_fallback_from_environment(monkeypatch):
     assert settings_for([]).fallback is True
 
 
+def test_motion_stream_from_flag_and_environment(monkeypatch):
+    assert settings_for([]).motion_stream is False
+    assert settings_for(["--motion_stream"]).motion_stream is True
+    monkeypatch.setenv("DITTO_MOTION_STREAM", "true")
+    assert settings_for([]).motion_stream is True
+
+
 def test_bad_environment_value_is_refused(monkeypatch):
     monkeypatch.setenv("DITTO_JPEG_QUALITY", "0")
     with pytest.raises(ValidationError, match="jpeg_quality"):

@@ -98,6 +98,7 @@ class DittoBackend:
         trt_plugins: Sequence[Path] = (),
         batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
         compile_min_batch: int | None = None,
+        motion_stream: bool = False,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -111,7 +112,12 @@ class DittoBackend:
             models
             if models is not None
             else DittoModels.load(
-                cfg, self.device, trt_plugins=trt_plugins, batch_sizes=batch_sizes, compile_min_batch=compile_min_batch
+                cfg,
+                self.device,
+                trt_plugins=trt_plugins,
+                batch_sizes=batch_sizes,
+                compile_min_batch=compile_min_batch,
+                motion_stream=motion_stream,
             )
         )
         self._registration_lock = threading.Lock()
@@ -143,6 +149,7 @@ class DittoBackend:
             trt_plugins=trt_plugin_paths(cfg, settings),
             batch_sizes=batch_sizes_up_to(settings.max_batch),
             compile_min_batch=settings.compile_min_batch or None,
+            motion_stream=settings.motion_stream,
         )
         backend.warmup()
         return backend

@@ -37,6 +37,13 @@ own (CUDA) and resolves the futures; meanwhile the engine thread prepares and la
 batch, so the device does not idle while the host works. At most :data:`LAUNCHED_BATCHES`
 batches are in flight.
 
+With ``motion_stream`` (CUDA), HuBERT and LMDM batches go to a second stream, of higher priority,
+with launch slots and a completion thread of their own: at live batch sizes they are chains of small
+kernels that leave most of the device idle, and there they run beside the render batches instead of
+between them. A stage's busy time (``stats``) is then the span of its batches on its stream, which
+the other lane's work shares: the stages' times overlap. Start-up costs are measured one stage at a
+time, so the capacity estimate does not count on the overlap.
+
 Sessions hold only host tensors and their own state; nothing but this thread touches the
 device (on CUDA it works on a stream of its own).
 """
@@ -70,6 +77,7 @@ from ditto.backends.talkinghead.runtime.base import (
     batch_sizes_up_to,
     padded_batch_size,
 )
+from ditto.backends.talkinghead.runtime.cuda_graphs import MOTION_PRIORITY, capture_graph
 from ditto.errors import BackendError, ErrorCode, is_out_of_memory
 
 logger = logging.getLogger(__name__)
@@ -77,7 +85,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWork", "Stage", "WindowWork"]
 
 LAUNCHED_BATCHES = 2
-"""Batches launched and not yet resolved: one running on the device, one queued behind it."""
+"""Batches launched and not yet resolved (per lane): one running on the device, one queued behind it."""
 
 
 class Stage(str, enum.Enum):
@@ -124,11 +132,20 @@ Finish = Callable[[], list[Any]]
 """Waits for a launched batch and returns its results (runs on the completion thread)."""
 
 
+class _Lane(enum.Enum):
+    """Stages of one lane share its launch slots, its stream and its completion thread."""
+
+    RENDER = "render"
+    MOTION = "motion"  # HuBERT and LMDM, with ``motion_stream``
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Taken:
-    """A batch taken from the queue: its items, the graph size to run them at (None: the next size
-    up), and whether it is an item of a failed batch run again alone."""
+    """A batch taken from the queue (it holds a launch slot of its stage's lane): its items (none left
+    when every one was cancelled or shed), the graph size to run them at (None: the next size up),
+    and whether it is an item of a failed batch run again alone."""
 
+    stage: Stage
     batch: list[_Request]
     size: int | None = None
     alone: bool = False
@@ -136,6 +153,7 @@ class _Taken:
 
 @dataclasses.dataclass(eq=False)
 class _Launched:
+    stage: Stage
     batch: list[_Request]
     finish: Finish
     started: float  # perf_counter at launch
@@ -155,6 +173,8 @@ class DeviceEngine:
             smaller ones padded to the next size.
         launched_batches: batches launched and not yet resolved at once (1: the engine
             thread waits for each batch's results before it launches the next).
+        motion_stream: run HuBERT and LMDM on a stream of their own, beside the render (CUDA;
+            on the CPU only their launch slots are their own).
         clock: monotonic seconds (injected by tests).
 
     Call :meth:`close` to stop the thread; futures still pending then fail with
@@ -171,6 +191,7 @@ class DeviceEngine:
         device: torch.device,
         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
         launched_batches: int = LAUNCHED_BATCHES,
+        motion_stream: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = torch.device(device)
@@ -179,7 +200,11 @@ class DeviceEngine:
         self._hubert = hubert
         self._stitch = stitch
         self._renderer = renderer
-        self.sampler = BatchedWindowSampler(lmdm, device=self.device, batch_sizes=self.batch_sizes)
+        # the motion stream's graphs are captured apart from the render's: they replay at the same time
+        motion_priority = MOTION_PRIORITY if motion_stream else 0
+        self.sampler = BatchedWindowSampler(
+            lmdm, device=self.device, batch_sizes=self.batch_sizes, capture_priority=motion_priority
+        )
         self._clock = clock
         self.stats = {stage: StageStats() for stage in Stage}
         self.shed = 0  # frames past their session's lag bound, not rendered
@@ -193,21 +218,41 @@ class DeviceEngine:
             # fp32 TensorRT engines do (TensorRT enables TF32 by default); cuDNN convolutions already do
             torch.backends.cuda.matmul.allow_tf32 = True
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        # a stage's lane: its launch slots and its stream (None: the engine stream)
+        self._lane = {
+            stage: _Lane.MOTION if motion_stream and stage != Stage.RENDER else _Lane.RENDER for stage in Stage
+        }
+        self._lane_streams = {
+            _Lane.RENDER: None,
+            _Lane.MOTION: torch.cuda.Stream(device=self.device, priority=motion_priority)
+            if self._cuda and motion_stream
+            else None,
+        }
         # nvjpeg comes with torchvision; without it frames go to the host and the server encodes them
         self._nvjpeg = self._cuda and importlib.util.find_spec("torchvision") is not None
         self._jpeg_stream = torch.cuda.Stream(device=self.device) if self._nvjpeg else None
         module = getattr(hubert, "module", None)
         self._hubert_graphs = (
-            _HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes) if self._cuda and module is not None else None
+            _HubertGraphs(module, hubert.autocast_fp16, self.batch_sizes, capture_priority=motion_priority)
+            if self._cuda and module is not None
+            else None
         )
         self.idle_s = 0.0  # engine thread time spent waiting for work
         self.batch_costs: dict[Stage, dict[int, float]] = {}  # seconds per batch at each graph size
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
-        self._in_flight = threading.BoundedSemaphore(max(1, int(launched_batches)))
-        self._launched: queue.SimpleQueue[_Launched | None] = queue.SimpleQueue()
-        self._completer = threading.Thread(target=self._complete, name="ditto-engine-results", daemon=True)
+        self._slots = max(1, int(launched_batches))  # per lane
+        self._in_flight = {lane: 0 for lane in _Lane}  # launched and not yet resolved, per lane (under _cv)
+        lanes = dict.fromkeys(self._lane.values())
+        self._launched: dict[_Lane, queue.SimpleQueue[_Launched | None]] = {lane: queue.SimpleQueue() for lane in lanes}
+        self._completers = [
+            threading.Thread(
+                target=self._complete, args=(lane,), name=f"ditto-engine-{lane.value}-results", daemon=True
+            )
+            for lane in lanes
+        ]
         self._thread = threading.Thread(target=self._run, name="ditto-engine", daemon=True)
-        self._completer.start()
+        for completer in self._completers:
+            completer.start()
         self._thread.start()
 
     # -- submitting (any thread) ------------------------------------------------------------
@@ -263,8 +308,9 @@ class DeviceEngine:
             self._cv.notify()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
-        if self._completer.is_alive() and threading.current_thread() is not self._completer:
-            self._completer.join()
+        for completer in self._completers:
+            if completer.is_alive() and threading.current_thread() is not completer:
+                completer.join()
 
     def stage_stats(self) -> dict[str, StageStats]:
         """A snapshot of every stage's counters, with the items waiting now."""
@@ -322,23 +368,28 @@ class DeviceEngine:
     # -- the engine thread ------------------------------------------------------------------
 
     def _next_batch(self) -> _Taken | None:
-        """Wait for work; take the batch of the stage whose earliest deadline is nearest (as many
-        items as :meth:`plan_batch` says), or one item to retry alone. None: closing (pending work
-        has been failed)."""
+        """Wait for work and a free launch slot in its lane; take the batch of the stage whose earliest
+        deadline is nearest (as many items as :meth:`plan_batch` says), or one item to retry alone, and
+        hold a slot of its lane for it. None: closing (pending work has been failed)."""
         with self._cv:
-            waited = time.perf_counter()
             while True:
                 if self._closing:
                     self._fail_pending()
                     return None
-                if self._retries:
-                    return _Taken([self._retries.pop(0)], alone=True)
-                stages = [stage for stage, items in self._pending.items() if items]
+                if self._retries and self._slot_free(self._retries[0].stage):
+                    retry = self._retries.pop(0)
+                    self._in_flight[self._lane[retry.stage]] += 1
+                    return _Taken(retry.stage, [retry], alone=True)
+                stages = [stage for stage, items in self._pending.items() if items and self._slot_free(stage)]
                 if stages and not self._holds:
                     break
+                idle = not self._retries and not any(self._pending.values())  # else: waiting for a launch slot
+                waited = time.perf_counter()
                 self._cv.wait()
-            self.idle_s += time.perf_counter() - waited
+                if idle:
+                    self.idle_s += time.perf_counter() - waited
             stage = min(stages, key=lambda s: min(r.deadline for r in self._pending[s]))
+            self._in_flight[self._lane[stage]] += 1
             pending = self._pending[stage]
             pending.sort(key=lambda r: r.deadline)
             key = pending[0].key
@@ -360,7 +411,23 @@ class DeviceEngine:
         if size is not None and len(live) < count:  # some left or were shed: the cheapest graph that holds the rest
             costs = self.batch_costs[stage]
             size = min((s for s in costs if s >= len(live)), key=lambda s: costs[s], default=size)
-        return _Taken(live, size)
+        return _Taken(stage, live, size)
+
+    def _slot_free(self, stage: Stage) -> bool:
+        return self._in_flight[self._lane[stage]] < self._slots
+
+    def _release_slot(self, stage: Stage) -> None:
+        with self._cv:
+            self._in_flight[self._lane[stage]] -= 1
+            assert self._in_flight[self._lane[stage]] >= 0, "a launch slot released twice"
+            self._cv.notify()
+
+    def _hold_slot(self, stage: Stage) -> None:
+        """Wait for a free launch slot in ``stage``'s lane and hold it (the engine thread)."""
+        with self._cv:
+            while not self._slot_free(stage):
+                self._cv.wait()
+            self._in_flight[self._lane[stage]] += 1
 
     def _fail_pending(self) -> None:
         failure = _shutting_down()
@@ -384,36 +451,38 @@ class DeviceEngine:
         try:
             with self._on_device():
                 while True:
-                    # a launch slot first: the batch is formed when it can go, with all the work waiting by then
-                    self._in_flight.acquire()
+                    # a batch is formed when a launch slot of its lane is free, with all the work waiting by then
                     taken = self._next_batch()
                     if taken is None:
                         return
                     try:
-                        self._run_batch(taken.batch, taken.size, overlap=not taken.alone)
+                        self._run_batch(taken.stage, taken.batch, taken.size, overlap=not taken.alone)
                     except Exception as exc:  # a bug outside the stages: fail the batch, keep the engine alive
-                        logger.exception("engine: %s batch failed outside its stage", taken.batch[0].stage.value)
+                        logger.exception("engine: %s batch failed outside its stage", taken.stage.value)
                         _fail_unresolved(taken.batch, exc)
         finally:
-            self._launched.put(None)  # the completion thread stops after the batches before it
+            for launched in self._launched.values():
+                launched.put(None)  # a completion thread stops after the batches before it
 
-    def _run_batch(self, batch: list[_Request], size: int | None, *, overlap: bool) -> None:
-        """Launch ``batch`` (at graph ``size``) in the launch slot the caller holds; resolve it on the
-        completion thread (``overlap``) or here. The slot is released once it is resolved."""
+    def _run_batch(self, stage: Stage, batch: list[_Request], size: int | None, *, overlap: bool) -> None:
+        """Launch ``batch`` (at graph ``size``) in the launch slot of its lane the caller holds, on the
+        lane's stream; resolve it on the lane's completion thread (``overlap``) or here. The slot is
+        released once it is resolved."""
         if not batch:
-            self._in_flight.release()
+            self._release_slot(stage)
             return
-        stage = batch[0].stage
         started = time.perf_counter()
         span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
+        lane_stream = self._lane_streams[self._lane[stage]]
         try:
-            if span is not None:
-                span[0].record()
-            finish = self._launch(stage, [r.work for r in batch], size)
-            if span is not None:
-                span[1].record()
+            with torch.cuda.stream(lane_stream) if lane_stream is not None else contextlib.nullcontext():
+                if span is not None:
+                    span[0].record()
+                finish = self._launch(stage, [r.work for r in batch], size)
+                if span is not None:
+                    span[1].record()
         except Exception as exc:
-            self._in_flight.release()
+            self._release_slot(stage)
             with self._cv:
                 self.stats[stage].failures += 1
             if len(batch) > 1:  # find the items at fault: each alone
@@ -422,26 +491,26 @@ class DeviceEngine:
                 )
                 self._release_memory(exc)
                 for request in batch:
-                    self._in_flight.acquire()
-                    self._run_batch([request], None, overlap=False)
+                    self._hold_slot(stage)
+                    self._run_batch(stage, [request], None, overlap=False)
                 return
             self._release_memory(exc)
             batch[0].future.set_exception(_as_backend_error(exc))
             return
-        launched = _Launched(batch, finish, started, span)
+        launched = _Launched(stage, batch, finish, started, span)
         if overlap:
-            self._launched.put(launched)
+            self._launched[self._lane[stage]].put(launched)
         else:
             self._resolve(launched)
 
-    def _complete(self) -> None:
-        """The completion thread: resolve launched batches in launch order."""
+    def _complete(self, lane: _Lane) -> None:
+        """A lane's completion thread: resolve its launched batches in launch order."""
         with torch.inference_mode():
-            while (launched := self._launched.get()) is not None:
+            while (launched := self._launched[lane].get()) is not None:
                 try:
                     self._resolve(launched)
                 except Exception as exc:  # a bug outside finish(): fail the batch, keep resolving the next ones
-                    logger.exception("engine: resolving a %s batch failed", launched.batch[0].stage.value)
+                    logger.exception("engine: resolving a %s batch failed", launched.stage.value)
                     _fail_unresolved(launched.batch, exc)
 
     def _resolve(self, launched: _Launched) -> None:
@@ -449,11 +518,10 @@ class DeviceEngine:
         try:
             self._resolve_batch(launched)
         finally:
-            self._in_flight.release()
+            self._release_slot(launched.stage)
 
     def _resolve_batch(self, launched: _Launched) -> None:
-        batch = launched.batch
-        stage = batch[0].stage
+        batch, stage = launched.batch, launched.stage
         try:
             results = launched.finish()
         except Exception as exc:
@@ -601,9 +669,12 @@ class _HubertGraphs:
     """A torch HuBERT's forward replayed as one CUDA graph per batch size (a window is a few
     hundred small kernels: launched one by one they cost ~20 ms, whatever the batch)."""
 
-    def __init__(self, module: torch.nn.Module, fp16: bool, batch_sizes: tuple[int, ...]) -> None:
+    def __init__(
+        self, module: torch.nn.Module, fp16: bool, batch_sizes: tuple[int, ...], *, capture_priority: int = 0
+    ) -> None:
         self.module = module
         self.fp16 = fp16
+        self.capture_priority = capture_priority
         self.device = next(module.parameters()).device
         self.batch_sizes = batch_sizes
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
@@ -616,20 +687,9 @@ class _HubertGraphs:
         entry = self._graphs.get((size, length))
         if entry is None:
             static = torch.zeros((size, length), device=self.device)
-            side = torch.cuda.Stream(device=self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(2):
-                    self._forward(static)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with (
-                torch.inference_mode(),
-                torch.cuda.graph(
-                    graph, stream=torch.cuda.Stream(device=self.device), capture_error_mode="thread_local"
-                ),
-            ):
-                out = self._forward(static)
+            graph, out = capture_graph(
+                lambda: self._forward(static), self.device, warmup_iters=2, priority=self.capture_priority
+            )
             entry = self._graphs[(size, length)] = (graph, static, out)
         return entry
 

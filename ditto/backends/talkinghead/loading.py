@@ -148,6 +148,7 @@ class DittoModels:
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # the engine's batches (CUDA graphs per size)
     compile_min_batch: int | None = None  # CUDA: render batches this large run compiled fp16 networks
     launched_batches: int = LAUNCHED_BATCHES  # batches in flight at once (1: each resolved before the next)
+    motion_stream: bool = False  # CUDA: HuBERT and LMDM on a stream of their own, beside the render
     # Built from the runners above (dataclasses.replace builds new ones).
     renderer: FrameRenderer = dataclasses.field(init=False, repr=False, compare=False)
     engine: DeviceEngine = dataclasses.field(init=False, repr=False, compare=False)
@@ -174,7 +175,7 @@ class DittoModels:
             renderer=self.renderer,
             device=self.warp.device,
             batch_sizes=self.batch_sizes,
-            **{"launched_batches": self.launched_batches, **engine_options},
+            **{"launched_batches": self.launched_batches, "motion_stream": self.motion_stream, **engine_options},
         )
 
     @classmethod
@@ -186,6 +187,7 @@ class DittoModels:
         trt_plugins: Sequence[Path] = (),
         batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
         compile_min_batch: int | None = None,
+        motion_stream: bool = False,
     ) -> DittoModels:
         """Open every model file of ``cfg`` on ``device`` (the pkl's per-model device is not used).
 
@@ -235,6 +237,7 @@ class DittoModels:
             decoder=decoder,
             batch_sizes=tuple(batch_sizes),
             compile_min_batch=compile_min_batch,
+            motion_stream=motion_stream,
         )
 
     def close(self) -> None:

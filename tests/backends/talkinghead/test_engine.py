@@ -123,6 +123,36 @@ def test_a_batch_of_hubert_windows_equals_each_alone(engine) -> None:
         torch.testing.assert_close(features, engine.features(window, deadline=0.0).result(timeout=60), rtol=0, atol=0)
 
 
+def test_with_a_motion_stream_windows_run_beside_a_render_batch_in_flight(fast_backend, avatar) -> None:
+    """HuBERT and LMDM then have launch slots of their own: with one slot per lane, a window is
+    computed and resolved while the render lane's only slot is held by a batch still being resolved."""
+    with contextlib.closing(fast_backend.models.make_engine(launched_batches=1, motion_stream=True)) as engine:
+        resolving, release = threading.Event(), threading.Event()
+        launch = engine._launch
+
+        def launched(stage, works, size):
+            finish = launch(stage, works, size)
+            if stage is not Stage.RENDER:
+                return finish
+
+            def held():
+                resolving.set()
+                assert release.wait(60)
+                return finish()
+
+            return held
+
+        engine._launch = launched
+        frame = engine.render(render_works(fast_backend, avatar, 1)[0], deadline=0.0)
+        assert resolving.wait(60)
+        features = engine.features(speech_like(6480 / 16000, seed=1), deadline=0.0).result(timeout=60)
+        motion = engine.sample(window_works(fast_backend, 1)[0], deadline=0.0).result(timeout=60)
+        assert not frame.done()
+        release.set()
+        assert frame.result(timeout=60).index == 0
+        assert features.shape == (5, 1024) and motion.shape == (80, 265)
+
+
 def test_sessions_rendered_together_equal_each_session_alone(fast_backend, avatar) -> None:
     """Two whole sessions whose work the engine batches give what each gives alone."""
     audio = speech_like(0.2)
@@ -423,6 +453,35 @@ def test_cuda_batches_launched_back_to_back_each_equal_their_items_alone(cuda_ba
     features = run_batched(engine, lambda w: engine.features(w, deadline=0.0), windows)
     for window, feature in zip(windows[::6], features[::6], strict=True):
         torch.testing.assert_close(feature, engine.features(window, deadline=0.0).result(timeout=60), rtol=0, atol=2e-2)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_motion_stream_batches_equal_the_engine_streams(cuda_backend, portrait) -> None:
+    """Frames, HuBERT and LMDM windows submitted at once to an engine with a motion stream run
+    concurrently on two streams: each result equals the same item run by the default engine."""
+    avatar = cuda_backend.register_source(portrait)
+    frames = render_works(cuda_backend, avatar, 24, seed=4)
+    windows = [speech_like(6480 / 16000, seed=k) for k in range(12)]
+    motion_works = window_works(cuda_backend, 6, steps=10)
+    with contextlib.closing(cuda_backend.models.make_engine(motion_stream=True)) as engine:
+        with engine.paused():
+            futures = (
+                [engine.render(w, deadline=0.0) for w in frames],
+                [engine.features(w, deadline=0.0) for w in windows],
+                [engine.sample(w, deadline=0.0) for w in motion_works],
+            )
+        rendered, features, motion = ([f.result(timeout=120) for f in group] for group in futures)
+    default = cuda_backend.models.engine
+    for work, frame in zip(frames[::5], rendered[::5], strict=True):
+        alone = default.render(work, deadline=0.0).result(timeout=60)
+        assert np.abs(frame.image.astype(int) - alone.image.astype(int)).max() <= 2
+    for window, feature in zip(windows[::4], features[::4], strict=True):
+        torch.testing.assert_close(
+            feature, default.features(window, deadline=0.0).result(timeout=60), rtol=0, atol=2e-2
+        )
+    for work, rows in zip(motion_works[::2], motion[::2], strict=True):
+        torch.testing.assert_close(rows, default.sample(work, deadline=0.0).result(timeout=60), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.gpu

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ditto.backends.talkinghead.runtime.base import DEFAULT_BATCH_SIZES, ModelRunner, padded_batch_size
+from ditto.backends.talkinghead.runtime.cuda_graphs import capture_graph
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 
 __all__ = ["DepthTapConv3d", "FrameRenderer", "channels_last", "depth_tap_convs", "pad_conv_channels"]
@@ -51,18 +52,9 @@ class _Graph:
         self.x_s = torch.randn((size, *KP_SHAPE), generator=gen, device=dev) * 0.2
         self.x_d = torch.randn((size, *KP_SHAPE), generator=gen, device=dev) * 0.2
         self.slots: list[Tensor | None] = [None] * size  # the f_s now in each slot (skip re-copying 8 MB)
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(warmup_iters):
-                forward(self.f_s, self.x_s, self.x_d)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with (
-            torch.inference_mode(),
-            torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=dev), capture_error_mode="thread_local"),
-        ):
-            self.out = forward(self.f_s, self.x_s, self.x_d)
+        self.graph, self.out = capture_graph(
+            lambda: forward(self.f_s, self.x_s, self.x_d), dev, warmup_iters=warmup_iters
+        )
 
     def __call__(self, f_s: Sequence[Tensor], x_s: Tensor, x_d: Tensor) -> Tensor:
         n = len(f_s)

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ditto.backends.talkinghead.pipeline.schedule import N_TRAIN_STEPS, cosine_alphas_cumprod
 from ditto.backends.talkinghead.runtime.base import DEFAULT_BATCH_SIZES, padded_batch_size
+from ditto.backends.talkinghead.runtime.cuda_graphs import capture_graph
 
 # (x_t, cond_frame, cond, time_cond) -> (pred_noise, x_start)
 DenoiseFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -264,6 +265,7 @@ class CudaGraphSampler:
         cond_shape: (B, seq_frames, cond_dim) of ``cond``.
         enabled: set ``False`` to force the eager path.
         warmup_iters: eager runs on a side stream before capture (lazy inits, cuBLAS workspaces).
+        capture_priority: of the streams the graph is captured on (see :mod:`~..runtime.cuda_graphs`).
     """
 
     def __init__(
@@ -274,8 +276,10 @@ class CudaGraphSampler:
         cond_shape: tuple[int, int, int],
         enabled: bool = True,
         warmup_iters: int = 2,
+        capture_priority: int = 0,
     ) -> None:
         self.denoiser = as_window_denoiser(denoiser)
+        self.capture_priority = capture_priority
         self.sampler = sampler
         self.cond_shape = tuple(cond_shape)
         self.warmup_iters = warmup_iters
@@ -321,20 +325,9 @@ class CudaGraphSampler:
             "cond": torch.zeros(self.cond_shape, device=dev),
             "x_T": torch.zeros(sampler.shape, device=dev),
         }
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(self.warmup_iters):
-                self._loop()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # Capture on a private stream, and only forbid unsafe CUDA calls in this thread
-        # (the default "global" mode would fail work other threads issue meanwhile).
-        with (
-            torch.inference_mode(),
-            torch.cuda.graph(graph, stream=torch.cuda.Stream(device=dev), capture_error_mode="thread_local"),
-        ):
-            self._static["out"] = self._loop()
+        graph, self._static["out"] = capture_graph(
+            self._loop, dev, warmup_iters=self.warmup_iters, priority=self.capture_priority
+        )
         self._graph = graph
         self._graph_version = sampler.version
 
@@ -353,6 +346,7 @@ class BatchedWindowSampler:
         device: where the loop runs (the runner's device).
         batch_sizes: the graph sizes (CUDA).
         denoiser: what the loop calls; default :func:`window_denoiser_for` the runner.
+        capture_priority: of the streams its graphs are captured on (see :mod:`~..runtime.cuda_graphs`).
 
     Called from one thread (the device engine).
     """
@@ -364,10 +358,12 @@ class BatchedWindowSampler:
         device: torch.device | str,
         batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
         denoiser: WindowDenoiser | None = None,
+        capture_priority: int = 0,
     ) -> None:
         from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
 
         self.denoiser = window_denoiser_for(runner) if denoiser is None else denoiser
+        self.capture_priority = capture_priority
         self.device = torch.device(device)
         self.batch_sizes = tuple(sorted(batch_sizes))
         self.use_graph = isinstance(runner, TorchRunner) and self.device.type == "cuda" and torch.cuda.is_available()
@@ -389,7 +385,11 @@ class BatchedWindowSampler:
             static = DDIMSampler((size, *window_shape), device=self.device)
             static.set_timesteps(steps, generator=torch.Generator(device=self.device).manual_seed(0))
             sampler = CudaGraphSampler(
-                self.denoiser, static, cond_shape=(size, window_shape[0], cond_dim), enabled=self.use_graph
+                self.denoiser,
+                static,
+                cond_shape=(size, window_shape[0], cond_dim),
+                enabled=self.use_graph,
+                capture_priority=self.capture_priority,
             )
             self._samplers[key] = sampler
         return sampler
