@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +169,14 @@ class DittoBackend:
             )
             self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
         torch.cuda.synchronize(self.device)
-        self._measure_batch_costs()
+        works = self._synthetic_works()
+        self.models.engine.measure_batch_costs(works)  # the engine plans its batches by these costs
         if self.options.online_mode:
-            self.live_capacity = self._live_capacity()
+            self.live_capacity = self._live_capacity(works)
 
-    def _measure_batch_costs(self) -> None:
-        """Time each engine stage on synthetic work at every batch size (a frame of the server's
-        ``max_size``, JPEG on the GPU): the engine plans its batches by these costs."""
+    def _synthetic_works(self) -> Callable[[Stage, int], list[Any]]:
+        """``works(stage, n)``: n items of engine work like a session's (a frame of the server's
+        ``max_size``, JPEG on the GPU), to time the stages with."""
         engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         gen = torch.Generator(device="cpu").manual_seed(0)
         side = self.max_size
@@ -210,36 +211,57 @@ class DittoBackend:
                 )
             ] * n
 
-        engine.measure_batch_costs(works)
+        return works
 
-    def _live_capacity(self) -> int:
+    def _motion_share(self, works: Callable[[Stage, int], list[Any]]) -> float:
+        """With a motion stream: the share of HuBERT and LMDM device time that still adds to the
+        render's when they run beside it (1: nothing hidden), from a render batch of 8 timed alone
+        and with an LMDM batch of 2 and a HuBERT batch of 4 beside it (about a live render batch's
+        share of motion work at 10 sessions)."""
+        engine = self.models.engine
+        render = {Stage.RENDER: works(Stage.RENDER, 8)}
+        motion = {Stage.LMDM: works(Stage.LMDM, 2), Stage.HUBERT: works(Stage.HUBERT, 4)}
+        alone, motion_alone = engine.time_together(render), engine.time_together(motion)
+        together = engine.time_together({**motion, **render})
+        return min(1.0, max(0.0, (together - alone) / motion_alone))
+
+    def _live_capacity(self, works: Callable[[Stage, int], list[Any]]) -> int:
         """How many live sessions the engine keeps real time, from its measured batch costs.
 
         A live session asks per second for 25 frames, 25/V LMDM windows (V = 80 − overlap_v2) and
         5 HuBERT windows. Its frames become ready V at a time (one LMDM window); the sessions'
         windows arrive spread out, so a third of the N sessions is counted as overlapping: V·⌈N/3⌉
         frames wait for the render, ⌈N/3⌉ windows for LMDM and HuBERT, each batched as the engine
-        plans it (:meth:`DeviceEngine.cost_per_item`). The capacity is the largest N whose device
-        time per second stays under ``TARGET_UTILIZATION``.
+        plans it (:meth:`DeviceEngine.cost_per_item`); with a motion stream, HuBERT and LMDM count
+        only with the share of their time that the render does not hide (:meth:`_motion_share`). The
+        capacity is the largest N whose device time per second stays under ``TARGET_UTILIZATION``.
         """
         engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         valid = a2m.seq_frames - opts.overlap_v2
-        # (stage, items per second per session, items that wait together per overlapping session)
-        demand = ((Stage.RENDER, FPS, valid), (Stage.LMDM, FPS / valid, 1), (Stage.HUBERT, FPS / 5, 1))
+        motion_share = self._motion_share(works) if engine.motion_stream else 1.0
+        # (stage, items per second per session, items that wait together per overlapping session, share)
+        demand = (
+            (Stage.RENDER, FPS, valid, 1.0),
+            (Stage.LMDM, FPS / valid, 1, motion_share),
+            (Stage.HUBERT, FPS / 5, 1, motion_share),
+        )
         capacity = 0
         for n in range(1, 257):
             overlapping = math.ceil(n / 3)
-            load = sum(rate * n * engine.cost_per_item(stage, per * overlapping) for stage, rate, per in demand)
+            load = sum(
+                share * rate * n * engine.cost_per_item(stage, per * overlapping) for stage, rate, per, share in demand
+            )
             if load > TARGET_UTILIZATION:
                 break
             capacity = n
         costs = engine.batch_costs
         logger.info(
             "Live capacity %d sessions (per item at batch 1/%d: render %.1f/%.1f ms, LMDM %.1f/%.1f ms, "
-            "HuBERT %.1f/%.1f ms)",
+            "HuBERT %.1f/%.1f ms; motion time counted %.0f %%)",
             capacity,
             engine.max_batch,
             *(1000 * costs[stage][b] / b for stage in Stage for b in (1, engine.max_batch)),
+            100 * motion_share,
         )
         return max(1, capacity)
 

@@ -324,20 +324,41 @@ class DeviceEngine:
         if self._hubert_graphs is not None:
             self._hubert_graphs.capture(hubert_window)
 
+    @property
+    def motion_stream(self) -> bool:
+        """Whether HuBERT and LMDM run in a lane (and on CUDA a stream) of their own."""
+        return self._lane[Stage.LMDM] is _Lane.MOTION
+
     def time_batch(self, stage: Stage, works: list[Any], repeats: int = 3) -> float:
         """Seconds one batch of ``works`` takes (synchronised; the median of ``repeats`` runs).
 
         Runs in the calling thread: for start-up measurements, before any session submits work.
         """
+        return self.time_together({stage: works}, repeats)
+
+    def time_together(self, batches: dict[Stage, list[Any]], repeats: int = 3) -> float:
+        """Seconds one batch per stage takes, all launched before any is waited for, each on its lane's
+        stream (so with a motion stream the motion batches run beside the render); the median of
+        ``repeats`` runs. Start-up only, like :meth:`time_batch`."""
         elapsed = []
         with self._on_device():
             for _ in range(repeats):
                 started = time.perf_counter()
-                self._launch(stage, works, None)()
+                finishes = []
+                for stage, works in batches.items():
+                    with self._in_lane(stage):
+                        finishes.append(self._launch(stage, works, None))
+                for finish in finishes:
+                    finish()
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
                 elapsed.append(time.perf_counter() - started)
         return sorted(elapsed)[len(elapsed) // 2]
+
+    def _in_lane(self, stage: Stage) -> contextlib.AbstractContextManager[Any]:
+        """On ``stage``'s lane stream (the current stream for the render lane)."""
+        stream = self._lane_streams[self._lane[stage]]
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def measure_batch_costs(self, works: Callable[[Stage, int], list[Any]]) -> dict[Stage, dict[int, float]]:
         """Time every stage at every graph size on ``works(stage, size)`` (start-up, before any session
@@ -473,9 +494,8 @@ class DeviceEngine:
             return
         started = time.perf_counter()
         span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
-        lane_stream = self._lane_streams[self._lane[stage]]
         try:
-            with torch.cuda.stream(lane_stream) if lane_stream is not None else contextlib.nullcontext():
+            with self._in_lane(stage):
                 if span is not None:
                     span[0].record()
                 finish = self._launch(stage, [r.work for r in batch], size)

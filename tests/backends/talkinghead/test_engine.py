@@ -372,6 +372,25 @@ def test_the_engine_takes_the_planned_batches(fast_backend, avatar) -> None:
         engine.close()
 
 
+def test_live_capacity_counts_the_motion_time_the_render_does_not_hide(fast_backend, monkeypatch) -> None:
+    """With a motion stream, HuBERT and LMDM add only their measured unhidden share to the load."""
+    engine = fast_backend.models.engine
+    sizes = engine.batch_sizes
+    costs = {
+        Stage.RENDER: {b: 0.0035 * b for b in sizes},  # 3.5 ms a frame
+        Stage.LMDM: {b: 0.02 + 0.002 * b for b in sizes},  # launch-bound: 20 ms a batch and more
+        Stage.HUBERT: {b: 0.01 + 0.001 * b for b in sizes},
+    }
+    monkeypatch.setattr(engine, "batch_costs", costs)
+    monkeypatch.setattr(type(engine), "motion_stream", property(lambda self: True))
+    capacity = {}
+    for share in (1.0, 0.5, 0.0):
+        monkeypatch.setattr(fast_backend, "_motion_share", lambda works, share=share: share)
+        capacity[share] = fast_backend._live_capacity(lambda stage, n: [])
+    assert capacity[1.0] < capacity[0.5] < capacity[0.0]
+    assert capacity[0.0] == 10  # the render alone: 87.5 ms of device time a second per session, 0.9 in all
+
+
 def test_backend_without_capacity_measurement_on_cpu(fast_backend) -> None:
     assert fast_backend.live_capacity is None  # only measured on CUDA (warmup)
 
@@ -486,13 +505,16 @@ def test_cuda_motion_stream_batches_equal_the_engine_streams(cuda_backend, portr
 
 @pytest.mark.gpu
 @cuda
-def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree) -> None:
+@pytest.mark.parametrize("motion_stream", [False, True])
+def test_cuda_capacity_is_measured_at_warmup(checkpoint_tree, motion_stream) -> None:
     from tests.backends.talkinghead.test_backend import cuda_settings
 
-    base = DittoBackend.from_settings(cuda_settings(checkpoint_tree))
+    settings = cuda_settings(checkpoint_tree).model_copy(update={"motion_stream": motion_stream})
+    base = DittoBackend.from_settings(settings)
     try:
         online = base.with_options(online_mode=True)
         online.warmup()
+        assert online.models.engine.motion_stream is motion_stream
         assert online.live_capacity is not None and online.live_capacity >= 1
         costs = online.models.engine.batch_costs
         assert set(costs) == set(Stage) and all(set(c) == set(online.models.engine.batch_sizes) for c in costs.values())
