@@ -203,9 +203,8 @@ class ConditionEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.rotary = rotary
 
-    def forward(self, x: Tensor, rot: RotTables | None = None) -> Tensor:
-        if rot is None:
-            rot = self.rotary.tables(x.shape[-2], x.device)
+    def forward(self, x: Tensor, rot: RotTables) -> Tensor:
+        """x (B,L,E) → (B,L,E); ``rot``: rotary tables of its L positions."""
         h = self.norm1(x)
         qk = RotaryEmbedding.rotate(h, rot)
         x = x + self.dropout1(self.self_attn(qk, qk, h))
