@@ -215,11 +215,11 @@ class DittoBackend:
 
     def _motion_share(self, works: Callable[[Stage, int], list[Any]]) -> float:
         """With a motion stream: the share of HuBERT and LMDM device time that still adds to the
-        render's when they run beside it (1: nothing hidden), from a render batch of 8 timed alone
-        and with an LMDM batch of 2 and a HuBERT batch of 4 beside it (about a live render batch's
-        share of motion work at 10 sessions)."""
+        render's when they run beside it (1: nothing hidden), from a render batch of 16 timed alone
+        and with an LMDM batch of 2 and a HuBERT batch of 4 beside it (the motion work of about 16
+        live frames: a session asks for 2.5 LMDM and 5 HuBERT windows per 25 frames online)."""
         engine = self.models.engine
-        render = {Stage.RENDER: works(Stage.RENDER, 8)}
+        render = {Stage.RENDER: works(Stage.RENDER, 16)}
         motion = {Stage.LMDM: works(Stage.LMDM, 2), Stage.HUBERT: works(Stage.HUBERT, 4)}
         alone, motion_alone = engine.time_together(render), engine.time_together(motion)
         together = engine.time_together({**motion, **render})

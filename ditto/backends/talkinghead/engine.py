@@ -41,8 +41,8 @@ With ``motion_stream`` (CUDA), HuBERT and LMDM batches go to a second stream, of
 with launch slots and a completion thread of their own: at live batch sizes they are chains of small
 kernels that leave most of the device idle, and there they run beside the render batches instead of
 between them. A stage's busy time (``stats``) is then the span of its batches on its stream, which
-the other lane's work shares: the stages' times overlap. Start-up costs are measured one stage at a
-time, so the capacity estimate does not count on the overlap.
+the other lane's work shares: the stages' times overlap. Batch costs are measured one stage at a
+time; how much of the motion time the render hides is timed apart (:meth:`DeviceEngine.time_together`).
 
 Sessions hold only host tensors and their own state; nothing but this thread touches the
 device (on CUDA it works on a stream of its own).
@@ -341,13 +341,15 @@ class DeviceEngine:
         stream (so with a motion stream the motion batches run beside the render); the median of
         ``repeats`` runs. Start-up only, like :meth:`time_batch`."""
         elapsed = []
+        # waited for render lane first, as its completion thread would (its finish queues the JPEG encoding)
+        order = sorted(batches, key=lambda stage: self._lane[stage] is not _Lane.RENDER)
         with self._on_device():
             for _ in range(repeats):
                 started = time.perf_counter()
                 finishes = []
-                for stage, works in batches.items():
+                for stage in order:
                     with self._in_lane(stage):
-                        finishes.append(self._launch(stage, works, None))
+                        finishes.append(self._launch(stage, batches[stage], None))
                 for finish in finishes:
                     finish()
                 if self._cuda:
