@@ -96,14 +96,20 @@ def variants(model: MotionDecoder, device: torch.device, batch_sizes: tuple[int,
     return out
 
 
+def eager_schedule(x_T: torch.Tensor, steps: int) -> DDIMSampler:
+    """A DDIM schedule for one eager window of ``x_T``'s shape (what the profiler and the FLOP counter watch)."""
+    ddim = DDIMSampler(tuple(x_T.shape), device=x_T.device)
+    ddim.set_timesteps(steps, generator=torch.Generator(device=x_T.device).manual_seed(0))
+    return ddim
+
+
 def profile(sampler: BatchedWindowSampler, args: tuple[torch.Tensor, ...], steps: int) -> Any:
     """The profiler's averages over one eager window (inside a graph replay it sees one launch)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    kp_cond, cond, x_T, noise = args
-    ddim = DDIMSampler(tuple(x_T.shape), device=x_T.device)
-    ddim.set_timesteps(steps, generator=torch.Generator(device=x_T.device).manual_seed(0))
+    kp_cond, cond, x_T, _ = args
+    ddim = eager_schedule(x_T, steps)
     cuda = x_T.device.type == "cuda"
     sample_window(sampler.denoiser, kp_cond, cond, ddim, x_T=x_T)
     if cuda:
@@ -122,8 +128,7 @@ def gflop_per_session(sampler: BatchedWindowSampler, args: tuple[torch.Tensor, .
     from torch.utils.flop_counter import FlopCounterMode
 
     kp_cond, cond, x_T, _ = args
-    ddim = DDIMSampler(tuple(x_T.shape), device=x_T.device)
-    ddim.set_timesteps(steps, generator=torch.Generator(device=x_T.device).manual_seed(0))
+    ddim = eager_schedule(x_T, steps)
     with FlopCounterMode(display=False) as counter:
         sample_window(sampler.denoiser, kp_cond, cond, ddim, x_T=x_T)
     return counter.get_total_flops() / 1e9 / x_T.shape[0]

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ditto.backends.talkinghead.models import SPADEDecoder, WarpingNetwork  # noqa: E402
+from ditto.backends.talkinghead.models import ONNX_IO, SPADEDecoder, WarpingNetwork  # noqa: E402
 from ditto.backends.talkinghead.pipeline.render import FrameRenderer, channels_last  # noqa: E402
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner  # noqa: E402
 
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
         results["compile_s"] = time.perf_counter() - t0
         variants["half_cl_compiled"] = run
-        warp_runner = TorchRunner(warp, ("feature_3d", "kp_source", "kp_driving"), ("out",), device=dev)
-        decoder_runner = TorchRunner(decoder, ("feature",), ("output",), device=dev)
+        warp_runner = TorchRunner(warp, *ONNX_IO["warp_network"], device=dev)
+        decoder_runner = TorchRunner(decoder, *ONNX_IO["decoder"], device=dev)
         modes = {"production": None, **({"production_autotune": "max-autotune-no-cudagraphs"} if args.autotune else {})}
         for name, mode in modes.items():
             renderer = FrameRenderer(warp_runner, decoder_runner, compile_min_batch=1, compile_mode=mode)

@@ -169,10 +169,10 @@ class DittoBackend:
             )
             self.models.engine.capture(hubert_window=split_len(self.models.engine.chunksize))
         torch.cuda.synchronize(self.device)
-        works = self._synthetic_works()
-        self.models.engine.measure_batch_costs(works)  # the engine plans its batches by these costs
+        engine, works = self.models.engine, self._synthetic_works()
+        engine.measure_batch_costs(works)  # the engine plans its batches by these costs
         if self.options.online_mode:
-            self.live_capacity = self._live_capacity(works)
+            self.live_capacity = self._live_capacity(self._motion_share(works) if engine.motion_stream else 1.0)
 
     def _synthetic_works(self) -> Callable[[Stage, int], list[Any]]:
         """``works(stage, n)``: n items of engine work like a session's (a frame of the server's
@@ -225,20 +225,19 @@ class DittoBackend:
         together = engine.time_together({**motion, **render})
         return min(1.0, max(0.0, (together - alone) / motion_alone))
 
-    def _live_capacity(self, works: Callable[[Stage, int], list[Any]]) -> int:
+    def _live_capacity(self, motion_share: float) -> int:
         """How many live sessions the engine keeps real time, from its measured batch costs.
 
         A live session asks per second for 25 frames, 25/V LMDM windows (V = 80 − overlap_v2) and
         5 HuBERT windows. Its frames become ready V at a time (one LMDM window); the sessions'
         windows arrive spread out, so a third of the N sessions is counted as overlapping: V·⌈N/3⌉
         frames wait for the render, ⌈N/3⌉ windows for LMDM and HuBERT, each batched as the engine
-        plans it (:meth:`DeviceEngine.cost_per_item`); with a motion stream, HuBERT and LMDM count
-        only with the share of their time that the render does not hide (:meth:`_motion_share`). The
+        plans it (:meth:`DeviceEngine.cost_per_item`); HuBERT and LMDM count with ``motion_share`` of
+        their time (with a motion stream, what the render does not hide: :meth:`_motion_share`). The
         capacity is the largest N whose device time per second stays under ``TARGET_UTILIZATION``.
         """
         engine, a2m, opts = self.models.engine, self.cfg.audio2motion, self.options
         valid = a2m.seq_frames - opts.overlap_v2
-        motion_share = self._motion_share(works) if engine.motion_stream else 1.0
         # (stage, items per second per session, items that wait together per overlapping session, share)
         demand = (
             (Stage.RENDER, FPS, valid, 1.0),

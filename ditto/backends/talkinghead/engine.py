@@ -401,7 +401,7 @@ class DeviceEngine:
                     return None
                 if self._retries and self._slot_free(self._retries[0].stage):
                     retry = self._retries.pop(0)
-                    self._in_flight[self._lane[retry.stage]] += 1
+                    self._take_slot(retry.stage)
                     return _Taken(retry.stage, [retry], alone=True)
                 stages = [stage for stage, items in self._pending.items() if items and self._slot_free(stage)]
                 if stages and not self._holds:
@@ -412,7 +412,7 @@ class DeviceEngine:
                 if idle:
                     self.idle_s += time.perf_counter() - waited
             stage = min(stages, key=lambda s: min(r.deadline for r in self._pending[s]))
-            self._in_flight[self._lane[stage]] += 1
+            self._take_slot(stage)
             pending = self._pending[stage]
             pending.sort(key=lambda r: r.deadline)
             key = pending[0].key
@@ -439,6 +439,10 @@ class DeviceEngine:
     def _slot_free(self, stage: Stage) -> bool:
         return self._in_flight[self._lane[stage]] < self._slots
 
+    def _take_slot(self, stage: Stage) -> None:
+        """Hold a launch slot of ``stage``'s lane (``_cv`` held, a slot free)."""
+        self._in_flight[self._lane[stage]] += 1
+
     def _release_slot(self, stage: Stage) -> None:
         with self._cv:
             self._in_flight[self._lane[stage]] -= 1
@@ -450,7 +454,7 @@ class DeviceEngine:
         with self._cv:
             while not self._slot_free(stage):
                 self._cv.wait()
-            self._in_flight[self._lane[stage]] += 1
+            self._take_slot(stage)
 
     def _fail_pending(self) -> None:
         failure = _shutting_down()
@@ -637,8 +641,7 @@ class DeviceEngine:
         renders = self._renderer([w.f_s for w in works], x_s, x_d, size=size)
         images = _paste_back_by_plan(works, renders)
         jpeg_rows = [i for i, w in enumerate(works) if w.jpeg_quality is not None and self._nvjpeg]
-        host_rows = [i for i in range(len(works)) if i not in set(jpeg_rows)]
-        host_images = {i: _to_host(images[i]) for i in host_rows}
+        host_images = {i: _to_host(images[i]) for i in sorted(set(range(len(works))) - set(jpeg_rows))}
         rendered = torch.cuda.Event() if self._cuda else None
         if rendered is not None:
             rendered.record()

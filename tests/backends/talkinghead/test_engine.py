@@ -382,11 +382,7 @@ def test_live_capacity_counts_the_motion_time_the_render_does_not_hide(fast_back
         Stage.HUBERT: {b: 0.01 + 0.001 * b for b in sizes},
     }
     monkeypatch.setattr(engine, "batch_costs", costs)
-    monkeypatch.setattr(type(engine), "motion_stream", property(lambda self: True))
-    capacity = {}
-    for share in (1.0, 0.5, 0.0):
-        monkeypatch.setattr(fast_backend, "_motion_share", lambda works, share=share: share)
-        capacity[share] = fast_backend._live_capacity(lambda stage, n: [])
+    capacity = {share: fast_backend._live_capacity(share) for share in (1.0, 0.5, 0.0)}
     assert capacity[1.0] < capacity[0.5] < capacity[0.0]
     assert capacity[0.0] == 10  # the render alone: 87.5 ms of device time a second per session, 0.9 in all
 

@@ -162,18 +162,15 @@ class Attention(nn.Module):
 class FiLM(nn.Module):
     """Time-conditioned scale/shift: Mish → Linear(E, 2E). Key ``block.1``.
 
-    Every FiLM of a step sees the same input, so callers apply the Mish once
-    (:meth:`from_activated`); ``forward`` is the whole block.
+    Every FiLM of a step sees the same input, so the caller applies the Mish (``block.0``) once
+    for all of them and ``forward`` takes Mish(t).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.block = nn.Sequential(nn.Mish(), nn.Linear(dim, 2 * dim))
 
-    def forward(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        return self.from_activated(self.block[0](t))
-
-    def from_activated(self, mish_t: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, mish_t: Tensor) -> tuple[Tensor, Tensor]:
         """(scale, shift), each (…,B,1,E), from Mish(t) (…,B,E)."""
         scale, shift = self.block[1](mish_t).unsqueeze(-2).chunk(2, dim=-1)
         return scale, shift
@@ -185,7 +182,7 @@ def _modulate(h: Tensor, film: tuple[Tensor, Tensor]) -> Tensor:
 
 
 RotTables = tuple[Tensor, Tensor]
-LayerFilms = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+LayerFilms = tuple[tuple[Tensor, Tensor], ...]  # a decoder layer's three (scale, shift)
 
 
 class ConditionEncoderLayer(nn.Module):
@@ -240,7 +237,7 @@ class FiLMDecoderLayer(nn.Module):
 
     def films(self, mish_t: Tensor) -> LayerFilms:
         """The three sub-blocks' (scale, shift) from Mish(t) (…,B,E)."""
-        return (self.film1.from_activated(mish_t), self.film2.from_activated(mish_t), self.film3.from_activated(mish_t))
+        return (self.film1(mish_t), self.film2(mish_t), self.film3(mish_t))
 
     def forward(self, x: Tensor, films: LayerFilms, rot_x: RotTables, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
         """x (B,L,E) → (B,L,E).
@@ -439,11 +436,7 @@ class MotionDecoder(nn.Module):
             self.decoder_layers, window.memory_kv, window.time_kv, window.films
         ):
             memory_kv = (torch.cat((cond_k, time_k[step]), dim=1), torch.cat((cond_v, time_v[step]), dim=1))
-            step_films = (
-                (films[0][0][step], films[0][1][step]),
-                (films[1][0][step], films[1][1][step]),
-                (films[2][0][step], films[2][1][step]),
-            )
+            step_films = tuple((scale[step], shift[step]) for scale, shift in films)
             h = layer(h, step_films, window.rot_x, memory_kv)
         out = self.final_layer(h)
         conditioned, unconditioned = out[:b], out[b:]
