@@ -35,7 +35,11 @@ the device→host copies into pinned memory, all queued on its stream; on the CP
 and hands it to a second thread, which waits for it, JPEG-encodes its frames on a stream of its
 own (CUDA) and resolves the futures; meanwhile the engine thread prepares and launches the next
 batch, so the device does not idle while the host works. At most :data:`LAUNCHED_BATCHES`
-batches are in flight.
+batches are in flight. With measured costs a batch smaller than the cheapest size per item waits
+while its lane is busy, until just before the lane is due to be free (:func:`hold_seconds`): at live
+load frames arrive a few at a time, and launched at once they would run in small batches, which
+cost more device time per frame, behind work already queued. Frames past their lag bound are shed
+before a batch is planned, so shedding does not shrink the batch.
 
 With ``motion_stream`` (CUDA), HuBERT and LMDM batches go to a second stream, of higher priority,
 with launch slots and a completion thread of their own: at live batch sizes they are chains of small
@@ -86,6 +90,21 @@ __all__ = ["DEFAULT_BATCH_SIZES", "DeviceEngine", "batch_sizes_up_to", "RenderWo
 
 LAUNCHED_BATCHES = 2
 """Batches launched and not yet resolved (per lane): one running on the device, one queued behind it."""
+
+LAUNCH_LEAD = 2.0
+"""A held batch is launched this many times its stage's host launch time before its lane is due to be free."""
+
+
+def hold_seconds(*, waiting: int, full: int, lane_free_in: float, lead: float) -> float:
+    """How long a batch of ``waiting`` items should wait for more to arrive (0: launch it now).
+
+    It waits only while its lane is busy anyway (``lane_free_in`` seconds of launched work left), and
+    until ``lead`` seconds before the lane is due to be free: launched now it would only queue behind
+    that work, so waiting does not delay its first items, and what arrives meanwhile joins it instead
+    of running in a later batch. It does not wait once ``full`` items (the size cheapest per item) wait.
+    """
+    hold = lane_free_in - lead
+    return 0.0 if waiting >= full or hold <= 0 else hold
 
 
 class Stage(str, enum.Enum):
@@ -242,6 +261,8 @@ class DeviceEngine:
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
         self._slots = max(1, int(launched_batches))  # per lane
         self._in_flight = {lane: 0 for lane in _Lane}  # launched and not yet resolved, per lane (under _cv)
+        self._lane_free_at = {lane: 0.0 for lane in _Lane}  # perf_counter when its launched work is due to end
+        self._launch_s = {stage: 0.0 for stage in Stage}  # host seconds a launch takes (moving average)
         lanes = dict.fromkeys(self._lane.values())
         self._launched: dict[_Lane, queue.SimpleQueue[_Launched | None]] = {lane: queue.SimpleQueue() for lane in lanes}
         self._completers = [
@@ -392,8 +413,9 @@ class DeviceEngine:
 
     def _next_batch(self) -> _Taken | None:
         """Wait for work and a free launch slot in its lane; take the batch of the stage whose earliest
-        deadline is nearest (as many items as :meth:`plan_batch` says), or one item to retry alone, and
-        hold a slot of its lane for it. None: closing (pending work has been failed)."""
+        deadline is nearest and that need not wait to fill (:meth:`_hold_s`; as many items as
+        :meth:`plan_batch` says), or one item to retry alone, and hold a slot of its lane for it.
+        None: closing (pending work has been failed)."""
         with self._cv:
             while True:
                 if self._closing:
@@ -403,15 +425,23 @@ class DeviceEngine:
                     retry = self._retries.pop(0)
                     self._take_slot(retry.stage)
                     return _Taken(retry.stage, [retry], alone=True)
-                stages = [stage for stage, items in self._pending.items() if items and self._slot_free(stage)]
-                if stages and not self._holds:
-                    break
-                idle = not self._retries and not any(self._pending.values())  # else: waiting for a launch slot
+                self._shed_expired()
+                timeout = None
+                if not self._holds:
+                    stages = [stage for stage, items in self._pending.items() if items and self._slot_free(stage)]
+                    holds = {stage: self._hold_s(stage) for stage in stages}
+                    launchable = [stage for stage in stages if holds[stage] <= 0]
+                    if launchable:
+                        break
+                    timeout = min(holds.values(), default=None)
+                idle = not self._retries and not any(
+                    self._pending.values()
+                )  # else: waiting for a slot or a fuller batch
                 waited = time.perf_counter()
-                self._cv.wait()
+                self._cv.wait(timeout)
                 if idle:
                     self.idle_s += time.perf_counter() - waited
-            stage = min(stages, key=lambda s: min(r.deadline for r in self._pending[s]))
+            stage = min(launchable, key=lambda s: min(r.deadline for r in self._pending[s]))
             self._take_slot(stage)
             pending = self._pending[stage]
             pending.sort(key=lambda r: r.deadline)
@@ -421,20 +451,41 @@ class DeviceEngine:
             batch = compatible[:count]
             taken = set(map(id, batch))
             self._pending[stage] = [r for r in pending if id(r) not in taken]
-        now = self._clock()
-        live = []
-        for request in batch:
-            if not request.future.set_running_or_notify_cancel():
-                continue  # its session left
-            if request.expires is not None and now > request.expires:
-                self.shed += 1
-                request.future.set_result(None)
-                continue
-            live.append(request)
-        if size is not None and len(live) < count:  # some left or were shed: the cheapest graph that holds the rest
+        live = [request for request in batch if request.future.set_running_or_notify_cancel()]  # else: it left
+        if size is not None and len(live) < count:  # some left: the cheapest graph that holds the rest
             costs = self.batch_costs[stage]
             size = min((s for s in costs if s >= len(live)), key=lambda s: costs[s], default=size)
         return _Taken(stage, live, size)
+
+    def _shed_expired(self) -> None:
+        """Resolve the waiting frames past their lag bound with None, and drop those whose session left
+        (``_cv`` held), before any batch is planned from what waits."""
+        now = self._clock()
+        for stage, pending in self._pending.items():
+            if not any(r.future.cancelled() or (r.expires is not None and now > r.expires) for r in pending):
+                continue
+            kept = []
+            for request in pending:
+                if not request.future.cancelled() and (request.expires is None or now <= request.expires):
+                    kept.append(request)
+                elif request.future.set_running_or_notify_cancel():  # expired (else: cancelled, now notified)
+                    self.shed += 1
+                    request.future.set_result(None)
+            self._pending[stage] = kept
+
+    def _hold_s(self, stage: Stage) -> float:
+        """Seconds the waiting items of ``stage`` should wait for more (:func:`hold_seconds`; ``_cv`` held).
+        Without measured costs batches never wait."""
+        costs = self.batch_costs.get(stage)
+        lane = self._lane[stage]
+        if not costs or not self._in_flight[lane]:
+            return 0.0
+        return hold_seconds(
+            waiting=len(self._pending[stage]),
+            full=self.plan_batch(stage, self.max_batch)[0],
+            lane_free_in=self._lane_free_at[lane] - time.perf_counter(),
+            lead=LAUNCH_LEAD * self._launch_s[stage],
+        )
 
     def _slot_free(self, stage: Stage) -> bool:
         return self._in_flight[self._lane[stage]] < self._slots
@@ -523,6 +574,16 @@ class DeviceEngine:
             self._release_memory(exc)
             batch[0].future.set_exception(_as_backend_error(exc))
             return
+        launched_at = time.perf_counter()
+        with self._cv:
+            lane = self._lane[stage]
+            cost = self.batch_costs.get(stage, {}).get(size) if size is not None else None
+            if cost is not None:  # the lane's work runs one batch after another
+                self._lane_free_at[lane] = max(started, self._lane_free_at[lane]) + cost
+            previous = self._launch_s[stage]
+            self._launch_s[stage] = (
+                launched_at - started if not previous else 0.8 * previous + 0.2 * (launched_at - started)
+            )
         launched = _Launched(stage, batch, finish, started, span)
         if overlap:
             self._launched[self._lane[stage]].put(launched)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ditto.backends.talkinghead.backend import DittoBackend
-from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, Stage, WindowWork
+from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, Stage, WindowWork, hold_seconds
 from ditto.errors import BackendError, ErrorCode
 from tests.backends.talkinghead.conftest import RecordingRunner, render_all, speech_like
 
@@ -369,6 +369,68 @@ def test_the_engine_takes_the_planned_batches(fast_backend, avatar) -> None:
         stats = engine.stats[Stage.RENDER]
         assert (stats.batches, stats.items, stats.last_batch) == (2, 13, 1)  # 12, then the one left
     finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("waiting", "lane_free_in", "hold"),
+    [
+        (3, 0.030, 0.025),  # the lane is busy for 30 ms: wait until 5 ms before it is free
+        (3, 0.004, 0.0),  # due to be free within the lead: launch now, or the device idles
+        (12, 0.030, 0.0),  # a full batch waits: launch it
+        (3, -0.010, 0.0),  # the lane's work is late: launch now
+    ],
+)
+def test_a_small_batch_waits_to_fill_only_while_its_lane_is_busy(waiting, lane_free_in, hold) -> None:
+    assert hold_seconds(waiting=waiting, full=12, lane_free_in=lane_free_in, lead=0.005) == pytest.approx(hold)
+
+
+def test_frames_arriving_while_the_lane_is_busy_join_one_batch(fast_backend, avatar) -> None:
+    """With measured costs, frames that arrive one by one while a batch runs wait for the batch size
+    cheapest per frame (12 of RENDER_COSTS) instead of launching in small batches behind it."""
+    engine = engine_like(fast_backend)
+    try:
+        running, release, second = threading.Event(), threading.Event(), threading.Event()
+        engine.batch_costs = {Stage.RENDER: {size: cost * 1000 for size, cost in RENDER_COSTS.items()}}  # a busy lane
+        launches: list[int] = []
+        launch = engine._launch
+
+        def launched(stage, works, size):
+            finish = launch(stage, works, size)
+            launches.append(len(works))
+            if running.is_set():
+                second.set()
+                return finish
+
+            def held():  # results resolve in launch order: the first batch stays in flight until released
+                running.set()
+                assert release.wait(60)
+                return finish()
+
+            return held
+
+        considered = threading.Event()
+        hold_s = engine._hold_s
+
+        def considering(stage):
+            considered.set()
+            return hold_s(stage)
+
+        engine._launch, engine._hold_s = launched, considering
+        works = render_works(fast_backend, avatar, 13)
+        first = engine.render(works[0], deadline=0.0)
+        assert running.wait(60)
+        rest = []
+        for work in works[1:]:  # one by one, each seen by the engine before the next arrives
+            considered.clear()
+            rest.append(engine.render(work, deadline=0.0))
+            assert considered.wait(10), f"frame {work.index} was not considered: both launch slots are taken"
+        assert second.wait(60)
+        release.set()
+        assert [f.result(timeout=60).index for f in [first, *rest]] == list(range(13))
+        assert launches == [1, 12]
+    finally:
+        release.set()
         engine.close()
 
 
