@@ -67,6 +67,7 @@ class StageStats:
     batches: int = 0
     items: int = 0
     busy_s: float = 0.0  # wall time spent running its batches
+    launch_s: float = 0.0  # host time spent launching them (on CUDA the device runs them meanwhile)
     last_batch: int = 0
     failures: int = 0  # batches that raised (their items were retried one by one)
     queued: int = 0  # items waiting now (filled in when read)

@@ -72,6 +72,7 @@ class _EngineCollector(Collector):
             (CounterMetricFamily, "ditto_engine_batches", "Batches the device engine ran", "batches"),
             (CounterMetricFamily, "ditto_engine_items", "Work items (windows, frames) in those batches", "items"),
             (CounterMetricFamily, "ditto_engine_busy_seconds", "Time the device engine spent on batches", "busy_s"),
+            (CounterMetricFamily, "ditto_engine_launch_seconds", "Host time spent launching batches", "launch_s"),
             (CounterMetricFamily, "ditto_engine_batch_failures", "Batches that raised", "failures"),
             (GaugeMetricFamily, "ditto_engine_last_batch_size", "Size of the stage's latest batch", "last_batch"),
             (GaugeMetricFamily, "ditto_engine_mean_batch_size", "Mean batch size so far", "mean_batch"),

@@ -70,6 +70,7 @@ async def healthz(request: Request) -> dict:
                 "last_batch": s.last_batch,
                 "queued": s.queued,
                 "ms_per_batch": round(1000 * s.busy_s / s.batches, 2) if s.batches else None,
+                "launch_ms_per_batch": round(1000 * s.launch_s / s.batches, 2) if s.batches else None,
             }
             for stage, s in backend.stage_stats().items()
         },

@@ -54,6 +54,7 @@ device (on CUDA it works on a stream of its own).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -261,7 +262,10 @@ class DeviceEngine:
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
         self._slots = max(1, int(launched_batches))  # per lane
         self._in_flight = {lane: 0 for lane in _Lane}  # launched and not yet resolved, per lane (under _cv)
-        self._lane_free_at = {lane: 0.0 for lane in _Lane}  # perf_counter when its launched work is due to end
+        # the measured costs of each lane's launched, unresolved batches (in launch order), and when the lane
+        # is due to be free (perf_counter): a lane runs its batches one after another
+        self._lane_costs: dict[_Lane, collections.deque[float]] = {lane: collections.deque() for lane in _Lane}
+        self._lane_free_at = {lane: 0.0 for lane in _Lane}
         self._launch_s = {stage: 0.0 for stage in Stage}  # host seconds a launch takes (moving average)
         lanes = dict.fromkeys(self._lane.values())
         self._launched: dict[_Lane, queue.SimpleQueue[_Launched | None]] = {lane: queue.SimpleQueue() for lane in lanes}
@@ -577,13 +581,14 @@ class DeviceEngine:
         launched_at = time.perf_counter()
         with self._cv:
             lane = self._lane[stage]
-            cost = self.batch_costs.get(stage, {}).get(size) if size is not None else None
-            if cost is not None:  # the lane's work runs one batch after another
-                self._lane_free_at[lane] = max(started, self._lane_free_at[lane]) + cost
-            previous = self._launch_s[stage]
-            self._launch_s[stage] = (
-                launched_at - started if not previous else 0.8 * previous + 0.2 * (launched_at - started)
-            )
+            cost = self.batch_costs.get(stage, {}).get(size, 0.0) if size is not None else 0.0
+            if not self._lane_costs[lane]:
+                self._lane_free_at[lane] = started
+            self._lane_costs[lane].append(cost)
+            self._lane_free_at[lane] += cost
+            elapsed, previous = launched_at - started, self._launch_s[stage]
+            self.stats[stage].launch_s += elapsed
+            self._launch_s[stage] = 0.8 * previous + 0.2 * elapsed if previous else elapsed
         launched = _Launched(stage, batch, finish, started, span)
         if overlap:
             self._launched[self._lane[stage]].put(launched)
@@ -605,6 +610,10 @@ class DeviceEngine:
         try:
             self._resolve_batch(launched)
         finally:
+            with self._cv:  # the lane's next batch runs from now
+                costs = self._lane_costs[self._lane[launched.stage]]
+                costs.popleft()
+                self._lane_free_at[self._lane[launched.stage]] = time.perf_counter() + sum(costs)
             self._release_slot(launched.stage)
 
     def _resolve_batch(self, launched: _Launched) -> None:

@@ -332,6 +332,7 @@ def test_stage_stats_report_batches(fast_backend, avatar) -> None:
     stats = fast_backend.stage_stats()
     assert set(stats) == {"hubert", "lmdm", "render"}
     assert stats["render"].items >= 3 and stats["render"].mean_batch >= 1 and stats["render"].queued == 0
+    assert stats["render"].launch_s > 0
 
 
 # seconds per batch at each graph size: the render stage as measured on an H200 (compiled from 8 on)
