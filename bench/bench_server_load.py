@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_server_load.py --tree /tmp/tree --sessions 1,4,8,10 [--mode live] \\
-        [--max_live_sessions 16] [--compile_min_batch 8] [--motion_stream] --json out.json --plot out.png
+        [--max_live_sessions 16] [--compile_min_batch 8] [--no-motion_stream] --json out.json --plot out.png
     python bench/bench_server_load.py --tree /tmp/tree --sessions 8,16,17 --serve_replicas 1,2 \\
         --sessions_per_replica 8 --json out.json --plot out.png     # one GPU vs two (out-1.png, out-2.png)
 
@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--max_live_sessions", type=int, help="admission override (default: the server's measure)")
     p.add_argument("--compile_min_batch", type=int, default=8)
-    p.add_argument("--motion_stream", action="store_true", help="Ditto: the server's --motion_stream")
+    p.add_argument(
+        "--motion_stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Ditto: the server's --motion_stream",
+    )
     p.add_argument(
         "--lag_bound_ms",
         type=float,
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--backend", args.backend, "--max_size", str(args.max_size), "--max_sessions", str(max(args.sessions) + 2)]
     if args.backend == "ditto":
         flags += ditto_server_flags(args.tree, compile_min_batch=args.compile_min_batch)
-        flags += ["--motion_stream"] if args.motion_stream else []
+        flags += ["--motion_stream" if args.motion_stream else "--no-motion_stream"]
     if args.max_live_sessions is not None:
         flags += ["--max_live_sessions", str(args.max_live_sessions)]
     if not args.serve_replicas:

@@ -100,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--motion_stream",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="Ditto on CUDA: run the HuBERT and LMDM batches on a CUDA stream of their own, concurrently with "
-        "the render batches (their small kernels use the GPU the render leaves idle)",
+        "the render batches (their small kernels use the GPU the render leaves idle). Default on",
     )
     p.add_argument("--jpeg_quality", type=int, help="JPEG quality of streamed frames (1-100, default 85)")
     p.add_argument("--max_size", type=int, help="longest side of the output video in pixels (default 1920)")

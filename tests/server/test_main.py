@@ -51,10 +51,11 @@ def test_fallback_from_environment(monkeypatch):
 
 
 def test_motion_stream_from_flag_and_environment(monkeypatch):
+    assert settings_for([]).motion_stream is True
+    assert settings_for(["--no-motion_stream"]).motion_stream is False
+    monkeypatch.setenv("DITTO_MOTION_STREAM", "false")
     assert settings_for([]).motion_stream is False
     assert settings_for(["--motion_stream"]).motion_stream is True
-    monkeypatch.setenv("DITTO_MOTION_STREAM", "true")
-    assert settings_for([]).motion_stream is True
 
 
 def test_bad_environment_value_is_refused(monkeypatch):
