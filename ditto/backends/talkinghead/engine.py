@@ -54,13 +54,13 @@ device (on CUDA it works on a stream of its own).
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import enum
 import importlib.util
 import logging
+import math
 import queue
 import threading
 import time
@@ -96,15 +96,17 @@ LAUNCH_LEAD = 2.0
 """A held batch is launched this many times its stage's host launch time before its lane is due to be free."""
 
 
-def hold_seconds(*, waiting: int, full: int, lane_free_in: float, lead: float) -> float:
+def hold_seconds(*, waiting: int, full: int, lane_free_in: float, lead: float, expires_in: float) -> float:
     """How long a batch of ``waiting`` items should wait for more to arrive (0: launch it now).
 
     It waits only while its lane is busy anyway (``lane_free_in`` seconds of launched work left), and
     until ``lead`` seconds before the lane is due to be free: launched now it would only queue behind
-    that work, so waiting does not delay its first items, and what arrives meanwhile joins it instead
-    of running in a later batch. It does not wait once ``full`` items (the size cheapest per item) wait.
+    that work, so waiting does not delay when its items start (they end later by what the items that
+    join cost), and what arrives meanwhile joins it instead of running in a later batch. It does not
+    wait once ``full`` items (the size cheapest per item) wait, nor past ``expires_in`` (the earliest
+    of its items' lag bounds: a frame held past it would be shed).
     """
-    hold = lane_free_in - lead
+    hold = min(lane_free_in - lead, expires_in)
     return 0.0 if waiting >= full or hold <= 0 else hold
 
 
@@ -169,7 +171,7 @@ class _Lane(enum.Enum):
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Taken:
     """A batch taken from the queue (it holds a launch slot of its stage's lane): its items (none left
-    when every one was cancelled or shed), the graph size to run them at (None: the next size up),
+    when every one was cancelled), the graph size to run them at (None: the next size up),
     and whether it is an item of a failed batch run again alone."""
 
     stage: Stage
@@ -185,6 +187,7 @@ class _Launched:
     finish: Finish
     started: float  # perf_counter at launch
     span: tuple[torch.cuda.Event, torch.cuda.Event] | None  # device time of the batch (CUDA)
+    cost: float = 0.0  # its measured device seconds (0: not measured)
 
 
 class DeviceEngine:
@@ -269,9 +272,9 @@ class DeviceEngine:
         self._retries: list[_Request] = []  # items of a batch that failed after launch: run again one by one
         self._slots = max(1, int(launched_batches))  # per lane
         self._in_flight = {lane: 0 for lane in _Lane}  # launched and not yet resolved, per lane (under _cv)
-        # the measured costs of each lane's launched, unresolved batches (in launch order), and when the lane
-        # is due to be free (perf_counter): a lane runs its batches one after another
-        self._lane_costs: dict[_Lane, collections.deque[float]] = {lane: collections.deque() for lane in _Lane}
+        # each lane's batches on the device (launched, not yet done there), and when the lane is due to be
+        # free (perf_counter): a lane runs its batches one after another
+        self._on_lane: dict[_Lane, list[_Launched]] = {lane: [] for lane in _Lane}
         self._lane_free_at = {lane: 0.0 for lane in _Lane}
         self._launch_s = {stage: 0.0 for stage in Stage}  # host seconds a launch takes (moving average)
         lanes = dict.fromkeys(self._lane.values())
@@ -491,11 +494,16 @@ class DeviceEngine:
         lane = self._lane[stage]
         if stage not in FILLING_STAGES or not costs or not self._in_flight[lane]:
             return 0.0
+        if any(items for other, items in self._pending.items() if other is not stage and self._lane[other] is lane):
+            return 0.0  # the lane's other stages wait too: it is not this batch alone that would queue
+        pending = self._pending[stage]
+        expiries = [r.expires for r in pending if r.expires is not None]
         return hold_seconds(
-            waiting=len(self._pending[stage]),
+            waiting=len(pending),
             full=self.plan_batch(stage, self.max_batch)[0],
             lane_free_in=self._lane_free_at[lane] - time.perf_counter(),
             lead=LAUNCH_LEAD * self._launch_s[stage],
+            expires_in=min(expiries) - self._clock() if expiries else math.inf,
         )
 
     def _slot_free(self, stage: Stage) -> bool:
@@ -586,17 +594,15 @@ class DeviceEngine:
             batch[0].future.set_exception(_as_backend_error(exc))
             return
         launched_at = time.perf_counter()
+        cost = self.batch_costs.get(stage, {}).get(size, 0.0) if size is not None else 0.0
+        launched = _Launched(stage, batch, finish, started, span, cost)
         with self._cv:
             lane = self._lane[stage]
-            cost = self.batch_costs.get(stage, {}).get(size, 0.0) if size is not None else 0.0
-            if not self._lane_costs[lane]:
-                self._lane_free_at[lane] = started
-            self._lane_costs[lane].append(cost)
-            self._lane_free_at[lane] += cost
+            self._on_lane[lane].append(launched)
+            self._lane_free_at[lane] = max(started, self._lane_free_at[lane]) + cost
             elapsed, previous = launched_at - started, self._launch_s[stage]
             self.stats[stage].launch_s += elapsed
             self._launch_s[stage] = 0.8 * previous + 0.2 * elapsed if previous else elapsed
-        launched = _Launched(stage, batch, finish, started, span)
         if overlap:
             self._launched[self._lane[stage]].put(launched)
         else:
@@ -615,13 +621,24 @@ class DeviceEngine:
     def _resolve(self, launched: _Launched) -> None:
         """Wait for a launched batch and resolve its futures; the batch's launch slot is released here."""
         try:
+            self._off_lane(launched)
             self._resolve_batch(launched)
         finally:
-            with self._cv:  # the lane's next batch runs from now
-                costs = self._lane_costs[self._lane[launched.stage]]
-                costs.popleft()
-                self._lane_free_at[self._lane[launched.stage]] = time.perf_counter() + sum(costs)
             self._release_slot(launched.stage)
+
+    def _off_lane(self, launched: _Launched) -> None:
+        """Wait until ``launched`` is done on the device (on CUDA its last kernel; its results are
+        encoded and handed out after that), then restart its lane's due-free time from now: the
+        lane's next batch runs from then."""
+        if launched.span is not None:
+            with contextlib.suppress(RuntimeError):  # a device fault: finish() raises it, to the batch's handling
+                launched.span[1].synchronize()
+        with self._cv:
+            lane = self._lane[launched.stage]
+            on_lane = self._on_lane[lane]
+            on_lane.remove(launched)
+            self._lane_free_at[lane] = time.perf_counter() + sum(other.cost for other in on_lane)
+            self._cv.notify()
 
     def _resolve_batch(self, launched: _Launched) -> None:
         batch, stage = launched.batch, launched.stage

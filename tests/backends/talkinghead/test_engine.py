@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import math
 import threading
 
 import numpy as np
@@ -383,41 +384,46 @@ def test_the_engine_takes_the_planned_batches(fast_backend, avatar) -> None:
     ],
 )
 def test_a_small_batch_waits_to_fill_only_while_its_lane_is_busy(waiting, lane_free_in, hold) -> None:
-    assert hold_seconds(waiting=waiting, full=12, lane_free_in=lane_free_in, lead=0.005) == pytest.approx(hold)
+    assert hold_seconds(
+        waiting=waiting, full=12, lane_free_in=lane_free_in, lead=0.005, expires_in=math.inf
+    ) == pytest.approx(hold)
+
+
+def test_a_batch_waits_to_fill_no_longer_than_its_first_lag_bound() -> None:
+    assert hold_seconds(waiting=3, full=12, lane_free_in=0.030, lead=0.005, expires_in=0.010) == pytest.approx(0.010)
+    assert hold_seconds(waiting=3, full=12, lane_free_in=0.030, lead=0.005, expires_in=-0.001) == 0.0
 
 
 def test_frames_arriving_while_the_lane_is_busy_join_one_batch(fast_backend, avatar) -> None:
-    """With measured costs, frames that arrive one by one while a batch runs wait for the batch size
-    cheapest per frame (12 of RENDER_COSTS) instead of launching in small batches behind it."""
+    """With measured costs, frames that arrive one by one while a batch runs on the device wait for the
+    batch size cheapest per frame (12 of RENDER_COSTS) instead of launching in small batches behind it."""
     engine = engine_like(fast_backend)
     try:
         running, release, second = threading.Event(), threading.Event(), threading.Event()
-        engine.batch_costs = {Stage.RENDER: {size: cost * 1000 for size, cost in RENDER_COSTS.items()}}  # a busy lane
+        # a lane busy for hours: the hold ends only when a full batch waits
+        engine.batch_costs = {Stage.RENDER: {size: cost * 1e6 for size, cost in RENDER_COSTS.items()}}
         launches: list[int] = []
-        launch = engine._launch
+        launch, off_lane, hold_s = engine._launch, engine._off_lane, engine._hold_s
 
         def launched(stage, works, size):
-            finish = launch(stage, works, size)
             launches.append(len(works))
-            if running.is_set():
+            if len(launches) == 2:
                 second.set()
-                return finish
+            return launch(stage, works, size)
 
-            def held():  # results resolve in launch order: the first batch stays in flight until released
+        def on_device_until_released(batch):  # the first batch stays on the device (CPU: done at launch)
+            if not running.is_set():
                 running.set()
                 assert release.wait(60)
-                return finish()
-
-            return held
+            off_lane(batch)
 
         considered = threading.Event()
-        hold_s = engine._hold_s
 
         def considering(stage):
             considered.set()
             return hold_s(stage)
 
-        engine._launch, engine._hold_s = launched, considering
+        engine._launch, engine._off_lane, engine._hold_s = launched, on_device_until_released, considering
         works = render_works(fast_backend, avatar, 13)
         first = engine.render(works[0], deadline=0.0)
         assert running.wait(60)
@@ -426,10 +432,9 @@ def test_frames_arriving_while_the_lane_is_busy_join_one_batch(fast_backend, ava
             considered.clear()
             rest.append(engine.render(work, deadline=0.0))
             assert considered.wait(10), f"frame {work.index} was not considered: both launch slots are taken"
-        assert second.wait(60)
+        assert second.wait(60) and launches == [1, 12]  # launched while the first is still on the device
         release.set()
         assert [f.result(timeout=60).index for f in [first, *rest]] == list(range(13))
-        assert launches == [1, 12]
     finally:
         release.set()
         engine.close()
