@@ -103,10 +103,10 @@ def hold_seconds(*, waiting: int, full: int, lane_free_in: float, lead: float, e
     until ``lead`` seconds before the lane is due to be free: launched now it would only queue behind
     that work, so waiting does not delay when its items start (they end later by what the items that
     join cost), and what arrives meanwhile joins it instead of running in a later batch. It does not
-    wait once ``full`` items (the size cheapest per item) wait, nor past ``expires_in`` (the earliest
-    of its items' lag bounds: a frame held past it would be shed).
+    wait once ``full`` items (the size cheapest per item) wait, nor until ``expires_in`` (the earliest
+    of its items' lag bounds: a frame held past it would be shed), again launching ``lead`` before.
     """
-    hold = min(lane_free_in - lead, expires_in)
+    hold = min(lane_free_in, expires_in) - lead  # launched by then, the first frame is rendered
     return 0.0 if waiting >= full or hold <= 0 else hold
 
 
@@ -630,15 +630,17 @@ class DeviceEngine:
         """Wait until ``launched`` is done on the device (on CUDA its last kernel; its results are
         encoded and handed out after that), then restart its lane's due-free time from now: the
         lane's next batch runs from then."""
-        if launched.span is not None:
-            with contextlib.suppress(RuntimeError):  # a device fault: finish() raises it, to the batch's handling
-                launched.span[1].synchronize()
-        with self._cv:
-            lane = self._lane[launched.stage]
-            on_lane = self._on_lane[lane]
-            on_lane.remove(launched)
-            self._lane_free_at[lane] = time.perf_counter() + sum(other.cost for other in on_lane)
-            self._cv.notify()
+        try:
+            if launched.span is not None:
+                with contextlib.suppress(RuntimeError):  # a device fault: finish() raises it, to the batch's handling
+                    launched.span[1].synchronize()
+        finally:
+            with self._cv:
+                lane = self._lane[launched.stage]
+                on_lane = self._on_lane[lane]
+                on_lane.remove(launched)
+                self._lane_free_at[lane] = time.perf_counter() + sum(other.cost for other in on_lane)
+                self._cv.notify()
 
     def _resolve_batch(self, launched: _Launched) -> None:
         batch, stage = launched.batch, launched.stage
