@@ -441,6 +441,44 @@ def test_frames_arriving_while_the_lane_is_busy_join_one_batch(fast_backend, ava
         engine.close()
 
 
+def test_a_render_batch_does_not_wait_while_other_work_of_its_lane_waits(fast_backend, avatar) -> None:
+    """On one shared lane a waiting HuBERT window would take the free slot ahead of the held frame and
+    push the lane's free time out: the frame, due first, launches now instead."""
+    engine = fast_backend.models.make_engine(motion_stream=False)  # one lane for every stage
+    try:
+        running, release, second = threading.Event(), threading.Event(), threading.Event()
+        engine.batch_costs = {Stage.RENDER: {size: cost * 1e6 for size, cost in RENDER_COSTS.items()}}
+        launches: list[tuple[Stage, int]] = []
+        launch, off_lane = engine._launch, engine._off_lane
+
+        def launched(stage, works, size):
+            launches.append((stage, len(works)))
+            if len(launches) == 2:
+                second.set()
+            return launch(stage, works, size)
+
+        def on_device_until_released(batch):
+            if not running.is_set():
+                running.set()
+                assert release.wait(60)
+            off_lane(batch)
+
+        engine._launch, engine._off_lane = launched, on_device_until_released
+        works = render_works(fast_backend, avatar, 2)
+        first = engine.render(works[0], deadline=0.0)
+        assert running.wait(60)
+        with engine.paused():
+            frame = engine.render(works[1], deadline=0.0)
+            features = engine.features(speech_like(6480 / 16000, seed=1), deadline=1.0)
+        assert second.wait(60) and launches[1] == (Stage.RENDER, 1)
+        release.set()
+        assert first.result(timeout=60).index == 0 and frame.result(timeout=60).index == 1
+        assert features.result(timeout=60).shape == (5, 1024)
+    finally:
+        release.set()
+        engine.close()
+
+
 def test_live_capacity_counts_the_motion_time_the_render_does_not_hide(fast_backend, monkeypatch) -> None:
     """With a motion stream, HuBERT and LMDM add only their measured unhidden share to the load."""
     engine = fast_backend.models.engine
