@@ -5,8 +5,8 @@ runs it, batching the pending work of all sessions (docs/pipeline.md §13: upstr
 stage one frame at a time per session, which leaves a GPU launch-bound)::
 
     sessions ── submit ──►  queue  ──► engine thread: pick the stage whose oldest deadline is
-                                        nearest, take up to ``max_batch`` compatible items,
-                                        run them as one batch, resolve their futures
+                                        nearest, take the planned batch of compatible items,
+                                        launch it; a completion thread resolves their futures
 
 Three stages, each batched across sessions:
 
@@ -35,10 +35,11 @@ the device→host copies into pinned memory, all queued on its stream; on the CP
 and hands it to a second thread, which waits for it, JPEG-encodes its frames on a stream of its
 own (CUDA) and resolves the futures; meanwhile the engine thread prepares and launches the next
 batch, so the device does not idle while the host works. At most :data:`LAUNCHED_BATCHES`
-batches are in flight. With measured costs a render batch smaller than the cheapest size per item waits
-while its lane is busy, until just before the lane is due to be free (:func:`hold_seconds`): at live
-load frames arrive a few at a time, and launched at once they would run in small batches, which
-cost more device time per frame, behind work already queued. Frames past their lag bound are shed
+batches are in flight per lane. With measured costs a render batch smaller than the cheapest size per
+item waits while its lane is busy, until just before the lane is due to be free or its first frame's lag
+bound, and not while another stage of its lane waits (:func:`hold_seconds`): at live load frames arrive
+a few at a time, and launched at once they would run in small batches, which cost more device time per
+frame, behind work already queued. Frames past their lag bound are shed
 before a batch is planned, so shedding does not shrink the batch.
 
 With ``motion_stream`` (CUDA), HuBERT and LMDM batches go to a second stream, of higher priority,
@@ -48,8 +49,8 @@ between them. A stage's busy time (``stats``) is then the span of its batches on
 the other lane's work shares: the stages' times overlap. Batch costs are measured one stage at a
 time; how much of the motion time the render hides is timed apart (:meth:`DeviceEngine.time_together`).
 
-Sessions hold only host tensors and their own state; nothing but this thread touches the
-device (on CUDA it works on a stream of its own).
+Sessions hold only host tensors and their own state; nothing but the engine's threads touches the
+device (on CUDA on streams of their own).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class DeviceEngine:
         device: the device the renderer and LMDM live on.
         batch_sizes: the batch sizes graphs are captured for; larger batches are split,
             smaller ones padded to the next size.
-        launched_batches: batches launched and not yet resolved at once (1: the engine
+        launched_batches: batches launched and not yet resolved at once, per lane (1: the engine
             thread waits for each batch's results before it launches the next).
         motion_stream: run HuBERT and LMDM on a stream of their own, beside the render (CUDA;
             on the CPU only their launch slots are their own).
@@ -241,7 +242,7 @@ class DeviceEngine:
         self._pending: dict[Stage, list[_Request]] = {stage: [] for stage in Stage}
         self._cv = threading.Condition()
         self._closing = False
-        self._holds = 0  # paused() blocks
+        self._pauses = 0  # paused() blocks
         self._cuda = self.device.type == "cuda"
         if self._cuda:
             # the fp32 networks (LMDM, HuBERT, stitching) multiply on tensor cores in TF32, as the official
@@ -328,12 +329,12 @@ class DeviceEngine:
     def paused(self) -> Iterator[None]:
         """While inside, submitted work waits (it is batched and ordered when the block exits)."""
         with self._cv:
-            self._holds += 1
+            self._pauses += 1
         try:
             yield
         finally:
             with self._cv:
-                self._holds -= 1
+                self._pauses -= 1
                 self._cv.notify()
 
     def close(self) -> None:
@@ -441,7 +442,7 @@ class DeviceEngine:
                     return _Taken(retry.stage, [retry], alone=True)
                 self._shed_expired()
                 timeout = None
-                if not self._holds:
+                if not self._pauses:
                     stages = [stage for stage, items in self._pending.items() if items and self._slot_free(stage)]
                     holds = {stage: self._hold_s(stage) for stage in stages}
                     launchable = [stage for stage in stages if holds[stage] <= 0]
@@ -466,9 +467,6 @@ class DeviceEngine:
             taken = set(map(id, batch))
             self._pending[stage] = [r for r in pending if id(r) not in taken]
         live = [request for request in batch if request.future.set_running_or_notify_cancel()]  # else: it left
-        if size is not None and len(live) < count:  # some left: the cheapest graph that holds the rest
-            costs = self.batch_costs[stage]
-            size = min((s for s in costs if s >= len(live)), key=lambda s: costs[s], default=size)
         return _Taken(stage, live, size)
 
     def _shed_expired(self) -> None:
@@ -476,13 +474,11 @@ class DeviceEngine:
         (``_cv`` held), before any batch is planned from what waits."""
         now = self._clock()
         for stage, pending in self._pending.items():
-            if not any(r.future.cancelled() or (r.expires is not None and now > r.expires) for r in pending):
+            kept = [r for r in pending if not r.future.cancelled() and (r.expires is None or now <= r.expires)]
+            if len(kept) == len(pending):
                 continue
-            kept = []
             for request in pending:
-                if not request.future.cancelled() and (request.expires is None or now <= request.expires):
-                    kept.append(request)
-                elif request.future.set_running_or_notify_cancel():  # expired (else: cancelled, now notified)
+                if request not in kept and request.future.set_running_or_notify_cancel():  # else: cancelled
                     self.shed += 1
                     request.future.set_result(None)
             self._pending[stage] = kept
@@ -519,13 +515,6 @@ class DeviceEngine:
             assert self._in_flight[self._lane[stage]] >= 0, "a launch slot released twice"
             self._cv.notify()
 
-    def _hold_slot(self, stage: Stage) -> None:
-        """Wait for a free launch slot in ``stage``'s lane and hold it (the engine thread)."""
-        with self._cv:
-            while not self._slot_free(stage):
-                self._cv.wait()
-            self._take_slot(stage)
-
     def _fail_pending(self) -> None:
         failure = _shutting_down()
         for request in self._retries:
@@ -548,7 +537,7 @@ class DeviceEngine:
         try:
             with self._on_device():
                 while True:
-                    # a batch is formed when a launch slot of its lane is free, with all the work waiting by then
+                    # a batch is formed when a launch slot of its lane is free (render: and it need not wait to fill)
                     taken = self._next_batch()
                     if taken is None:
                         return
@@ -579,19 +568,7 @@ class DeviceEngine:
                     span[1].record()
         except Exception as exc:
             self._release_slot(stage)
-            with self._cv:
-                self.stats[stage].failures += 1
-            if len(batch) > 1:  # find the items at fault: each alone
-                logger.warning(
-                    "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
-                )
-                self._release_memory(exc)
-                for request in batch:
-                    self._hold_slot(stage)
-                    self._run_batch(stage, [request], None, overlap=False)
-                return
-            self._release_memory(exc)
-            batch[0].future.set_exception(_as_backend_error(exc))
+            self._batch_failed(stage, batch, exc)
             return
         launched_at = time.perf_counter()
         cost = self.batch_costs.get(stage, {}).get(size, 0.0) if size is not None else 0.0
@@ -647,19 +624,7 @@ class DeviceEngine:
         try:
             results = launched.finish()
         except Exception as exc:
-            with self._cv:
-                self.stats[stage].failures += 1
-                if len(batch) > 1 and not self._closing:  # the engine thread runs each item again alone
-                    logger.warning(
-                        "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
-                    )
-                    self._retries.extend(batch)
-                    self._cv.notify()
-                    batch = []
-            failure = _shutting_down() if len(batch) > 1 else _as_backend_error(exc)
-            for request in batch:  # one item alone, or the engine is closing: nobody would run them again
-                request.future.set_exception(failure)
-            self._release_memory(exc)
+            self._batch_failed(stage, batch, exc)
             return
         if launched.span is not None:
             launched.span[1].synchronize()  # finish() waited for the results, recorded just before this
@@ -674,6 +639,23 @@ class DeviceEngine:
             stats.busy_s += busy_s
         for request, result in zip(batch, results):
             request.future.set_result(result)
+
+    def _batch_failed(self, stage: Stage, batch: list[_Request], exc: BaseException) -> None:
+        """``batch`` raised (at its launch or its finish): the engine thread runs its items again, each
+        alone, to find those at fault; one item alone fails with the error."""
+        with self._cv:
+            self.stats[stage].failures += 1
+            if len(batch) > 1 and not self._closing:
+                logger.warning(
+                    "engine %s batch of %d failed (%s); retrying its items one by one", stage.value, len(batch), exc
+                )
+                self._retries.extend(batch)
+                self._cv.notify()
+                batch = []
+        failure = _shutting_down() if len(batch) > 1 else _as_backend_error(exc)
+        for request in batch:  # one item alone, or the engine is closing: nobody would run them again
+            request.future.set_exception(failure)
+        self._release_memory(exc)
 
     def _release_memory(self, exc: BaseException) -> None:
         if self._cuda and is_out_of_memory(exc):

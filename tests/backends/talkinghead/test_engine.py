@@ -33,8 +33,10 @@ class FakeClock:
 
 
 def engine_like(backend: DittoBackend, clock=None) -> DeviceEngine:
-    """A second engine over ``backend``'s models (so that a test can pause it and own its clock)."""
-    return backend.models.make_engine(**({"clock": clock} if clock else {}))
+    """A second engine over ``backend``'s models (so that a test can pause it and own its clock), with one
+    lane for every stage, where the order of batches is the deadline order (with a motion lane, a HuBERT
+    window runs beside a frame whatever their deadlines)."""
+    return backend.models.make_engine(motion_stream=False, **({"clock": clock} if clock else {}))
 
 
 def render_works(backend: DittoBackend, avatar, n: int, seed: int = 0) -> list[RenderWork]:
@@ -444,7 +446,7 @@ def test_frames_arriving_while_the_lane_is_busy_join_one_batch(fast_backend, ava
 def test_a_render_batch_does_not_wait_while_other_work_of_its_lane_waits(fast_backend, avatar) -> None:
     """On one shared lane a waiting HuBERT window would take the free slot ahead of the held frame and
     push the lane's free time out: the frame, due first, launches now instead."""
-    engine = fast_backend.models.make_engine(motion_stream=False)  # one lane for every stage
+    engine = engine_like(fast_backend)  # one lane for every stage
     try:
         running, release, second = threading.Event(), threading.Event(), threading.Event()
         engine.batch_costs = {Stage.RENDER: {size: cost * 1e6 for size, cost in RENDER_COSTS.items()}}
