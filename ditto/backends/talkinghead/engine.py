@@ -449,9 +449,8 @@ class DeviceEngine:
                     if launchable:
                         break
                     timeout = min(holds.values(), default=None)
-                idle = not self._retries and not any(
-                    self._pending.values()
-                )  # else: waiting for a slot or a fuller batch
+                # else: work waits for a launch slot or a fuller batch
+                idle = not self._retries and not any(self._pending.values())
                 waited = time.perf_counter()
                 self._cv.wait(timeout)
                 if idle:
@@ -474,11 +473,15 @@ class DeviceEngine:
         (``_cv`` held), before any batch is planned from what waits."""
         now = self._clock()
         for stage, pending in self._pending.items():
-            kept = [r for r in pending if not r.future.cancelled() and (r.expires is None or now <= r.expires)]
-            if len(kept) == len(pending):
-                continue
+            kept: list[_Request] = []
+            dropped: list[_Request] = []
             for request in pending:
-                if request not in kept and request.future.set_running_or_notify_cancel():  # else: cancelled
+                alive = not request.future.cancelled() and (request.expires is None or now <= request.expires)
+                (kept if alive else dropped).append(request)
+            if not dropped:
+                continue
+            for request in dropped:
+                if request.future.set_running_or_notify_cancel():  # expired (else: cancelled, now notified)
                     self.shed += 1
                     request.future.set_result(None)
             self._pending[stage] = kept
