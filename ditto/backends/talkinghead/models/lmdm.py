@@ -105,9 +105,9 @@ class Attention(nn.Module):
     """Multi-head attention with ``nn.MultiheadAttention``'s parameter layout.
 
     Keys: ``in_proj_weight`` (3E, E), ``in_proj_bias`` (3E,), ``out_proj.*``.
-    Queries, keys and values may come from different tensors (rotated q/k,
-    plain v). When query and key are the same tensor their projections are
-    done in one matmul.
+    :meth:`forward` is self-attention of rotated queries/keys (one tensor, projected in one matmul)
+    over plain values; cross-attention projects its parts apart (:meth:`project_query`,
+    :meth:`project_key_value`, :meth:`attend`), so a window's keys and values are projected once.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -127,15 +127,12 @@ class Attention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    def forward(self, qk: Tensor, value: Tensor) -> Tensor:
+        """Self-attention: ``qk`` (B,L,E) is both query and key (rotated), ``value`` (B,L,E)."""
         e = self.embed_dim
         w, b = self.in_proj_weight, self.in_proj_bias
-        if query is key:
-            q, k = F.linear(query, w[: 2 * e], b[: 2 * e]).split(e, dim=-1)
-            v = F.linear(value, w[2 * e :], b[2 * e :])
-        else:
-            q = self.project_query(query)
-            k, v = self.project_key_value(key, value)
+        q, k = F.linear(qk, w[: 2 * e], b[: 2 * e]).split(e, dim=-1)
+        v = F.linear(value, w[2 * e :], b[2 * e :])
         return self.attend(q, k, v)
 
     def project_query(self, query: Tensor) -> Tensor:
@@ -204,7 +201,7 @@ class ConditionEncoderLayer(nn.Module):
         """x (B,L,E) → (B,L,E); ``rot``: rotary tables of its L positions."""
         h = self.norm1(x)
         qk = RotaryEmbedding.rotate(h, rot)
-        x = x + self.dropout1(self.self_attn(qk, qk, h))
+        x = x + self.dropout1(self.self_attn(qk, h))
         h = self.norm2(x)
         h = self.linear2(self.dropout(F.gelu(self.linear1(h))))
         return x + self.dropout2(h)
@@ -247,7 +244,7 @@ class FiLMDecoderLayer(nn.Module):
         """
         h = self.norm1(x)
         qk = RotaryEmbedding.rotate(h, rot_x)
-        x = x + _modulate(self.dropout1(self.self_attn(qk, qk, h)), films[0])
+        x = x + _modulate(self.dropout1(self.self_attn(qk, h)), films[0])
 
         h = self.norm2(x)
         q = self.multihead_attn.project_query(RotaryEmbedding.rotate(h, rot_x))
