@@ -212,9 +212,9 @@ def stage_costs(backend: DittoBackend, avatar) -> dict[str, Any]:
         stream = backend.open_stream(avatar, seed=0)
         state = stream._require_state()
         rows = [torch.randn(a2m.motion_feat_dim, generator=gen) * 0.02 for _ in range(8)]
-        from ditto.backends.talkinghead.pipeline.audio2motion import vector_to_motion
+        from ditto.backends.talkinghead.pipeline.audio2motion import vector_to_arrays
 
-        out["stitcher_host_ms"] = timed(lambda: [state.stitcher(0, vector_to_motion(r)) for r in rows]) / len(rows)
+        out["stitcher_host_ms"] = timed(lambda: [state.stitcher(0, vector_to_arrays(r)) for r in rows]) / len(rows)
         stream.close()
     return out
 

@@ -49,7 +49,7 @@ from ditto.backends.talkinghead.pipeline.audio2motion import (
     as_v_min_max,
     iter_motion_offline,
     motion_to_vector,
-    vector_to_motion,
+    vector_to_arrays,
 )
 from ditto.backends.talkinghead.pipeline.blink import ctrl_for_frame
 from ditto.backends.talkinghead.pipeline.condition import (
@@ -546,7 +546,7 @@ class DittoStream:
             index = row.index
             source_frame = self._avatar.source.frame_for_output(index)
             keypoints = state.stitcher(
-                source_frame, vector_to_motion(row.motion), ctrl_for_frame(self._options.ctrl_info, index)
+                source_frame, vector_to_arrays(row.motion), ctrl_for_frame(self._options.ctrl_info, index)
             )
             work = RenderWork(
                 index=index,

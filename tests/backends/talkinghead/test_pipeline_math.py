@@ -528,8 +528,8 @@ def _sharp_logits(bin_index: int) -> torch.Tensor:
 def test_pose_to_degrees():
     assert ms.pose_to_degrees(torch.zeros(1, 66)).item() == pytest.approx(0.0, abs=1e-4)  # bin 32.5
     assert ms.pose_to_degrees(_sharp_logits(40)).item() == pytest.approx(22.5, abs=1e-4)
-    deg = torch.tensor([5.0])
-    assert ms.pose_to_degrees(deg) is deg
+    deg = np.array([5.0], dtype=np.float32)
+    assert ms.pose_to_degrees(deg) is deg  # already degrees: returned as it is
 
 
 def test_keypoint_transform_hand_rotation():
@@ -556,7 +556,7 @@ def test_keypoint_transform_hand_rotation():
     }
     out = ms.transform_keypoint(info)
     assert out.shape == (1, 21, 3)
-    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(out[0], expected, atol=1e-5)
     # pure yaw rotates the x axis toward -z for positive yaw (column-vector Ry)
     only_yaw = dict(
         info,
@@ -568,7 +568,7 @@ def test_keypoint_transform_hand_rotation():
         scale=torch.ones(1, 1),
         t=torch.zeros(1, 3),
     )
-    v = ms.transform_keypoint(only_yaw)[0, 0].numpy()
+    v = ms.transform_keypoint(only_yaw)[0, 0]
     np.testing.assert_allclose(v, [math.cos(math.radians(30)), 0, -math.sin(math.radians(30))], atol=1e-6)
 
 
@@ -581,7 +581,7 @@ def test_gaze_constants(dyaw, dpitch):
     expected = np.zeros(63)
     expected[33], expected[45] = dx * g33, dx * g45
     expected[34] = expected[46] = -0.001 * dy
-    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-8)
+    np.testing.assert_allclose(out[0], expected, atol=1e-8)
 
 
 def test_motion_stitch_composition_image():
@@ -613,8 +613,8 @@ def test_motion_stitch_composition_image():
     dpitch = ms.pose_to_degrees(mixed["pitch"]) - ms.pose_to_degrees(s["pitch"])
     exp = ms.gaze_exp_delta(dyaw, dpitch, torch.as_tensor(exp, dtype=torch.float32))
     x_d = ms.transform_keypoint(dict(mixed, exp=exp, scale=s["scale"], kp=s["kp"]))
-    np.testing.assert_allclose(kps.x_d.numpy(), x_d.numpy() + 1, atol=1e-5)
-    np.testing.assert_allclose(kps.x_s.numpy(), ms.transform_keypoint(src).numpy(), atol=1e-6)
+    np.testing.assert_allclose(kps.x_d.numpy(), x_d + 1, atol=1e-5)
+    np.testing.assert_allclose(kps.x_s.numpy(), ms.transform_keypoint(src), atol=1e-6)
     assert len(calls) == 1 and calls[0][0] is kps.x_s
     # non-lip, non-eye keypoints keep the source expression exactly: e.g. kp 0
     assert st.index == 1
@@ -628,7 +628,7 @@ def test_motion_stitch_controls_and_video_defaults():
     assert st.use_d_keys == ("exp",) and st.drive_eye is False
     st(1, d)  # first frame becomes d0 -> x_d = source frame 1 exactly
     again = st(1, d)
-    np.testing.assert_allclose(again.x_d.numpy(), ms.transform_keypoint(source.frames[1].x_s_info).numpy(), atol=1e-6)
+    np.testing.assert_allclose(again.x_d.numpy(), ms.transform_keypoint(source.frames[1].x_s_info), atol=1e-6)
     # delta_pitch is added in degrees after the logit -> degree conversion
     img = _source(is_image=True)
     st2 = ms.MotionStitcher(img, flag_stitching=False, drive_eye=False, overall_ctrl_info={"delta_pitch": 2})
@@ -638,7 +638,7 @@ def test_motion_stitch_controls_and_video_defaults():
     src = img.frames[0].x_s_info
     deg = ms.pose_to_degrees(src.pitch) + 2
     expected = ms.transform_keypoint(dict(src.as_dict(), pitch=deg))
-    np.testing.assert_allclose(shifted.x_d.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(shifted.x_d.numpy(), expected, atol=1e-5)
     # ch_info scale ratio turns use_d_keys into weights on exp/pose only
     st4 = ms.MotionStitcher(img, flag_stitching=False, ch_scale=2 * src.scale.item())
     assert st4.use_d_keys == {
@@ -650,6 +650,22 @@ def test_motion_stitch_controls_and_video_defaults():
     }
     with pytest.raises(ValueError):
         ms.MotionStitcher(img)  # stitching without a network
+
+
+def test_motion_stitch_reads_the_motion_row_as_arrays_or_as_motion_info():
+    """The stream hands the stitcher a row's fields as numpy views (``vector_to_arrays``); a
+    MotionInfo of the same row stitches to the same keypoints."""
+    img = _source(is_image=True)
+    rows = torch.as_tensor(np.random.default_rng(14).normal(0, 0.5, (3, 265)), dtype=torch.float32)
+    kwargs = dict(flag_stitching=False, delta_eye_arr=np.zeros((15, 63)), delta_eye_open_n=-1, rng=random.Random(0))
+    as_arrays, as_info = ms.MotionStitcher(img, **kwargs), ms.MotionStitcher(img, **kwargs)
+    for row in rows:
+        fields = a2m.vector_to_arrays(row)
+        assert np.shares_memory(fields["exp"], row.numpy())  # views: no copy per frame
+        np.testing.assert_array_equal(
+            as_arrays(0, fields).x_d.numpy(), as_info(0, a2m.vector_to_motion(row)).x_d.numpy()
+        )
+    assert as_arrays.d0 is not None and torch.equal(as_arrays.d0.exp, rows[0, 202:].reshape(1, 63))
 
 
 def test_motion_stitch_fade_d0_and_vad():
@@ -665,10 +681,10 @@ def test_motion_stitch_fade_d0_and_vad():
     pose = {k: src[k] + (a[k] - b[k]) for k in ("pitch", "yaw", "roll", "t")}
     exp_first = src["exp"]  # d0 - d0 = 0 -> first frame exp = source exp
     expected = ms.transform_keypoint(dict(src, **pose, exp=exp_first))
-    np.testing.assert_allclose(faded.x_d.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(faded.x_d.numpy(), expected, atol=1e-5)
     assert not torch.allclose(plain.x_d, faded.x_d)
     vad = ms.MotionStitcher(img, flag_stitching=False, drive_eye=False, d0=d0)(0, d1, {"vad_alpha": 0.0})
-    np.testing.assert_allclose(vad.x_d.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(vad.x_d.numpy(), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

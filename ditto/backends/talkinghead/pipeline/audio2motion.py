@@ -37,6 +37,7 @@ __all__ = [
     "SMOOTH_DIMS",
     "SampleWindow",
     "motion_to_vector",
+    "vector_to_arrays",
     "vector_to_motion",
     "clip_motion",
     "as_v_min_max",
@@ -66,18 +67,24 @@ def motion_to_vector(info: MotionInfo) -> Tensor:
     return torch.cat(parts, 0)
 
 
-def vector_to_motion(row: Tensor) -> MotionInfo:
-    """(265,) or (1,265) motion vector -> MotionInfo with (1, width) views (scale + 1; kp None)."""
-    flat = row.reshape(-1)
+def vector_to_arrays(row: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """(265,) or (1,265) host motion vector -> the MotionInfo fields as (1, width) float32 arrays
+    (views of the row, scale + 1 a copy; no kp): what :class:`MotionStitcher` reads per frame."""
+    flat = (row.numpy() if isinstance(row, Tensor) else np.asarray(row)).reshape(-1)
     if flat.shape[0] < MOTION_DIM:
         raise ValueError(f"motion vector has {flat.shape[0]} values, need {MOTION_DIM}")
-    out: dict[str, Tensor] = {}
+    out: dict[str, np.ndarray] = {}
     start = 0
     for key, width in _LAYOUT:
         v = flat[start : start + width].reshape(1, width)
-        out[key] = v + 1 if key == "scale" else v
+        out[key] = v + np.float32(1) if key == "scale" else v
         start += width
-    return MotionInfo(**out)  # type: ignore[arg-type]
+    return out
+
+
+def vector_to_motion(row: Tensor) -> MotionInfo:
+    """(265,) or (1,265) host motion vector -> MotionInfo with (1, width) views (scale + 1; kp None)."""
+    return MotionInfo(**{key: torch.from_numpy(value) for key, value in vector_to_arrays(row).items()})
 
 
 def as_v_min_max(v_min_max: Any, device: torch.device | str) -> Tensor | None:

@@ -14,7 +14,11 @@ Per output frame, in this order:
 7. keypoint transform ``x = scale * (kp @ R + exp)``, ``x[..., :2] += t[:2]``;
 8. stitching network on (x_s, x_d) when ``flag_stitching``.
 
-Everything stays on the device; no value is read back to the host per frame.
+The math runs in numpy on the host, as upstream's does: a frame is ~100 operations on arrays of
+at most 66 values, which numpy does in about a microsecond each without releasing the GIL, where
+torch's host ops cost several and release and retake it on every call (on the H200 at 10 live
+sessions, the sessions' threads stitching in torch held the GIL ~70 % of the time, and the device
+engine's thread waited for it; ``bench/bench_stitcher.py``). Its results are host tensors.
 """
 
 from __future__ import annotations
@@ -59,56 +63,67 @@ GAZE_Y_RATIO = 0.28
 GAZE_X_POS = (0.0007, 0.001)  # (exp[33] gain, exp[45] gain) when dx > 0
 GAZE_X_NEG = (0.001, 0.0007)  # (exp[33] gain, exp[45] gain) when dx <= 0
 GAZE_Y_GAIN = -0.001  # exp[34] and exp[46]
+_BIN_DEGREES = np.arange(POSE_BINS, dtype=np.float32) * 3  # a pose bin's degrees, before the -97.5 offset
 
 StitchFn = Callable[[Tensor, Tensor], Tensor]
 """``stitch(x_s (1,21,3), x_d (1,21,3)) -> stitched x_d (1,21,3)``."""
 
+ArrayLike = np.ndarray | Tensor
+"""What the math below takes: numpy arrays, or host tensors (read as arrays without a copy)."""
 
-def pose_to_degrees(pose: Tensor) -> Tensor:
+
+def _array(value: Any) -> np.ndarray:
+    """float32 numpy view (host tensors, arrays) or copy (anything else array-like) of ``value``."""
+    if isinstance(value, Tensor):
+        value = value.numpy(force=True)
+    return np.asarray(value, dtype=np.float32)
+
+
+def pose_to_degrees(pose: ArrayLike) -> np.ndarray:
     """(B,66) bin logits -> (B,) degrees: sum_i softmax_i * i * 3 - 97.5.
 
-    Anything else (already degrees) is returned unchanged, as upstream ``bin66_to_degree``.
+    Anything else (already degrees) is returned unchanged (as an array), as upstream ``bin66_to_degree``.
     """
+    pose = _array(pose)
     if pose.ndim > 1 and pose.shape[1] == POSE_BINS:
-        bins = torch.arange(POSE_BINS, dtype=pose.dtype, device=pose.device)
-        prob = torch.softmax(pose, dim=1)
-        return (prob * bins).sum(dim=1) * 3 - 97.5
+        weights = np.exp(pose - pose.max(axis=1, keepdims=True))
+        return (weights @ _BIN_DEGREES) / weights.sum(axis=1) - np.float32(97.5)
     return pose
 
 
-def rotation_matrix(pitch: Tensor, yaw: Tensor, roll: Tensor) -> Tensor:
+def rotation_matrix(pitch: ArrayLike, yaw: ArrayLike, roll: ArrayLike) -> np.ndarray:
     """Degrees (B,) -> (B,3,3) = (Rz(roll) @ Ry(yaw) @ Rx(pitch))^T.
 
     Rx = [[1,0,0],[0,c,-s],[0,s,c]], Ry = [[c,0,s],[0,1,0],[-s,0,c]], Rz = [[c,-s,0],[s,c,0],[0,0,1]].
     Row-vector keypoints are rotated as ``kp @ rotation_matrix(...)``.
     """
-    x = (pitch / 180 * np.pi).reshape(-1)
-    y = (yaw / 180 * np.pi).reshape(-1)
-    z = (roll / 180 * np.pi).reshape(-1)
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    cx, sx, cy, sy, cz, sz = x.cos(), x.sin(), y.cos(), y.sin(), z.cos(), z.sin()
-    rot_x = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], 1).reshape(-1, 3, 3)
-    rot_y = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], 1).reshape(-1, 3, 3)
-    rot_z = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], 1).reshape(-1, 3, 3)
-    return (rot_z @ rot_y @ rot_x).transpose(1, 2)
+    x, y, z = (np.radians(_array(angle).reshape(-1)) for angle in (pitch, yaw, roll))
+    cx, sx, cy, sy, cz, sz = np.cos(x), np.sin(x), np.cos(y), np.sin(y), np.cos(z), np.sin(z)
+    # the product Rz @ Ry @ Rx written out, one stack instead of three matrices and two products
+    rows = (
+        (cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx),
+        (sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx),
+        (-sy, cy * sx, cy * cx),
+    )
+    return np.stack([entry for row in rows for entry in row], 1).reshape(-1, 3, 3).transpose(0, 2, 1)
 
 
-def transform_keypoint(info: Mapping[str, Tensor] | MotionInfo) -> Tensor:
+def transform_keypoint(info: Mapping[str, ArrayLike] | MotionInfo) -> np.ndarray:
     """Implicit keypoints -> (B,21,3): ``scale * (kp @ R + exp)`` then ``xy += t_xy`` (t_z unused)."""
     d = info.as_dict() if isinstance(info, MotionInfo) else info
-    kp = d["kp"]
+    kp = _array(d["kp"])
     bs = kp.shape[0]
     rot = rotation_matrix(pose_to_degrees(d["pitch"]), pose_to_degrees(d["yaw"]), pose_to_degrees(d["roll"]))
-    out = kp.reshape(bs, NUM_KP, 3) @ rot + d["exp"].reshape(bs, NUM_KP, 3)
-    out = out * d["scale"].reshape(bs, 1, 1)
-    t = d["t"].reshape(bs, 1, 3)
-    shift = torch.cat([t[..., :2], torch.zeros_like(t[..., 2:])], dim=2)
-    return out + shift
+    out = (kp.reshape(bs, NUM_KP, 3) @ rot + _array(d["exp"]).reshape(bs, NUM_KP, 3)) * _array(d["scale"]).reshape(
+        bs, 1, 1
+    )
+    out[..., :2] += _array(d["t"]).reshape(bs, 1, 3)[..., :2]
+    return out
 
 
-def gaze_basis(device: torch.device | str | None = None) -> Tensor:
+def gaze_basis() -> np.ndarray:
     """(3,63) unit rows selecting exp[33], exp[45] and exp[34]+exp[46] (gaze-fix targets)."""
-    basis = torch.zeros(3, NUM_KP * 3, dtype=torch.float32, device=device)
+    basis = np.zeros((3, NUM_KP * 3), dtype=np.float32)
     basis[0, 33] = 1
     basis[1, 45] = 1
     basis[2, 34] = 1
@@ -116,35 +131,31 @@ def gaze_basis(device: torch.device | str | None = None) -> Tensor:
     return basis
 
 
-def gaze_exp_delta(delta_yaw: Tensor, delta_pitch: Tensor, exp: Tensor, basis: Tensor | None = None) -> Tensor:
+def gaze_exp_delta(
+    delta_yaw: ArrayLike, delta_pitch: ArrayLike, exp: ArrayLike, basis: np.ndarray | None = None
+) -> np.ndarray:
     """Add the gaze correction to an (1,63) exp, given driven-minus-source yaw/pitch (degrees).
 
     dx = 0.26*dyaw, dy = 0.28*dpitch; exp[33] += dx*0.0007 (dx>0) else dx*0.001;
-    exp[45] += dx*0.001 (dx>0) else dx*0.0007; exp[34], exp[46] += -0.001*dy. Branch-free
-    (no host read of dx).
+    exp[45] += dx*0.001 (dx>0) else dx*0.0007; exp[34], exp[46] += -0.001*dy.
     """
     if basis is None:
-        basis = gaze_basis(exp.device)
-    dx = (delta_yaw * GAZE_X_RATIO).reshape(1, 1)
-    dy = (delta_pitch * GAZE_Y_RATIO).reshape(1, 1)
-    pos = dx > 0
-    g33 = torch.where(pos, dx * GAZE_X_POS[0], dx * GAZE_X_NEG[0])
-    g45 = torch.where(pos, dx * GAZE_X_POS[1], dx * GAZE_X_NEG[1])
-    gy = dy * GAZE_Y_GAIN
-    delta = g33 * basis[0:1] + g45 * basis[1:2] + gy * basis[2:3]
-    return exp + delta.to(exp.dtype)
+        basis = gaze_basis()
+    dx = float(_array(delta_yaw).reshape(-1)[0]) * GAZE_X_RATIO
+    dy = float(_array(delta_pitch).reshape(-1)[0]) * GAZE_Y_RATIO
+    gains = GAZE_X_POS if dx > 0 else GAZE_X_NEG
+    delta = np.array([dx * gains[0], dx * gains[1], dy * GAZE_Y_GAIN], dtype=np.float32) @ basis
+    return _array(exp) + delta
 
 
-def _kp_mask(kps: Sequence[int], device: torch.device) -> Tensor:
-    m = torch.zeros(NUM_KP, 3, dtype=torch.float32, device=device)
+def _kp_mask(kps: Sequence[int]) -> np.ndarray:
+    m = np.zeros((NUM_KP, 3), dtype=np.float32)
     m[list(kps)] = 1
     return m.reshape(1, NUM_KP * 3)
 
 
-def _as_tensor(value: Any, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.to(device=like.device, dtype=like.dtype)
-    return torch.as_tensor(np.asarray(value, dtype=np.float32), device=like.device)
+def _arrays(info: MotionInfo) -> dict[str, np.ndarray]:
+    return {key: _array(value) for key, value in info.as_dict().items()}
 
 
 class MotionStitcher:
@@ -200,7 +211,6 @@ class MotionStitcher:
         frame0 = source.frames[0].x_s_info
         if frame0.kp is None:
             raise ValueError("source motion lacks kp")
-        self.device = frame0.exp.device
         self.source = source
         self.is_image = source.is_image
         self.stitch_fn = stitch_fn
@@ -225,7 +235,7 @@ class MotionStitcher:
             keys = tuple(use_d_keys)
         self.scale_ratio = 1.0
         if ch_scale is not None:
-            ch = float(ch_scale.item() if isinstance(ch_scale, Tensor) else ch_scale)
+            ch = float(_array(ch_scale).reshape(-1)[0])
             self.scale_ratio = ch / float(frame0.scale.item())
             if self.scale_ratio != 1:
                 if isinstance(keys, dict):
@@ -234,11 +244,11 @@ class MotionStitcher:
                     keys = {k: (self.scale_ratio if k in _SCALED_BY_CH_RATIO else 1) for k in keys}
         self.use_d_keys = keys
 
-        self.delta_eye_arr: Tensor | None = None
+        self.delta_eye_arr: np.ndarray | None = None
         if delta_eye_arr is not None:
-            self.delta_eye_arr = _as_tensor(delta_eye_arr, frame0.exp).reshape(-1, NUM_KP * 3)
-        lip = _kp_mask(LIP_KPS, self.device)
-        eye = _kp_mask(EYE_KPS, self.device)
+            self.delta_eye_arr = _array(delta_eye_arr).reshape(-1, NUM_KP * 3)
+        lip = _kp_mask(LIP_KPS)
+        eye = _kp_mask(EYE_KPS)
         a1 = lip
         a2 = None
         if self.drive_eye:
@@ -258,16 +268,15 @@ class MotionStitcher:
         if self.drive_eye and self.delta_eye_arr is not None:
             self._build_blinks(n_frames)
 
-        src0 = frame0.as_dict()
-        self._pose_s = (pose_to_degrees(src0["yaw"]), pose_to_degrees(src0["pitch"]))
-        self._gaze_basis = gaze_basis(self.device)
+        self._sources: dict[int, dict[str, np.ndarray]] = {}  # source frame -> its motion, as arrays
+        src0 = self._source_motion(0)
+        self._pose_s = (float(pose_to_degrees(src0["yaw"])[0]), float(pose_to_degrees(src0["pitch"])[0]))
+        self._gaze_basis = gaze_basis()
         self._x_s_cache: dict[int, Tensor] = {}
-        self._fade_dst: dict[str, Tensor] | None = None
-        if self.is_image:
-            self._x_s_cache[0] = transform_keypoint(src0)
-            if self.fade_type == "s":
-                self._fade_dst = dict(src0)
-        self._d0: dict[str, Tensor] | None = None if d0 is None else d0.as_dict()
+        self._fade_dst: dict[str, np.ndarray] | None = None
+        if self.is_image and self.fade_type == "s":
+            self._fade_dst = dict(src0)
+        self._d0: dict[str, np.ndarray] | None = None if d0 is None else _arrays(d0)
         self.index = 0
 
     # -- setup-time controls -------------------------------------------------------------
@@ -297,11 +306,11 @@ class MotionStitcher:
     def d0(self) -> MotionInfo | None:
         if self._d0 is None:
             return None
-        return MotionInfo(**self._d0)  # type: ignore[arg-type]
+        return MotionInfo(**{key: torch.from_numpy(value) for key, value in self._d0.items()})
 
     def set_d0(self, d0: MotionInfo) -> None:
         """Set the relative-driving reference (online: ``OnlineAudio2Motion.d0``)."""
-        self._d0 = d0.as_dict()
+        self._d0 = _arrays(d0)
 
     def seek(self, index: int) -> None:
         """The next frame fed is output frame ``index`` (after an interrupt dropped frames that
@@ -310,15 +319,20 @@ class MotionStitcher:
 
     # -- per frame -------------------------------------------------------------------------
 
-    def _x_s(self, src_idx: int, src: dict[str, Tensor]) -> Tensor:
+    def _source_motion(self, source_frame: int) -> dict[str, np.ndarray]:
+        motion = self._sources.get(source_frame)
+        if motion is None:
+            motion = self._sources[source_frame] = _arrays(self.source.frames[source_frame].x_s_info)
+        return motion
+
+    def _x_s(self, src_idx: int, src: dict[str, np.ndarray]) -> Tensor:
         key = 0 if self.is_image else src_idx
         x_s = self._x_s_cache.get(key)
         if x_s is None:
-            x_s = transform_keypoint(src)
-            self._x_s_cache[key] = x_s
+            x_s = self._x_s_cache[key] = torch.from_numpy(transform_keypoint(src))
         return x_s
 
-    def _mix(self, xs: dict[str, Tensor], xd: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _mix(self, xs: dict[str, np.ndarray], xd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = self.use_d_keys
         d0 = self._d0
         if d0 is not None:
@@ -336,12 +350,14 @@ class MotionStitcher:
                 out[k] = out[k] * a
         return out
 
-    def __call__(self, source_frame: int, motion: MotionInfo, ctrl: Mapping[str, Any] | None = None) -> DrivenKeypoints:
+    def __call__(
+        self, source_frame: int, motion: MotionInfo | Mapping[str, ArrayLike], ctrl: Mapping[str, Any] | None = None
+    ) -> DrivenKeypoints:
         """Keypoints for one output frame.
 
         Args:
             source_frame: index into ``source.frames`` (``source.frame_for_output(index)``).
-            motion: generated motion of this frame (``vector_to_motion`` of an emitted row).
+            motion: generated motion of this frame (``vector_to_arrays`` of an emitted row, or its MotionInfo).
             ctrl: per-frame control kwargs (fade_alpha, fade_out_keys, delta_*/alpha_* pose,
                 delta_exp, vad_alpha).
         """
@@ -349,8 +365,11 @@ class MotionStitcher:
         for k, v in self.overall_ctrl_info.items():
             kwargs.setdefault(k, v)
 
-        src = self.source.frames[source_frame].x_s_info.as_dict()
-        xd = motion.as_dict()
+        src = self._source_motion(source_frame)
+        xd = {
+            key: _array(value)
+            for key, value in (motion.as_dict() if isinstance(motion, MotionInfo) else motion).items()
+        }
         xd.pop("kp", None)
         if self.relative_d and self._d0 is None:
             self._d0 = dict(xd)
@@ -374,7 +393,7 @@ class MotionStitcher:
             if "alpha_" + key in kwargs:
                 xd[key] = xd[key] * kwargs["alpha_" + key]
         if "delta_exp" in kwargs:
-            xd["exp"] = xd["exp"] + _as_tensor(kwargs["delta_exp"], xd["exp"]).reshape(1, -1)
+            xd["exp"] = xd["exp"] + _array(kwargs["delta_exp"]).reshape(1, -1)
 
         if self.fade_type == "d0" and self._fade_dst is None:
             self._fade_dst = dict(xd)
@@ -397,12 +416,13 @@ class MotionStitcher:
 
         if self.drive_eye:
             yaw_s, pitch_s = self._pose_s
-            d_yaw = pose_to_degrees(xd["yaw"]).reshape(-1)[:1] - yaw_s.reshape(-1)[:1]
-            d_pitch = pose_to_degrees(xd["pitch"]).reshape(-1)[:1] - pitch_s.reshape(-1)[:1]
+            xd["yaw"], xd["pitch"] = pose_to_degrees(xd["yaw"]), pose_to_degrees(xd["pitch"])  # the transform's too
+            d_yaw = xd["yaw"].reshape(-1)[:1] - yaw_s
+            d_pitch = xd["pitch"].reshape(-1)[:1] - pitch_s
             xd["exp"] = gaze_exp_delta(d_yaw, d_pitch, xd["exp"], self._gaze_basis)
 
         x_s = self._x_s(source_frame, src)
-        x_d = transform_keypoint(xd)
+        x_d = torch.from_numpy(transform_keypoint(xd))
         if self.flag_stitching:
             assert self.stitch_fn is not None
             x_d = self.stitch_fn(x_s, x_d)
