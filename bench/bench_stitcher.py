@@ -18,6 +18,7 @@ The stitching keeps the online pkl's controls (image source, eye drive, blinks, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -32,26 +33,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ditto.backends.talkinghead.pipeline.audio2motion import MOTION_DIM, vector_to_arrays  # noqa: E402
+from ditto.backends.talkinghead.pipeline.audio2motion import (  # noqa: E402
+    MOTION_DIM,
+    vector_to_arrays,
+    vector_to_motion,
+)
 from ditto.backends.talkinghead.pipeline.motion_stitch import MotionStitcher  # noqa: E402
-from ditto.backends.talkinghead.pipeline.stages import MotionInfo, SourceFrame, SourceInfo  # noqa: E402
+from ditto.backends.talkinghead.pipeline.stages import SourceFrame, SourceInfo  # noqa: E402
 
 FPS = 25
 BURST = 5  # frames a 200 ms audio chunk brings
 
 
 def _source(rng: np.random.Generator) -> SourceInfo:
-    motion = {
-        "scale": rng.uniform(0.8, 1.2, (1, 1)),
-        "pitch": rng.normal(0, 1, (1, 66)),
-        "yaw": rng.normal(0, 1, (1, 66)),
-        "roll": rng.normal(0, 1, (1, 66)),
-        "t": rng.normal(0, 0.05, (1, 3)),
-        "exp": rng.normal(0, 0.02, (1, 63)),
-        "kp": rng.normal(0, 0.3, (1, 63)),
-    }
+    """An image source whose motion is a random motion row (small: scale near 1) plus canonical keypoints."""
+    row = torch.as_tensor(rng.normal(0, 0.1, MOTION_DIM), dtype=torch.float32)
+    kp = torch.as_tensor(rng.normal(0, 0.3, (1, 63)), dtype=torch.float32)
     frame = SourceFrame(
-        x_s_info=MotionInfo.from_mapping(motion),
+        x_s_info=dataclasses.replace(vector_to_motion(row), kp=kp),
         f_s=torch.zeros(1),
         M_c2o=np.eye(3),
         image=torch.zeros(4, 4, 3, dtype=torch.uint8),
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    alone = _stitch_frames(args.frames, seed=0)
+    alone = min(_stitch_frames(args.frames, seed=0) for _ in range(3))  # the quietest of three
     started = time.perf_counter()
     _in_threads(args.threads, lambda i: _stitch_frames(args.frames, seed=i))
     flat_out_wall = time.perf_counter() - started

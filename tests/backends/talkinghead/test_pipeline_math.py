@@ -657,15 +657,34 @@ def test_motion_stitch_reads_the_motion_row_as_arrays_or_as_motion_info():
     MotionInfo of the same row stitches to the same keypoints."""
     img = _source(is_image=True)
     rows = torch.as_tensor(np.random.default_rng(14).normal(0, 0.5, (3, 265)), dtype=torch.float32)
-    kwargs = dict(flag_stitching=False, delta_eye_arr=np.zeros((15, 63)), delta_eye_open_n=-1, rng=random.Random(0))
+    blinks = np.random.default_rng(15).normal(0, 0.01, (15, 63))  # float64, as a pkl may hold it
+    kwargs = dict(flag_stitching=False, delta_eye_arr=blinks, delta_eye_open_n=1, rng=random.Random(0))
     as_arrays, as_info = ms.MotionStitcher(img, **kwargs), ms.MotionStitcher(img, **kwargs)
     for row in rows:
         fields = a2m.vector_to_arrays(row)
         assert np.shares_memory(fields["exp"], row.numpy())  # views: no copy per frame
-        np.testing.assert_array_equal(
-            as_arrays(0, fields).x_d.numpy(), as_info(0, a2m.vector_to_motion(row)).x_d.numpy()
-        )
+        from_arrays, from_info = as_arrays(0, fields), as_info(0, a2m.vector_to_motion(row))
+        assert from_arrays.x_d.dtype == from_arrays.x_s.dtype == torch.float32
+        np.testing.assert_array_equal(from_arrays.x_d.numpy(), from_info.x_d.numpy())
     assert as_arrays.d0 is not None and torch.equal(as_arrays.d0.exp, rows[0, 202:].reshape(1, 63))
+
+
+def test_motion_stitch_key_weights_pose_alpha_and_delta_exp():
+    img = _source(is_image=True)
+    rng = np.random.default_rng(16)
+    d0, d1 = _motion(rng, kp=False), _motion(rng, kp=False)
+    delta_exp = rng.normal(0, 0.01, 63)
+    st = ms.MotionStitcher(img, flag_stitching=False, drive_eye=False, use_d_keys={"exp": 0.5, "yaw": 2.0}, d0=d0)
+    out = st(0, d1, {"alpha_yaw": np.float64(0.5), "delta_exp": delta_exp})
+    src, a, b = (info.as_dict() for info in (img.frames[0].x_s_info, d1, d0))
+    lip = np.zeros((21, 3))
+    lip[list(ms.LIP_KPS)] = 1
+    lip = lip.reshape(1, 63)
+    exp = (src["exp"] + (a["exp"] - b["exp"]) * 0.5).numpy() * lip + src["exp"].numpy() * (1 - lip) + delta_exp
+    yaw = (src["yaw"] + (a["yaw"] - b["yaw"]) * 2.0) * 0.5  # weighted, then alpha_yaw (on the logits)
+    expected = ms.transform_keypoint(dict(src, exp=exp, yaw=yaw))  # pitch, roll, t: the source's (not in the keys)
+    assert out.x_d.dtype == torch.float32
+    np.testing.assert_allclose(out.x_d.numpy(), expected, atol=1e-5)
 
 
 def test_motion_stitch_fade_d0_and_vad():

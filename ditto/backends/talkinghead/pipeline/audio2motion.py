@@ -69,8 +69,8 @@ def motion_to_vector(info: MotionInfo) -> Tensor:
 
 def vector_to_arrays(row: Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """(265,) or (1,265) host motion vector -> the MotionInfo fields as (1, width) float32 arrays
-    (views of the row, scale + 1 a copy; no kp): what :class:`MotionStitcher` reads per frame."""
-    flat = (row.numpy() if isinstance(row, Tensor) else np.asarray(row)).reshape(-1)
+    (views of a float32 host row, scale + 1 a copy; no kp): what :class:`MotionStitcher` reads per frame."""
+    flat = np.asarray(row.numpy(force=True) if isinstance(row, Tensor) else row, dtype=np.float32).reshape(-1)
     if flat.shape[0] < MOTION_DIM:
         raise ValueError(f"motion vector has {flat.shape[0]} values, need {MOTION_DIM}")
     out: dict[str, np.ndarray] = {}
@@ -321,7 +321,7 @@ class OnlineAudio2Motion:
             chunk = a2m.push(feats)
             if a2m.d0 is not None and stitcher.d0 is None:
                 stitcher.set_d0(a2m.d0)         # relative driving reference (silence frame)
-            ... chunk.motion rows -> vector_to_motion -> MotionStitcher
+            ... chunk.motion rows -> vector_to_arrays -> MotionStitcher
         tail = a2m.finish()
     """
 

@@ -68,18 +68,18 @@ _BIN_DEGREES = np.arange(POSE_BINS, dtype=np.float32) * 3  # a pose bin's degree
 StitchFn = Callable[[Tensor, Tensor], Tensor]
 """``stitch(x_s (1,21,3), x_d (1,21,3)) -> stitched x_d (1,21,3)``."""
 
-ArrayLike = np.ndarray | Tensor
-"""What the math below takes: numpy arrays, or host tensors (read as arrays without a copy)."""
+HostArray = np.ndarray | Tensor
+"""What the math below takes: numpy arrays, or host tensors (read through numpy, float32 ones without a copy)."""
 
 
 def _array(value: Any) -> np.ndarray:
-    """float32 numpy view (host tensors, arrays) or copy (anything else array-like) of ``value``."""
+    """``value`` as a float32 numpy array: a view of a float32 array or host tensor, else a copy."""
     if isinstance(value, Tensor):
         value = value.numpy(force=True)
     return np.asarray(value, dtype=np.float32)
 
 
-def pose_to_degrees(pose: ArrayLike) -> np.ndarray:
+def pose_to_degrees(pose: HostArray) -> np.ndarray:
     """(B,66) bin logits -> (B,) degrees: sum_i softmax_i * i * 3 - 97.5.
 
     Anything else (already degrees) is returned unchanged (as an array), as upstream ``bin66_to_degree``.
@@ -91,7 +91,7 @@ def pose_to_degrees(pose: ArrayLike) -> np.ndarray:
     return pose
 
 
-def rotation_matrix(pitch: ArrayLike, yaw: ArrayLike, roll: ArrayLike) -> np.ndarray:
+def rotation_matrix(pitch: HostArray, yaw: HostArray, roll: HostArray) -> np.ndarray:
     """Degrees (B,) -> (B,3,3) = (Rz(roll) @ Ry(yaw) @ Rx(pitch))^T.
 
     Rx = [[1,0,0],[0,c,-s],[0,s,c]], Ry = [[c,0,s],[0,1,0],[-s,0,c]], Rz = [[c,-s,0],[s,c,0],[0,0,1]].
@@ -108,15 +108,14 @@ def rotation_matrix(pitch: ArrayLike, yaw: ArrayLike, roll: ArrayLike) -> np.nda
     return np.stack([entry for row in rows for entry in row], 1).reshape(-1, 3, 3).transpose(0, 2, 1)
 
 
-def transform_keypoint(info: Mapping[str, ArrayLike] | MotionInfo) -> np.ndarray:
+def transform_keypoint(info: Mapping[str, HostArray] | MotionInfo) -> np.ndarray:
     """Implicit keypoints -> (B,21,3): ``scale * (kp @ R + exp)`` then ``xy += t_xy`` (t_z unused)."""
     d = info.as_dict() if isinstance(info, MotionInfo) else info
     kp = _array(d["kp"])
     bs = kp.shape[0]
     rot = rotation_matrix(pose_to_degrees(d["pitch"]), pose_to_degrees(d["yaw"]), pose_to_degrees(d["roll"]))
-    out = (kp.reshape(bs, NUM_KP, 3) @ rot + _array(d["exp"]).reshape(bs, NUM_KP, 3)) * _array(d["scale"]).reshape(
-        bs, 1, 1
-    )
+    out = kp.reshape(bs, NUM_KP, 3) @ rot + _array(d["exp"]).reshape(bs, NUM_KP, 3)
+    out *= _array(d["scale"]).reshape(bs, 1, 1)  # out is new: in place is safe
     out[..., :2] += _array(d["t"]).reshape(bs, 1, 3)[..., :2]
     return out
 
@@ -132,7 +131,7 @@ def gaze_basis() -> np.ndarray:
 
 
 def gaze_exp_delta(
-    delta_yaw: ArrayLike, delta_pitch: ArrayLike, exp: ArrayLike, basis: np.ndarray | None = None
+    delta_yaw: HostArray, delta_pitch: HostArray, exp: HostArray, basis: np.ndarray | None = None
 ) -> np.ndarray:
     """Add the gaze correction to an (1,63) exp, given driven-minus-source yaw/pitch (degrees).
 
@@ -154,8 +153,8 @@ def _kp_mask(kps: Sequence[int]) -> np.ndarray:
     return m.reshape(1, NUM_KP * 3)
 
 
-def _arrays(info: MotionInfo) -> dict[str, np.ndarray]:
-    return {key: _array(value) for key, value in info.as_dict().items()}
+def _arrays(info: MotionInfo | Mapping[str, HostArray]) -> dict[str, np.ndarray]:
+    return {key: _array(value) for key, value in (info.as_dict() if isinstance(info, MotionInfo) else info).items()}
 
 
 class MotionStitcher:
@@ -235,7 +234,7 @@ class MotionStitcher:
             keys = tuple(use_d_keys)
         self.scale_ratio = 1.0
         if ch_scale is not None:
-            ch = float(_array(ch_scale).reshape(-1)[0])
+            ch = float(ch_scale.item() if isinstance(ch_scale, Tensor) else ch_scale)
             self.scale_ratio = ch / float(frame0.scale.item())
             if self.scale_ratio != 1:
                 if isinstance(keys, dict):
@@ -351,7 +350,7 @@ class MotionStitcher:
         return out
 
     def __call__(
-        self, source_frame: int, motion: MotionInfo | Mapping[str, ArrayLike], ctrl: Mapping[str, Any] | None = None
+        self, source_frame: int, motion: MotionInfo | Mapping[str, HostArray], ctrl: Mapping[str, Any] | None = None
     ) -> DrivenKeypoints:
         """Keypoints for one output frame.
 
@@ -364,12 +363,10 @@ class MotionStitcher:
         kwargs = dict(ctrl or {})
         for k, v in self.overall_ctrl_info.items():
             kwargs.setdefault(k, v)
+        kwargs = {k: _array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}  # tensors: numpy math
 
         src = self._source_motion(source_frame)
-        xd = {
-            key: _array(value)
-            for key, value in (motion.as_dict() if isinstance(motion, MotionInfo) else motion).items()
-        }
+        xd = _arrays(motion)
         xd.pop("kp", None)
         if self.relative_d and self._d0 is None:
             self._d0 = dict(xd)
@@ -416,7 +413,8 @@ class MotionStitcher:
 
         if self.drive_eye:
             yaw_s, pitch_s = self._pose_s
-            xd["yaw"], xd["pitch"] = pose_to_degrees(xd["yaw"]), pose_to_degrees(xd["pitch"])  # the transform's too
+            # in degrees once, here: the gaze fix and transform_keypoint both read them so
+            xd["yaw"], xd["pitch"] = pose_to_degrees(xd["yaw"]), pose_to_degrees(xd["pitch"])
             d_yaw = xd["yaw"].reshape(-1)[:1] - yaw_s
             d_pitch = xd["pitch"].reshape(-1)[:1] - pitch_s
             xd["exp"] = gaze_exp_delta(d_yaw, d_pitch, xd["exp"], self._gaze_basis)
