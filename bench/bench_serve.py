@@ -97,7 +97,7 @@ class _Path:
                 self.plan.server,
                 "warmup",
                 load_test.warmup_audio(self.plan.audio),
-                self.plan.source_path,
+                self.plan.source_paths[0],
                 timeout_s=60,
                 realtime=False,
                 log_every=load_test.NO_LOGGING,
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     def path(command: list[str]) -> _Path:
         port = free_port()
         plan = load_test.LoadPlan(
-            f"ws://127.0.0.1:{port}", True, "", audio, str(ROOT / "example" / "image.png"), 200.0, 120.0
+            f"ws://127.0.0.1:{port}", True, "", audio, (str(ROOT / "example" / "image.png"),), 200.0, 120.0
         )
         return _Path([*command, *SERVER_FLAGS, "--port", str(port)], plan)
 

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=load_test.parse_levels, default=[1, 4, 8])
     p.add_argument("--mode", choices=["live", "file"], default="live")
     p.add_argument("--audio", default=str(ROOT / "example" / "audio.wav"))
-    p.add_argument("--source", default=str(ROOT / "example" / "image.png"))
+    p.add_argument(
+        "--source", nargs="+", default=[str(ROOT / "example" / "image.png")], help="the load test's portrait(s)"
+    )
     p.add_argument("--max_size", type=int, default=1024)
     p.add_argument("--max_live_sessions", type=int, help="admission override (default: the server's measure)")
     p.add_argument("--compile_min_batch", type=int, default=8)
@@ -144,7 +146,7 @@ def run_curve(
                     "--audio",
                     args.audio,
                     "--source",
-                    args.source,
+                    *args.source,
                     "--lag_bound_ms",
                     str(lag_bound_ms),
                     "--json",

@@ -16,8 +16,10 @@ the slowest session still ran at 25 fps or more. Sessions the server refuses (``
 counted, as are other error codes.
 
 Before the levels, ``/healthz`` is read (a server that can't be reached ends the tool with
-one error line and exit code 1) and one 40 ms live session registers the portrait, which the
-server caches, so level 1 does not measure face analysis.
+one error line and exit code 1) and one 40 ms live session per portrait registers it, which the
+server caches, so level 1 does not measure face analysis. With several ``--source`` portraits,
+session i of a level brings portrait i modulo their number: a deployment's sessions mostly animate
+different avatars, whose frames the device engine pastes back apart.
 
 The statistics (:func:`session_outcome`, :func:`summarize_level`, :func:`capacity`,
 :func:`format_table`) are pure; the sessions, the files and the plot are the edges.
@@ -198,26 +200,28 @@ class LoadPlan:
     live: bool
     audio_path: str
     audio: PcmAudio  # the same audio, decoded once: what live sessions stream
-    source_path: str
+    source_paths: tuple[str, ...]  # session i of a level brings portrait i modulo their number
     chunk_ms: float
     timeout_s: float
     spawn_rate: float | None = None  # sessions started per second within a level; None: all at once
 
 
-async def run_one(plan: LoadPlan, client_id: str) -> SessionResult:
+async def run_one(plan: LoadPlan, client_id: str, index: int) -> SessionResult:
+    """Session ``index`` of its level."""
+    source_path = plan.source_paths[index % len(plan.source_paths)]
     if plan.live:
         return await run_live_session(
             plan.server,
             client_id,
             plan.audio,
-            plan.source_path,
+            source_path,
             timeout_s=plan.timeout_s,
             chunk_ms=plan.chunk_ms,
             realtime=True,
             log_every=NO_LOGGING,
         )
     return await run_session(
-        plan.server, client_id, plan.audio_path, plan.source_path, timeout_s=plan.timeout_s, log_every=NO_LOGGING
+        plan.server, client_id, plan.audio_path, source_path, timeout_s=plan.timeout_s, log_every=NO_LOGGING
     )
 
 
@@ -228,7 +232,7 @@ async def run_level(plan: LoadPlan, sessions: int) -> tuple[list[SessionResult],
     async def session(i: int) -> SessionResult:
         if plan.spawn_rate:
             await asyncio.sleep(i / plan.spawn_rate)  # the ramp itself, not a wait for anything
-        return await run_one(plan, f"load-{sessions}-{i}")
+        return await run_one(plan, f"load-{sessions}-{i}", i)
 
     started_s = time.monotonic()
     results = await asyncio.gather(*(session(i) for i in range(sessions)))
@@ -303,7 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=parse_levels, required=True, help="levels, e.g. 1,2,4,8")
     p.add_argument("--mode", choices=["live", "file"], default="live")
     p.add_argument("--audio", required=True, help="audio file every session streams")
-    p.add_argument("--source", required=True, help="portrait every session uses")
+    p.add_argument(
+        "--source",
+        required=True,
+        nargs="+",
+        help="portrait(s): session i of a level brings the i-th, cycling (several: as many avatars as a "
+        "deployment of different users renders at once; each is registered by the warm-up)",
+    )
     p.add_argument("--chunk_ms", type=float, default=200.0, help="live audio chunk length in ms")
     p.add_argument("--lag_bound_ms", type=float, default=500.0, help="live: sustained needs lag p95 <= this")
     p.add_argument(
@@ -334,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--chunk_ms must be > 0", 2)
     if args.spawn_rate is not None and args.spawn_rate <= 0:
         return _fail("--spawn_rate must be > 0", 2)
-    for name in (args.audio, args.source):
+    for name in (args.audio, *args.source):
         if not Path(name).is_file():
             return _fail(f"no such file: {name}", 2)
     try:
@@ -348,27 +358,28 @@ def main(argv: list[str] | None = None) -> int:
         args.mode == "live",
         args.audio,
         audio,
-        args.source,
+        tuple(args.source),
         args.chunk_ms,
         args.timeout if args.timeout is not None else 60.0 + 3.0 * audio.duration_s,
         args.spawn_rate,
     )
     logger.info("Server %s: backend %s, sessions %s", args.server, health.get("backend"), health.get("sessions"))
 
-    warmup = asyncio.run(
-        run_live_session(
-            args.server,
-            "load-warmup",
-            warmup_audio(audio),
-            args.source,
-            timeout_s=plan.timeout_s,
-            realtime=False,
-            log_every=NO_LOGGING,
+    for i, source in enumerate(plan.source_paths):  # the server registers each portrait before any level
+        warmup = asyncio.run(
+            run_live_session(
+                args.server,
+                f"load-warmup-{i}",
+                warmup_audio(audio),
+                source,
+                timeout_s=plan.timeout_s,
+                realtime=False,
+                log_every=NO_LOGGING,
+            )
         )
-    )
-    if not warmup.ok:
-        what = f"[{warmup.error.code.value}] {warmup.error.message}" if warmup.error else "timed out"
-        return _fail(f"the warm-up session failed: {what}")
+        if not warmup.ok:
+            what = f"[{warmup.error.code.value}] {warmup.error.message}" if warmup.error else "timed out"
+            return _fail(f"the warm-up session with {source} failed: {what}")
 
     levels = []
     for sessions in args.sessions:
@@ -396,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 "server": args.server,
                 "backend": health.get("backend"),
                 "audio_s": audio.duration_s,
+                "sources": list(plan.source_paths),
                 "chunk_ms": args.chunk_ms if plan.live else None,
                 "lag_bound_ms": args.lag_bound_ms if plan.live else None,
                 "levels": [dataclasses.asdict(level) for level in levels],

@@ -227,6 +227,34 @@ def test_levels_against_the_lite_backend(start_server, lite_backend, short_clip,
     assert out.splitlines()[0].split()[:2] == ["sessions", "sustained"]
 
 
+def test_sessions_cycle_through_several_portraits(start_server, short_clip, tmp_path):
+    """With two ``--source`` portraits, the warm-up registers each and a level's sessions bring them in
+    turn: the backend registers both, once each (the server caches avatars by their pixels)."""
+    import cv2
+
+    from ditto.backends.lite import LiteBackend
+
+    registered: list[tuple[int, ...]] = []  # shapes of the images registered
+
+    class RegisterCounting(LiteBackend):
+        def register_source(self, image_rgb):
+            registered.append(image_rgb.shape)
+            return super().register_source(image_rgb)
+
+    mirrored = tmp_path / "mirrored.png"
+    assert cv2.imwrite(str(mirrored), cv2.flip(cv2.imread(str(EXAMPLE_IMAGE)), 1))
+    server = start_server(backend=RegisterCounting(), max_size=256, max_sessions=4)
+    at_start = len(registered)  # the backend's own warm-up portrait
+    report = tmp_path / "load.json"
+    argv = ["--server", server.ws, "--sessions", "2", "--audio", str(short_clip), "--chunk_ms", "100"]
+    assert main([*argv, "--source", str(EXAMPLE_IMAGE), str(mirrored), "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["sources"] == [str(EXAMPLE_IMAGE), str(mirrored)]
+    (level,) = result["levels"]
+    assert level["errors"] == {} and level["busy"] == 0 and level["fps_min"] > 0
+    assert len(registered) - at_start == 2  # two portraits, each registered once: by its warm-up
+
+
 def test_refused_sessions_are_counted_as_busy(start_server, lite_backend, short_clip, tmp_path):
     server = start_server(backend=lite_backend, max_size=256, max_sessions=1)
     code, report, png = run_tool(server.ws, short_clip, tmp_path, "2")
@@ -261,7 +289,7 @@ def test_unreachable_server_is_one_error_line(short_clip, tmp_path, capsys):
 def test_spawn_rate_staggers_the_sessions_of_a_level(start_server, lite_backend, short_clip):
     server = start_server(backend=lite_backend, max_size=256, max_sessions=4)
     plan = LoadPlan(
-        server.ws, True, str(short_clip), read_pcm(str(short_clip)), str(EXAMPLE_IMAGE), 200.0, 60.0, spawn_rate=4.0
+        server.ws, True, str(short_clip), read_pcm(str(short_clip)), (str(EXAMPLE_IMAGE),), 200.0, 60.0, spawn_rate=4.0
     )
     import time
 
