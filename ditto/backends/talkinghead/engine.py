@@ -121,7 +121,8 @@ FILLING_STAGES = frozenset({Stage.RENDER})
 """Stages whose batches wait to fill (:func:`hold_seconds`): a session submits its frames ahead and
 keeps working, but waits for its HuBERT and LMDM results (what it submits next depends on them), so
 holding those stalls the sessions behind them (on the H200, with every stage waiting on one shared
-lane, live 8 sessions fell from 186 to 26 FPS)."""
+lane, live 8 sessions fell from 186 to 26 FPS; measured while the sessions' stitching in torch held the
+GIL, README session 7, so to be measured again)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
