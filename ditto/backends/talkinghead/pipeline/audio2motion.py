@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 
 from ditto.backends.talkinghead.pipeline.condition import ConditionHandler
-from ditto.backends.talkinghead.pipeline.stages import AUDIO_FEAT_DIM, MOTION_DIM, MotionChunk, MotionInfo
+from ditto.backends.talkinghead.pipeline.stages import (
+    AUDIO_FEAT_DIM,
+    MOTION_DIM,
+    MotionChunk,
+    MotionInfo,
+    float32_array,
+)
 
 __all__ = [
     "SMOOTH_DIMS",
@@ -70,7 +76,7 @@ def motion_to_vector(info: MotionInfo) -> Tensor:
 def vector_to_arrays(row: Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """(265,) or (1,265) host motion vector -> the MotionInfo fields as (1, width) float32 arrays
     (views of a float32 host row, scale + 1 a copy; no kp): what :class:`MotionStitcher` reads per frame."""
-    flat = np.asarray(row.numpy(force=True) if isinstance(row, Tensor) else row, dtype=np.float32).reshape(-1)
+    flat = float32_array(row).reshape(-1)
     if flat.shape[0] < MOTION_DIM:
         raise ValueError(f"motion vector has {flat.shape[0]} values, need {MOTION_DIM}")
     out: dict[str, np.ndarray] = {}

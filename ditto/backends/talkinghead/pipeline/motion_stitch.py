@@ -38,6 +38,7 @@ from ditto.backends.talkinghead.pipeline.stages import (
     DrivenKeypoints,
     MotionInfo,
     SourceInfo,
+    float32_array,
 )
 
 __all__ = [
@@ -72,19 +73,12 @@ HostArray = np.ndarray | Tensor
 """What the math below takes: numpy arrays, or host tensors (read through numpy, float32 ones without a copy)."""
 
 
-def _array(value: Any) -> np.ndarray:
-    """``value`` as a float32 numpy array: a view of a float32 array or host tensor, else a copy."""
-    if isinstance(value, Tensor):
-        value = value.numpy(force=True)
-    return np.asarray(value, dtype=np.float32)
-
-
 def pose_to_degrees(pose: HostArray) -> np.ndarray:
     """(B,66) bin logits -> (B,) degrees: sum_i softmax_i * i * 3 - 97.5.
 
     Anything else (already degrees) is returned unchanged (as an array), as upstream ``bin66_to_degree``.
     """
-    pose = _array(pose)
+    pose = float32_array(pose)
     if pose.ndim > 1 and pose.shape[1] == POSE_BINS:
         weights = np.exp(pose - pose.max(axis=1, keepdims=True))
         return (weights @ _BIN_DEGREES) / weights.sum(axis=1) - np.float32(97.5)
@@ -97,7 +91,7 @@ def rotation_matrix(pitch: HostArray, yaw: HostArray, roll: HostArray) -> np.nda
     Rx = [[1,0,0],[0,c,-s],[0,s,c]], Ry = [[c,0,s],[0,1,0],[-s,0,c]], Rz = [[c,-s,0],[s,c,0],[0,0,1]].
     Row-vector keypoints are rotated as ``kp @ rotation_matrix(...)``.
     """
-    x, y, z = (np.radians(_array(angle).reshape(-1)) for angle in (pitch, yaw, roll))
+    x, y, z = (np.radians(float32_array(angle).reshape(-1)) for angle in (pitch, yaw, roll))
     cx, sx, cy, sy, cz, sz = np.cos(x), np.sin(x), np.cos(y), np.sin(y), np.cos(z), np.sin(z)
     # the product Rz @ Ry @ Rx written out, one stack instead of three matrices and two products
     rows = (
@@ -111,12 +105,12 @@ def rotation_matrix(pitch: HostArray, yaw: HostArray, roll: HostArray) -> np.nda
 def transform_keypoint(info: Mapping[str, HostArray] | MotionInfo) -> np.ndarray:
     """Implicit keypoints -> (B,21,3): ``scale * (kp @ R + exp)`` then ``xy += t_xy`` (t_z unused)."""
     d = info.as_dict() if isinstance(info, MotionInfo) else info
-    kp = _array(d["kp"])
+    kp = float32_array(d["kp"])
     bs = kp.shape[0]
     rot = rotation_matrix(pose_to_degrees(d["pitch"]), pose_to_degrees(d["yaw"]), pose_to_degrees(d["roll"]))
-    out = kp.reshape(bs, NUM_KP, 3) @ rot + _array(d["exp"]).reshape(bs, NUM_KP, 3)
-    out *= _array(d["scale"]).reshape(bs, 1, 1)  # out is new: in place is safe
-    out[..., :2] += _array(d["t"]).reshape(bs, 1, 3)[..., :2]
+    out = kp.reshape(bs, NUM_KP, 3) @ rot + float32_array(d["exp"]).reshape(bs, NUM_KP, 3)
+    out *= float32_array(d["scale"]).reshape(bs, 1, 1)  # out is new: in place is safe
+    out[..., :2] += float32_array(d["t"]).reshape(bs, 1, 3)[..., :2]
     return out
 
 
@@ -140,11 +134,11 @@ def gaze_exp_delta(
     """
     if basis is None:
         basis = gaze_basis()
-    dx = float(_array(delta_yaw).reshape(-1)[0]) * GAZE_X_RATIO
-    dy = float(_array(delta_pitch).reshape(-1)[0]) * GAZE_Y_RATIO
+    dx = float(float32_array(delta_yaw).reshape(-1)[0]) * GAZE_X_RATIO
+    dy = float(float32_array(delta_pitch).reshape(-1)[0]) * GAZE_Y_RATIO
     gains = GAZE_X_POS if dx > 0 else GAZE_X_NEG
     delta = np.array([dx * gains[0], dx * gains[1], dy * GAZE_Y_GAIN], dtype=np.float32) @ basis
-    return _array(exp) + delta
+    return float32_array(exp) + delta
 
 
 def _kp_mask(kps: Sequence[int]) -> np.ndarray:
@@ -154,7 +148,9 @@ def _kp_mask(kps: Sequence[int]) -> np.ndarray:
 
 
 def _arrays(info: MotionInfo | Mapping[str, HostArray]) -> dict[str, np.ndarray]:
-    return {key: _array(value) for key, value in (info.as_dict() if isinstance(info, MotionInfo) else info).items()}
+    return {
+        key: float32_array(value) for key, value in (info.as_dict() if isinstance(info, MotionInfo) else info).items()
+    }
 
 
 class MotionStitcher:
@@ -245,7 +241,7 @@ class MotionStitcher:
 
         self.delta_eye_arr: np.ndarray | None = None
         if delta_eye_arr is not None:
-            self.delta_eye_arr = _array(delta_eye_arr).reshape(-1, NUM_KP * 3)
+            self.delta_eye_arr = float32_array(delta_eye_arr).reshape(-1, NUM_KP * 3)
         lip = _kp_mask(LIP_KPS)
         eye = _kp_mask(EYE_KPS)
         a1 = lip
@@ -363,7 +359,7 @@ class MotionStitcher:
         kwargs = dict(ctrl or {})
         for k, v in self.overall_ctrl_info.items():
             kwargs.setdefault(k, v)
-        kwargs = {k: _array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}  # tensors: numpy math
+        kwargs = {k: float32_array(v) if isinstance(v, Tensor) else v for k, v in kwargs.items()}  # tensors: numpy math
 
         src = self._source_motion(source_frame)
         xd = _arrays(motion)
@@ -390,7 +386,7 @@ class MotionStitcher:
             if "alpha_" + key in kwargs:
                 xd[key] = xd[key] * kwargs["alpha_" + key]
         if "delta_exp" in kwargs:
-            xd["exp"] = xd["exp"] + _array(kwargs["delta_exp"]).reshape(1, -1)
+            xd["exp"] = xd["exp"] + float32_array(kwargs["delta_exp"]).reshape(1, -1)
 
         if self.fade_type == "d0" and self._fade_dst is None:
             self._fade_dst = dict(xd)

@@ -39,6 +39,7 @@ __all__ = [
     "MotionChunk",
     "DrivenKeypoints",
     "mirror_index",
+    "float32_array",
 ]
 
 AUDIO_FEAT_DIM = 1024  # HuBERT-large feature width (25 Hz after pair averaging)
@@ -52,6 +53,14 @@ NUM_KP = 21  # implicit LivePortrait keypoints
 POSE_BINS = 66  # pose head: 66 bins of 3 degrees, centre of bin i = 3*i - 97.5 (after softmax mean)
 
 _MOTION_KEYS = ("scale", "pitch", "yaw", "roll", "t", "exp", "kp")
+
+
+def float32_array(value: Any) -> np.ndarray:
+    """``value`` as a float32 numpy array: a view of a float32 array or host tensor, else a copy
+    (what the per-frame host math of motion stitching reads)."""
+    if isinstance(value, Tensor):
+        value = value.numpy(force=True)
+    return np.asarray(value, dtype=np.float32)
 
 
 def mirror_index(index: int, size: int) -> int:
