@@ -362,6 +362,19 @@ def test_online_total_frames(seconds, expected_audio, expected_emitted):
         online.push(_features(5))
 
 
+@pytest.mark.parametrize("overlap", [70, 75])
+@pytest.mark.parametrize("frames", [1, 2, 3, 5, 9, 10, 11, 12])
+def test_online_short_audio_emits_every_frame(overlap, frames):
+    """Audio shorter than window 0's real rows (V frames' features): upstream's worker primes on the
+    padded window and emits nothing; every frame of the audio must still come out."""
+    samples = frames * 640
+    n_chunks = math.ceil((samples + 1920) / 3200)  # as in test_online_total_frames
+    online, _, _ = _online(overlap)
+    chunks = [online.push(_features(5, 5 * c)) for c in range(n_chunks)] + [online.finish()]
+    first, rows = _rows(chunks)
+    assert first == 0 and rows.shape[0] >= frames
+
+
 def _rows(chunks) -> tuple[int, torch.Tensor]:
     """(first frame, rows) of consecutive MotionChunks."""
     chunks = list(chunks)

@@ -468,9 +468,11 @@ class OnlineAudio2Motion:
         self._res = w.step(cond, self._res)
         rows = self._res.new_zeros(0, MOTION_DIM)
         if self._valid_start is None:
-            # window 0: prime only; d0 is its (silence) frame 0
+            # window 0: prime only; d0 is its (silence) frame 0. It advances by V even when padded (audio
+            # shorter than about V frames): upstream's worker then skips the real rows and emits nothing
             self._valid_start = self._res.shape[0] - w.fuse_len
             self.d0 = vector_to_motion(clip_motion(self._res[:1], self.v_min_max)[0])
+            real_valid = w.valid_len
         else:
             rows = clip_motion(self._res[self._valid_start : self._valid_start + real_valid], self.v_min_max)
             self._emitted += rows.shape[0]
