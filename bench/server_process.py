@@ -20,6 +20,7 @@ from typing import Iterator
 from ditto.tools import load_test
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTUP_FAILURE_LINES = 40  # of the server's log, in the error when it dies while starting
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +48,10 @@ def wait_for_health(server: str, process: subprocess.Popen, timeout_s: float) ->
         except (OSError, ValueError):
             time.sleep(0.2)  # polling a process that is starting: nothing to wait on but the port
     raise RuntimeError(f"no /healthz answer within {timeout_s:.0f} s")
+
+
+def log_tail(log: Path, lines: int = STARTUP_FAILURE_LINES) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def ditto_server_flags(tree: Path | None, *, compile_min_batch: int) -> list[str]:
@@ -83,7 +88,8 @@ def running_server(
     :func:`serve_application`) until the block ends (then terminated and waited for).
 
     Raises:
-        RuntimeError: the server exited, or did not answer ``/healthz`` within ``startup_timeout_s``.
+        RuntimeError: the server exited, or did not answer ``/healthz`` within ``startup_timeout_s``
+            (the message ends with the last lines of the server's log).
     """
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
@@ -97,7 +103,10 @@ def running_server(
             stderr=subprocess.STDOUT,
         )
     try:
-        health = wait_for_health(url, process, startup_timeout_s)
+        try:
+            health = wait_for_health(url, process, startup_timeout_s)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; the last lines of {log}:\n{log_tail(log)}") from None
         yield ServerProcess(process, url, log, time.monotonic() - launched, health)
     finally:
         process.terminate()
