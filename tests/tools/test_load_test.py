@@ -30,6 +30,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LEVEL_FIELDS = {
     "sessions",
     "sustained",
+    "admitted_sustained",
     "fps_min",
     "fps_aggregate",
     "first_frame_p95_s",
@@ -89,6 +90,23 @@ def test_live_level_figures_over_all_frames_of_all_sessions():
 def test_live_level_not_sustained(second, why):
     level = summarize_level([outcome(), second], 5.0, live=True, lag_bound_ms=500.0)
     assert not level.sustained, why
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_past_the_admission_limit_the_admitted_sessions_are_judged_alone(live):
+    refused = outcome(complete=False, frames=0, fps=0.0, first_frame_s=None, lags_ms=(), error_code="busy")
+    lags = {} if live else {"lags_ms": ()}
+    admitted_ok = summarize_level([outcome(**lags), outcome(**lags), refused], 5.0, live=live, lag_bound_ms=500.0)
+    assert not admitted_ok.sustained and admitted_ok.admitted_sustained and admitted_ok.busy == 1
+    slow = outcome(lags_ms=[600.0] * 10) if live else outcome(fps=20.0, lags_ms=())
+    admitted_slow = summarize_level([outcome(**lags), slow, refused], 5.0, live=live, lag_bound_ms=500.0)
+    assert not admitted_slow.admitted_sustained
+    all_refused = summarize_level([refused, refused], 5.0, live=live, lag_bound_ms=500.0)
+    assert not all_refused.admitted_sustained
+    failed = outcome(complete=False, frames=0, fps=0.0, first_frame_s=None, lags_ms=(), error_code="no_face")
+    assert not summarize_level(
+        [outcome(**lags), failed, refused], 5.0, live=live, lag_bound_ms=500.0
+    ).admitted_sustained
 
 
 def test_busy_is_counted_apart_from_other_errors():
@@ -261,6 +279,7 @@ def test_refused_sessions_are_counted_as_busy(start_server, lite_backend, short_
     assert code == 0
     (level,) = report["levels"]
     assert level["busy"] == 1 and level["errors"] == {} and not level["sustained"]
+    assert level["admitted_sustained"]  # the one admitted session, alone on the server
     assert level["fps_min"] == 0.0 and report["capacity"] is None
     assert png.startswith(PNG_MAGIC)
 
