@@ -25,7 +25,7 @@ import torch
 
 from ditto import SAMPLES_PER_FRAME
 from ditto.backends.talkinghead.backend import DittoBackend
-from ditto.backends.talkinghead.config import dump_cfg_pkl, read_cfg_dict
+from ditto.backends.talkinghead.config import dump_cfg_pkl, load_cfg, read_cfg_dict
 from ditto.backends.talkinghead.pipeline.registration import fit_to_max_size
 from ditto.backends.talkinghead.runtime.onnx_runner import OnnxRunner
 from ditto.backends.talkinghead.runtime.torch_runner import TorchRunner
@@ -134,6 +134,18 @@ def test_online_session_streams_and_trims_to_the_audio(online_backend, avatar, s
     assert [f.index for f in during + after] == list(range(total))  # the LMDM tail past the audio is cut
     # overlap 75: frames leave once 0.485 s of audio (plus the first window) has arrived
     assert (len(during) > 0) == (seconds > 0.5)
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_the_unchanged_online_overlap_renders_a_clip_of_one_or_two_frames(
+    checkpoint_tree, online_backend, avatar, frames
+) -> None:
+    """overlap_v2 70, as shipped: audio this short only fills window 0 (the Serve health probe feeds 40 ms)."""
+    cfg = load_cfg(checkpoint_tree.cfg_pkl("onnx_online"), checkpoint_tree.onnx)
+    shipped = DittoBackend(cfg, "cpu", models=online_backend.models, setup_options=FAST_SETUP)
+    assert shipped.options.overlap_v2 == 70
+    during, after = render_all(shipped.open_stream(avatar, seed=0), speech_like(frames * 0.04), chunk=640)
+    assert [f.index for f in during + after] == list(range(frames))
 
 
 def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(online_backend, avatar) -> None:
