@@ -369,10 +369,16 @@ def test_online_short_audio_emits_every_frame(overlap, frames):
     padded window and emits nothing; every frame of the audio must still come out."""
     samples = frames * 640
     n_chunks = math.ceil((samples + 1920) / 3200)  # as in test_online_total_frames
+    features = _features(5 * n_chunks)
     online, _, _ = _online(overlap)
-    chunks = [online.push(_features(5, 5 * c)) for c in range(n_chunks)] + [online.finish()]
-    first, rows = _rows(chunks)
+    first, rows = _rows([online.push(features[5 * c : 5 * c + 5]) for c in range(n_chunks)] + [online.finish()])
     assert first == 0 and rows.shape[0] >= frames
+    # the same rows as a longer stream whose tail repeats the last feature row (what the padding stands for)
+    longer, _, _ = _online(overlap)
+    padded = torch.cat([features, features[-1:].expand(80, -1)])
+    _, expected = _rows([longer.push(padded), longer.finish()])
+    v = 80 - overlap
+    torch.testing.assert_close(rows[: min(frames, v)], expected[: min(frames, v)], rtol=0, atol=0)
 
 
 def _rows(chunks) -> tuple[int, torch.Tensor]:
