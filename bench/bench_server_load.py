@@ -6,6 +6,8 @@ Usage::
         [--max_live_sessions 16] [--compile_min_batch 8] [--no-motion_stream] --json out.json --plot out.png
     python bench/bench_server_load.py --tree /tmp/tree --sessions 8,16,17 --serve_replicas 1,2 \\
         --sessions_per_replica 8 --json out.json --plot out.png     # one GPU vs two (out-1.png, out-2.png)
+    python bench/bench_server_load.py --backend lite --max_size 512 --sessions 6,8,10 --lite_render_slots 2,12 \
+        --json out.json --plot out.png                              # lite: 2 render slots vs 12 (out-2.png, out-12.png)
 
 Starts ``streaming_server.py`` (Ditto backend on the test checkpoint tree with the online pkl, or
 ``--backend lite``) as a subprocess (with ``--serve_replicas 1,2``: the Ray Serve application
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         "given (1,2: one replica, then two; Ditto replicas take a GPU each)",
     )
     p.add_argument("--sessions_per_replica", type=int, help="Serve: sessions one replica admits")
+    p.add_argument(
+        "--lite_render_slots",
+        type=load_test.parse_levels,
+        help="lite: a curve for each value of the server's --lite_render_slots (2,12: the default against one "
+        "render at a time per session), with each level's aggregate fps as a ratio to the last value's",
+    )
     p.add_argument("--spawn_rate", type=float, help="the load test's sessions started per second (default: at once)")
     p.add_argument("--startup_timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path)
@@ -103,25 +111,51 @@ def main(argv: list[str] | None = None) -> int:
         flags += ["--motion_stream" if args.motion_stream else "--no-motion_stream"]
     if args.max_live_sessions is not None:
         flags += ["--max_live_sessions", str(args.max_live_sessions)]
-    if not args.serve_replicas:
+    if args.serve_replicas and args.lite_render_slots:
+        p.error("--serve_replicas and --lite_render_slots: one comparison at a time")
+    if args.serve_replicas:
+        if args.sessions_per_replica is not None:
+            flags += ["--sessions_per_replica", str(args.sessions_per_replica)]
+        variants = [
+            (f"serve, {n} replica{'s' if n > 1 else ''}", str(n), [], serve_application(n)) for n in args.serve_replicas
+        ]
+    elif args.lite_render_slots:
+        variants = [
+            (f"server, {n} render slots", str(n), ["--lite_render_slots", str(n)], PLAIN_SERVER)
+            for n in args.lite_render_slots
+        ]
+    else:
         result = run_curve(args, flags, PLAIN_SERVER, lag_bound_ms, "server")
         if args.json:
             args.json.write_text(json.dumps(result, indent=1))
         if args.plot:
             plot(result, args.plot, f"{args.backend} server, {args.mode}, {args.max_size}px")
         return 0
-    if args.sessions_per_replica is not None:
-        flags += ["--sessions_per_replica", str(args.sessions_per_replica)]
     curves = {}
-    for replicas in args.serve_replicas:
-        name = f"serve, {replicas} replica{'s' if replicas > 1 else ''}"
-        curves[name] = run_curve(args, flags, serve_application(replicas), lag_bound_ms, name)
+    for name, suffix, extra_flags, launcher in variants:
+        curves[name] = run_curve(args, flags + extra_flags, launcher, lag_bound_ms, name)
         if args.plot:
-            plot(curves[name], args.plot.with_stem(f"{args.plot.stem}-{replicas}"), f"{args.backend} {name}")
+            plot(curves[name], args.plot.with_stem(f"{args.plot.stem}-{suffix}"), f"{args.backend} {name}")
     print("\ncapacity: " + ", ".join(f"{name}: {c['capacity']}" for name, c in curves.items()))
+    print(format_ratios(curves))
     if args.json:
         args.json.write_text(json.dumps({"curves": curves}, indent=1))
     return 0
+
+
+def format_ratios(curves: dict[str, dict]) -> str:
+    """Each level's aggregate fps in every curve, and as a ratio to the last curve's."""
+    *_, (base_name, base) = curves.items()
+    base_fps = {level["sessions"]: level["fps_aggregate"] for level in base["levels"]}
+    rows = [f"aggregate fps, ratio to {base_name}:"]
+    for name, curve in curves.items():
+        cells = [
+            f"{lv['sessions']}: {lv['fps_aggregate']:.1f} ({lv['fps_aggregate'] / base_fps[lv['sessions']]:.2f}x)"
+            for lv in curve["levels"]
+            if base_fps.get(lv["sessions"])
+        ]
+        rows.append(f"  {name}: " + ", ".join(cells))
+    return "\n".join(rows)
 
 
 def run_curve(

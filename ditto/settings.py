@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, le=64)  # Ditto: frames / windows the device engine runs at once
     compile_min_batch: int = Field(8, ge=0, le=64)  # Ditto on CUDA: render batches this large run compiled; 0: never
     motion_stream: bool = True  # Ditto: HuBERT and LMDM in a lane of their own (on CUDA a stream), beside the render
+    lite_render_slots: int | None = Field(None, ge=1, le=64)  # lite: frames rendered at once; None: RENDER_SLOTS
     jpeg_quality: int = Field(85, ge=1, le=100)
     max_size: int = Field(1920, ge=64, le=8192)  # longest side of the output video
 

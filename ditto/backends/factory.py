@@ -11,7 +11,9 @@ from ditto.settings import Settings
 def _lite(settings: Settings) -> AnimatorBackend:
     from ditto.backends.lite import LiteBackend
 
-    return LiteBackend()
+    if settings.lite_render_slots is None:
+        return LiteBackend()
+    return LiteBackend(render_slots=settings.lite_render_slots)
 
 
 def _ditto(settings: Settings) -> AnimatorBackend:

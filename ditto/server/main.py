@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ditto on CUDA: run the HuBERT and LMDM batches on a CUDA stream of their own, concurrently with "
         "the render batches (their small kernels use the GPU the render leaves idle). Default on",
     )
+    p.add_argument(
+        "--lite_render_slots",
+        type=int,
+        help="lite: frames of all sessions rendered at once (default 2: more threads at once contend for the GIL)",
+    )
     p.add_argument("--jpeg_quality", type=int, help="JPEG quality of streamed frames (1-100, default 85)")
     p.add_argument("--max_size", type=int, help="longest side of the output video in pixels (default 1920)")
     return p

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from ditto import SAMPLES_PER_FRAME
+from ditto.backends.factory import create_backend
 from ditto.backends.lite import LOOKAHEAD_FRAMES, LiteBackend
 from ditto.backends.lite import landmarks as lm
 from ditto.backends.lite.speech import SETTLE_FRAMES
 from ditto.errors import ErrorCode, SourceError
+from ditto.settings import Settings
 from tests.backends.lite.conftest import speech, vowel
 
 
@@ -315,3 +317,10 @@ def test_concurrent_registrations(backend, source_image):
     assert len(results) == 3
     for other in results[1:]:
         np.testing.assert_allclose(other.landmarks.points, results[0].landmarks.points, atol=1e-3)
+
+
+def test_render_slots_come_from_the_settings_and_must_be_positive():
+    assert create_backend(Settings(backend="lite")).render_slots == 2
+    assert create_backend(Settings(backend="lite", lite_render_slots=5)).render_slots == 5
+    with pytest.raises(ValueError, match="render_slots"):
+        LiteBackend(render_slots=0)
