@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--live_max_lag_ms",
         type=float,
-        help="live: a frame still waiting for the GPU (lite: its render) this long after the audio that made it computable "
+        help="live: a frame still waiting for the GPU this long after the audio that made it computable "
         "arrived is shed (counted as skipped) so the session catches up (default 500)",
     )
     p.add_argument(

@@ -16,9 +16,8 @@ import collections
 import dataclasses
 import logging
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -71,20 +70,15 @@ class LiteStream:
         motion_tuning: MotionTuning | None,
         lookahead_frames: int,
         render_slots: threading.Semaphore,
-        max_lag_s: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.avatar = avatar
         self._render_slots = render_slots
-        self._max_lag_s = max_lag_s
-        self._clock = clock
         self.seed = seed
         self._analyzer = SpeechAnalyzer()
         self._driver = MouthDriver(mouth_tuning, lookahead_frames)
         self._motion = MotionGenerator(avatar.rig, seed, motion_tuning)
         self._compositor = FrameCompositor(avatar.image, avatar.geometry, avatar.warp, avatar.style)
-        # (params, idle, when its audio arrived: None for frames that are never shed)
-        self._ready: collections.deque[tuple[MouthParams, bool, float | None]] = collections.deque()
+        self._ready: collections.deque[tuple[MouthParams, bool]] = collections.deque()  # (params, idle)
         self.samples_fed = 0
         self.frames_rendered = 0
         self.last_motion: FrameMotion | None = None
@@ -107,9 +101,7 @@ class LiteStream:
             raise MediaError("lite backend expects 1-D float32 16 kHz mono samples", code=ErrorCode.AUDIO_INVALID)
         if not np.all(np.isfinite(samples)):
             raise MediaError("audio contains NaN or infinite samples", code=ErrorCode.AUDIO_INVALID)
-        self._push(
-            samples.astype(np.float32, copy=False), arrived=self._clock() if received_at is None else received_at
-        )
+        self._push(samples.astype(np.float32, copy=False))
         return self._drain()
 
     def idle(self, n_frames: int) -> Iterator[VideoFrame]:
@@ -118,7 +110,7 @@ class LiteStream:
         self._check_open()
         self._complete_utterance()
         self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32), idle=True)
-        self._ready.extend((params, True, None) for params in self._driver.flush())
+        self._ready.extend((params, True) for params in self._driver.flush())
         return self._drain()
 
     def flush(self) -> Iterator[VideoFrame]:
@@ -161,28 +153,25 @@ class LiteStream:
         if self._finished:
             raise RuntimeError("stream is finished: open a new stream for more audio")
 
-    def _push(self, samples: np.ndarray, idle: bool = False, arrived: float | None = None) -> None:
+    def _push(self, samples: np.ndarray, idle: bool = False) -> None:
         self.samples_fed += len(samples)
-        self._ready.extend((params, idle, arrived) for params in self._driver.push(self._analyzer.push(samples)))
+        self._ready.extend((params, idle) for params in self._driver.push(self._analyzer.push(samples)))
 
     def _complete_utterance(self) -> None:
         """Pad the last partial frame with silence and release the frames waiting for look-ahead."""
-        self._ready.extend((params, False, None) for params in self._driver.push(self._analyzer.flush()))
-        self._ready.extend((params, False, None) for params in self._driver.flush())
+        self._ready.extend((params, False) for params in self._driver.push(self._analyzer.flush()))
+        self._ready.extend((params, False) for params in self._driver.flush())
         self.samples_fed = self._analyzer.frames_emitted * SAMPLES_PER_FRAME
 
     def _drain(self) -> Iterator[VideoFrame]:
         while self._ready and not self._closed:
-            params, idle, arrived = self._ready.popleft()
-            motion = self._motion.step(params)  # shed or not: blinks and sway keep their timeline
-            self.last_motion, self._last_params = motion, params
-            self.frames_rendered += 1
-            if self._max_lag_s is not None and arrived is not None and self._clock() - arrived > self._max_lag_s:
-                yield VideoFrame(params.index, None, idle=idle, shed=True)
-                continue
+            params, idle = self._ready.popleft()
             with self._render_slots:
+                motion = self._motion.step(params)
                 target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
                 image = self._compositor.render(target)
+            self.last_motion, self._last_params = motion, params
+            self.frames_rendered += 1
             yield VideoFrame(params.index, image, idle=idle)
 
 
@@ -247,30 +236,13 @@ class LiteBackend:
         style = mouth_style(image, geo)
         return LiteAvatar(width, height, image, face, geo, rig, warp, style)
 
-    def open_stream(
-        self,
-        avatar: Avatar,
-        *,
-        seed: int,
-        options: StreamOptions = StreamOptions(),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> LiteStream:
-        """A new stream over ``avatar``; the same seed and audio give the same frames. Frames are
-        rendered on the CPU and encoded by the server; live, a frame whose audio arrived more than
-        ``options.max_lag_s`` before its turn to render is shed, except those the end of an utterance
-        releases (``clock``: the time ``received_at`` is counted in)."""
+    def open_stream(self, avatar: Avatar, *, seed: int, options: StreamOptions = StreamOptions()) -> LiteStream:
+        """A new stream over ``avatar``; the same seed and audio give the same frames (``options``
+        change nothing here: frames are rendered on the CPU and encoded by the server)."""
         if not isinstance(avatar, LiteAvatar):
             raise TypeError("avatar was not registered by the lite backend")
-        max_lag_s = options.max_lag_s if options.live else None
         return LiteStream(
-            avatar,
-            seed,
-            self.mouth_tuning,
-            self.motion_tuning,
-            self.lookahead_frames,
-            self._render_slots,
-            max_lag_s,
-            clock,
+            avatar, seed, self.mouth_tuning, self.motion_tuning, self.lookahead_frames, self._render_slots
         )
 
     def stage_stats(self) -> dict[str, StageStats]:

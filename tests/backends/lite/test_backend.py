@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import StreamOptions
 from ditto.backends.factory import create_backend
 from ditto.backends.lite import LOOKAHEAD_FRAMES, LiteBackend
 from ditto.backends.lite import landmarks as lm
@@ -325,27 +324,3 @@ def test_render_slots_come_from_the_settings_and_must_be_positive():
     assert create_backend(Settings(backend="lite", lite_render_slots=5)).render_slots == 5
     with pytest.raises(ValueError, match="render_slots"):
         LiteBackend(render_slots=0)
-
-
-@pytest.mark.parametrize(
-    "options,now,shed",
-    [
-        (StreamOptions(live=True, max_lag_s=0.5), 100.0, True),  # audio that arrived 100 s ago
-        (StreamOptions(live=True, max_lag_s=0.5), 0.4, False),  # within the bound
-        (StreamOptions(live=True), 100.0, False),  # no bound
-        (StreamOptions(live=False, max_lag_s=0.5), 100.0, False),  # file mode never sheds
-    ],
-)
-def test_a_live_stream_past_its_lag_bound_sheds_but_not_the_end_of_an_utterance(backend, avatar, options, now, shed):
-    stream = backend.open_stream(avatar, seed=0, options=options, clock=lambda: now)
-    audio = speech(1.0)
-    during = list(stream.feed(audio, received_at=0.0))
-    after = list(stream.finish())
-    assert during and after
-    assert [f.index for f in during + after] == list(range(math.ceil(len(audio) / SAMPLES_PER_FRAME)))
-    assert all(f.shed == shed and (f.image is None) == shed for f in during)
-    assert not any(f.shed for f in after) and all(f.image is not None for f in after)
-    # shedding skips the render only: the frames after it are those of a stream that rendered every frame
-    reference = backend.open_stream(avatar, seed=0)
-    expected = [*reference.feed(audio), *reference.finish()]
-    np.testing.assert_array_equal(after[-1].image, expected[-1].image)
