@@ -6,7 +6,7 @@ Usage::
         [--max_live_sessions 16] [--compile_min_batch 8] [--no-motion_stream] --json out.json --plot out.png
     python bench/bench_server_load.py --tree /tmp/tree --sessions 8,16,17 --serve_replicas 1,2 \\
         --sessions_per_replica 8 --json out.json --plot out.png     # one GPU vs two (out-1.png, out-2.png)
-    python bench/bench_server_load.py --backend lite --max_size 512 --sessions 6,8,10 --lite_render_slots 2,12 \
+    python bench/bench_server_load.py --backend lite --max_size 512 --sessions 6,8,10 --lite_render_slots 2,12 \\
         --json out.json --plot out.png                              # lite: 2 render slots vs 12 (out-2.png, out-12.png)
 
 Starts ``streaming_server.py`` (Ditto backend on the test checkpoint tree with the online pkl, or
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         flags += ["--max_live_sessions", str(args.max_live_sessions)]
     if args.serve_replicas and args.lite_render_slots:
         p.error("--serve_replicas and --lite_render_slots: one comparison at a time")
+    if args.lite_render_slots and args.backend != "lite":
+        p.error("--lite_render_slots compares the lite backend: give --backend lite")
     if args.serve_replicas:
         if args.sessions_per_replica is not None:
             flags += ["--sessions_per_replica", str(args.sessions_per_replica)]

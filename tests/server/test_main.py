@@ -19,6 +19,7 @@ CASES = [
     ("--live_max_lag_ms", "DITTO_LIVE_MAX_LAG_MS", "250", "750", "live_max_lag_ms", 500.0),
     ("--max_batch", "DITTO_MAX_BATCH", "4", "8", "max_batch", 16),
     ("--compile_min_batch", "DITTO_COMPILE_MIN_BATCH", "0", "4", "compile_min_batch", 8),
+    ("--lite_render_slots", "DITTO_LITE_RENDER_SLOTS", "3", "1", "lite_render_slots", None),
     ("--jpeg_quality", "DITTO_JPEG_QUALITY", "70", "90", "jpeg_quality", 85),
     ("--max_size", "DITTO_MAX_SIZE", "512", "256", "max_size", 1920),
 ]

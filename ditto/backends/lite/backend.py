@@ -35,8 +35,9 @@ WARMUP_FACE = Path(__file__).parent / "assets" / "warmup_face.jpg"  # the exampl
 RENDER_SLOTS = 2
 """Frames rendered at once across all streams. A frame is mostly numpy and OpenCV calls under the GIL;
 with one render thread per session, ten threads at once hand the GIL back and forth and OpenCV's pool
-spins (server, 2 cores, 10 live sessions: 147 frames/s unbounded against 235 with 2 slots, kernel time
-0.59 -> 0.36 cores). Two keep one thread in native code while another holds the GIL."""
+spins (server on 2 cores, 10 live sessions: 153.5 frames/s unbounded against 217.6 with 2 slots,
+bench/results/2026-12-02-lite-render-slots.json). Two keep one thread in native code while another
+holds the GIL; measured on 2 cores only."""
 
 logger = logging.getLogger(__name__)
 
