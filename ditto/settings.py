@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(30.0, gt=0)  # a session that sends nothing this long (before start, or live) ends
     live_idle_after_s: float = Field(0.2, gt=0)  # live: audio this overdue -> the face idles (silence, IDLE frames)
     live_inbox_chunks: int = Field(64, ge=1, le=4096)  # live: audio chunks received but not yet rendered
-    live_max_lag_ms: float = Field(500.0, gt=0)  # live: a frame whose motion waited this long unrendered is shed
+    live_max_lag_ms: float = Field(500.0, gt=0)  # live: a frame this late to render (since it could be shown) is shed
     shutdown_grace_s: float = Field(5.0, ge=0)
     request_timeout_s: float = Field(10.0, gt=0)  # a connection that sent no complete HTTP request this long is dropped
 

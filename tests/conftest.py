@@ -54,11 +54,13 @@ class FakeStream:
             yield VideoFrame(self.emitted, self.avatar.image, idle=idle)
             self.emitted += 1
 
-    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
+    def feed(
+        self, audio: np.ndarray, *, received_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         self.samples += len(audio)
         return self._frames(self.samples // SAMPLES_PER_FRAME)
 
-    def idle(self, frames: int) -> Iterator[VideoFrame]:
+    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
         assert self.samples % SAMPLES_PER_FRAME == 0, "idle() off a frame boundary"
         self.calls.append(("idle", frames))
         self.samples += frames * SAMPLES_PER_FRAME

@@ -25,7 +25,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from ditto import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,13 +50,19 @@ class VideoFrame:
         return self.sample_start * 1000 // SAMPLE_RATE_HZ
 
 
+def frame_due_at(clock_origin: float, index: int) -> float:
+    """When live frame ``index`` is due: the end of its audio on the media clock whose time 0 was
+    due at ``clock_origin`` (monotonic s)."""
+    return clock_origin + (index + 1) / FPS
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamOptions:
     """How the server will use a stream; a backend may ignore any of it."""
 
     live: bool = False  # audio arrives in real time: its frames are due as it does
     jpeg_quality: int | None = None  # the backend may return frames already encoded (``VideoFrame.jpeg``)
-    max_lag_s: float | None = None  # live: a frame whose motion waited longer than this is shed, not rendered
+    max_lag_s: float | None = None  # live: a frame this late (see AnimationStream.feed) is shed, not rendered
     total_frames: int | None = None  # file mode: frames the whole audio drives, known before the first feed
 
 
@@ -90,16 +96,22 @@ class Avatar(Protocol):
 
 
 class AnimationStream(Protocol):
-    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
+    def feed(
+        self, audio: np.ndarray, *, received_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; yield every frame that can now be rendered.
 
-        ``received_at``: when the audio arrived (``time.monotonic()``; None: now). A live stream counts
-        its lag bound (``StreamOptions.max_lag_s``) from then: a frame whose audio waited in queues
-        before its motion was computed is shed sooner."""
+        Live, a frame still waiting for its render ``StreamOptions.max_lag_s`` after it could first
+        be shown is shed: after the later of ``received_at`` (when the audio that made it computable
+        arrived, ``time.monotonic()``; None: now) and its due time on the media clock,
+        :func:`frame_due_at` (``clock_origin``; None: on arrival). Audio that waited in queues is
+        shed sooner; audio sent ahead of real time is not shed before its frames are due. The last
+        frame of an utterance (that :meth:`flush` or :meth:`finish` ends with) is never shed."""
 
-    def idle(self, frames: int) -> Iterator[VideoFrame]:
+    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
         """Append ``frames`` frames without speech (blinks and sway go on), flagged ``idle``; the
-        stream is at a frame boundary (after :meth:`flush` or :meth:`interrupt`, or fed whole frames)."""
+        stream is at a frame boundary (after :meth:`flush` or :meth:`interrupt`, or fed whole frames).
+        Live, they are shed as :meth:`feed`'s, late from ``requested_at`` (monotonic s; None: now)."""
 
     def flush(self) -> Iterator[VideoFrame]:
         """The utterance fed so far is complete: yield all its frames now (ceil(samples fed / 640) in

@@ -54,13 +54,14 @@ class FeedAudio:
     samples: np.ndarray  # (n,) float32 16 kHz mono
     utterance: int  # 1-based; the frames starting in these samples carry it
     clock_origin: float  # monotonic s at which media time 0 was due (frame deadlines)
-    received_at: float  # monotonic s the audio arrived (the backend's lag bound counts from then)
+    received_at: float  # monotonic s the audio arrived (the backend's lag bound counts from then, or from due)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Idle:
     frames: int
     clock_origin: float
+    requested_at: float  # monotonic s the idle frames were asked for (the backend's lag bound counts from then)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -287,7 +288,7 @@ class Conversation:
             pad = np.zeros(SAMPLES_PER_FRAME - partial, np.float32)
             actions.append(FeedAudio(pad, self._latest.number, self._clock_origin, now))
             self._position += len(pad)
-        actions.append(Idle(frames, self._clock_origin))
+        actions.append(Idle(frames, self._clock_origin, now))
         self._position += frames * SAMPLES_PER_FRAME
         if self.media_s > self._limits.max_audio_seconds:
             raise MediaError(

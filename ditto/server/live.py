@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ditto import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, frames_for_samples
-from ditto.backends.base import AnimationStream, VideoFrame
+from ditto import SAMPLES_PER_FRAME, frames_for_samples
+from ditto.backends.base import AnimationStream, VideoFrame, frame_due_at
 from ditto.media.pcm import encode_pcm16
 from ditto.server.conversation import FeedAudio, Finish, Flush, Idle, Interrupt, RenderCommand
 from ditto.server.frame_loop import audio_window, timed_frames
@@ -115,12 +115,14 @@ class LivePipeline:
     def feed(self, command: FeedAudio) -> None:
         self._clock_origin = command.clock_origin
         self._record(command.samples, command.utterance)
-        self._emit(self._stream.feed(command.samples, received_at=command.received_at))
+        self._emit(
+            self._stream.feed(command.samples, received_at=command.received_at, clock_origin=command.clock_origin)
+        )
 
     def idle(self, command: Idle) -> None:
         self._clock_origin = command.clock_origin
         self._record(np.zeros(command.frames * SAMPLES_PER_FRAME, np.float32), 0)
-        self._emit(self._stream.idle(command.frames))
+        self._emit(self._stream.idle(command.frames, requested_at=command.requested_at))
 
     def flush(self, command: Flush) -> None:
         self._emit(self._stream.flush())
@@ -165,9 +167,7 @@ class LivePipeline:
             if self._echo is not None:
                 self._writer.write_audio(frame, encode_pcm16(self._echo_slice(frame)), utterance=utterance)
             due = (
-                self._clock_origin + (frame.sample_start + frame.sample_count) / SAMPLE_RATE_HZ + SKIP_GRACE_S
-                if self._clock_origin is not None
-                else None
+                frame_due_at(self._clock_origin, frame.index) + SKIP_GRACE_S if self._clock_origin is not None else None
             )
             last = total is not None and frame.index == total - 1
             self.frames += self._writer.write_frame(frame, last=last, deadline=due, utterance=utterance)

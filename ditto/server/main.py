@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--live_max_lag_ms",
         type=float,
-        help="live: a frame still waiting for the GPU this long after the audio that made it computable "
-        "arrived is shed (counted as skipped) so the session catches up (default 500)",
+        help="live: a frame still waiting to be rendered this long after it could be shown (its audio arrived "
+        "and its time came on the media clock) is shed (counted as skipped) so the session catches up (default 500)",
     )
     p.add_argument(
         "--max_batch",

@@ -181,7 +181,7 @@ def test_idle_continues_after_an_utterance_with_no_gap():
     c.receive_audio(audio(25), 0.0)  # 1 s at once
     c.receive_end_of_utterance(0.0)
     assert c.tick(1.19) == []  # the utterance plays until 1 s of media (+ idle_after)
-    assert of(Idle, c.tick(1.21)) == [Idle(1, 0.0)]
+    assert of(Idle, c.tick(1.21)) == [Idle(1, 0.0, 1.21)]
 
 
 def test_interrupt_re_anchors_the_media_clock():

@@ -116,6 +116,28 @@ def test_frames_flow_before_end_of_audio_with_the_lite_backend(start_server):
     assert sum(a < last_chunk_sent for a in t.frame_arrivals) >= 25
 
 
+def test_audio_sent_ahead_of_real_time_is_not_shed_with_the_lite_backend(start_server):
+    """8 s of speech sent at once, a 300 ms lag bound: the frames are due on the media clock as their
+    audio would have played (frame i at (i + 1) / 25 s), and the server renders them faster than
+    that, so none is shed. Counting the lag from the audio's arrival instead sheds every frame
+    rendered more than 300 ms after the burst (rendering 200 frames takes longer than that)."""
+    from ditto.backends.lite import LiteBackend
+
+    if not EXAMPLE_IMAGE.is_file():
+        pytest.skip("example image needed")
+    server = start_server(backend=LiteBackend(), max_size=256, live_max_lag_ms=300)
+    audio = speech_like(8.0)
+    wire = [binary_chunk(pcm_bytes(part, "int16"), "int16", k) for k, part in enumerate(np.array_split(audio, 40))]
+    t = run(
+        live_converse(
+            f"{server.ws}/ws/burst", live_start(16000, image=EXAMPLE_IMAGE.read_bytes()), wire + [END_OF_AUDIO]
+        )
+    )
+    assert t.error is None, t.controls
+    assert t.completed.frames_skipped == 0 and t.completed.frames_sent == 200
+    assert_frames_in_order(t.frames, 200)
+
+
 @pytest.mark.parametrize("backend_name", ["fake", "lite"])
 def test_face_idles_when_audio_pauses(start_server, backend_name):
     if backend_name == "lite":

@@ -16,13 +16,14 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import Avatar, StageStats, StreamOptions, VideoFrame
+from ditto.backends.base import Avatar, StageStats, StreamOptions, VideoFrame, frame_due_at
 from ditto.backends.lite.compositor import FrameCompositor, MouthStyle, mouth_style
 from ditto.backends.lite.geometry import FaceGeometry, build_geometry
 from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
@@ -60,7 +61,9 @@ class LiteStream:
     """One session's animation. Calls come from one thread; see :mod:`ditto.backends.base`.
 
     :meth:`idle` and :meth:`flush` hand out their frames at once (silence needs no look-ahead);
-    :meth:`interrupt` eases the mouth shut from where the last frame left it.
+    :meth:`interrupt` eases the mouth shut from where the last frame left it. Live, with a lag
+    bound, a frame whose turn to render comes too late is handed out shed (its motion still steps,
+    so blinks and sway keep their timeline); the frames an utterance's end releases never are.
     """
 
     def __init__(
@@ -71,15 +74,21 @@ class LiteStream:
         motion_tuning: MotionTuning | None,
         lookahead_frames: int,
         render_slots: threading.Semaphore,
+        max_lag_s: float | None,
+        clock: Callable[[], float],
     ) -> None:
         self.avatar = avatar
         self._render_slots = render_slots
+        self._max_lag_s = max_lag_s
+        self._clock = clock
         self.seed = seed
         self._analyzer = SpeechAnalyzer()
         self._driver = MouthDriver(mouth_tuning, lookahead_frames)
         self._motion = MotionGenerator(avatar.rig, seed, motion_tuning)
         self._compositor = FrameCompositor(avatar.image, avatar.geometry, avatar.warp, avatar.style)
-        self._ready: collections.deque[tuple[MouthParams, bool]] = collections.deque()  # (params, idle)
+        # (params, idle, monotonic s from which it counts as late; None: never shed)
+        self._ready: collections.deque[tuple[MouthParams, bool, float | None]] = collections.deque()
+        self._clock_origin: float | None = None  # the live media clock, as last fed
         self.samples_fed = 0
         self.frames_rendered = 0
         self.last_motion: FrameMotion | None = None
@@ -87,10 +96,14 @@ class LiteStream:
         self._finished = False
         self._closed = False
 
-    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
+    def feed(
+        self, audio: np.ndarray, *, received_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; iterate the result to get every frame now renderable.
 
-        Frame i is renderable once the audio of frames i..i+LOOKAHEAD_FRAMES has arrived.
+        Frame i is renderable once the audio of frames i..i+LOOKAHEAD_FRAMES has arrived. Live, it
+        is late from the later of ``received_at`` and its due time on ``clock_origin``'s media clock
+        (see :meth:`ditto.backends.base.AnimationStream.feed`).
 
         Raises:
             MediaError: the samples are not a 1-D finite float array.
@@ -102,16 +115,20 @@ class LiteStream:
             raise MediaError("lite backend expects 1-D float32 16 kHz mono samples", code=ErrorCode.AUDIO_INVALID)
         if not np.all(np.isfinite(samples)):
             raise MediaError("audio contains NaN or infinite samples", code=ErrorCode.AUDIO_INVALID)
-        self._push(samples.astype(np.float32, copy=False))
+        self._clock_origin = clock_origin
+        arrived = self._clock() if received_at is None else received_at
+        self._push(samples.astype(np.float32, copy=False), idle=False, late_from=arrived)
         return self._drain()
 
-    def idle(self, n_frames: int) -> Iterator[VideoFrame]:
+    def idle(self, n_frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
         """Complete the audio fed so far (as :meth:`flush`), then ``n_frames`` frames of silence,
-        flagged ``idle``; all of them come out of the returned iterator."""
+        flagged ``idle`` (live: late from ``requested_at``); all of them come out of the returned
+        iterator."""
         self._check_open()
         self._complete_utterance()
-        self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32), idle=True)
-        self._ready.extend((params, True) for params in self._driver.flush())
+        requested = self._clock() if requested_at is None else requested_at
+        self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32), idle=True, late_from=requested)
+        self._queue(self._driver.flush(), idle=True, late_from=requested)
         return self._drain()
 
     def flush(self) -> Iterator[VideoFrame]:
@@ -154,26 +171,43 @@ class LiteStream:
         if self._finished:
             raise RuntimeError("stream is finished: open a new stream for more audio")
 
-    def _push(self, samples: np.ndarray, idle: bool = False) -> None:
+    def _push(self, samples: np.ndarray, *, idle: bool, late_from: float) -> None:
         self.samples_fed += len(samples)
-        self._ready.extend((params, idle) for params in self._driver.push(self._analyzer.push(samples)))
+        self._queue(self._driver.push(self._analyzer.push(samples)), idle=idle, late_from=late_from)
+
+    def _queue(self, frames: list[MouthParams], *, idle: bool, late_from: float | None) -> None:
+        """Queue frames to render; live, each is late from the later of ``late_from`` and its due
+        time on the media clock (``late_from`` None: never late)."""
+        origin = self._clock_origin
+        for params in frames:
+            since = late_from
+            if since is not None and origin is not None:
+                since = max(since, frame_due_at(origin, params.index))
+            self._ready.append((params, idle, since))
 
     def _complete_utterance(self) -> None:
-        """Pad the last partial frame with silence and release the frames waiting for look-ahead."""
-        self._ready.extend((params, False) for params in self._driver.push(self._analyzer.flush()))
-        self._ready.extend((params, False) for params in self._driver.flush())
+        """Pad the last partial frame with silence and release the frames waiting for look-ahead
+        (never shed: the utterance's last frames show where its mouth came to rest)."""
+        self._queue(self._driver.push(self._analyzer.flush()), idle=False, late_from=None)
+        self._queue(self._driver.flush(), idle=False, late_from=None)
         self.samples_fed = self._analyzer.frames_emitted * SAMPLES_PER_FRAME
 
     def _drain(self) -> Iterator[VideoFrame]:
         while self._ready and not self._closed:
-            params, idle = self._ready.popleft()
-            with self._render_slots:
-                motion = self._motion.step(params)
-                target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
-                image = self._compositor.render(target)
+            params, idle, late_from = self._ready.popleft()
+            motion = self._motion.step(params)  # shed or not: blinks and sway keep their timeline
+            with self._render_slots:  # judged once a slot is free: the wait for one counts
+                image = None if self._too_late(late_from) else self._render(motion)
             self.last_motion, self._last_params = motion, params
             self.frames_rendered += 1
-            yield VideoFrame(params.index, image, idle=idle)
+            yield VideoFrame(params.index, image, idle=idle, shed=image is None)
+
+    def _too_late(self, late_from: float | None) -> bool:
+        return self._max_lag_s is not None and late_from is not None and self._clock() - late_from > self._max_lag_s
+
+    def _render(self, motion: FrameMotion) -> np.ndarray:
+        target = target_vertices(self.avatar.geometry.mesh.vertices, self.avatar.rig, motion)
+        return self._compositor.render(target)
 
 
 class LiteBackend:
@@ -184,6 +218,7 @@ class LiteBackend:
         motion_tuning: motion amplitudes, blink timing (defaults: :class:`MotionTuning`).
         lookahead_frames: audio frames a stream waits for before rendering a frame (latency).
         render_slots: frames rendered at once across all streams (see :data:`RENDER_SLOTS`).
+        clock: monotonic seconds, the clock ``received_at`` and the media clock are read on (tests).
     """
 
     name = "lite"
@@ -196,6 +231,7 @@ class LiteBackend:
         motion_tuning: MotionTuning | None = None,
         lookahead_frames: int = LOOKAHEAD_FRAMES,
         render_slots: int = RENDER_SLOTS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lookahead_frames < 0:
             raise ValueError("lookahead_frames must be >= 0")
@@ -206,6 +242,7 @@ class LiteBackend:
         self.mouth_tuning = mouth_tuning or MouthTuning()
         self.motion_tuning = motion_tuning or MotionTuning()
         self.lookahead_frames = lookahead_frames
+        self._clock = clock
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -238,12 +275,20 @@ class LiteBackend:
         return LiteAvatar(width, height, image, face, geo, rig, warp, style)
 
     def open_stream(self, avatar: Avatar, *, seed: int, options: StreamOptions = StreamOptions()) -> LiteStream:
-        """A new stream over ``avatar``; the same seed and audio give the same frames (``options``
-        change nothing here: frames are rendered on the CPU and encoded by the server)."""
+        """A new stream over ``avatar``; the same seed and audio give the same frames, except those
+        a live stream sheds (``options.max_lag_s``; frames are rendered on the CPU and encoded by
+        the server)."""
         if not isinstance(avatar, LiteAvatar):
             raise TypeError("avatar was not registered by the lite backend")
         return LiteStream(
-            avatar, seed, self.mouth_tuning, self.motion_tuning, self.lookahead_frames, self._render_slots
+            avatar,
+            seed,
+            self.mouth_tuning,
+            self.motion_tuning,
+            self.lookahead_frames,
+            self._render_slots,
+            options.max_lag_s if options.live else None,
+            self._clock,
         )
 
     def stage_stats(self) -> dict[str, StageStats]:

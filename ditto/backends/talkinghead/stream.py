@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ditto import SAMPLES_PER_FRAME, frames_for_samples
-from ditto.backends.base import StreamOptions, VideoFrame
+from ditto.backends.base import StreamOptions, VideoFrame, frame_due_at
 from ditto.backends.talkinghead.aux_models.hubert import StreamingWindower, offline_windows
 from ditto.backends.talkinghead.avatar import DittoAvatar
 from ditto.backends.talkinghead.config import Audio2MotionCfg
@@ -81,7 +81,7 @@ class _Row:
 
     index: int
     motion: Tensor  # (265,)
-    ready_at: float  # monotonic time it became final, or its audio arrived (live, if that was earlier)
+    ready_at: float  # monotonic s it became final or (live, if earlier) its audio arrived; live, not before it is due
     last: bool  # the last frame of an utterance or of the session: never shed
 
 
@@ -160,6 +160,7 @@ class DittoStream:
         self._samples = 0  # session timeline: audio fed, rounded up to a frame by flush() and interrupt()
         self._segment_start = 0  # first frame of the audio fed since the last flush() or interrupt()
         self._next_index = 0  # the next frame handed out
+        self._clock_origin: float | None = None  # live: the media clock, as last fed
         self._total_frames: int | None = None  # known once finish() is called
         self._finished = False
         self._silence_features = silence_features
@@ -244,12 +245,15 @@ class DittoStream:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def feed(self, audio: np.ndarray, *, received_at: float | None = None) -> Iterator[VideoFrame]:
+    def feed(
+        self, audio: np.ndarray, *, received_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Append float32 16 kHz mono samples; iterate the result for every frame now renderable.
 
         ``received_at`` (monotonic s, None: now): when the audio arrived. Live, the motion computed
-        from it counts as ready from then, so a frame that waited for HuBERT or LMDM is shed as one
-        that waited for the render (``max_lag_s``).
+        from it counts as ready from then, or from its frame's due time on ``clock_origin``'s media
+        clock when that is later (audio sent ahead of real time), so a frame that waited for HuBERT
+        or LMDM is shed as one that waited for the render (``max_lag_s``).
 
         Offline cfgs render nothing before :meth:`flush` or :meth:`finish` (the whole clip is
         generated at once).
@@ -268,10 +272,11 @@ class DittoStream:
             self._restart_recursion(state, self._segment_start)
             state.ease = MotionEase(state.windowing.source_kp_cond, self._segment_start, INTERRUPT_EASE_FRAMES)
             state.resting = False
+        self._clock_origin = clock_origin
         self._append(state, samples.astype(np.float32, copy=False), received_at)
         return self._guarded(self._drain())
 
-    def idle(self, frames: int) -> Iterator[VideoFrame]:
+    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
         """Append ``frames`` frames without speech, flagged ``idle``.
 
         Between utterances (nothing fed since :meth:`flush`, :meth:`interrupt` or the last idle
@@ -280,14 +285,15 @@ class DittoStream:
         and cost only their render; speech fed next restarts the window recursion there. Inside
         an utterance (its audio is late) silence runs through the model instead (a partial frame
         is completed with silence first and stays the utterance's), so that the frames waiting
-        for look-ahead come out; they leave as :meth:`feed`'s."""
+        for look-ahead come out; they leave as :meth:`feed`'s. Live, they count as ready from
+        ``requested_at`` (monotonic s; None: now)."""
         state = self._require_open()
         if self._samples == self._segment_start * SAMPLES_PER_FRAME:
-            return self._guarded(self._rest(state, frames))
-        self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32))
+            return self._guarded(self._rest(state, frames, requested_at))
+        self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32), requested_at)
         start = self._samples // SAMPLES_PER_FRAME
         state.idle_spans.append((start, start + frames))
-        self._append(state, np.zeros(frames * SAMPLES_PER_FRAME, np.float32))
+        self._append(state, np.zeros(frames * SAMPLES_PER_FRAME, np.float32), requested_at)
         return self._guarded(self._drain())
 
     def flush(self) -> Iterator[VideoFrame]:
@@ -394,7 +400,7 @@ class DittoStream:
                 state.windowing, state.condition, self._silence_features, v_min_max=state.v_min_max, first_frame=start
             )
 
-    def _rest(self, state: _SessionState, frames: int) -> Iterator[VideoFrame]:
+    def _rest(self, state: _SessionState, frames: int, requested_at: float | None) -> Iterator[VideoFrame]:
         """``frames`` idle frames at the neutral motion from the next frame on (see :meth:`idle`)."""
         start = self._segment_start
         if state.ease is None and not state.resting:
@@ -409,7 +415,9 @@ class DittoStream:
                 state.ease = MotionEase(last, start, INTERRUPT_EASE_FRAMES)
         neutral = state.windowing.source_kp_cond.reshape(1, -1)
         state.idle_spans.append((start, start + frames))
-        self._queue_rows(state, MotionChunk(start_frame=start, motion=neutral.expand(frames, -1)), None)
+        self._queue_rows(
+            state, MotionChunk(start_frame=start, motion=neutral.expand(frames, -1)), None, ready_at=requested_at
+        )
         state.resting = True
         self._segment_start = start + frames
         self._samples = self._segment_start * SAMPLES_PER_FRAME
@@ -516,7 +524,8 @@ class DittoStream:
         self, state: _SessionState, chunk: MotionChunk, end: int | None, *, ready_at: float | None = None
     ) -> None:
         """Queue a MotionChunk's rows, dropping those from frame ``end`` on (past the audio); they count
-        as ready from ``ready_at`` (when their audio arrived; None or later than now: now)."""
+        as ready from ``ready_at`` (when their audio arrived; None or later than now: now) or, live,
+        from their due time on the media clock when that is later."""
         if state.online is not None and state.online.d0 is not None and state.stitcher.d0 is None:
             state.stitcher.set_d0(state.online.d0)  # relative-driving reference: the silence frame
         if state.ease is not None:
@@ -525,12 +534,14 @@ class DittoStream:
                 state.ease = None
         now = self._engine.now()
         ready = now if ready_at is None else min(now, ready_at)
+        origin = self._clock_origin if self._stream_options.live else None
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
             if end is not None and index >= end:
                 break
             last = end is not None and index == end - 1
-            state.pending_rows.append(_Row(index, chunk.motion[offset], ready, last))
+            row_ready = ready if origin is None else max(ready, frame_due_at(origin, index))
+            state.pending_rows.append(_Row(index, chunk.motion[offset], row_ready, last))
 
     def _submit_rows(self, state: _SessionState) -> None:
         """Stitch the ready rows (host) and hand their frames to the engine, up to the in-flight cap.

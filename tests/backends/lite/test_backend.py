@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ditto import SAMPLES_PER_FRAME
+from ditto.backends.base import StreamOptions
 from ditto.backends.factory import create_backend
 from ditto.backends.lite import LOOKAHEAD_FRAMES, LiteBackend
 from ditto.backends.lite import landmarks as lm
@@ -324,3 +325,68 @@ def test_render_slots_come_from_the_settings_and_must_be_positive():
     assert create_backend(Settings(backend="lite", lite_render_slots=5)).render_slots == 5
     with pytest.raises(ValueError, match="render_slots"):
         LiteBackend(render_slots=0)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(scope="module")
+def clocked_backend(clock) -> LiteBackend:
+    return LiteBackend(clock=clock)
+
+
+def unshed_frames(backend, avatar, audio) -> list:
+    stream = backend.open_stream(avatar, seed=0)
+    return [*stream.feed(audio), *stream.finish()]
+
+
+@pytest.mark.parametrize(
+    "options,clock_origin,now,first_rendered",
+    [
+        # 2 s sent at once at t=0, rendered at t=1: only the frames due 0.5 s before that are shed
+        # (frame i is due when its audio ends, (i + 1) / 25 s on the media clock): 0..11
+        (StreamOptions(live=True, max_lag_s=0.5), 0.0, 1.0, 12),
+        (StreamOptions(live=True, max_lag_s=0.5), None, 1.0, None),  # no media clock: late from arrival
+        (StreamOptions(live=True, max_lag_s=0.5), 0.0, 0.4, 0),  # within the bound
+        (StreamOptions(live=True), 0.0, 100.0, 0),  # no bound
+        (StreamOptions(live=False, max_lag_s=0.5), 0.0, 100.0, 0),  # file mode never sheds
+    ],
+)
+def test_a_live_stream_sheds_what_is_past_its_lag_bound_on_the_media_clock(
+    clocked_backend, clock, avatar, options, clock_origin, now, first_rendered
+):
+    audio = speech(2.0)
+    clock.now = now
+    stream = clocked_backend.open_stream(avatar, seed=0, options=options)
+    during = list(stream.feed(audio, received_at=0.0, clock_origin=clock_origin))
+    after = list(stream.finish())
+    frames = during + after
+    assert len(during) == 50 - LOOKAHEAD_FRAMES and after
+    assert [f.index for f in frames] == list(range(50))
+    shed = [f.index for f in during if f.shed]
+    assert shed == list(range(first_rendered if first_rendered is not None else len(during)))
+    assert all((f.image is None) == f.shed for f in frames)
+    assert not any(f.shed for f in after)  # the end of an utterance is never shed
+    # shedding skips the render only: every frame rendered is that of a stream that rendered them all
+    for frame, expected in zip(frames, unshed_frames(clocked_backend, avatar, audio)):
+        if not frame.shed:
+            np.testing.assert_array_equal(frame.image, expected.image)
+
+
+@pytest.mark.parametrize("requested_at,shed", [(0.0, True), (0.6, False)])
+def test_idle_frames_are_shed_when_late_from_their_request(clocked_backend, clock, avatar, requested_at, shed):
+    clock.now = 1.0
+    stream = clocked_backend.open_stream(avatar, seed=0, options=StreamOptions(live=True, max_lag_s=0.5))
+    frames = list(stream.idle(10, requested_at=requested_at))
+    assert [f.index for f in frames] == list(range(10)) and all(f.idle for f in frames)
+    assert all(f.shed == shed and (f.image is None) == shed for f in frames)

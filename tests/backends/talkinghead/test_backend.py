@@ -166,11 +166,12 @@ def test_a_live_session_past_its_lag_bound_sheds_frames_but_never_the_last(onlin
     assert not any(f.shed for f in relaxed[0] + relaxed[1])
 
 
-def test_the_lag_bound_counts_from_when_the_audio_arrived(online_backend, avatar) -> None:
+def test_the_lag_bound_counts_from_when_the_audio_arrived_or_was_due(online_backend, avatar) -> None:
     """Audio that waited in queues before the session fed it (received 30 s ago): the frames its chunks
     make computable are past a 10 s lag bound however fast the motion and the render then are, so they
-    are shed; the same audio received now is rendered in full. (The tail that finish() makes
-    computable became possible only then.)"""
+    are shed; the same audio received now is rendered in full, and so is audio received 30 s ago whose
+    frames are due on the media clock only from now on (sent ahead of real time). (The tail that
+    finish() makes computable became possible only then.)"""
     import time
 
     from ditto.backends.base import StreamOptions
@@ -178,18 +179,26 @@ def test_the_lag_bound_counts_from_when_the_audio_arrived(online_backend, avatar
     audio = speech_like(1.2)
     options = StreamOptions(live=True, max_lag_s=10.0)
 
-    def frames(received_at: float | None) -> tuple[list, list]:
+    def frames(received_at: float | None, clock_origin: float | None = None) -> tuple[list, list]:
         stream = online_backend.open_stream(avatar, seed=2, options=options)
         chunks = [audio[start : start + 1000] for start in range(0, len(audio), 1000)]
-        during = [frame for chunk in chunks for frame in stream.feed(chunk, received_at=received_at)]
+        during = [
+            frame
+            for chunk in chunks
+            for frame in stream.feed(chunk, received_at=received_at, clock_origin=clock_origin)
+        ]
         after = list(stream.finish())
         stream.close()
         return during, after
 
-    during, after = frames(time.monotonic() - 30.0)
+    long_ago = time.monotonic() - 30.0
+    during, after = frames(long_ago)
     assert during and all(f.shed for f in during)
     assert not after[-1].shed
+    during, _ = frames(long_ago, clock_origin=long_ago)  # due as it arrived: as late
+    assert during and all(f.shed for f in during)
     assert not any(f.shed for part in frames(None) for f in part)
+    assert not any(f.shed for part in frames(long_ago, clock_origin=time.monotonic()) for f in part)
 
 
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
