@@ -60,7 +60,9 @@ class FakeStream:
         self.samples += len(audio)
         return self._frames(self.samples // SAMPLES_PER_FRAME)
 
-    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
+    def idle(
+        self, frames: int, *, requested_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         assert self.samples % SAMPLES_PER_FRAME == 0, "idle() off a frame boundary"
         self.calls.append(("idle", frames))
         self.samples += frames * SAMPLES_PER_FRAME

@@ -108,10 +108,14 @@ class AnimationStream(Protocol):
         shed sooner; audio sent ahead of real time is not shed before its frames are due. The last
         frame of an utterance (that :meth:`flush` or :meth:`finish` ends with) is never shed."""
 
-    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
+    def idle(
+        self, frames: int, *, requested_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Append ``frames`` frames without speech (blinks and sway go on), flagged ``idle``; the
         stream is at a frame boundary (after :meth:`flush` or :meth:`interrupt`, or fed whole frames).
-        Live, they are shed as :meth:`feed`'s, late from ``requested_at`` (monotonic s; None: now)."""
+        Live, they are shed as :meth:`feed`'s, late from the later of ``requested_at`` (monotonic s;
+        None: now) and their due time on ``clock_origin``'s media clock (the conversation asks for
+        idle frames once they are due, and moves the clock at an interrupt)."""
 
     def flush(self) -> Iterator[VideoFrame]:
         """The utterance fed so far is complete: yield all its frames now (ceil(samples fed / 640) in

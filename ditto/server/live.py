@@ -122,7 +122,9 @@ class LivePipeline:
     def idle(self, command: Idle) -> None:
         self._clock_origin = command.clock_origin
         self._record(np.zeros(command.frames * SAMPLES_PER_FRAME, np.float32), 0)
-        self._emit(self._stream.idle(command.frames, requested_at=command.requested_at))
+        self._emit(
+            self._stream.idle(command.frames, requested_at=command.requested_at, clock_origin=command.clock_origin)
+        )
 
     def flush(self, command: Flush) -> None:
         self._emit(self._stream.flush())

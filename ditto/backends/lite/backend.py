@@ -120,12 +120,15 @@ class LiteStream:
         self._push(samples.astype(np.float32, copy=False), idle=False, late_from=arrived)
         return self._drain()
 
-    def idle(self, n_frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
+    def idle(
+        self, n_frames: int, *, requested_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Complete the audio fed so far (as :meth:`flush`), then ``n_frames`` frames of silence,
-        flagged ``idle`` (live: late from ``requested_at``); all of them come out of the returned
-        iterator."""
+        flagged ``idle`` (live: late from ``requested_at``, or their due time on ``clock_origin``'s
+        media clock when that is later); all of them come out of the returned iterator."""
         self._check_open()
         self._complete_utterance()
+        self._clock_origin = clock_origin
         requested = self._clock() if requested_at is None else requested_at
         self._push(np.zeros(n_frames * SAMPLES_PER_FRAME, np.float32), idle=True, late_from=requested)
         self._queue(self._driver.flush(), idle=True, late_from=requested)
@@ -196,8 +199,10 @@ class LiteStream:
         while self._ready and not self._closed:
             params, idle, late_from = self._ready.popleft()
             motion = self._motion.step(params)  # shed or not: blinks and sway keep their timeline
-            with self._render_slots:  # judged once a slot is free: the wait for one counts
-                image = None if self._too_late(late_from) else self._render(motion)
+            image = None
+            if not self._too_late(late_from):
+                with self._render_slots:  # judged again once a slot is free: the wait for one counts
+                    image = None if self._too_late(late_from) else self._render(motion)
             self.last_motion, self._last_params = motion, params
             self.frames_rendered += 1
             yield VideoFrame(params.index, image, idle=idle, shed=image is None)

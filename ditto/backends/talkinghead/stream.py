@@ -99,6 +99,8 @@ class _SessionState:
     audio: list[np.ndarray] = dataclasses.field(default_factory=list)  # offline mode: the whole clip
     # HuBERT windows not run yet, each with when its audio arrived (monotonic s)
     pending_windows: collections.deque[tuple[np.ndarray, float]] = dataclasses.field(default_factory=collections.deque)
+    # HuBERT features whose motion is not computed yet, each with when its audio arrived
+    pending_features: collections.deque[tuple[Tensor, float]] = dataclasses.field(default_factory=collections.deque)
     pending_rows: collections.deque[_Row] = dataclasses.field(default_factory=collections.deque)  # not submitted
     # frames submitted to the engine, in index order
     inflight: collections.deque[tuple[_Row, concurrent.futures.Future]] = dataclasses.field(
@@ -276,7 +278,9 @@ class DittoStream:
         self._append(state, samples.astype(np.float32, copy=False), received_at)
         return self._guarded(self._drain())
 
-    def idle(self, frames: int, *, requested_at: float | None = None) -> Iterator[VideoFrame]:
+    def idle(
+        self, frames: int, *, requested_at: float | None = None, clock_origin: float | None = None
+    ) -> Iterator[VideoFrame]:
         """Append ``frames`` frames without speech, flagged ``idle``.
 
         Between utterances (nothing fed since :meth:`flush`, :meth:`interrupt` or the last idle
@@ -286,8 +290,10 @@ class DittoStream:
         an utterance (its audio is late) silence runs through the model instead (a partial frame
         is completed with silence first and stays the utterance's), so that the frames waiting
         for look-ahead come out; they leave as :meth:`feed`'s. Live, they count as ready from
-        ``requested_at`` (monotonic s; None: now)."""
+        ``requested_at`` (monotonic s; None: now), or from their due time on ``clock_origin``'s
+        media clock when that is later."""
         state = self._require_open()
+        self._clock_origin = clock_origin
         if self._samples == self._segment_start * SAMPLES_PER_FRAME:
             return self._guarded(self._rest(state, frames, requested_at))
         self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32), requested_at)
@@ -327,7 +333,8 @@ class DittoStream:
         state = self._require_open()
         for _, future in state.inflight:
             future.cancel()  # the engine drops it unless it is rendering it already
-        for queue in (state.inflight, state.pending_rows, state.pending_windows, state.audio, state.idle_spans):
+        queues = (state.inflight, state.pending_rows, state.pending_windows, state.pending_features, state.audio)
+        for queue in (*queues, state.idle_spans):
             queue.clear()
         start = self._next_index
         self._restart_recursion(state, start)
@@ -446,10 +453,14 @@ class DittoStream:
             yield frame
 
     def _drain(self, *, block: bool = True) -> Iterator[VideoFrame]:
-        """Submit ready rows, run pending HuBERT windows (online), hand out finished frames in order.
+        """Submit ready rows, run pending HuBERT windows and then their motion (online), hand out
+        finished frames in order.
 
-        With ``block`` False, return instead of waiting for a frame still being rendered (the
-        caller has more motion to compute meanwhile).
+        The motion is computed one HuBERT window at a time, and the frames it made ready are
+        submitted and those rendered handed out in between, so the first frames of a long clip
+        leave after its first LMDM windows, not after all of them. With ``block`` False, return
+        instead of waiting for a frame still being rendered (the caller has more motion to
+        compute meanwhile).
         """
         while True:
             state = self._require_state()
@@ -458,6 +469,8 @@ class DittoStream:
                 yield self._collect(state, state.inflight.popleft())
             elif state.pending_windows:
                 self._run_windows(state)
+            elif state.pending_features:
+                self._run_motion(state)
             elif state.inflight and (block or state.pending_rows):
                 yield self._collect(state, state.inflight.popleft())
             else:
@@ -471,18 +484,24 @@ class DittoStream:
         return [future.result() for future in futures]
 
     def _run_windows(self, state: _SessionState) -> None:
-        """Every pending HuBERT window, then their motion, in order."""
-        assert state.online is not None
+        """The HuBERT features of every pending window, submitted at once (they batch)."""
         if not state.pending_windows:
             return
         windows, received = zip(*state.pending_windows)
         state.pending_windows.clear()
-        for features, at in zip(self._features(windows, since=min(received)), received):
-            self._queue_rows(state, state.online.push(features), self._total_frames, ready_at=at)
+        state.pending_features.extend(zip(self._features(windows, since=min(received)), received))
+
+    def _run_motion(self, state: _SessionState) -> None:
+        """The motion of the oldest pending features (the LMDM windows they complete), queued."""
+        assert state.online is not None
+        features, at = state.pending_features.popleft()
+        self._queue_rows(state, state.online.push(features), self._total_frames, ready_at=at)
 
     def _flush_online(self, state: _SessionState, end: int) -> None:
         assert state.online is not None and state.windower is not None
         self._run_windows(state)
+        while state.pending_features:
+            self._run_motion(state)
         tail = torch.cat(self._features(state.windower.end_utterance()))  # never empty: the boundary is inside
         self._queue_rows(state, state.online.flush(tail, end), end)
 

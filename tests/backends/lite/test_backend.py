@@ -390,3 +390,21 @@ def test_idle_frames_are_shed_when_late_from_their_request(clocked_backend, cloc
     frames = list(stream.idle(10, requested_at=requested_at))
     assert [f.index for f in frames] == list(range(10)) and all(f.idle for f in frames)
     assert all(f.shed == shed and (f.image is None) == shed for f in frames)
+
+
+@pytest.mark.parametrize("requested_at,shed", [(0.25, True), (0.6, False)])
+def test_idle_frames_after_an_interrupt_are_late_on_the_moved_media_clock(
+    clocked_backend, clock, avatar, requested_at, shed
+):
+    """4 s sent at once at t=0; 10 frames out by t=0.2, then an interrupt, which moves the media clock
+    back to now (the conversation's rewound: origin = 0.2 - 10 / 25 - 0.2). Idle frames asked for at
+    0.25 and rendered at 1.0 are late, though on the burst's clock they would not be due before 0.8."""
+    stream = clocked_backend.open_stream(avatar, seed=0, options=StreamOptions(live=True, max_lag_s=0.5))
+    clock.now = 0.2
+    frames = stream.feed(speech(4.0), received_at=0.0, clock_origin=0.0)
+    assert not any(next(frames).shed for _ in range(10))
+    assert stream.interrupt() == 10
+    clock.now = 1.0
+    idle = list(stream.idle(10, requested_at=requested_at, clock_origin=0.2 - 10 / 25 - 0.2))
+    assert [f.index for f in idle] == list(range(10, 20))
+    assert all(f.shed == shed for f in idle)

@@ -201,6 +201,26 @@ def test_the_lag_bound_counts_from_when_the_audio_arrived_or_was_due(online_back
     assert not any(f.shed for part in frames(long_ago, clock_origin=time.monotonic()) for f in part)
 
 
+def test_a_clip_fed_at_once_hands_out_its_first_frame_after_its_first_lmdm_windows(online_backend, avatar) -> None:
+    """The motion of audio fed in one call is computed a window at a time with the frames it made
+    ready rendered in between: the first frame of a 2 s clip (50 frames, 5 new frames per LMDM
+    window) comes out after the two windows it needs, not after all of them."""
+    from ditto.backends.base import StreamOptions
+
+    def lmdm_windows() -> int:
+        return online_backend.stage_stats()["lmdm"].items
+
+    stream = online_backend.open_stream(avatar, seed=2, options=StreamOptions(total_frames=50))
+    before = lmdm_windows()
+    frames = stream.feed(speech_like(2.0))
+    first = next(frames)
+    at_first = lmdm_windows() - before
+    rest = [*frames, *stream.finish()]
+    stream.close()
+    assert first.index == 0 and [f.index for f in rest] == list(range(1, 50))
+    assert at_first <= 3 < 10 <= lmdm_windows() - before
+
+
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
     """Upstream's blink rule with random gaps (delta_eye_open_n 0; docs/pipeline.md §3.3): draw the
     first gap, then the end guard, then one gap after each blink, all ``randint(60, 100)``; a blink
