@@ -204,21 +204,26 @@ def test_the_lag_bound_counts_from_when_the_audio_arrived_or_was_due(online_back
 def test_a_clip_fed_at_once_hands_out_its_first_frame_after_its_first_lmdm_windows(online_backend, avatar) -> None:
     """The motion of audio fed in one call is computed a window at a time with the frames it made
     ready rendered in between: the first frame of a 2 s clip (50 frames, 5 new frames per LMDM
-    window) comes out after the two windows it needs, not after all of them."""
+    window) comes out after the two windows it needs, not after all of them. The frames are those
+    of the same audio fed in chunks."""
     from ditto.backends.base import StreamOptions
 
     def lmdm_windows() -> int:
         return online_backend.stage_stats()["lmdm"].items
 
-    stream = online_backend.open_stream(avatar, seed=2, options=StreamOptions(total_frames=50))
+    audio, options = speech_like(2.0), StreamOptions(total_frames=50)
+    stream = online_backend.open_stream(avatar, seed=2, options=options)
     before = lmdm_windows()
-    frames = stream.feed(speech_like(2.0))
+    frames = stream.feed(audio)
     first = next(frames)
     at_first = lmdm_windows() - before
     rest = [*frames, *stream.finish()]
     stream.close()
     assert first.index == 0 and [f.index for f in rest] == list(range(1, 50))
     assert at_first <= 3 < 10 <= lmdm_windows() - before
+    chunked = sum(render_all(online_backend.open_stream(avatar, seed=2, options=options), audio), [])
+    for frame, expected in zip([first, *rest], chunked, strict=True):
+        np.testing.assert_array_equal(frame.image, expected.image)
 
 
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
