@@ -67,8 +67,10 @@ __all__ = ["DittoStream"]
 LIVE_BUDGET_S = 0.04
 """A live session's work is due this long after it became possible (one frame period)."""
 FILE_SLACK_S = 1.0
-"""File-mode work is due this much later than live work submitted at the same time: it uses the
-capacity live sessions leave, and (deadlines being absolute) still never starves."""
+"""File-mode work is due this much later than live work submitted at the same time, its frames as if
+the clip played in real time from its first feed: it uses the capacity live sessions leave, file
+sessions share it by media position (the one furthest behind goes first), and (deadlines being
+absolute) none starves."""
 MAX_FRAMES_IN_FLIGHT = 32
 """Frames one session may have queued in or rendered by the engine and not yet handed out."""
 INTERRUPT_EASE_FRAMES = 6
@@ -162,7 +164,8 @@ class DittoStream:
         self._samples = 0  # session timeline: audio fed, rounded up to a frame by flush() and interrupt()
         self._segment_start = 0  # first frame of the audio fed since the last flush() or interrupt()
         self._next_index = 0  # the next frame handed out
-        self._clock_origin: float | None = None  # live: the media clock, as last fed
+        # the media clock frames are due on: live, as last fed; file mode, the first feed (real-time pace)
+        self._clock_origin: float | None = None
         self._total_frames: int | None = None  # known once finish() is called
         self._finished = False
         self._silence_features = silence_features
@@ -274,7 +277,10 @@ class DittoStream:
             self._restart_recursion(state, self._segment_start)
             state.ease = MotionEase(state.windowing.source_kp_cond, self._segment_start, INTERRUPT_EASE_FRAMES)
             state.resting = False
-        self._clock_origin = clock_origin
+        if self._stream_options.live:
+            self._clock_origin = clock_origin
+        elif self._clock_origin is None:
+            self._clock_origin = self._engine.now() if received_at is None else received_at
         self._append(state, samples.astype(np.float32, copy=False), received_at)
         return self._guarded(self._drain())
 
@@ -293,7 +299,8 @@ class DittoStream:
         ``requested_at`` (monotonic s; None: now), or from their due time on ``clock_origin``'s
         media clock when that is later."""
         state = self._require_open()
-        self._clock_origin = clock_origin
+        if self._stream_options.live:
+            self._clock_origin = clock_origin
         if self._samples == self._segment_start * SAMPLES_PER_FRAME:
             return self._guarded(self._rest(state, frames, requested_at))
         self._append(state, np.zeros(-self._samples % SAMPLES_PER_FRAME, np.float32), requested_at)
@@ -543,8 +550,8 @@ class DittoStream:
         self, state: _SessionState, chunk: MotionChunk, end: int | None, *, ready_at: float | None = None
     ) -> None:
         """Queue a MotionChunk's rows, dropping those from frame ``end`` on (past the audio); they count
-        as ready from ``ready_at`` (when their audio arrived; None or later than now: now) or, live,
-        from their due time on the media clock when that is later."""
+        as ready from ``ready_at`` (when their audio arrived; None or later than now: now) or from
+        their due time on the media clock when that is later (file mode: real-time pace)."""
         if state.online is not None and state.online.d0 is not None and state.stitcher.d0 is None:
             state.stitcher.set_d0(state.online.d0)  # relative-driving reference: the silence frame
         if state.ease is not None:
@@ -553,7 +560,7 @@ class DittoStream:
                 state.ease = None
         now = self._engine.now()
         ready = now if ready_at is None else min(now, ready_at)
-        origin = self._clock_origin if self._stream_options.live else None
+        origin = self._clock_origin
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
             if end is not None and index >= end:

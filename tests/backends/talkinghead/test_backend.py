@@ -226,6 +226,33 @@ def test_a_clip_fed_at_once_hands_out_its_first_frame_after_its_first_lmdm_windo
         np.testing.assert_array_equal(frame.image, expected.image)
 
 
+@pytest.mark.parametrize("live", [False, True])
+def test_file_frames_are_due_at_real_time_pace_live_ones_as_their_audio_came(online_backend, avatar, monkeypatch, live):
+    """File mode: frame i is due 1/25 s after frame i - 1 (as if the clip played from its first feed,
+    plus the file slack), so the engine's earliest-deadline-first interleaves file sessions by media
+    position instead of finishing the one that came first. Live audio without a media clock is due
+    as it arrived: the frames of one chunk share a deadline. (Checked on the frames the feed makes
+    computable: those finish() releases became possible only then, later on a CPU than their pace.)"""
+    from ditto.backends.base import StreamOptions
+
+    engine = online_backend.models.engine
+    render, deadlines = engine.render, {}
+
+    def recording(work, *, deadline, expires=None):
+        deadlines[work.index] = deadline
+        return render(work, deadline=deadline, expires=expires)
+
+    monkeypatch.setattr(engine, "render", recording)
+    stream = online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=live, total_frames=25))
+    during = list(stream.feed(speech_like(1.0)))
+    after = list(stream.finish())
+    stream.close()
+    assert [f.index for f in during + after] == sorted(deadlines) == list(range(25))
+    assert len(during) >= 10
+    gaps = np.diff([deadlines[f.index] for f in during])
+    np.testing.assert_allclose(gaps, 0.0 if live else 1 / 25, atol=1e-6)
+
+
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
     """Upstream's blink rule with random gaps (delta_eye_open_n 0; docs/pipeline.md §3.3): draw the
     first gap, then the end guard, then one gap after each blink, all ``randint(60, 100)``; a blink
