@@ -24,8 +24,9 @@ compiled size 8 rather than the plain size 4). Without measured costs a batch ta
 padded to the next size.
 
 Scheduling is earliest-deadline-first: a live session's frame is due when its audio is
-(plus the session's budget), file sessions give their work a later deadline, so they use
-the capacity live sessions leave and, since deadlines are absolute times, never starve.
+(plus the session's budget); file sessions give their work a later deadline (a slack after it
+was submitted, their frames not before their time at real-time pace), so it never outranks live
+work submitted with it and, since deadlines are absolute times, never starves.
 A batch that fails is retried item by item, so a fault (CUDA out of memory, say) fails only
 the sessions it concerns; the engine keeps serving. Cancelled futures (a session that
 left) are dropped before their batch runs.

@@ -67,10 +67,9 @@ __all__ = ["DittoStream"]
 LIVE_BUDGET_S = 0.04
 """A live session's work is due this long after it became possible (one frame period)."""
 FILE_SLACK_S = 1.0
-"""File-mode work is due this much later than live work submitted at the same time, its frames as if
-the clip played in real time from its first feed: it uses the capacity live sessions leave, file
-sessions share it by media position (the one furthest behind goes first), and (deadlines being
-absolute) none starves."""
+"""File-mode work is due this long after it was submitted (a frame: after its time, if later, as if the
+clip played in real time from its first feed): it never outranks live work submitted with it, file
+sessions ahead of that pace yield to those behind it, and (deadlines being absolute) none starves."""
 MAX_FRAMES_IN_FLIGHT = 32
 """Frames one session may have queued in or rendered by the engine and not yet handed out."""
 INTERRUPT_EASE_FRAMES = 6
@@ -83,7 +82,7 @@ class _Row:
 
     index: int
     motion: Tensor  # (265,)
-    ready_at: float  # monotonic s it became final or (live, if earlier) its audio arrived; live, not before it is due
+    ready_at: float  # monotonic s it became final or (live, if earlier) its audio arrived; not before it is due
     last: bool  # the last frame of an utterance or of the session: never shed
 
 
@@ -258,7 +257,8 @@ class DittoStream:
         ``received_at`` (monotonic s, None: now): when the audio arrived. Live, the motion computed
         from it counts as ready from then, or from its frame's due time on ``clock_origin``'s media
         clock when that is later (audio sent ahead of real time), so a frame that waited for HuBERT
-        or LMDM is shed as one that waited for the render (``max_lag_s``).
+        or LMDM is shed as one that waited for the render (``max_lag_s``). File mode: the first feed
+        starts the clock the frames are paced on (their deadlines in the engine, :data:`FILE_SLACK_S`).
 
         Offline cfgs render nothing before :meth:`flush` or :meth:`finish` (the whole clip is
         generated at once).
@@ -438,8 +438,12 @@ class DittoStream:
         return self._drain()
 
     def _deadline(self, ready_at: float) -> float:
-        """When work that became possible at ``ready_at`` is due (earliest-deadline-first in the engine)."""
-        return ready_at + (LIVE_BUDGET_S if self._stream_options.live else FILE_SLACK_S)
+        """When work that became possible at ``ready_at`` and is submitted now is due (earliest-deadline-first
+        in the engine): live, a frame period after it became possible; file mode, the slack after the
+        later of that and now (:data:`FILE_SLACK_S`)."""
+        if self._stream_options.live:
+            return ready_at + LIVE_BUDGET_S
+        return max(ready_at, self._engine.now()) + FILE_SLACK_S
 
     @contextlib.contextmanager
     def _device_work(self) -> Iterator[None]:

@@ -226,31 +226,47 @@ def test_a_clip_fed_at_once_hands_out_its_first_frame_after_its_first_lmdm_windo
         np.testing.assert_array_equal(frame.image, expected.image)
 
 
-@pytest.mark.parametrize("live", [False, True])
-def test_file_frames_are_due_at_real_time_pace_live_ones_as_their_audio_came(online_backend, avatar, monkeypatch, live):
-    """File mode: frame i is due 1/25 s after frame i - 1 (as if the clip played from its first feed,
-    plus the file slack), so the engine's earliest-deadline-first interleaves file sessions by media
-    position instead of finishing the one that came first. Live audio without a media clock is due
-    as it arrived: the frames of one chunk share a deadline. (Checked on the frames the feed makes
-    computable: those finish() releases became possible only then, later on a CPU than their pace.)"""
+@pytest.mark.parametrize(
+    "live,behind_s",
+    [(False, 0.0), (False, 100.0), (True, 0.0)],
+    ids=["file-ahead-of-pace", "file-behind-pace", "live"],
+)
+def test_frames_are_due_by_pace_and_submission_in_file_mode_as_their_audio_came_live(
+    online_backend, avatar, monkeypatch, live, behind_s
+):
+    """File mode: a frame is due the file slack after its time at real-time pace from the clip's first
+    feed, or after it was submitted if that is later: the engine's earliest-deadline-first puts file
+    sessions ahead of their pace behind those that are not, and no file frame outranks live work
+    submitted with it. Live audio without a media clock is due a frame period after it arrived: the
+    frames of one chunk share a deadline. (The engine's clock is frozen at feed time, then moved on by
+    ``behind_s`` before the frames are submitted; checked on the frames the feed makes computable.)"""
     from ditto.backends.base import StreamOptions
+    from ditto.backends.talkinghead.stream import FILE_SLACK_S, LIVE_BUDGET_S
 
     engine = online_backend.models.engine
-    render, deadlines = engine.render, {}
+    render, deadlines, now = engine.render, {}, [1000.0]
 
     def recording(work, *, deadline, expires=None):
         deadlines[work.index] = deadline
         return render(work, deadline=deadline, expires=expires)
 
     monkeypatch.setattr(engine, "render", recording)
+    monkeypatch.setattr(engine, "_clock", lambda: now[0])
     stream = online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=live, total_frames=25))
-    during = list(stream.feed(speech_like(1.0)))
-    after = list(stream.finish())
+    frames = stream.feed(speech_like(1.0))
+    now[0] += behind_s
+    during = list(frames)
+    list(stream.finish())
     stream.close()
-    assert [f.index for f in during + after] == sorted(deadlines) == list(range(25))
-    assert len(during) >= 10
-    gaps = np.diff([deadlines[f.index] for f in during])
-    np.testing.assert_allclose(gaps, 0.0 if live else 1 / 25, atol=1e-6)
+    assert sorted(deadlines) == list(range(25)) and len(during) >= 10
+    due = np.array([deadlines[f.index] for f in during])
+    if live:
+        expected = np.full(len(during), 1000.0 + LIVE_BUDGET_S)
+    elif behind_s:
+        expected = np.full(len(during), now[0] + FILE_SLACK_S)
+    else:
+        expected = 1000.0 + (np.array([f.index for f in during]) + 1) / 25 + FILE_SLACK_S
+    np.testing.assert_allclose(due, expected, atol=1e-9)
 
 
 def upstream_blink_rows(n_frames: int, rng: random.Random, blink_len: int = 15) -> list[int]:
