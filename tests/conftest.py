@@ -29,6 +29,16 @@ def astronaut(size: int = 512) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(bgr[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA))
 
 
+class FakeClock:
+    """Monotonic seconds that move only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakeAvatar:
     def __init__(self, image: np.ndarray) -> None:
         self.image = image

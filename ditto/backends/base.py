@@ -56,6 +56,13 @@ def frame_due_at(clock_origin: float, index: int) -> float:
     return clock_origin + (index + 1) / FPS
 
 
+def frame_ready_at(arrived: float, clock_origin: float | None, index: int) -> float:
+    """When live frame ``index`` could first be shown: once the audio that made it computable arrived
+    (``arrived``, monotonic s) and its time came on the media clock (``clock_origin``; None: no clock).
+    The lag bound counts from here (:meth:`AnimationStream.feed`)."""
+    return arrived if clock_origin is None else max(arrived, frame_due_at(clock_origin, index))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamOptions:
     """How the server will use a stream; a backend may ignore any of it."""

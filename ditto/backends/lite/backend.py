@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ditto import SAMPLES_PER_FRAME
-from ditto.backends.base import Avatar, StageStats, StreamOptions, VideoFrame, frame_due_at
+from ditto.backends.base import Avatar, StageStats, StreamOptions, VideoFrame, frame_ready_at
 from ditto.backends.lite.compositor import FrameCompositor, MouthStyle, mouth_style
 from ditto.backends.lite.geometry import FaceGeometry, build_geometry
 from ditto.backends.lite.landmarks import FaceLandmarks, detect_landmarks
@@ -181,11 +181,8 @@ class LiteStream:
     def _queue(self, frames: list[MouthParams], *, idle: bool, late_from: float | None) -> None:
         """Queue frames to render; live, each is late from the later of ``late_from`` and its due
         time on the media clock (``late_from`` None: never late)."""
-        origin = self._clock_origin
         for params in frames:
-            since = late_from
-            if since is not None and origin is not None:
-                since = max(since, frame_due_at(origin, params.index))
+            since = None if late_from is None else frame_ready_at(late_from, self._clock_origin, params.index)
             self._ready.append((params, idle, since))
 
     def _complete_utterance(self) -> None:

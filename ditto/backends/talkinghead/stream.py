@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ditto import SAMPLES_PER_FRAME, frames_for_samples
-from ditto.backends.base import StreamOptions, VideoFrame, frame_due_at
+from ditto.backends.base import StreamOptions, VideoFrame, frame_ready_at
 from ditto.backends.talkinghead.aux_models.hubert import StreamingWindower, offline_windows
 from ditto.backends.talkinghead.avatar import DittoAvatar
 from ditto.backends.talkinghead.config import Audio2MotionCfg
@@ -564,13 +564,12 @@ class DittoStream:
                 state.ease = None
         now = self._engine.now()
         ready = now if ready_at is None else min(now, ready_at)
-        origin = self._clock_origin
         for offset in range(len(chunk)):
             index = chunk.start_frame + offset
             if end is not None and index >= end:
                 break
             last = end is not None and index == end - 1
-            row_ready = ready if origin is None else max(ready, frame_due_at(origin, index))
+            row_ready = frame_ready_at(ready, self._clock_origin, index)
             state.pending_rows.append(_Row(index, chunk.motion[offset], row_ready, last))
 
     def _submit_rows(self, state: _SessionState) -> None:

@@ -17,6 +17,7 @@ from ditto.backends.lite.speech import SETTLE_FRAMES
 from ditto.errors import ErrorCode, SourceError
 from ditto.settings import Settings
 from tests.backends.lite.conftest import speech, vowel
+from tests.conftest import FakeClock
 
 
 def render_all(backend, avatar, audio, *, seed=0, chunks=None):
@@ -327,17 +328,9 @@ def test_render_slots_come_from_the_settings_and_must_be_positive():
         LiteBackend(render_slots=0)
 
 
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from tests.backends.talkinghead.conftest import (
     render_all,
     speech_like,
 )
-from tests.conftest import EXAMPLE_IMAGE, free_port
+from tests.conftest import EXAMPLE_IMAGE, FakeClock, free_port
 from tests.test_entry_points import wait_healthy
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -244,17 +244,18 @@ def test_frames_are_due_by_pace_and_submission_in_file_mode_as_their_audio_came_
     from ditto.backends.talkinghead.stream import FILE_SLACK_S, LIVE_BUDGET_S
 
     engine = online_backend.models.engine
-    render, deadlines, now = engine.render, {}, [1000.0]
+    render, deadlines, clock = engine.render, {}, FakeClock()
+    clock.now = 1000.0
 
     def recording(work, *, deadline, expires=None):
         deadlines[work.index] = deadline
         return render(work, deadline=deadline, expires=expires)
 
     monkeypatch.setattr(engine, "render", recording)
-    monkeypatch.setattr(engine, "_clock", lambda: now[0])
+    monkeypatch.setattr(engine, "_clock", clock)
     stream = online_backend.open_stream(avatar, seed=2, options=StreamOptions(live=live, total_frames=25))
     frames = stream.feed(speech_like(1.0))
-    now[0] += behind_s
+    clock.now += behind_s
     during = list(frames)
     list(stream.finish())
     stream.close()
@@ -263,7 +264,7 @@ def test_frames_are_due_by_pace_and_submission_in_file_mode_as_their_audio_came_
     if live:
         expected = np.full(len(during), 1000.0 + LIVE_BUDGET_S)
     elif behind_s:
-        expected = np.full(len(during), now[0] + FILE_SLACK_S)
+        expected = np.full(len(during), clock.now + FILE_SLACK_S)
     else:
         expected = 1000.0 + (np.array([f.index for f in during]) + 1) / 25 + FILE_SLACK_S
     np.testing.assert_allclose(due, expected, atol=1e-9)

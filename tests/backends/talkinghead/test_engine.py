@@ -22,14 +22,7 @@ from ditto.backends.talkinghead.backend import DittoBackend
 from ditto.backends.talkinghead.engine import DeviceEngine, RenderWork, Stage, WindowWork, hold_seconds
 from ditto.errors import BackendError, ErrorCode
 from tests.backends.talkinghead.conftest import RecordingRunner, render_all, speech_like
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock
 
 
 def engine_like(backend: DittoBackend, clock=None) -> DeviceEngine:
